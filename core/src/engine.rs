@@ -1,0 +1,608 @@
+//! THE ENGINE
+//!
+//! Runs an app graph in a loop of breaths and reconfigures it live.
+//!
+//! A breath:
+//!   1. inhale: every app with `has_pull` pulls, in name order;
+//!   2. exhale: every app pushes, in topological order of the links (apps
+//!      that pull break cycles), so packets pulled this breath reach the end
+//!      of the graph this breath; then apps whose inputs are still not empty
+//!      push again, until a pass moves nothing (at most `MAX_PASSES`);
+//!   3. ticks and timers when due; counters committed to shared memory every
+//!      `COMMIT_BREATHS` breaths.
+//! When a breath moves no packet the engine sleeps, 1 µs longer each idle
+//! breath up to 100 µs, and halves the sleep again when traffic returns.
+//!
+//! `configure(new)` compares the running config with `new`: apps gone are
+//! stopped, apps added are started, apps whose class changed are restarted,
+//! apps whose arguments changed are reconfigured in place when their class
+//! can do so and restarted otherwise, links gone are drained, links added are
+//! made, and everything else keeps running untouched: a link that exists in
+//! both configs keeps its queued packets, even when an app at either end is
+//! restarted. Every new app is made before anything changes, so a config
+//! that fails leaves the engine as it was.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::app::{App, Io, Port, Ports, Registry};
+use crate::config::{Config, ConfigError, LinkSettings, LinkSpec};
+use crate::link::{Link, LinkCounters};
+use crate::packet;
+use crate::shm::{self, Counter, ShmDir};
+use crate::timer::Timers;
+
+/// Push passes per breath at most (see the module comment).
+pub const MAX_PASSES: usize = 4;
+/// Breaths between commits of counters to shared memory.
+pub const COMMIT_BREATHS: u64 = 100;
+/// Longest idle sleep.
+pub const MAX_SLEEP_US: u64 = 100;
+
+/// Where and whether to publish counters.
+#[derive(Clone, Debug)]
+pub struct ShmOptions {
+    pub root: PathBuf,
+    /// Directory name under the root; normally the pid.
+    pub name: String,
+    /// Written to `<dir>/program` for `top`.
+    pub program: String,
+}
+
+impl ShmOptions {
+    /// `<SNABB_RS_SHM_ROOT or /var/run/snabb-rs>/<pid>`.
+    pub fn for_process(program: &str) -> ShmOptions {
+        ShmOptions { root: shm::default_root(), name: std::process::id().to_string(), program: program.to_string() }
+    }
+}
+
+/// Engine counters.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EngineStats {
+    pub breaths: u64,
+    /// Reconfigurations applied.
+    pub configs: u64,
+    /// Packets dropped because their link was removed.
+    pub reconfig_drops: u64,
+    /// Breaths that moved no packet.
+    pub idle_breaths: u64,
+}
+
+struct AppEntry {
+    name: String,
+    app: Box<dyn App>,
+    io: Io,
+    pulls: bool,
+    counters: BTreeMap<String, Counter>,
+}
+
+struct LinkEntry {
+    link: Rc<Link>,
+    settings: LinkSettings,
+    counters: Option<Vec<Counter>>,
+}
+
+/// How long to run.
+pub enum Limit<'a> {
+    /// Until stopped from a timer (`request_stop`).
+    Forever,
+    Duration(Duration),
+    /// Until the predicate is true (checked every breath), with a timeout.
+    Until(&'a mut dyn FnMut(&Engine) -> bool, Option<Duration>),
+    Breaths(u64),
+}
+
+pub struct Engine {
+    registry: Rc<Registry>,
+    config: Config,
+    /// Apps in push order.
+    apps: Vec<AppEntry>,
+    /// Position in `apps` by name.
+    index: BTreeMap<String, usize>,
+    /// Positions of the apps that pull, in name order.
+    pulls: Vec<usize>,
+    links: BTreeMap<LinkSpec, LinkEntry>,
+    push_order: Vec<String>,
+    pull_order: Vec<String>,
+    stats: EngineStats,
+    timers: Timers<Engine>,
+    shm: Option<ShmDir>,
+    engine_counters: Vec<(&'static str, Counter)>,
+    tick_period: Duration,
+    next_tick: Instant,
+    sleep_us: u64,
+    /// Never sleep when idle.
+    pub busywait: bool,
+    stop_requested: bool,
+    moved_before: u64,
+}
+
+impl Engine {
+    /// An engine with no apps, making apps from `registry`.
+    pub fn new(registry: Registry) -> Engine {
+        Engine::with_registry(Rc::new(registry))
+    }
+
+    pub fn with_registry(registry: Rc<Registry>) -> Engine {
+        Engine {
+            registry,
+            config: Config::new(),
+            apps: Vec::new(),
+            index: BTreeMap::new(),
+            pulls: Vec::new(),
+            links: BTreeMap::new(),
+            push_order: Vec::new(),
+            pull_order: Vec::new(),
+            stats: EngineStats::default(),
+            timers: Timers::default(),
+            shm: None,
+            engine_counters: Vec::new(),
+            tick_period: Duration::from_millis(1),
+            next_tick: Instant::now(),
+            sleep_us: 0,
+            busywait: false,
+            stop_requested: false,
+            moved_before: 0,
+        }
+    }
+
+    /// Publish counters under `opts.root/opts.name`.
+    pub fn enable_shm(&mut self, opts: &ShmOptions) -> std::io::Result<()> {
+        let dir = ShmDir::create(&opts.root, &opts.name)?;
+        dir.write_text("program", &opts.program)?;
+        let mut ec = Vec::new();
+        for n in ["breaths", "configs", "reconfig_drops", "idle_breaths", "packets_in_use", "packets_total"] {
+            ec.push((n, dir.counter(&format!("engine/{n}"))?));
+        }
+        self.engine_counters = ec;
+        self.shm = Some(dir);
+        // Counters for what already runs.
+        for (spec, l) in &mut self.links {
+            l.counters = link_counters(self.shm.as_ref(), spec);
+        }
+        self.commit();
+        Ok(())
+    }
+
+    /// The counter directory, when shared memory is on.
+    pub fn shm_path(&self) -> Option<&std::path::Path> {
+        self.shm.as_ref().map(|d| d.path())
+    }
+
+    /// Ticks per second for `App::tick` (default 1000).
+    pub fn set_tick_hz(&mut self, hz: u32) {
+        self.tick_period = Duration::from_secs(1) / hz.max(1);
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn stats(&self) -> EngineStats {
+        self.stats
+    }
+    pub fn timers(&mut self) -> &mut Timers<Engine> {
+        &mut self.timers
+    }
+
+    /// Ask `run` to return after the current breath (for timers).
+    pub fn request_stop(&mut self) {
+        self.stop_requested = true;
+    }
+
+    // -----------------------------------------------------------------------
+    // Reconfiguration
+
+    /// Move to the graph `new`. See the module comment.
+    pub fn configure(&mut self, new: &Config) -> Result<(), ConfigError> {
+        self.registry.check(new)?;
+
+        // Phase 1: make every app that must be made. Nothing changes yet.
+        let mut made: BTreeMap<String, Box<dyn App>> = BTreeMap::new();
+        let mut in_place: Vec<String> = Vec::new();
+        for (name, spec) in new.apps() {
+            match self.config.app_spec(name) {
+                None => {
+                    made.insert(name.to_string(), self.registry.create(new, name)?);
+                }
+                Some(old) if old.class != spec.class => {
+                    made.insert(name.to_string(), self.registry.create(new, name)?);
+                }
+                Some(old) if old.args != spec.args => in_place.push(name.to_string()),
+                Some(_) => {}
+            }
+        }
+        // Apps whose class can take new arguments do so now; the others are
+        // made anew. An app that refuses is an error before any restart.
+        for name in in_place {
+            let i = self.index[&name];
+            if !self.registry.reconfigure(new, &name, &mut *self.apps[i].app)? {
+                made.insert(name.clone(), self.registry.create(new, &name)?);
+            }
+        }
+
+        // Phase 2: apply.
+        let mut apps: BTreeMap<String, AppEntry> = self.apps.drain(..).map(|e| (e.name.clone(), e)).collect();
+        let gone_links: Vec<LinkSpec> =
+            self.links.keys().filter(|s| !new.links().any(|(n, _)| n == *s)).cloned().collect();
+        for spec in gone_links {
+            let l = self.links.remove(&spec).unwrap();
+            self.stats.reconfig_drops += l.link.discard().0;
+            if let Some(d) = &self.shm {
+                d.remove(&format!("links/{spec}"));
+            }
+        }
+        let gone_apps: Vec<String> = apps.keys().filter(|n| new.app_spec(n).is_none()).cloned().collect();
+        for name in gone_apps {
+            let mut e = apps.remove(&name).unwrap();
+            e.app.stop();
+            drop(e);
+            if let Some(d) = &self.shm {
+                d.remove(&format!("apps/{name}"));
+            }
+        }
+        let mut fresh: BTreeSet<String> = BTreeSet::new();
+        for (name, app) in made {
+            if let Some(mut old) = apps.remove(&name) {
+                old.app.stop();
+            }
+            apps.insert(
+                name.clone(),
+                AppEntry { name: name.clone(), app, io: Io::default(), pulls: false, counters: BTreeMap::new() },
+            );
+            fresh.insert(name);
+        }
+        for (spec, settings) in new.links() {
+            match self.links.get_mut(spec) {
+                Some(l) if l.settings == settings => {}
+                Some(l) => {
+                    if l.settings.size != settings.size {
+                        l.link = Rc::new(l.link.resized(settings.size));
+                    }
+                    l.link.set_copy_mode(settings.copy);
+                    l.settings = settings;
+                }
+                None => {
+                    let link = Link::new(settings.size);
+                    link.set_copy_mode(settings.copy);
+                    let counters = link_counters(self.shm.as_ref(), spec);
+                    self.links.insert(spec.clone(), LinkEntry { link: Rc::new(link), settings, counters });
+                }
+            }
+        }
+        // Ports: rebuilt from the links; apps whose ports changed are told.
+        let mut io: BTreeMap<&str, (Vec<Port>, Vec<Port>)> = BTreeMap::new();
+        for (spec, l) in &self.links {
+            io.entry(&spec.from.app).or_default().1.push(Port { name: spec.from.port.clone(), link: l.link.clone() });
+            io.entry(&spec.to.app).or_default().0.push(Port { name: spec.to.port.clone(), link: l.link.clone() });
+        }
+        for (name, e) in &mut apps {
+            let (i, o) = io.remove(name.as_str()).unwrap_or_default();
+            let new_io = Io { input: Ports::new(i), output: Ports::new(o) };
+            let changed = !new_io.input.same_as(&e.io.input) || !new_io.output.same_as(&e.io.output);
+            e.io = new_io;
+            e.pulls = e.app.has_pull();
+            if changed || fresh.contains(name) {
+                e.app.link(&e.io);
+            }
+        }
+        self.config = new.clone();
+        self.stats.configs += 1;
+        self.set_breathe_order(apps);
+        if let Some(d) = &self.shm {
+            let _ = d.write_text("config.ron", &self.config.to_ron());
+        }
+        self.commit();
+        Ok(())
+    }
+
+    /// Stop every app and drop every link (packets go back to their owners).
+    pub fn stop(&mut self) {
+        let _ = self.configure(&Config::new());
+    }
+
+    /// Lay the apps out in push order: a depth-first walk from the outputs
+    /// of pulling apps, in reverse post-order, so each app pushes after the
+    /// apps that feed it. A pulling app's own outputs are not followed when
+    /// it is reached as a consumer: that breaks the cycles through it.
+    fn set_breathe_order(&mut self, mut apps: BTreeMap<String, AppEntry>) {
+        let pulling: Vec<String> = apps.values().filter(|e| e.pulls).map(|e| e.name.clone()).collect();
+        let mut next: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for spec in self.links.keys() {
+            next.entry(&spec.from.app).or_default().push(&spec.to.app);
+        }
+        let mut seen: BTreeSet<&str> = BTreeSet::new();
+        let mut post: Vec<&str> = Vec::new();
+        fn visit<'a>(
+            a: &'a str,
+            pulls: &dyn Fn(&str) -> bool,
+            next: &BTreeMap<&'a str, Vec<&'a str>>,
+            seen: &mut BTreeSet<&'a str>,
+            post: &mut Vec<&'a str>,
+        ) {
+            if !seen.insert(a) {
+                return;
+            }
+            if !pulls(a) {
+                for &b in next.get(a).into_iter().flatten() {
+                    visit(b, pulls, next, seen, post);
+                }
+            }
+            post.push(a);
+        }
+        let pulls = |a: &str| apps.get(a).is_some_and(|e| e.pulls);
+        for root in &pulling {
+            for &b in next.get(root.as_str()).into_iter().flatten() {
+                visit(b, &pulls, &next, &mut seen, &mut post);
+            }
+        }
+        for a in apps.keys() {
+            visit(a, &pulls, &next, &mut seen, &mut post);
+        }
+        post.reverse();
+        let order: Vec<String> = post.into_iter().map(str::to_string).collect();
+        self.apps = order.iter().map(|n| apps.remove(n).expect("app in order")).collect();
+        self.index = order.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
+        self.pulls = pulling.iter().map(|n| self.index[n]).collect();
+        self.push_order = order;
+        self.pull_order = pulling;
+    }
+
+    fn entry(&self, name: &str) -> Option<&AppEntry> {
+        self.index.get(name).map(|&i| &self.apps[i])
+    }
+    fn entry_mut(&mut self, name: &str) -> Option<&mut AppEntry> {
+        self.index.get(name).map(|&i| &mut self.apps[i])
+    }
+
+    // -----------------------------------------------------------------------
+    // Running
+
+    /// One breath. Returns the number of packets that crossed links.
+    pub fn breathe(&mut self) -> u64 {
+        for &i in &self.pulls {
+            let e = &mut self.apps[i];
+            e.app.pull(&e.io);
+        }
+        for e in &mut self.apps {
+            e.app.push(&e.io);
+        }
+        // Settle: apps whose inputs still hold packets push again.
+        for _ in 1..MAX_PASSES {
+            let mut again = false;
+            for e in &mut self.apps {
+                if e.io.input.iter().any(|l| !l.is_empty()) {
+                    let before: usize = e.io.input.iter().map(Link::nreadable).sum();
+                    e.app.push(&e.io);
+                    let after: usize = e.io.input.iter().map(Link::nreadable).sum();
+                    again |= after < before;
+                }
+            }
+            if !again {
+                break;
+            }
+        }
+        for l in self.links.values() {
+            l.link.rewind();
+        }
+        self.stats.breaths += 1;
+        let moved = self.links_moved();
+        let delta = moved - self.moved_before;
+        self.moved_before = moved;
+        delta
+    }
+
+    fn links_moved(&self) -> u64 {
+        self.links.values().map(|l| l.link.counters().txpackets).sum()
+    }
+
+    fn after_breath(&mut self, moved: u64, now: Instant) {
+        if now >= self.next_tick {
+            self.next_tick = now + self.tick_period;
+            for e in &mut self.apps {
+                e.app.tick(&e.io);
+            }
+        }
+        if self.timers.due(now) {
+            let mut due = self.timers.take_due(now);
+            for t in &mut due {
+                (t.action)(self);
+            }
+            self.timers.put_back(due, now);
+        }
+        if self.stats.breaths % COMMIT_BREATHS == 0 {
+            self.commit();
+        }
+        if moved == 0 {
+            self.stats.idle_breaths += 1;
+            if !self.busywait {
+                self.sleep_us = (self.sleep_us + 1).min(MAX_SLEEP_US);
+                std::thread::sleep(Duration::from_micros(self.sleep_us));
+            }
+        } else {
+            self.sleep_us /= 2;
+        }
+    }
+
+    /// Run breaths until the limit. Counters are committed at the end.
+    pub fn run(&mut self, mut limit: Limit) {
+        let start = Instant::now();
+        let first_breath = self.stats.breaths;
+        self.stop_requested = false;
+        self.moved_before = self.links_moved();
+        loop {
+            let moved = self.breathe();
+            let now = Instant::now();
+            self.after_breath(moved, now);
+            let done = self.stop_requested
+                || match &mut limit {
+                    Limit::Forever => false,
+                    Limit::Duration(d) => now - start >= *d,
+                    Limit::Breaths(n) => self.stats.breaths - first_breath >= *n,
+                    Limit::Until(f, timeout) => {
+                        let f: &mut dyn FnMut(&Engine) -> bool = *f;
+                        f(self) || timeout.is_some_and(|t| now - start >= t)
+                    }
+                };
+            if done {
+                break;
+            }
+        }
+        self.commit();
+    }
+
+    /// Run for a duration.
+    pub fn run_for(&mut self, d: Duration) {
+        self.run(Limit::Duration(d));
+    }
+
+    /// Run until `f` is true or `timeout` passes; returns whether `f` held.
+    pub fn run_until(&mut self, mut f: impl FnMut(&Engine) -> bool, timeout: Duration) -> bool {
+        self.run(Limit::Until(&mut f, Some(timeout)));
+        f(self)
+    }
+
+    // -----------------------------------------------------------------------
+    // Looking inside
+
+    /// A running app, as its own type.
+    pub fn app<T: 'static>(&self, name: &str) -> Option<&T> {
+        self.entry(name)?.app.as_any().downcast_ref::<T>()
+    }
+    pub fn app_mut<T: 'static>(&mut self, name: &str) -> Option<&mut T> {
+        self.entry_mut(name)?.app.as_any_mut().downcast_mut::<T>()
+    }
+    /// A running app's ports.
+    pub fn app_io(&self, name: &str) -> Option<&Io> {
+        self.entry(name).map(|e| &e.io)
+    }
+    /// Apps in push order.
+    pub fn push_order(&self) -> &[String] {
+        &self.push_order
+    }
+    pub fn pull_order(&self) -> &[String] {
+        &self.pull_order
+    }
+
+    /// A link by its spec (`"a.x -> b.y"`).
+    pub fn link(&self, spec: &str) -> Option<&Link> {
+        let s: LinkSpec = spec.parse().ok()?;
+        self.links.get(&s).map(|l| &*l.link)
+    }
+    pub fn link_counters(&self, spec: &str) -> Option<LinkCounters> {
+        self.link(spec).map(Link::counters)
+    }
+    pub fn links(&self) -> impl Iterator<Item = (&LinkSpec, &Link)> {
+        self.links.iter().map(|(s, l)| (s, &*l.link))
+    }
+
+    /// An app's counters by name.
+    pub fn app_counters(&self, name: &str) -> BTreeMap<String, u64> {
+        let mut m = BTreeMap::new();
+        if let Some(e) = self.entry(name) {
+            e.app.counters(&mut |k, v| {
+                m.insert(k.to_string(), v);
+            });
+        }
+        m
+    }
+
+    /// Copy every counter to shared memory (when enabled).
+    pub fn commit(&mut self) {
+        let Some(dir) = &self.shm else { return };
+        let ps = packet::stats();
+        let values =
+            [self.stats.breaths, self.stats.configs, self.stats.reconfig_drops, self.stats.idle_breaths, ps.in_use, ps.total];
+        for ((_, c), v) in self.engine_counters.iter().zip(values) {
+            c.set(v);
+        }
+        for l in self.links.values() {
+            if let Some(cs) = &l.counters {
+                for (c, (_, v)) in cs.iter().zip(l.link.counters().named()) {
+                    c.set(v);
+                }
+            }
+        }
+        for e in &mut self.apps {
+            let counters = &mut e.counters;
+            let name = &e.name;
+            e.app.counters(&mut |k, v| match counters.get(k) {
+                Some(c) => c.set(v),
+                None => {
+                    if let Ok(c) = dir.counter(&format!("apps/{name}/{k}")) {
+                        c.set(v);
+                        counters.insert(k.to_string(), c);
+                    }
+                }
+            });
+        }
+    }
+
+    /// Per-link report: packets sent, drops and loss, one line per link.
+    pub fn report_links(&self) -> String {
+        let mut s = String::from("link report:\n");
+        for (spec, l) in &self.links {
+            let c = l.link.counters();
+            let sent = c.txpackets + c.txdrop;
+            let loss = if sent == 0 { 0.0 } else { c.txdrop as f64 * 100.0 / sent as f64 };
+            let _ = writeln!(s, "  {:>15} sent on {spec} (loss rate: {loss:.0}%)", group(c.txpackets));
+        }
+        s
+    }
+
+    /// Per-app report, from each app's `report`.
+    pub fn report_apps(&self) -> String {
+        let mut s = String::from("app report:\n");
+        for name in self.push_order.iter() {
+            if let Some(e) = self.entry(name) {
+                let mut r = String::new();
+                e.app.report(&mut r);
+                if !r.is_empty() {
+                    let _ = writeln!(s, "  {name}:");
+                    for line in r.lines() {
+                        let _ = writeln!(s, "    {line}");
+                    }
+                }
+            }
+        }
+        s
+    }
+
+    /// Engine load: breaths and idle share since start.
+    pub fn report_load(&self) -> String {
+        let ps = packet::stats();
+        format!(
+            "load: {} breaths ({} idle), {} configs, packets in use {} of {}\n",
+            self.stats.breaths, self.stats.idle_breaths, self.stats.configs, ps.in_use, ps.total
+        )
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn link_counters(dir: Option<&ShmDir>, spec: &LinkSpec) -> Option<Vec<Counter>> {
+    let dir = dir?;
+    LinkCounters::default().named().iter().map(|(n, _)| dir.counter(&format!("links/{spec}/{n}")).ok()).collect()
+}
+
+/// 1234567 -> "1,234,567".
+pub fn group(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

@@ -1,0 +1,617 @@
+//! LINKS
+//!
+//! A link is a single-producer, single-consumer ring of packets between two
+//! apps of one engine. A full link drops the packet and counts it: links
+//! never block and never push back.
+//!
+//!   Link::new(size)         size a power of two (default 1024)
+//!   transmit(p)             producer side; drops when full
+//!   receive() -> Option     consumer side
+//!   drain()                 consumer side, a batch: an iterator over the
+//!                           packets queued now
+//!   transmitter()           producer side, a batch: a handle whose `send`
+//!                           keeps the cursor in a register
+//!   discard() -> (n, bytes) drop everything queued, in bulk
+//!   nreadable() / nwritable() / is_empty() / is_full()
+//!   counters()              rx/tx packets and bytes, drops, bytes copied
+//!
+//! In `CopyMode::Simd` the consumer receives a copy of each packet in a
+//! fresh host buffer and the original goes back to its owner at once: this
+//! is how a guest's buffer is detached from the graph.
+//!
+//! All state is in cells: both endpoint apps hold the link by shared
+//! reference within one thread, and no `&mut` ever aliases. The ring slots
+//! are `MaybeUninit`: slots from `read` up to `write` hold packets, the rest
+//! hold nothing, so a transmit is a single store (no read of the old slot).
+//!
+//! Counting costs one add per packet: packet counts come from the cursors
+//! (with a base carried over when the engine rewinds an empty link), and
+//! received bytes are the bytes sent minus those still queued.
+
+use std::cell::{Cell, UnsafeCell};
+use std::mem::MaybeUninit;
+
+use serde::{Deserialize, Serialize};
+
+use crate::packet::{self, Packet};
+
+/// Slots in a link unless the config says otherwise.
+pub const DEFAULT_SIZE: usize = 1024;
+/// The largest ring a link may have.
+pub const MAX_SIZE: usize = 1 << 16;
+
+/// How a link hands packets on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CopyMode {
+    /// The buffer itself moves on.
+    #[default]
+    Zero,
+    /// The consumer gets a copy made by the vectorised copier.
+    Simd,
+}
+
+/// A snapshot of a link's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkCounters {
+    pub rxpackets: u64,
+    pub rxbytes: u64,
+    pub txpackets: u64,
+    pub txbytes: u64,
+    pub txdrop: u64,
+    /// Bytes copied by the link in `Simd` mode.
+    pub copybytes: u64,
+}
+
+impl LinkCounters {
+    /// Counter names and values, in a fixed order (for shm and reports).
+    pub fn named(&self) -> [(&'static str, u64); 6] {
+        [
+            ("rxpackets", self.rxpackets),
+            ("rxbytes", self.rxbytes),
+            ("txpackets", self.txpackets),
+            ("txbytes", self.txbytes),
+            ("txdrop", self.txdrop),
+            ("copybytes", self.copybytes),
+        ]
+    }
+}
+
+type Slot = UnsafeCell<MaybeUninit<Packet>>;
+
+/// # Safety
+/// `ring` must point to `mask + 1` slots and slot `i & mask` must be empty.
+#[inline(always)]
+unsafe fn slot_put(ring: *const Slot, mask: u32, i: u32, p: Packet) {
+    // SAFETY: i & mask is in bounds; the slot is empty per the contract.
+    unsafe { (*(*ring.add((i & mask) as usize)).get()).write(p) };
+}
+
+/// # Safety
+/// `ring` must point to `mask + 1` slots and slot `i & mask` must hold a
+/// packet that nobody else will take.
+#[inline(always)]
+unsafe fn slot_take(ring: *const Slot, mask: u32, i: u32) -> Packet {
+    // SAFETY: i & mask is in bounds; the slot is full per the contract.
+    unsafe { (*(*ring.add((i & mask) as usize)).get()).assume_init_read() }
+}
+
+pub struct Link {
+    ring: Box<[Slot]>,
+    mask: u32,
+    read: Cell<u32>,
+    write: Cell<u32>,
+    copy: Cell<CopyMode>,
+    txbase: Cell<u64>,
+    rxbase: Cell<u64>,
+    txbytes: Cell<u64>,
+    txdrop: Cell<u64>,
+    copybytes: Cell<u64>,
+    /// A `Drain` (RX_BUSY) or `Transmitter` (TX_BUSY) holds that side.
+    busy: Cell<u8>,
+}
+
+const RX_BUSY: u8 = 1;
+const TX_BUSY: u8 = 2;
+
+impl Link {
+    /// A link of `size` slots. Panics unless `size` is a power of two in
+    /// 2..=MAX_SIZE (the config checks this before it gets here).
+    pub fn new(size: usize) -> Link {
+        assert!(valid_size(size), "link size {size}: must be a power of two in 2..={MAX_SIZE}");
+        Link {
+            ring: (0..size).map(|_| UnsafeCell::new(MaybeUninit::uninit())).collect(),
+            mask: (size - 1) as u32,
+            read: Cell::new(0),
+            write: Cell::new(0),
+            copy: Cell::new(CopyMode::Zero),
+            txbase: Cell::new(0),
+            rxbase: Cell::new(0),
+            txbytes: Cell::new(0),
+            txdrop: Cell::new(0),
+            copybytes: Cell::new(0),
+            busy: Cell::new(0),
+        }
+    }
+
+    /// Panics when a batch handle holds `side`: using a side through two
+    /// handles at once is a bug in the app, and would hand one slot out twice.
+    #[inline(always)]
+    fn check_free(&self, side: u8) {
+        if self.busy.get() & side != 0 {
+            busy_panic(side);
+        }
+    }
+
+    #[inline]
+    pub fn capacity(&self) -> usize {
+        self.ring.len()
+    }
+    #[inline]
+    pub fn nreadable(&self) -> usize {
+        self.write.get().wrapping_sub(self.read.get()) as usize
+    }
+    #[inline]
+    pub fn nwritable(&self) -> usize {
+        self.ring.len() - self.nreadable()
+    }
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.read.get() == self.write.get()
+    }
+    #[inline]
+    pub fn is_full(&self) -> bool {
+        self.nreadable() == self.ring.len()
+    }
+
+    /// # Safety
+    /// `i` must be a cursor value outside `read..write` (an empty slot).
+    #[inline(always)]
+    unsafe fn put(&self, i: u32, p: Packet) {
+        // SAFETY: per the contract the slot is empty; only this thread
+        // touches the ring and no reference into it outlives this call.
+        unsafe { slot_put(self.ring.as_ptr(), self.mask, i, p) }
+    }
+
+    /// # Safety
+    /// `i` must be a cursor value inside `read..write`, and the caller must
+    /// move `read` past it before the slot is read again.
+    #[inline(always)]
+    unsafe fn take(&self, i: u32) -> Packet {
+        // SAFETY: per the contract the slot holds a packet, moved out here.
+        unsafe { slot_take(self.ring.as_ptr(), self.mask, i) }
+    }
+
+    /// Put a packet on the link; if the link is full the packet is dropped
+    /// and counted in `txdrop`.
+    #[inline(always)]
+    pub fn transmit(&self, p: Packet) {
+        self.check_free(TX_BUSY);
+        let w = self.write.get();
+        if w.wrapping_sub(self.read.get()) as usize == self.ring.len() {
+            self.txdrop.set(self.txdrop.get() + 1);
+            return;
+        }
+        let p = match self.copy.get() {
+            CopyMode::Zero => p,
+            CopyMode::Simd => self.copy_packet(p),
+        };
+        self.txbytes.set(self.txbytes.get() + p.len() as u64);
+        // SAFETY: the link is not full, so slot `w` is empty.
+        unsafe { self.put(w, p) };
+        self.write.set(w.wrapping_add(1));
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn copy_packet(&self, p: Packet) -> Packet {
+        self.copybytes.set(self.copybytes.get() + p.len() as u64);
+        p.copy_to_host()
+    }
+
+    /// Take the oldest packet off the link.
+    #[inline(always)]
+    pub fn receive(&self) -> Option<Packet> {
+        self.check_free(RX_BUSY);
+        let r = self.read.get();
+        if r == self.write.get() {
+            return None;
+        }
+        // SAFETY: slot `r` is inside read..write; `read` moves past it next.
+        let p = unsafe { self.take(r) };
+        self.read.set(r.wrapping_add(1));
+        Some(p)
+    }
+
+    /// The packets queued now, oldest first, as an iterator that keeps the
+    /// cursor in a register. Packets the iterator does not reach stay on
+    /// the link.
+    #[inline]
+    pub fn drain(&self) -> Drain<'_> {
+        self.check_free(RX_BUSY);
+        self.busy.set(self.busy.get() | RX_BUSY);
+        Drain { link: self, ring: self.ring.as_ptr(), mask: self.mask, r: self.read.get(), end: self.write.get() }
+    }
+
+    /// A batch sender: as `transmit`, with the cursor kept in a register
+    /// until the sender is dropped.
+    #[inline]
+    pub fn transmitter(&self) -> Transmitter<'_> {
+        self.check_free(TX_BUSY);
+        self.busy.set(self.busy.get() | TX_BUSY);
+        let w = self.write.get();
+        let room = self.ring.len() as u32 - w.wrapping_sub(self.read.get());
+        Transmitter {
+            link: self,
+            ring: self.ring.as_ptr(),
+            mask: self.mask,
+            copy: self.copy.get() == CopyMode::Simd,
+            w,
+            end: w.wrapping_add(room),
+            bytes: 0,
+            drops: 0,
+        }
+    }
+
+    /// Drop every queued packet, in bulk; returns how many and their bytes.
+    pub fn discard(&self) -> (u64, u64) {
+        self.check_free(RX_BUSY);
+        let (r, end) = (self.read.get(), self.write.get());
+        let n = end.wrapping_sub(r);
+        let (ring, mask) = (self.ring.as_ptr(), self.mask);
+        let mut bytes = 0;
+        let mut i = r;
+        // `read` moves first: the slots are taken below, and a foreign
+        // packet's owner may look at this link while it is dropped.
+        self.read.set(end);
+        packet::free_batch(n as usize, || {
+            // SAFETY: i runs over the n slots that were inside read..write;
+            // `read` has moved past them, so each is taken exactly once.
+            let p = unsafe { slot_take(ring, mask, i) };
+            i = i.wrapping_add(1);
+            bytes += p.len() as u64;
+            p
+        });
+        (n as u64, bytes)
+    }
+
+    /// Length of the oldest packet, without taking it.
+    pub fn front_len(&self) -> Option<usize> {
+        if self.is_empty() {
+            return None;
+        }
+        // SAFETY: the slot at `read` holds a packet (the link is not empty);
+        // the shared reference ends within this expression.
+        Some(unsafe { (*self.ring[(self.read.get() & self.mask) as usize].get()).assume_init_ref().len() })
+    }
+
+    /// Move the cursors of an empty link back to slot 0, so that a link
+    /// that is emptied every breath keeps reusing the same few cache lines
+    /// of its ring instead of sweeping all of it.
+    #[inline]
+    pub fn rewind(&self) {
+        let (r, w) = (self.read.get(), self.write.get());
+        if r == w && r != 0 {
+            self.txbase.set(self.txbase.get() + w as u64);
+            self.rxbase.set(self.rxbase.get() + r as u64);
+            self.read.set(0);
+            self.write.set(0);
+        }
+    }
+
+    pub fn copy_mode(&self) -> CopyMode {
+        self.copy.get()
+    }
+    pub fn set_copy_mode(&self, mode: CopyMode) {
+        self.copy.set(mode);
+    }
+
+    fn queued_bytes(&self) -> u64 {
+        let mut bytes = 0;
+        let mut i = self.read.get();
+        while i != self.write.get() {
+            // SAFETY: i is inside read..write; the reference ends at once.
+            bytes += unsafe { (*self.ring[(i & self.mask) as usize].get()).assume_init_ref().len() } as u64;
+            i = i.wrapping_add(1);
+        }
+        bytes
+    }
+
+    pub fn counters(&self) -> LinkCounters {
+        // Cursors are free-running u32s between rewinds; a link that is
+        // never empty for 2^32 packets would wrap them, which a rewind
+        // (any empty moment) prevents.
+        LinkCounters {
+            rxpackets: self.rxbase.get() + self.read.get() as u64,
+            rxbytes: self.txbytes.get() - self.queued_bytes(),
+            txpackets: self.txbase.get() + self.write.get() as u64,
+            txbytes: self.txbytes.get(),
+            txdrop: self.txdrop.get(),
+            copybytes: self.copybytes.get(),
+        }
+    }
+
+    /// Packets sent so far (cheap: no scan of the queue).
+    #[inline]
+    pub fn txpackets(&self) -> u64 {
+        self.txbase.get() + self.write.get() as u64
+    }
+
+    /// Drop every packet on the link; returns how many there were.
+    pub fn drain_all(&self) -> usize {
+        self.discard().0 as usize
+    }
+
+    /// A link of another size holding this link's packets and counters.
+    /// Packets that do not fit are dropped and counted in `txdrop`.
+    pub fn resized(&self, size: usize) -> Link {
+        let before = self.counters();
+        let new = Link::new(size);
+        new.copy.set(self.copy.get());
+        let (mut moved, mut lost_bytes) = (0u64, 0u64);
+        let mut i = self.read.get();
+        let end = self.write.get();
+        while i != end {
+            // SAFETY: i is inside read..write of the old link, whose `read`
+            // moves to `end` right after this loop.
+            let p = unsafe { self.take(i) };
+            i = i.wrapping_add(1);
+            if new.is_full() {
+                new.txdrop.set(new.txdrop.get() + 1);
+                lost_bytes += p.len() as u64;
+            } else {
+                // SAFETY: `new` is not full, so slot `write` is empty.
+                unsafe { new.put(new.write.get(), p) };
+                new.write.set(new.write.get() + 1);
+                moved += 1;
+            }
+        }
+        self.read.set(end);
+        let queued = before.txpackets - before.rxpackets;
+        let lost = queued - moved;
+        new.txbase.set(before.txpackets - lost - moved);
+        new.rxbase.set(before.rxpackets);
+        new.txbytes.set(before.txbytes - lost_bytes);
+        new.txdrop.set(new.txdrop.get() + before.txdrop);
+        new.copybytes.set(before.copybytes);
+        new
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.discard();
+    }
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("size", &self.capacity())
+            .field("queued", &self.nreadable())
+            .field("copy", &self.copy.get())
+            .field("counters", &self.counters())
+            .finish()
+    }
+}
+
+/// The packets queued on a link when `drain` was called. Dropping the
+/// iterator commits how far it got.
+pub struct Drain<'a> {
+    link: &'a Link,
+    ring: *const Slot,
+    mask: u32,
+    r: u32,
+    end: u32,
+}
+
+impl Iterator for Drain<'_> {
+    type Item = Packet;
+    #[inline(always)]
+    fn next(&mut self) -> Option<Packet> {
+        if self.r == self.end {
+            return None;
+        }
+        // SAFETY: r is inside the link's read..write; this iterator alone
+        // reads the ring while it lives (RX_BUSY), and sets `read` to r when
+        // it drops.
+        let p = unsafe { slot_take(self.ring, self.mask, self.r) };
+        self.r = self.r.wrapping_add(1);
+        Some(p)
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.end.wrapping_sub(self.r) as usize;
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for Drain<'_> {}
+
+impl Drop for Drain<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.link.read.set(self.r);
+        self.link.busy.set(self.link.busy.get() & !RX_BUSY);
+    }
+}
+
+/// A batch sender on a link; see [`Link::transmitter`].
+pub struct Transmitter<'a> {
+    link: &'a Link,
+    ring: *const Slot,
+    mask: u32,
+    copy: bool,
+    w: u32,
+    end: u32,
+    bytes: u64,
+    drops: u64,
+}
+
+impl Transmitter<'_> {
+    /// Send a packet, or drop and count it when the link is full.
+    #[inline(always)]
+    pub fn send(&mut self, p: Packet) {
+        if self.w == self.end {
+            self.drops += 1;
+            return;
+        }
+        let p = if self.copy { self.link.copy_packet(p) } else { p };
+        self.bytes += p.len() as u64;
+        // SAFETY: w is below `end`, the end of the free slots when this
+        // sender was made (the consumer only makes more room), and only this
+        // sender writes the link while it lives (TX_BUSY).
+        unsafe { slot_put(self.ring, self.mask, self.w, p) };
+        self.w = self.w.wrapping_add(1);
+    }
+
+    /// Free slots left.
+    #[inline]
+    pub fn room(&self) -> usize {
+        self.end.wrapping_sub(self.w) as usize
+    }
+}
+
+impl Drop for Transmitter<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        let l = self.link;
+        l.busy.set(l.busy.get() & !TX_BUSY);
+        l.write.set(self.w);
+        l.txbytes.set(l.txbytes.get() + self.bytes);
+        l.txdrop.set(l.txdrop.get() + self.drops);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn busy_panic(side: u8) -> ! {
+    let what = if side == RX_BUSY { "receive on a link while a Drain of it lives" } else { "transmit on a link while a Transmitter of it lives" };
+    panic!("{what}")
+}
+
+/// Whether `size` is an acceptable ring size.
+pub fn valid_size(size: usize) -> bool {
+    size.is_power_of_two() && (2..=MAX_SIZE).contains(&size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet;
+
+    #[test]
+    fn fifo_and_counters() {
+        let l = Link::new(4);
+        assert!(l.is_empty());
+        for i in 0..3u8 {
+            l.transmit(Packet::from_bytes(&[i; 10]));
+        }
+        assert_eq!(l.nreadable(), 3);
+        assert_eq!(l.front_len(), Some(10));
+        assert_eq!(l.receive().unwrap().data()[0], 0);
+        assert_eq!(l.receive().unwrap().data()[0], 1);
+        let c = l.counters();
+        assert_eq!((c.txpackets, c.txbytes, c.rxpackets, c.rxbytes), (3, 30, 2, 20));
+        l.receive();
+        l.rewind();
+        let c = l.counters();
+        assert_eq!((c.txpackets, c.txbytes, c.rxpackets, c.rxbytes), (3, 30, 3, 30), "rewind keeps counts");
+    }
+
+    #[test]
+    fn full_link_drops_and_counts() {
+        let before = packet::stats();
+        {
+            let l = Link::new(2);
+            for _ in 0..5 {
+                l.transmit(Packet::from_bytes(&[0; 60]));
+            }
+            assert!(l.is_full());
+            assert_eq!(l.counters().txdrop, 3);
+            assert_eq!(l.counters().txpackets, 2);
+            let mut t = l.transmitter();
+            t.send(Packet::new());
+            drop(t);
+            assert_eq!(l.counters().txdrop, 4);
+        }
+        assert_eq!(packet::stats().in_use, before.in_use, "dropped and queued packets were freed");
+    }
+
+    #[test]
+    fn indices_wrap() {
+        let l = Link::new(2);
+        for i in 0..100_000u32 {
+            l.transmit(Packet::from_bytes(&i.to_le_bytes()));
+            assert_eq!(l.receive().unwrap().data(), &i.to_le_bytes());
+        }
+        assert!(l.receive().is_none());
+        assert_eq!(l.counters().rxpackets, 100_000);
+    }
+
+    #[test]
+    fn batch_send_and_drain() {
+        let l = Link::new(8);
+        {
+            let mut t = l.transmitter();
+            assert_eq!(t.room(), 8);
+            for i in 0..10u8 {
+                t.send(Packet::from_bytes(&[i; 3]));
+            }
+        }
+        assert_eq!(l.nreadable(), 8);
+        assert_eq!(l.counters().txdrop, 2);
+        let firsts: Vec<u8> = l.drain().take(5).map(|p| p.data()[0]).collect();
+        assert_eq!(firsts, vec![0, 1, 2, 3, 4]);
+        assert_eq!(l.nreadable(), 3, "the rest stays queued");
+        assert_eq!(l.discard(), (3, 9));
+        let c = l.counters();
+        assert_eq!((c.txpackets, c.rxpackets, c.txbytes, c.rxbytes), (8, 8, 24, 24));
+    }
+
+    #[test]
+    fn batch_handles_hold_their_side() {
+        let l = Link::new(8);
+        l.transmit(Packet::new());
+        l.transmit(Packet::new());
+        let mut d = l.drain();
+        let _a = d.next();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| l.receive()));
+        assert!(r.is_err(), "a second consumer is refused, not handed the same slot");
+        drop(d);
+        assert!(l.receive().is_some());
+        let t = l.transmitter();
+        assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| l.transmit(Packet::new()))).is_err());
+        drop(t);
+        l.transmit(Packet::new());
+    }
+
+    #[test]
+    fn simd_mode_hands_on_copies() {
+        let l = Link::new(8);
+        l.set_copy_mode(CopyMode::Simd);
+        let p = Packet::from_bytes(b"abcdef");
+        let addr = p.data().as_ptr();
+        l.transmit(p);
+        let q = l.receive().unwrap();
+        assert_eq!(q.data(), b"abcdef");
+        assert_ne!(q.data().as_ptr(), addr);
+        assert_eq!(l.counters().copybytes, 6);
+    }
+
+    #[test]
+    fn resize_keeps_packets_and_counts() {
+        let l = Link::new(8);
+        for i in 0..6u8 {
+            l.transmit(Packet::from_bytes(&[i]));
+        }
+        l.receive();
+        let m = l.resized(4);
+        assert_eq!(m.nreadable(), 4);
+        let c = m.counters();
+        assert_eq!((c.txpackets, c.txdrop, c.rxpackets), (5, 1, 1));
+        let got: Vec<u8> = m.drain().map(|p| p.data()[0]).collect();
+        assert_eq!(got, vec![1, 2, 3, 4]);
+        let c = m.counters();
+        assert_eq!((c.txpackets, c.rxpackets, c.txbytes, c.rxbytes), (5, 5, 5, 5));
+        assert!(l.is_empty(), "the old link was emptied");
+    }
+}

@@ -1,0 +1,316 @@
+//! DMA-CAPABLE MEMORY
+//!
+//! Memory comes in 2 MiB chunks. A chunk is one huge page when the kernel
+//! has huge pages to give (`vm.nr_hugepages`), so it is physically contiguous
+//! and its physical address, read from `/proc/self/pagemap`, can go straight
+//! into a NIC descriptor. Otherwise a chunk is ordinary, 2 MiB-aligned
+//! anonymous memory: a device can then reach it only through an IOMMU mapping
+//! (VFIO, with IOVA = virtual address) or through the 82599 model.
+//!
+//!   alloc_chunk() -> Chunk        a fresh or recycled 2 MiB chunk
+//!   chunks()                      every chunk this process has (for IOMMUs)
+//!   generation()                  bumps when a chunk is added
+//!   DmaBuffer::new(len)           a block for rings and tables, freed on drop
+//!   dma_to_virt(addr) / virt_to_dma(ptr)   slow-path lookups
+//!
+//! Chunks are never unmapped: a device may still be writing to one after
+//! software has forgotten it, and a NIC's stray DMA into live memory is a far
+//! smaller evil than into memory the kernel gave to someone else.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, Once};
+
+/// Size of one chunk: one x86-64 huge page.
+pub const CHUNK_SIZE: usize = 2 << 20;
+
+/// What backs a chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backing {
+    /// A 2 MiB huge page; `dma` is its physical address.
+    Huge,
+    /// Ordinary memory; `dma` is its virtual address (IOVA = VA).
+    Ordinary,
+}
+
+/// One 2 MiB chunk of memory that a device may read and write.
+#[derive(Clone, Copy, Debug)]
+pub struct Chunk {
+    /// Virtual address of the first byte.
+    pub virt: usize,
+    /// Address a device uses for the first byte (see [`Backing`]).
+    pub dma: u64,
+    pub len: usize,
+    pub backing: Backing,
+}
+
+impl Chunk {
+    pub fn contains_virt(&self, virt: usize) -> bool {
+        virt >= self.virt && virt < self.virt + self.len
+    }
+    pub fn contains_dma(&self, dma: u64) -> bool {
+        dma >= self.dma && dma < self.dma + self.len as u64
+    }
+}
+
+static CHUNKS: Mutex<Vec<Chunk>> = Mutex::new(Vec::new());
+static SPARE: Mutex<Vec<Chunk>> = Mutex::new(Vec::new());
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+static LOG_BACKING: Once = Once::new();
+
+/// Every chunk mapped so far, in the order they were made.
+pub fn chunks() -> Vec<Chunk> {
+    CHUNKS.lock().unwrap().clone()
+}
+
+/// Changes whenever a chunk is added, so that an IOMMU user can map new
+/// chunks without scanning the list every breath.
+pub fn generation() -> u64 {
+    GENERATION.load(Ordering::Acquire)
+}
+
+/// The device address of a byte in any chunk.
+pub fn virt_to_dma(virt: *const u8) -> Option<u64> {
+    let v = virt as usize;
+    CHUNKS
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|c| c.contains_virt(v))
+        .map(|c| c.dma + (v - c.virt) as u64)
+}
+
+/// The virtual address of a device address in any chunk.
+pub fn dma_to_virt(dma: u64) -> Option<*mut u8> {
+    CHUNKS
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|c| c.contains_dma(dma))
+        .map(|c| (c.virt + (dma - c.dma) as usize) as *mut u8)
+}
+
+/// Whether huge pages are refused by configuration (`SNABB_RS_NO_HUGEPAGES=1`).
+fn hugepages_disabled() -> bool {
+    std::env::var("SNABB_RS_NO_HUGEPAGES").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// A 2 MiB chunk, recycled from an exited thread's pool when one is spare.
+pub fn alloc_chunk() -> io::Result<Chunk> {
+    if let Some(c) = SPARE.lock().unwrap().pop() {
+        return Ok(c);
+    }
+    let chunk = match (!hugepages_disabled()).then(map_huge).flatten() {
+        Some(c) => c,
+        None => map_ordinary()?,
+    };
+    LOG_BACKING.call_once(|| match chunk.backing {
+        Backing::Huge => log::info!(
+            "packet memory: 2 MiB huge pages, physical addresses from /proc/self/pagemap"
+        ),
+        Backing::Ordinary => log::info!(
+            "packet memory: ordinary pages (no huge pages available{}); device addresses are \
+             virtual (IOVA = VA): a real NIC needs VFIO",
+            if hugepages_disabled() { ", SNABB_RS_NO_HUGEPAGES is set" } else { "" }
+        ),
+    });
+    CHUNKS.lock().unwrap().push(chunk);
+    GENERATION.fetch_add(1, Ordering::AcqRel);
+    Ok(chunk)
+}
+
+/// Give a chunk back for reuse; its contents are zeroed first.
+pub(crate) fn recycle_chunk(c: Chunk) {
+    // SAFETY: the chunk is ours (mapped by alloc_chunk, never unmapped) and the
+    // caller has checked that nothing refers to its contents any more.
+    unsafe { std::ptr::write_bytes(c.virt as *mut u8, 0, c.len) };
+    SPARE.lock().unwrap().push(c);
+}
+
+fn map_huge() -> Option<Chunk> {
+    // SAFETY: a fresh anonymous mapping; no existing memory is affected.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            CHUNK_SIZE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB | libc::MAP_POPULATE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    // SAFETY: p is a mapping of CHUNK_SIZE bytes made just above.
+    unsafe {
+        // Locked so the kernel never moves the page under a device.
+        libc::mlock(p, CHUNK_SIZE);
+        std::ptr::write_volatile(p as *mut u8, 0);
+    }
+    match physical_address(p as usize) {
+        Some(phys) => Some(Chunk { virt: p as usize, dma: phys, len: CHUNK_SIZE, backing: Backing::Huge }),
+        None => {
+            // No PFNs without CAP_SYS_ADMIN: such a page is no better than
+            // ordinary memory, and ordinary memory is cheaper to get.
+            // SAFETY: unmapping the mapping made above, never shared.
+            unsafe { libc::munmap(p, CHUNK_SIZE) };
+            None
+        }
+    }
+}
+
+fn map_ordinary() -> io::Result<Chunk> {
+    // Map twice the size and trim, to get 2 MiB alignment.
+    let len = 2 * CHUNK_SIZE;
+    // SAFETY: a fresh anonymous mapping.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let start = p as usize;
+    let aligned = (start + CHUNK_SIZE - 1) & !(CHUNK_SIZE - 1);
+    // SAFETY: trimming the unaligned head and tail of our own mapping.
+    unsafe {
+        if aligned > start {
+            libc::munmap(p, aligned - start);
+        }
+        let tail = start + len - (aligned + CHUNK_SIZE);
+        if tail > 0 {
+            libc::munmap((aligned + CHUNK_SIZE) as *mut libc::c_void, tail);
+        }
+        // Ask for a transparent huge page: fewer TLB misses on the hot path.
+        libc::madvise(aligned as *mut libc::c_void, CHUNK_SIZE, libc::MADV_HUGEPAGE);
+    }
+    Ok(Chunk { virt: aligned, dma: aligned as u64, len: CHUNK_SIZE, backing: Backing::Ordinary })
+}
+
+/// Physical address of a resident page from `/proc/self/pagemap`.
+fn physical_address(virt: usize) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open("/proc/self/pagemap").ok()?;
+    let mut entry = [0u8; 8];
+    f.read_exact_at(&mut entry, (virt / 4096 * 8) as u64).ok()?;
+    let e = u64::from_ne_bytes(entry);
+    let present = e >> 63 == 1;
+    let pfn = e & ((1 << 55) - 1);
+    (present && pfn != 0).then(|| pfn * 4096 + (virt % 4096) as u64)
+}
+
+// ---------------------------------------------------------------------------
+// Blocks for rings and tables: power-of-two size classes from 4 KiB up to a
+// whole chunk, split from chunks on demand, returned on drop.
+
+const MIN_BLOCK: usize = 4096;
+
+static BLOCKS: Mutex<BTreeMap<usize, Vec<(usize, u64, Backing)>>> = Mutex::new(BTreeMap::new());
+
+/// A zeroed block of DMA memory, 4 KiB-aligned (aligned to its size class),
+/// physically contiguous when backed by a huge page.
+pub struct DmaBuffer {
+    virt: usize,
+    dma: u64,
+    len: usize,
+    class: usize,
+    backing: Backing,
+}
+
+// SAFETY: the block is plain memory owned by this value alone.
+unsafe impl Send for DmaBuffer {}
+
+impl DmaBuffer {
+    pub fn new(len: usize) -> io::Result<DmaBuffer> {
+        if len == 0 || len > CHUNK_SIZE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("DMA block of {len} bytes: must be 1..={CHUNK_SIZE}"),
+            ));
+        }
+        let class = len.next_power_of_two().max(MIN_BLOCK);
+        let mut blocks = BLOCKS.lock().unwrap();
+        let (virt, dma, backing) = match blocks.get_mut(&class).and_then(Vec::pop) {
+            Some(b) => b,
+            None => {
+                let c = alloc_chunk()?;
+                let list = blocks.entry(class).or_default();
+                for off in (class..CHUNK_SIZE).step_by(class).rev() {
+                    list.push((c.virt + off, c.dma + off as u64, c.backing));
+                }
+                (c.virt, c.dma, c.backing)
+            }
+        };
+        // SAFETY: the block lies inside one of our chunks and is not handed
+        // to anyone else until this DmaBuffer is dropped.
+        unsafe { std::ptr::write_bytes(virt as *mut u8, 0, class) };
+        Ok(DmaBuffer { virt, dma, len, class, backing })
+    }
+
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.virt as *mut u8
+    }
+    /// Device address of the first byte.
+    pub fn dma(&self) -> u64 {
+        self.dma
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn backing(&self) -> Backing {
+        self.backing
+    }
+}
+
+impl Drop for DmaBuffer {
+    fn drop(&mut self) {
+        BLOCKS.lock().unwrap().entry(self.class).or_default().push((self.virt, self.dma, self.backing));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_is_aligned_and_registered() {
+        let c = alloc_chunk().unwrap();
+        assert_eq!(c.virt % CHUNK_SIZE, 0);
+        assert_eq!(c.len, CHUNK_SIZE);
+        let p = (c.virt + 100) as *const u8;
+        assert_eq!(virt_to_dma(p), Some(c.dma + 100));
+        assert_eq!(dma_to_virt(c.dma + 100), Some(p as *mut u8));
+        if c.backing == Backing::Huge {
+            assert_eq!(c.dma % CHUNK_SIZE as u64, 0, "a huge page is physically aligned");
+        }
+    }
+
+    #[test]
+    fn dma_buffers_do_not_overlap_and_are_reused() {
+        let a = DmaBuffer::new(5000).unwrap();
+        let b = DmaBuffer::new(8192).unwrap();
+        assert_eq!(a.as_ptr() as usize % 8192, 0);
+        assert!(a.as_ptr() != b.as_ptr());
+        let ap = a.as_ptr();
+        // SAFETY: writing inside our own block.
+        unsafe { ap.write(7) };
+        drop(a);
+        let c = DmaBuffer::new(6000).unwrap();
+        assert_eq!(c.as_ptr(), ap, "freed block of the same class is reused");
+        // SAFETY: reading inside our own block.
+        assert_eq!(unsafe { c.as_ptr().read() }, 0, "blocks come zeroed");
+        assert!(DmaBuffer::new(CHUNK_SIZE + 1).is_err());
+        assert!(DmaBuffer::new(0).is_err());
+    }
+}
