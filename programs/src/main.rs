@@ -1,7 +1,12 @@
 //! snabb-rs: run packet-processing app graphs.
 
 mod bench;
+mod logger;
+mod run;
+mod selftest;
+mod top;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -15,11 +20,56 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Program {
+    /// Run the app graph in a RON config file (re-applied live when the file changes).
+    Run {
+        config: PathBuf,
+        /// Stop after this many seconds (default: until SIGINT/SIGTERM).
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Print a per-link report every this many seconds.
+        #[arg(long)]
+        report: Option<f64>,
+        /// Never sleep when idle.
+        #[arg(long)]
+        busywait: bool,
+        /// Do not publish counters in shared memory.
+        #[arg(long)]
+        no_shm: bool,
+    },
+    /// Work with config files.
+    Config {
+        #[command(subcommand)]
+        what: ConfigCmd,
+    },
+    /// Show the link rates of a running snabb-rs process.
+    Top {
+        /// The process (default: the only one running).
+        pid: Option<u32>,
+        /// Print one plain-text sample and exit.
+        #[arg(long)]
+        once: bool,
+        /// Seconds between samples.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+    },
+    /// Run each app's selftest, or one app's.
+    Selftest {
+        /// App class (e.g. Tee); all when omitted.
+        app: Option<String>,
+    },
+    /// List the app classes this binary knows.
+    Apps,
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
         which: Bench,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Check a config without running it and print its graph.
+    Check { config: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -40,8 +90,22 @@ pub fn registry() -> snabb_core::Registry {
 }
 
 fn main() -> ExitCode {
+    logger::init();
     let cli = Cli::parse();
     let r = match cli.program {
+        Program::Run { config, duration, report, busywait, no_shm } => run::run(
+            &config,
+            run::RunOptions { duration, report, busywait, shm: !no_shm, program: "run".into() },
+        ),
+        Program::Config { what: ConfigCmd::Check { config } } => config_check(&config),
+        Program::Top { pid, once, interval } => top::top(pid, once, interval),
+        Program::Selftest { app } => selftest::run(app.as_deref()),
+        Program::Apps => {
+            for (name, doc) in registry().classes() {
+                println!("{name:<16} {doc}");
+            }
+            Ok(())
+        }
         Program::Bench { which: Bench::Basic1 { packets } } => bench::basic1(packets).map(drop),
     };
     match r {
@@ -51,4 +115,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn config_check(path: &std::path::Path) -> anyhow::Result<()> {
+    let c = snabb_core::Config::from_file(path)?;
+    registry().check(&c)?;
+    print!("{}", c.to_ron());
+    eprintln!("{}: ok ({} apps, {} links)", path.display(), c.apps().count(), c.links().count());
+    Ok(())
 }

@@ -1,0 +1,75 @@
+#!/bin/bash
+# The whole test suite. Installs the Debian packages it needs when they are
+# missing, reserves huge pages, then runs:
+#   1. the unit and integration tests of every crate (cargo test),
+#   2. every app's selftest through the snabb-rs command,
+#   3. the suites in selftest/*.sh (real peers: tcpdump, QEMU, DPDK...).
+# Fuzzing and soak runs are bounded in time. At the end it says what ran,
+# what was skipped and why. Exit status: non-zero if anything failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export SNABB_RS_CI=1            # tests that need a peer fail, not skip, when it is missing
+export CARGO_TERM_COLOR=never
+START=$(date +%s)
+RESULTS=()
+FAILED=0
+
+say() { echo "=== $*"; }
+record() { RESULTS+=("$1"); case "$1" in FAIL*) FAILED=1;; esac; }
+
+# --- packages ---------------------------------------------------------------
+PKGS=(tcpdump iproute2 iputils-ping)
+missing=()
+for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+    say "installing ${missing[*]}"
+    if [ "$(id -u)" = 0 ]; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+            || echo "apt-get failed: the suites that need ${missing[*]} will fail"
+    else
+        echo "not root: cannot install ${missing[*]}"
+    fi
+fi
+
+# --- huge pages -------------------------------------------------------------
+if [ "$(id -u)" = 0 ]; then
+    want=1024
+    have=$(cat /proc/sys/vm/nr_hugepages)
+    [ "$have" -ge "$want" ] || echo "$want" > /proc/sys/vm/nr_hugepages
+    mkdir -p /dev/hugepages
+    mountpoint -q /dev/hugepages || mount -t hugetlbfs none /dev/hugepages
+    say "huge pages: $(awk '/HugePages_Total/{t=$2}/HugePages_Free/{f=$2}END{print f" free of "t}' /proc/meminfo) (2 MiB)"
+else
+    say "huge pages: not root, packet memory will use ordinary pages"
+fi
+
+# --- 1. cargo tests ---------------------------------------------------------
+say "cargo test (release) for the whole workspace"
+if cargo test --release --workspace 2>&1 | tee /tmp/snabb-rs-cargo-test.log | grep -E '^(test result|running|failures:|---- )|FAILED|panicked'; then :; fi
+if grep -q 'test result: FAILED\|error\[\|error: could not compile\|error: test failed' /tmp/snabb-rs-cargo-test.log; then
+    record "FAIL cargo test (see /tmp/snabb-rs-cargo-test.log)"
+else
+    record "pass cargo test: $(grep -c '^test .* ok$' /tmp/snabb-rs-cargo-test.log) tests"
+fi
+
+# --- 2. app selftests through the command ------------------------------------
+say "snabb-rs selftest"
+if target/release/snabb-rs selftest; then record "pass snabb-rs selftest"; else record "FAIL snabb-rs selftest"; fi
+
+# --- 3. suites against real peers -------------------------------------------
+for s in selftest/*.sh; do
+    [ -e "$s" ] || continue
+    say "$s"
+    out=$(bash "$s" 2>&1); rc=$?
+    echo "$out" | tail -40
+    case $rc in
+        0) record "pass $s";;
+        43) record "skip $s: $(echo "$out" | grep -m1 '^SKIP' | cut -c6-)";;
+        *) record "FAIL $s (exit $rc)";;
+    esac
+done
+
+say "summary ($(( $(date +%s) - START )) s)"
+for r in "${RESULTS[@]}"; do echo "  $r"; done
+exit $FAILED
