@@ -568,6 +568,26 @@ mod tests {
     }
 
     #[test]
+    fn discard_frees_a_pool_grown_over_many_chunks() {
+        // Run on a fresh thread: a pool of its own that grows from zero.
+        std::thread::spawn(|| {
+            let l = Link::new(4096);
+            for round in 0..3 {
+                let mut t = l.transmitter();
+                for _ in 0..4000 {
+                    t.send(Packet::new());
+                }
+                drop(t);
+                assert_eq!(packet::stats().in_use, 4000, "round {round}");
+                assert_eq!(l.discard().0, 4000);
+                assert_eq!(packet::stats().in_use, 0, "round {round}");
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
     fn batch_handles_hold_their_side() {
         let l = Link::new(8);
         l.transmit(Packet::new());

@@ -463,9 +463,10 @@ pub fn free_batch(n: usize, mut next: impl FnMut() -> Packet) {
         // the length before anything else (the foreign drop) touches `free`.
         unsafe {
             let free = &mut (*st).free;
+            let room = free.capacity() - free.len();
             let base = free.as_mut_ptr().add(free.len());
             let mut m = 0;
-            while left > 0 {
+            while left > 0 && m < room {
                 let p = next();
                 left -= 1;
                 if p.rec().owner != HOST {
@@ -477,8 +478,12 @@ pub fn free_batch(n: usize, mut next: impl FnMut() -> Packet) {
                 m += 1;
             }
             let free = &mut (*st).free;
-            debug_assert!(free.len() + m <= free.capacity());
             free.set_len(free.len() + m);
+            if m == room && left > 0 {
+                // Cannot happen while the capacity covers the pool; stay
+                // safe if it ever does.
+                free.reserve(left);
+            }
             (*st).stats.frees += m as u64;
         }
         drop(foreign);
@@ -580,7 +585,10 @@ fn grow(st: &mut State) -> NonNull<Record> {
     for _ in 0..n {
         let c = memory::alloc_chunk().expect("packet memory: cannot map a 2 MiB chunk");
         st.chunks.push(c);
-        st.free.reserve(RECORDS_PER_CHUNK);
+        // The freelist can hold every record of the pool: frees never
+        // reallocate, and `free_batch` relies on it.
+        let total = st.stats.total as usize + RECORDS_PER_CHUNK;
+        st.free.reserve(total - st.free.len());
         for i in (0..RECORDS_PER_CHUNK).rev() {
             let off = i * RECORD_SIZE;
             let rec = (c.virt + off) as *mut Record;
