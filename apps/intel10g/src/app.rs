@@ -31,14 +31,14 @@ use snabb_core::{App, AppClass, AppContext, Io, MacAddr, Packet};
 use snabb_model_82599::{Model82599, WireSpec, registry};
 
 use crate::bar::{Mmio, ModelBar, Registers};
-use crate::device::{Claimed, Device, DeviceSettings, Filters, HwStats, Mode, QueueSettings, SHARED_STAT_SET};
+use crate::device::{
+    Claimed, Device, DeviceSettings, Filters, HwStats, Mode, QueueSettings, SHARED_STAT_SET,
+};
 use crate::dma::{DmaMapper, DmaPath};
 use crate::pci::PciDevice;
 use crate::ring::{MAX_RING, MIN_RING, RxQueue, TxQueue, valid_ring_size};
 use crate::vfio::Vfio;
 
-/// Frames taken from the receive ring per breath at most.
-pub const RX_BATCH: usize = 128;
 /// How often the chip's counters are read (each read is a PCIe round trip).
 const STATS_EVERY: Duration = Duration::from_millis(50);
 
@@ -129,16 +129,31 @@ impl Intel10gArgs {
 
     /// Everything that can be wrong without looking at the device.
     pub fn validate(&self) -> Result<()> {
-        ensure!(!self.pci.is_empty(), "pci: give the port's PCI address, or `model:NAME` for a model port");
+        ensure!(
+            !self.pci.is_empty(),
+            "pci: give the port's PCI address, or `model:NAME` for a model port"
+        );
         if !self.is_model() {
             crate::pci::canonical_address(&self.pci)?;
-            ensure!(self.wire.is_none(), "wire: only a model port (`model:NAME`) has a wire to set");
+            ensure!(
+                self.wire.is_none(),
+                "wire: only a model port (`model:NAME`) has a wire to set"
+            );
         }
         self.mode.validate()?;
         let b = self.buffer_size;
-        ensure!(b % 1024 == 0, "buffer_size {b}: must be a multiple of 1024 (SRRCTL.BSIZEPACKET counts KiB)");
-        ensure!((1024..=16 * 1024).contains(&b), "buffer_size {b}: the 82599 takes 1 to 16 KiB");
-        ensure!(b as usize <= PAYLOAD_SIZE, "buffer_size {b}: larger than a packet ({PAYLOAD_SIZE} bytes)");
+        ensure!(
+            b % 1024 == 0,
+            "buffer_size {b}: must be a multiple of 1024 (SRRCTL.BSIZEPACKET counts KiB)"
+        );
+        ensure!(
+            (1024..=16 * 1024).contains(&b),
+            "buffer_size {b}: the 82599 takes 1 to 16 KiB"
+        );
+        ensure!(
+            b as usize <= PAYLOAD_SIZE,
+            "buffer_size {b}: larger than a packet ({PAYLOAD_SIZE} bytes)"
+        );
         ensure!(
             (64..=PAYLOAD_SIZE as u32 - 8).contains(&self.mtu),
             "mtu {}: must be from 64 to {} (a packet's {PAYLOAD_SIZE} bytes less a VLAN tag and the FCS)",
@@ -160,20 +175,36 @@ impl Intel10gArgs {
         match self.mode {
             Mode::Vmdq { pools } => {
                 if let Some(p) = self.pool {
-                    ensure!(p < pools, "pool {p}: {:?} has pools 0 to {}", self.mode, pools - 1);
+                    ensure!(
+                        p < pools,
+                        "pool {p}: {:?} has pools 0 to {}",
+                        self.mode,
+                        pools - 1
+                    );
                 }
                 ensure!(self.queue.is_none(), "queue: in VMDq mode choose a `pool`");
-                ensure!(!self.macs.is_empty(), "macs: a VMDq pool needs at least one MAC address");
+                ensure!(
+                    !self.macs.is_empty(),
+                    "macs: a VMDq pool needs at least one MAC address"
+                );
             }
             Mode::Rss { queues } => {
                 ensure!(self.pool.is_none(), "pool: only in Vmdq mode");
                 if let Some(q) = self.queue {
-                    ensure!(q < queues, "queue {q}: {:?} has queues 0 to {}", self.mode, queues - 1);
+                    ensure!(
+                        q < queues,
+                        "queue {q}: {:?} has queues 0 to {}",
+                        self.mode,
+                        queues - 1
+                    );
                 }
             }
             Mode::Single => {
                 ensure!(self.pool.is_none(), "pool: only in Vmdq mode");
-                ensure!(self.queue.is_none_or(|q| q == 0), "queue: Single mode has queue 0 only");
+                ensure!(
+                    self.queue.is_none_or(|q| q == 0),
+                    "queue: Single mode has queue 0 only"
+                );
             }
         }
         if !self.mode.vmdq() {
@@ -182,14 +213,26 @@ impl Intel10gArgs {
                 "accept_untagged: false needs Vmdq mode (the port-wide VLAN filter passes untagged frames)"
             );
         }
-        ensure!(self.macs.len() <= 127, "macs: the 82599 has 127 address filters");
+        ensure!(
+            self.macs.len() <= 127,
+            "macs: the 82599 has 127 address filters"
+        );
         for (i, m) in self.macs.iter().enumerate() {
-            ensure!(!m.is_broadcast(), "macs: {m} is the broadcast address (use accept_broadcast)");
+            ensure!(
+                !m.is_broadcast(),
+                "macs: {m} is the broadcast address (use accept_broadcast)"
+            );
             ensure!(!self.macs[..i].contains(m), "macs: {m} is listed twice");
         }
-        ensure!(self.vlans.len() <= 64, "vlans: the 82599 has 64 VLAN pool filters");
+        ensure!(
+            self.vlans.len() <= 64,
+            "vlans: the 82599 has 64 VLAN pool filters"
+        );
         for (i, &v) in self.vlans.iter().enumerate() {
-            ensure!((1..4095).contains(&v), "vlans: {v} is not a VLAN id (1 to 4094)");
+            ensure!(
+                (1..4095).contains(&v),
+                "vlans: {v} is not a VLAN id (1 to 4094)"
+            );
             ensure!(!self.vlans[..i].contains(&v), "vlans: {v} is listed twice");
         }
         ensure!(
@@ -225,7 +268,11 @@ impl Intel10gArgs {
     }
 
     fn queue_settings(&self) -> QueueSettings {
-        QueueSettings { rx_ring: self.rx_ring, tx_ring: self.tx_ring, buffer_size: self.buffer_size }
+        QueueSettings {
+            rx_ring: self.rx_ring,
+            tx_ring: self.tx_ring,
+            buffer_size: self.buffer_size,
+        }
     }
 
     /// Only filters differ (they change in place).
@@ -258,7 +305,9 @@ fn shared_device<R: Registers>(
     let map = reg.get_or_insert_with(HashMap::new);
     map.retain(|_, w| w.strong_count() > 0);
     if let Some(any) = map.get(key).and_then(Weak::upgrade) {
-        let dev = any.downcast::<Device<R>>().map_err(|_| anyhow!("{key} is open another way"))?;
+        let dev = any
+            .downcast::<Device<R>>()
+            .map_err(|_| anyhow!("{key} is open another way"))?;
         ensure!(
             dev.settings == *settings,
             "{key} is already open with {:?}; every app on one port must agree on mode, mtu, vm_to_vm \
@@ -279,7 +328,13 @@ fn model_device(args: &Intel10gArgs) -> Result<Arc<Device<ModelBar>>> {
     let key = format!("{}{}", registry::PREFIX, model.name());
     shared_device(&key, &args.device_settings(), || {
         let dma = DmaMapper::new(DmaPath::Model(model.clone()))?;
-        Device::open(&key, ModelBar(model.clone()), dma, args.device_settings(), link_wait(args))
+        Device::open(
+            &key,
+            ModelBar(model.clone()),
+            dma,
+            args.device_settings(),
+            link_wait(args),
+        )
     })
 }
 
@@ -358,11 +413,18 @@ struct Pair<R: Registers> {
 }
 
 impl<R: Registers> Pair<R> {
-    fn open(dev: Arc<Device<R>>, args: &Intel10gArgs, owner: &str, model: Option<Arc<Model82599>>) -> Result<Pair<R>> {
+    fn open(
+        dev: Arc<Device<R>>,
+        args: &Intel10gArgs,
+        owner: &str,
+        model: Option<Arc<Model82599>>,
+    ) -> Result<Pair<R>> {
         let unit = match args.mode {
             Mode::Vmdq { .. } => match args.pool {
                 Some(p) => p as u32,
-                None => dev.free_unit().with_context(|| format!("{}: every pool is in use", dev.name))?,
+                None => dev
+                    .free_unit()
+                    .with_context(|| format!("{}: every pool is in use", dev.name))?,
             },
             Mode::Rss { .. } => args.queue.unwrap_or(0) as u32,
             Mode::Single => 0,
@@ -394,7 +456,10 @@ impl<R: Registers> Pair<R> {
 
     fn start(&mut self) -> Result<()> {
         let id = self.id.expect("claimed");
-        match self.dev.start(id, self.unit, &self.filters, &self.queue_settings) {
+        match self
+            .dev
+            .start(id, self.unit, &self.filters, &self.queue_settings)
+        {
             Ok((rx, tx, set)) => {
                 self.rings = Some((rx, tx));
                 self.stat_set = set;
@@ -402,6 +467,7 @@ impl<R: Registers> Pair<R> {
             }
             Err(e) => {
                 self.id = None;
+                self.dev.release(id, self.unit);
                 Err(e)
             }
         }
@@ -439,10 +505,14 @@ impl<R: Registers> Pair<R> {
 impl<R: Registers> Queues for Pair<R> {
     #[inline]
     fn pull(&mut self, io: &Io) {
-        let Some((rx, _)) = &mut self.rings else { return };
+        let Some((rx, _)) = &mut self.rings else {
+            return;
+        };
         let Some(i) = self.output else { return };
         let out = io.output.at(i);
-        let n = out.nwritable().min(RX_BATCH);
+        // As much as the output link takes: a breath never overfills it,
+        // and the ring is emptied as fast as the graph can go.
+        let n = out.nwritable();
         if n > 0 {
             let mut tx = out.transmitter();
             rx.receive(n, |p| tx.send(p));
@@ -455,7 +525,9 @@ impl<R: Registers> Queues for Pair<R> {
 
     #[inline]
     fn push(&mut self, io: &Io) {
-        let Some((_, tx)) = &mut self.rings else { return };
+        let Some((_, tx)) = &mut self.rings else {
+            return;
+        };
         match self.input {
             Some(i) => {
                 if let Err(e) = tx.transmit(io.input.at(i)) {
@@ -474,7 +546,10 @@ impl<R: Registers> Queues for Pair<R> {
         self.input = io.input.index_of("input");
         for (name, _) in io.output.named().chain(io.input.named()) {
             if name != "output" && name != "input" {
-                log::warn!("intel10g app `{}`: port `{name}` is not used (ports: input, output)", self.owner);
+                log::warn!(
+                    "intel10g app `{}`: port `{name}` is not used (ports: input, output)",
+                    self.owner
+                );
             }
         }
     }
@@ -493,7 +568,8 @@ impl<R: Registers> Queues for Pair<R> {
     fn refilter(&mut self, old: &Intel10gArgs, new: &Intel10gArgs) -> Result<()> {
         let filters = new.filters();
         if let Some((rx, _)) = &self.rings {
-            self.dev.refilter(self.unit, &self.filters, &filters, rx.queue)?;
+            self.dev
+                .refilter(self.unit, &self.filters, &filters, rx.queue)?;
         }
         let _ = old;
         self.filters = filters;
@@ -534,7 +610,11 @@ impl<R: Registers> Queues for Pair<R> {
 
     fn report(&self, out: &mut String) {
         use std::fmt::Write;
-        let what = if self.dev.settings.mode.vmdq() { "pool" } else { "queue" };
+        let what = if self.dev.settings.mode.vmdq() {
+            "pool"
+        } else {
+            "queue"
+        };
         let _ = write!(
             out,
             "{} {what} {}: link {}",
@@ -612,7 +692,11 @@ impl AppClass for Intel10g {
         Ok(Intel10g { args, q })
     }
 
-    fn reconfigure(&mut self, Intel10gConfig(args): Intel10gConfig, _ctx: &AppContext) -> Result<bool> {
+    fn reconfigure(
+        &mut self,
+        Intel10gConfig(args): Intel10gConfig,
+        _ctx: &AppContext,
+    ) -> Result<bool> {
         if !args.mode.vmdq() || !args.same_but_filters(&self.args) {
             return Ok(false);
         }

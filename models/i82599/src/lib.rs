@@ -35,8 +35,8 @@
 pub mod dma;
 pub mod filter;
 pub mod port;
-pub mod regs;
 pub mod registry;
+pub mod regs;
 pub mod wire;
 
 pub use dma::{DmaFault, Iommu};

@@ -58,13 +58,28 @@ impl RegDef {
 }
 
 const fn one(base: u32) -> Span {
-    Span { base, stride: 0, count: 1, first: 0 }
+    Span {
+        base,
+        stride: 0,
+        count: 1,
+        first: 0,
+    }
 }
 const fn arr(base: u32, stride: u32, count: u32) -> Span {
-    Span { base, stride, count, first: 0 }
+    Span {
+        base,
+        stride,
+        count,
+        first: 0,
+    }
 }
 const fn arr_from(base: u32, stride: u32, count: u32, first: u32) -> Span {
-    Span { base, stride, count, first }
+    Span {
+        base,
+        stride,
+        count,
+        first,
+    }
 }
 
 macro_rules! registers {
@@ -240,7 +255,12 @@ fn decoder() -> &'static [u32] {
                 for i in 0..s.count {
                     let off = s.base + i * s.stride;
                     let slot = &mut d[(off / 4) as usize];
-                    assert_eq!(*slot, u32::MAX, "{} overlaps another register at {off:#x}", def.name);
+                    assert_eq!(
+                        *slot,
+                        u32::MAX,
+                        "{} overlaps another register at {off:#x}",
+                        def.name
+                    );
                     *slot = (t as u32) << 16 | (s.first + i);
                 }
             }
