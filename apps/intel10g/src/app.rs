@@ -31,9 +31,7 @@ use snabb_core::{App, AppClass, AppContext, Io, MacAddr, Packet};
 use snabb_model_82599::{Model82599, WireSpec, registry};
 
 use crate::bar::{Mmio, ModelBar, Registers};
-use crate::device::{
-    Claimed, Device, DeviceSettings, Filters, HwStats, Mode, QueueSettings, SHARED_STAT_SET,
-};
+use crate::device::{Claimed, Device, DeviceSettings, Filters, HwStats, Mode, QueueSettings, SHARED_STAT_SET};
 use crate::dma::{DmaMapper, DmaPath};
 use crate::pci::PciDevice;
 use crate::ring::{MAX_RING, MIN_RING, RxQueue, TxQueue, valid_ring_size};
@@ -129,31 +127,16 @@ impl Intel10gArgs {
 
     /// Everything that can be wrong without looking at the device.
     pub fn validate(&self) -> Result<()> {
-        ensure!(
-            !self.pci.is_empty(),
-            "pci: give the port's PCI address, or `model:NAME` for a model port"
-        );
+        ensure!(!self.pci.is_empty(), "pci: give the port's PCI address, or `model:NAME` for a model port");
         if !self.is_model() {
             crate::pci::canonical_address(&self.pci)?;
-            ensure!(
-                self.wire.is_none(),
-                "wire: only a model port (`model:NAME`) has a wire to set"
-            );
+            ensure!(self.wire.is_none(), "wire: only a model port (`model:NAME`) has a wire to set");
         }
         self.mode.validate()?;
         let b = self.buffer_size;
-        ensure!(
-            b % 1024 == 0,
-            "buffer_size {b}: must be a multiple of 1024 (SRRCTL.BSIZEPACKET counts KiB)"
-        );
-        ensure!(
-            (1024..=16 * 1024).contains(&b),
-            "buffer_size {b}: the 82599 takes 1 to 16 KiB"
-        );
-        ensure!(
-            b as usize <= PAYLOAD_SIZE,
-            "buffer_size {b}: larger than a packet ({PAYLOAD_SIZE} bytes)"
-        );
+        ensure!(b.is_multiple_of(1024), "buffer_size {b}: must be a multiple of 1024 (SRRCTL.BSIZEPACKET counts KiB)");
+        ensure!((1024..=16 * 1024).contains(&b), "buffer_size {b}: the 82599 takes 1 to 16 KiB");
+        ensure!(b as usize <= PAYLOAD_SIZE, "buffer_size {b}: larger than a packet ({PAYLOAD_SIZE} bytes)");
         ensure!(
             (64..=PAYLOAD_SIZE as u32 - 8).contains(&self.mtu),
             "mtu {}: must be from 64 to {} (a packet's {PAYLOAD_SIZE} bytes less a VLAN tag and the FCS)",
@@ -175,36 +158,20 @@ impl Intel10gArgs {
         match self.mode {
             Mode::Vmdq { pools } => {
                 if let Some(p) = self.pool {
-                    ensure!(
-                        p < pools,
-                        "pool {p}: {:?} has pools 0 to {}",
-                        self.mode,
-                        pools - 1
-                    );
+                    ensure!(p < pools, "pool {p}: {:?} has pools 0 to {}", self.mode, pools - 1);
                 }
                 ensure!(self.queue.is_none(), "queue: in VMDq mode choose a `pool`");
-                ensure!(
-                    !self.macs.is_empty(),
-                    "macs: a VMDq pool needs at least one MAC address"
-                );
+                ensure!(!self.macs.is_empty(), "macs: a VMDq pool needs at least one MAC address");
             }
             Mode::Rss { queues } => {
                 ensure!(self.pool.is_none(), "pool: only in Vmdq mode");
                 if let Some(q) = self.queue {
-                    ensure!(
-                        q < queues,
-                        "queue {q}: {:?} has queues 0 to {}",
-                        self.mode,
-                        queues - 1
-                    );
+                    ensure!(q < queues, "queue {q}: {:?} has queues 0 to {}", self.mode, queues - 1);
                 }
             }
             Mode::Single => {
                 ensure!(self.pool.is_none(), "pool: only in Vmdq mode");
-                ensure!(
-                    self.queue.is_none_or(|q| q == 0),
-                    "queue: Single mode has queue 0 only"
-                );
+                ensure!(self.queue.is_none_or(|q| q == 0), "queue: Single mode has queue 0 only");
             }
         }
         if !self.mode.vmdq() {
@@ -213,37 +180,21 @@ impl Intel10gArgs {
                 "accept_untagged: false needs Vmdq mode (the port-wide VLAN filter passes untagged frames)"
             );
         }
-        ensure!(
-            self.macs.len() <= 127,
-            "macs: the 82599 has 127 address filters"
-        );
+        ensure!(self.macs.len() <= 127, "macs: the 82599 has 127 address filters");
         for (i, m) in self.macs.iter().enumerate() {
-            ensure!(
-                !m.is_broadcast(),
-                "macs: {m} is the broadcast address (use accept_broadcast)"
-            );
+            ensure!(!m.is_broadcast(), "macs: {m} is the broadcast address (use accept_broadcast)");
             ensure!(!self.macs[..i].contains(m), "macs: {m} is listed twice");
         }
-        ensure!(
-            self.vlans.len() <= 64,
-            "vlans: the 82599 has 64 VLAN pool filters"
-        );
+        ensure!(self.vlans.len() <= 64, "vlans: the 82599 has 64 VLAN pool filters");
         for (i, &v) in self.vlans.iter().enumerate() {
-            ensure!(
-                (1..4095).contains(&v),
-                "vlans: {v} is not a VLAN id (1 to 4094)"
-            );
+            ensure!((1..4095).contains(&v), "vlans: {v} is not a VLAN id (1 to 4094)");
             ensure!(!self.vlans[..i].contains(&v), "vlans: {v} is listed twice");
         }
         ensure!(
             self.accept_untagged.unwrap_or(true) || !self.vlans.is_empty() || !self.mode.vmdq(),
             "accept_untagged is false and no VLAN is given: the pool would receive nothing"
         );
-        ensure!(
-            (0.0..=600.0).contains(&self.link_wait),
-            "link_wait {}: seconds, from 0 to 600",
-            self.link_wait
-        );
+        ensure!((0.0..=600.0).contains(&self.link_wait), "link_wait {}: seconds, from 0 to 600", self.link_wait);
         Ok(())
     }
 
@@ -268,11 +219,7 @@ impl Intel10gArgs {
     }
 
     fn queue_settings(&self) -> QueueSettings {
-        QueueSettings {
-            rx_ring: self.rx_ring,
-            tx_ring: self.tx_ring,
-            buffer_size: self.buffer_size,
-        }
+        QueueSettings { rx_ring: self.rx_ring, tx_ring: self.tx_ring, buffer_size: self.buffer_size }
     }
 
     /// Only filters differ (they change in place).
@@ -305,9 +252,7 @@ fn shared_device<R: Registers>(
     let map = reg.get_or_insert_with(HashMap::new);
     map.retain(|_, w| w.strong_count() > 0);
     if let Some(any) = map.get(key).and_then(Weak::upgrade) {
-        let dev = any
-            .downcast::<Device<R>>()
-            .map_err(|_| anyhow!("{key} is open another way"))?;
+        let dev = any.downcast::<Device<R>>().map_err(|_| anyhow!("{key} is open another way"))?;
         ensure!(
             dev.settings == *settings,
             "{key} is already open with {:?}; every app on one port must agree on mode, mtu, vm_to_vm \
@@ -328,13 +273,7 @@ fn model_device(args: &Intel10gArgs) -> Result<Arc<Device<ModelBar>>> {
     let key = format!("{}{}", registry::PREFIX, model.name());
     shared_device(&key, &args.device_settings(), || {
         let dma = DmaMapper::new(DmaPath::Model(model.clone()))?;
-        Device::open(
-            &key,
-            ModelBar(model.clone()),
-            dma,
-            args.device_settings(),
-            link_wait(args),
-        )
+        Device::open(&key, ModelBar(model.clone()), dma, args.device_settings(), link_wait(args))
     })
 }
 
@@ -413,18 +352,11 @@ struct Pair<R: Registers> {
 }
 
 impl<R: Registers> Pair<R> {
-    fn open(
-        dev: Arc<Device<R>>,
-        args: &Intel10gArgs,
-        owner: &str,
-        model: Option<Arc<Model82599>>,
-    ) -> Result<Pair<R>> {
+    fn open(dev: Arc<Device<R>>, args: &Intel10gArgs, owner: &str, model: Option<Arc<Model82599>>) -> Result<Pair<R>> {
         let unit = match args.mode {
             Mode::Vmdq { .. } => match args.pool {
                 Some(p) => p as u32,
-                None => dev
-                    .free_unit()
-                    .with_context(|| format!("{}: every pool is in use", dev.name))?,
+                None => dev.free_unit().with_context(|| format!("{}: every pool is in use", dev.name))?,
             },
             Mode::Rss { .. } => args.queue.unwrap_or(0) as u32,
             Mode::Single => 0,
@@ -456,10 +388,7 @@ impl<R: Registers> Pair<R> {
 
     fn start(&mut self) -> Result<()> {
         let id = self.id.expect("claimed");
-        match self
-            .dev
-            .start(id, self.unit, &self.filters, &self.queue_settings)
-        {
+        match self.dev.start(id, self.unit, &self.filters, &self.queue_settings) {
             Ok((rx, tx, set)) => {
                 self.rings = Some((rx, tx));
                 self.stat_set = set;
@@ -486,11 +415,11 @@ impl<R: Registers> Pair<R> {
             Ok(Claimed::Later) => Err(anyhow!("still held by the instance being replaced")),
             Err(e) => Err(e),
         };
-        if let Err(e) = r {
-            if !self.warned {
-                self.warned = true;
-                log::error!("intel10g {} (app `{}`): {e:#}", self.dev.name, self.owner);
-            }
+        if let Err(e) = r
+            && !self.warned
+        {
+            self.warned = true;
+            log::error!("intel10g {} (app `{}`): {e:#}", self.dev.name, self.owner);
         }
     }
 
@@ -546,10 +475,7 @@ impl<R: Registers> Queues for Pair<R> {
         self.input = io.input.index_of("input");
         for (name, _) in io.output.named().chain(io.input.named()) {
             if name != "output" && name != "input" {
-                log::warn!(
-                    "intel10g app `{}`: port `{name}` is not used (ports: input, output)",
-                    self.owner
-                );
+                log::warn!("intel10g app `{}`: port `{name}` is not used (ports: input, output)", self.owner);
             }
         }
     }
@@ -568,8 +494,7 @@ impl<R: Registers> Queues for Pair<R> {
     fn refilter(&mut self, old: &Intel10gArgs, new: &Intel10gArgs) -> Result<()> {
         let filters = new.filters();
         if let Some((rx, _)) = &self.rings {
-            self.dev
-                .refilter(self.unit, &self.filters, &filters, rx.queue)?;
+            self.dev.refilter(self.unit, &self.filters, &filters, rx.queue)?;
         }
         let _ = old;
         self.filters = filters;
@@ -610,11 +535,7 @@ impl<R: Registers> Queues for Pair<R> {
 
     fn report(&self, out: &mut String) {
         use std::fmt::Write;
-        let what = if self.dev.settings.mode.vmdq() {
-            "pool"
-        } else {
-            "queue"
-        };
+        let what = if self.dev.settings.mode.vmdq() { "pool" } else { "queue" };
         let _ = write!(
             out,
             "{} {what} {}: link {}",
@@ -692,11 +613,7 @@ impl AppClass for Intel10g {
         Ok(Intel10g { args, q })
     }
 
-    fn reconfigure(
-        &mut self,
-        Intel10gConfig(args): Intel10gConfig,
-        _ctx: &AppContext,
-    ) -> Result<bool> {
+    fn reconfigure(&mut self, Intel10gConfig(args): Intel10gConfig, _ctx: &AppContext) -> Result<bool> {
         if !args.mode.vmdq() || !args.same_but_filters(&self.args) {
             return Ok(false);
         }

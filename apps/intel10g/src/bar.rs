@@ -38,10 +38,7 @@ pub trait Registers: Send + Sync + 'static {
                 return Ok(());
             }
             if start.elapsed() > timeout {
-                bail!(
-                    "{what}: not done after {} ms (register {reg:#07x} = {v:#010x})",
-                    timeout.as_millis()
-                );
+                bail!("{what}: not done after {} ms (register {reg:#07x} = {v:#010x})", timeout.as_millis());
             }
             std::thread::sleep(Duration::from_micros(50));
         }
@@ -73,17 +70,11 @@ impl Mmio {
     /// A BAR mapped through memmap2 (sysfs `resource0`).
     pub fn from_memmap(map: memmap2::MmapRaw) -> Result<Mmio> {
         let len = map.len();
-        let Some(base) = NonNull::new(map.as_mut_ptr()) else {
-            bail!("empty BAR mapping")
-        };
+        let Some(base) = NonNull::new(map.as_mut_ptr()) else { bail!("empty BAR mapping") };
         if len < 0x20000 {
             bail!("BAR0 is {len} bytes; an 82599's is 128 KiB");
         }
-        Ok(Mmio {
-            base,
-            len,
-            backing: Backing::Memmap(map),
-        })
+        Ok(Mmio { base, len, backing: Backing::Memmap(map) })
     }
 
     /// A BAR mapped with mmap(2), unmapped when dropped.
@@ -92,18 +83,14 @@ impl Mmio {
     /// `base .. base + len` must be a mapping of device memory that nothing
     /// else unmaps.
     pub unsafe fn from_raw(base: NonNull<u8>, len: usize) -> Mmio {
-        Mmio {
-            base,
-            len,
-            backing: Backing::Raw,
-        }
+        Mmio { base, len, backing: Backing::Raw }
     }
 
     #[inline(always)]
     fn check(&self, reg: u32) {
         // A constant offset in practice: the branch is free; it keeps a
         // wrong offset from touching memory outside the BAR.
-        if reg as usize + 4 > self.len || reg % 4 != 0 {
+        if reg as usize + 4 > self.len || !reg.is_multiple_of(4) {
             out_of_bar(reg, self.len);
         }
     }
@@ -121,25 +108,13 @@ impl Registers for Mmio {
         self.check(reg);
         // SAFETY: in bounds and aligned (checked); device memory mapped for
         // the life of self.
-        unsafe {
-            self.base
-                .as_ptr()
-                .add(reg as usize)
-                .cast::<u32>()
-                .read_volatile()
-        }
+        unsafe { self.base.as_ptr().add(reg as usize).cast::<u32>().read_volatile() }
     }
     #[inline(always)]
     fn write(&self, reg: u32, value: u32) {
         self.check(reg);
         // SAFETY: as for read.
-        unsafe {
-            self.base
-                .as_ptr()
-                .add(reg as usize)
-                .cast::<u32>()
-                .write_volatile(value)
-        }
+        unsafe { self.base.as_ptr().add(reg as usize).cast::<u32>().write_volatile(value) }
     }
 }
 
@@ -180,19 +155,12 @@ mod tests {
         assert_eq!(bar.read(0x1018), 0x107);
         bar.clear(0x1018, 1);
         assert_eq!(bar.read(0x1018), 0x106);
-        assert!(
-            bar.wait(0x1018, 0x100, 0x100, Duration::from_millis(1), "x")
-                .is_ok()
-        );
-        let e = bar
-            .wait(0x1018, 1, 1, Duration::from_millis(1), "queue start")
-            .unwrap_err()
-            .to_string();
+        assert!(bar.wait(0x1018, 0x100, 0x100, Duration::from_millis(1), "x").is_ok());
+        let e = bar.wait(0x1018, 1, 1, Duration::from_millis(1), "queue start").unwrap_err().to_string();
         assert!(e.contains("queue start") && e.contains("0x00000106"), "{e}");
         let r = std::panic::catch_unwind(|| bar.read(0x20000));
         assert!(r.is_err());
-        let small =
-            memmap2::MmapRaw::from(memmap2::MmapOptions::new().len(4096).map_anon().unwrap());
+        let small = memmap2::MmapRaw::from(memmap2::MmapOptions::new().len(4096).map_anon().unwrap());
         assert!(Mmio::from_memmap(small).is_err());
     }
 }

@@ -43,10 +43,7 @@ impl Mode {
         match *self {
             Mode::Single => Ok(()),
             Mode::Rss { queues } => {
-                ensure!(
-                    (1..=16).contains(&queues),
-                    "Rss(queues: {queues}): the 82599 spreads over 1 to 16 queues"
-                );
+                ensure!((1..=16).contains(&queues), "Rss(queues: {queues}): the 82599 spreads over 1 to 16 queues");
                 Ok(())
             }
             Mode::Vmdq { pools } => {
@@ -238,15 +235,11 @@ impl<R: Registers> Device<R> {
                 rx_on: false,
                 reporter: None,
             }),
-            stats: Mutex::new(StatsState {
-                stats: HwStats::default(),
-                last: None,
-            }),
+            stats: Mutex::new(StatsState { stats: HwStats::default(), last: None }),
             links: AtomicU32::new(0),
             on_close: Mutex::new(None),
         };
-        dev.init(link_wait)
-            .with_context(|| format!("initialising {name}"))?;
+        dev.init(link_wait).with_context(|| format!("initialising {name}"))?;
         Ok(dev)
     }
 
@@ -261,39 +254,15 @@ impl<R: Registers> Device<R> {
         // 4.6.3.2: global reset; the bits clear themselves.
         r.write(CTRL, CTRL_RST | CTRL_LRST);
         std::thread::sleep(Duration::from_millis(1));
-        r.wait(
-            CTRL,
-            CTRL_RST | CTRL_LRST,
-            0,
-            RESET_TIMEOUT,
-            "global reset (CTRL.RST)",
-        )?;
+        r.wait(CTRL, CTRL_RST | CTRL_LRST, 0, RESET_TIMEOUT, "global reset (CTRL.RST)")?;
         std::thread::sleep(Duration::from_millis(10));
         r.write(EIMC, EIMC_ALL);
         // 4.6.3: EEPROM auto-read, then DMA initialisation.
-        r.wait(
-            EEC,
-            EEC_AUTO_RD,
-            EEC_AUTO_RD,
-            INIT_TIMEOUT,
-            "EEPROM auto-read (EEC.Auto_RD)",
-        )?;
-        r.wait(
-            RDRXCTL,
-            RDRXCTL_DMAIDONE,
-            RDRXCTL_DMAIDONE,
-            INIT_TIMEOUT,
-            "DMA initialisation (RDRXCTL.DMAIDONE)",
-        )?;
+        r.wait(EEC, EEC_AUTO_RD, EEC_AUTO_RD, INIT_TIMEOUT, "EEPROM auto-read (EEC.Auto_RD)")?;
+        r.wait(RDRXCTL, RDRXCTL_DMAIDONE, RDRXCTL_DMAIDONE, INIT_TIMEOUT, "DMA initialisation (RDRXCTL.DMAIDONE)")?;
         // 4.6.4: link, 10 Gb/s serial (SFI), then restart auto-negotiation.
-        r.write(
-            AUTOC2,
-            (r.read(AUTOC2) & !AUTOC2_10G_PMA_PMD_SERIAL_MASK) | AUTOC2_10G_SFI,
-        );
-        r.write(
-            AUTOC,
-            (r.read(AUTOC) & !AUTOC_LMS_MASK) | AUTOC_LMS_10G_SERIAL,
-        );
+        r.write(AUTOC2, (r.read(AUTOC2) & !AUTOC2_10G_PMA_PMD_SERIAL_MASK) | AUTOC2_10G_SFI);
+        r.write(AUTOC, (r.read(AUTOC) & !AUTOC_LMS_MASK) | AUTOC_LMS_10G_SERIAL);
         r.set(AUTOC, AUTOC_RESTART_AN);
         // 4.6.5: statistics start from zero (they clear when read).
         self.read_stats(&mut HwStats::default());
@@ -302,19 +271,10 @@ impl<R: Registers> Device<R> {
         if self.settings.mode.vmdq() {
             self.init_vmdq();
         }
-        if !link_wait.is_zero() {
-            if let Err(e) = r.wait(
-                LINKS,
-                LINKS_LINK_UP,
-                LINKS_LINK_UP,
-                link_wait,
-                "link up (LINKS.Link_Up)",
-            ) {
-                log::warn!(
-                    "intel10g {}: {e:#}; carrying on, the link may come up later",
-                    self.name
-                );
-            }
+        if !link_wait.is_zero()
+            && let Err(e) = r.wait(LINKS, LINKS_LINK_UP, LINKS_LINK_UP, link_wait, "link up (LINKS.Link_Up)")
+        {
+            log::warn!("intel10g {}: {e:#}; carrying on, the link may come up later", self.name);
         }
         self.links.store(r.read(LINKS), Ordering::Relaxed);
         Ok(())
@@ -330,16 +290,10 @@ impl<R: Registers> Device<R> {
             r.write(rxpbsize(i), 0);
         }
         // Strip the FCS (both places must agree), take jumbo frames.
-        r.set(
-            HLREG0,
-            HLREG0_RXCRCSTRP | HLREG0_JUMBOEN | HLREG0_TXCRCEN | HLREG0_TXPADEN,
-        );
+        r.set(HLREG0, HLREG0_RXCRCSTRP | HLREG0_JUMBOEN | HLREG0_TXCRCEN | HLREG0_TXPADEN);
         r.write(MAXFRS, (self.settings.mtu + 4) << MAXFRS_MFS_SHIFT);
         let rdrxctl = r.read(RDRXCTL) & !RDRXCTL_RSCFRSTSIZE_MASK;
-        r.write(
-            RDRXCTL,
-            rdrxctl | RDRXCTL_CRCSTRIP | RDRXCTL_RSCACKC | RDRXCTL_FCOE_WRFIX,
-        );
+        r.write(RDRXCTL, rdrxctl | RDRXCTL_CRCSTRIP | RDRXCTL_RSCACKC | RDRXCTL_FCOE_WRFIX);
         r.set(RFCTL, RFCTL_RSC_DIS);
         r.write(RXCSUM, 0);
         // Empty filter tables; entry 0 keeps the burned-in address but no pool.
@@ -370,12 +324,7 @@ impl<R: Registers> Device<R> {
                 let mut key = [0u8; 40];
                 random(&mut key);
                 for i in 0..10 {
-                    r.write(
-                        rssrk(i),
-                        u32::from_le_bytes(
-                            key[4 * i as usize..4 * i as usize + 4].try_into().unwrap(),
-                        ),
-                    );
+                    r.write(rssrk(i), u32::from_le_bytes(key[4 * i as usize..4 * i as usize + 4].try_into().unwrap()));
                 }
                 for i in 0..32 {
                     let e = |j: u32| ((4 * i + j) % queues as u32) << (8 * j);
@@ -384,14 +333,7 @@ impl<R: Registers> Device<R> {
                 r.write(MRQC, MRQC_MRQE_RSS | MRQC_RSS_FIELDS);
             }
             Mode::Vmdq { pools } => {
-                r.write(
-                    MRQC,
-                    if pools == 32 {
-                        MRQC_MRQE_VMDQ_RSS_32
-                    } else {
-                        MRQC_MRQE_VMDQ_RSS_64
-                    },
-                );
+                r.write(MRQC, if pools == 32 { MRQC_MRQE_VMDQ_RSS_32 } else { MRQC_MRQE_VMDQ_RSS_64 });
                 for i in 0..32 {
                     r.write(reta(i), 0);
                 }
@@ -461,10 +403,7 @@ impl<R: Registers> Device<R> {
     /// app claims them.
     fn init_vmdq(&self) {
         let r = &self.regs;
-        r.write(
-            PFVTCTL,
-            PFVTCTL_VT_ENA | PFVTCTL_RPL_EN | PFVTCTL_DIS_DEF_POOL,
-        );
+        r.write(PFVTCTL, PFVTCTL_VT_ENA | PFVTCTL_RPL_EN | PFVTCTL_DIS_DEF_POOL);
         if self.settings.vm_to_vm {
             r.set(PFDTXGSWC, PFDTXGSWC_LBE);
             // Loopback needs a receive threshold (7.10.3.4).
@@ -503,34 +442,20 @@ impl<R: Registers> Device<R> {
             None => {
                 let id = c.next_id;
                 c.next_id += 1;
-                c.claims[unit as usize] = Some(Claim {
-                    owner: owner.to_string(),
-                    id,
-                });
+                c.claims[unit as usize] = Some(Claim { owner: owner.to_string(), id });
                 if c.reporter.is_none() {
                     c.reporter = Some(id);
                 }
                 Ok(Claimed::Now(id))
             }
             Some(cl) if cl.owner == owner => Ok(Claimed::Later),
-            Some(cl) => bail!(
-                "{} {unit} of {} is in use by app `{}`",
-                self.unit_word(),
-                self.name,
-                cl.owner
-            ),
+            Some(cl) => bail!("{} {unit} of {} is in use by app `{}`", self.unit_word(), self.name, cl.owner),
         }
     }
 
     /// The first unit nobody has claimed.
     pub fn free_unit(&self) -> Option<u32> {
-        self.ctl
-            .lock()
-            .unwrap()
-            .claims
-            .iter()
-            .position(Option::is_none)
-            .map(|u| u as u32)
+        self.ctl.lock().unwrap().claims.iter().position(Option::is_none).map(|u| u as u32)
     }
 
     fn unit_word(&self) -> &'static str {
@@ -542,10 +467,7 @@ impl<R: Registers> Device<R> {
 
     pub(crate) fn release(&self, id: u64, unit: u32) {
         let mut c = self.ctl.lock().unwrap();
-        if c.claims[unit as usize]
-            .as_ref()
-            .is_some_and(|cl| cl.id == id)
-        {
+        if c.claims[unit as usize].as_ref().is_some_and(|cl| cl.id == id) {
             c.claims[unit as usize] = None;
         }
         for s in c.stat_sets.iter_mut() {
@@ -595,9 +517,7 @@ impl<R: Registers> Device<R> {
         let strip = filters.strip_vlan;
         let mut rx = RxQueue::new(self.clone(), q, rx_ring, qs.buffer_size);
         let mut tx = TxQueue::new(self.clone(), q, tx_ring);
-        let started = self
-            .start_rx(&mut rx, strip)
-            .and_then(|_| self.start_tx(&tx));
+        let started = self.start_rx(&mut rx, strip).and_then(|_| self.start_tx(&tx));
         if let Err(e) = started {
             drop(c);
             self.stop(id, unit, filters, rx, tx);
@@ -634,19 +554,13 @@ impl<R: Registers> Device<R> {
         r.write(rdbal(q), ring.dma() as u32);
         r.write(rdbah(q), (ring.dma() >> 32) as u32);
         r.write(rdlen(q), ring.bytes());
-        r.write(
-            srrctl(q),
-            (rx.buffer_size() / 1024) | SRRCTL_DESCTYPE_ADV_ONEBUF | SRRCTL_DROP_EN,
-        );
+        r.write(srrctl(q), (rx.buffer_size() / 1024) | SRRCTL_DESCTYPE_ADV_ONEBUF | SRRCTL_DROP_EN);
         r.write(rdh(q), 0);
         r.write(rdt(q), 0);
         // 4.6.7: this DCA bit must be cleared (left set, payloads were seen corrupted).
         r.clear(dca_rxctrl(q), DCA_RXCTRL_BIT12);
         let vme = if strip { RXDCTL_VME } else { 0 };
-        r.write(
-            rxdctl(q),
-            (r.read(rxdctl(q)) & !RXDCTL_VME) | vme | RXDCTL_ENABLE,
-        );
+        r.write(rxdctl(q), (r.read(rxdctl(q)) & !RXDCTL_VME) | vme | RXDCTL_ENABLE);
         r.wait(
             rxdctl(q),
             RXDCTL_ENABLE,
@@ -667,10 +581,7 @@ impl<R: Registers> Device<R> {
         r.write(tdt(q), 0);
         // Prefetch when 32 descriptors are free and one is ready; write
         // back at once (status reports are every 32 descriptors anyway).
-        r.write(
-            txdctl(q),
-            32 << TXDCTL_PTHRESH_SHIFT | 1 << TXDCTL_HTHRESH_SHIFT | TXDCTL_ENABLE,
-        );
+        r.write(txdctl(q), 32 << TXDCTL_PTHRESH_SHIFT | 1 << TXDCTL_HTHRESH_SHIFT | TXDCTL_ENABLE);
         r.wait(
             txdctl(q),
             TXDCTL_ENABLE,
@@ -683,14 +594,7 @@ impl<R: Registers> Device<R> {
     /// Stop a unit: disable it, stop its rings, give its buffers back (or
     /// keep them out of use if the chip will not say it stopped), remove its
     /// filters, release the claim.
-    pub fn stop(
-        &self,
-        id: u64,
-        unit: u32,
-        filters: &Filters,
-        mut rx: RxQueue<R>,
-        mut tx: TxQueue<R>,
-    ) {
+    pub fn stop(&self, id: u64, unit: u32, filters: &Filters, mut rx: RxQueue<R>, mut tx: TxQueue<R>) {
         let r = &self.regs;
         let mut c = self.ctl.lock().unwrap();
         if self.settings.mode.vmdq() {
@@ -699,19 +603,10 @@ impl<R: Registers> Device<R> {
         }
         let q = rx.queue;
         r.clear(rxdctl(q), RXDCTL_ENABLE);
-        match r.wait(
-            rxdctl(q),
-            RXDCTL_ENABLE,
-            0,
-            QUEUE_TIMEOUT,
-            &format!("receive queue {q} stop (RXDCTL.ENABLE)"),
-        ) {
+        match r.wait(rxdctl(q), RXDCTL_ENABLE, 0, QUEUE_TIMEOUT, &format!("receive queue {q} stop (RXDCTL.ENABLE)")) {
             Ok(()) => rx.release_buffers(),
             Err(e) => {
-                log::error!(
-                    "intel10g {}: {e:#}; its buffers are kept out of use",
-                    self.name
-                );
+                log::error!("intel10g {}: {e:#}; its buffers are kept out of use", self.name);
                 rx.abandon_buffers();
             }
         }
@@ -721,19 +616,10 @@ impl<R: Registers> Device<R> {
             std::thread::sleep(Duration::from_micros(100));
         }
         r.clear(txdctl(q), TXDCTL_ENABLE);
-        match r.wait(
-            txdctl(q),
-            TXDCTL_ENABLE,
-            0,
-            QUEUE_TIMEOUT,
-            &format!("transmit queue {q} stop (TXDCTL.ENABLE)"),
-        ) {
+        match r.wait(txdctl(q), TXDCTL_ENABLE, 0, QUEUE_TIMEOUT, &format!("transmit queue {q} stop (TXDCTL.ENABLE)")) {
             Ok(()) => tx.release_buffers(),
             Err(e) => {
-                log::error!(
-                    "intel10g {}: {e:#}; its buffers are kept out of use",
-                    self.name
-                );
+                log::error!("intel10g {}: {e:#}; its buffers are kept out of use", self.name);
                 tx.abandon_buffers();
             }
         }
@@ -755,32 +641,17 @@ impl<R: Registers> Device<R> {
             match c.macs.iter().flatten().find(|e| e.mac == *m) {
                 Some(e) if m.is_unicast() && e.pools & !(1 << pool) != 0 => {
                     let other = e.pools.trailing_zeros();
-                    bail!(
-                        "MAC {m} is already in pool {other} of {}: a unicast address goes to one pool",
-                        self.name
-                    )
+                    bail!("MAC {m} is already in pool {other} of {}: a unicast address goes to one pool", self.name)
                 }
                 Some(_) => {}
                 None => new_macs += 1,
             }
         }
         let free_macs = c.macs.iter().skip(1).filter(|e| e.is_none()).count();
-        ensure!(
-            new_macs <= free_macs,
-            "{}: no room for {new_macs} more MAC addresses (127 in all)",
-            self.name
-        );
-        let new_vlans = f
-            .vlans
-            .iter()
-            .filter(|v| !c.vlans.iter().flatten().any(|e| e.vid == **v))
-            .count();
+        ensure!(new_macs <= free_macs, "{}: no room for {new_macs} more MAC addresses (127 in all)", self.name);
+        let new_vlans = f.vlans.iter().filter(|v| !c.vlans.iter().flatten().any(|e| e.vid == **v)).count();
         let free_vlans = c.vlans.iter().filter(|e| e.is_none()).count();
-        ensure!(
-            new_vlans <= free_vlans,
-            "{}: no room for {new_vlans} more VLAN filters (64 in all)",
-            self.name
-        );
+        ensure!(new_vlans <= free_vlans, "{}: no room for {new_vlans} more VLAN filters (64 in all)", self.name);
         Ok(())
     }
 
@@ -801,20 +672,10 @@ impl<R: Registers> Device<R> {
         }
         r.write(pfvml2flt(pool), l2);
         for m in &f.macs {
-            let i = match c
-                .macs
-                .iter()
-                .position(|e| e.as_ref().is_some_and(|e| e.mac == *m))
-            {
+            let i = match c.macs.iter().position(|e| e.as_ref().is_some_and(|e| e.mac == *m)) {
                 Some(i) => i,
                 None => {
-                    let i = c
-                        .macs
-                        .iter()
-                        .skip(1)
-                        .position(Option::is_none)
-                        .expect("checked")
-                        + 1;
+                    let i = c.macs.iter().skip(1).position(Option::is_none).expect("checked") + 1;
                     let (lo, hi) = mac_words(m);
                     r.write(ral(i as u32), lo);
                     r.write(rah(i as u32), hi | RAH_AV);
@@ -826,11 +687,7 @@ impl<R: Registers> Device<R> {
             r.set(mpsar(2 * i as u32 + pool / 32), 1 << (pool % 32));
         }
         for &v in &f.vlans {
-            let j = match c
-                .vlans
-                .iter()
-                .position(|e| e.as_ref().is_some_and(|e| e.vid == v))
-            {
+            let j = match c.vlans.iter().position(|e| e.as_ref().is_some_and(|e| e.vid == v)) {
                 Some(j) => j,
                 None => {
                     let j = c.vlans.iter().position(Option::is_none).expect("checked");
@@ -858,11 +715,7 @@ impl<R: Registers> Device<R> {
         let r = &self.regs;
         let bit = 1u64 << pool;
         for m in &f.macs {
-            if let Some(i) = c
-                .macs
-                .iter()
-                .position(|e| e.as_ref().is_some_and(|e| e.mac == *m))
-            {
+            if let Some(i) = c.macs.iter().position(|e| e.as_ref().is_some_and(|e| e.mac == *m)) {
                 r.clear(mpsar(2 * i as u32 + pool / 32), 1 << (pool % 32));
                 let e = c.macs[i].as_mut().unwrap();
                 e.pools &= !bit;
@@ -874,11 +727,7 @@ impl<R: Registers> Device<R> {
             }
         }
         for &v in &f.vlans {
-            if let Some(j) = c
-                .vlans
-                .iter()
-                .position(|e| e.as_ref().is_some_and(|e| e.vid == v))
-            {
+            if let Some(j) = c.vlans.iter().position(|e| e.as_ref().is_some_and(|e| e.vid == v)) {
                 r.clear(pfvlvfb(2 * j as u32 + pool / 32), 1 << (pool % 32));
                 let e = c.vlans[j].as_mut().unwrap();
                 e.pools &= !bit;
@@ -897,18 +746,10 @@ impl<R: Registers> Device<R> {
 
     /// Change a running pool's filters in place.
     pub fn refilter(&self, pool: u32, old: &Filters, new: &Filters, rx_queue: u32) -> Result<()> {
-        ensure!(
-            self.settings.mode.vmdq(),
-            "filters of {} change only with the port's settings",
-            self.name
-        );
+        ensure!(self.settings.mode.vmdq(), "filters of {} change only with the port's settings", self.name);
         let mut c = self.ctl.lock().unwrap();
         // Check the new set as if the old one were gone.
-        let removed = Filters {
-            macs: old.macs.clone(),
-            vlans: old.vlans.clone(),
-            ..Filters::default()
-        };
+        let removed = Filters { macs: old.macs.clone(), vlans: old.vlans.clone(), ..Filters::default() };
         self.unprogram_pool(&mut c, pool, &removed);
         if let Err(e) = self.check_pool_filters(&c, pool, new) {
             self.program_pool(&mut c, pool, old);
@@ -916,10 +757,7 @@ impl<R: Registers> Device<R> {
         }
         self.program_pool(&mut c, pool, new);
         let v = self.regs.read(rxdctl(rx_queue)) & !RXDCTL_VME;
-        self.regs.write(
-            rxdctl(rx_queue),
-            v | if new.strip_vlan { RXDCTL_VME } else { 0 },
-        );
+        self.regs.write(rxdctl(rx_queue), v | if new.strip_vlan { RXDCTL_VME } else { 0 });
         Ok(())
     }
 
@@ -946,14 +784,7 @@ impl<R: Registers> Device<R> {
             s.rx_missed += rd(mpc(i));
             s.rx_no_buffer += rd(rnbc(i));
         }
-        s.rx_errors += rd(CRCERRS)
-            + rd(ILLERRC)
-            + rd(ERRBC)
-            + rd(RLEC)
-            + rd(RUC)
-            + rd(RFC)
-            + rd(ROC)
-            + rd(RJC);
+        s.rx_errors += rd(CRCERRS) + rd(ILLERRC) + rd(ERRBC) + rd(RLEC) + rd(RUC) + rd(RFC) + rd(ROC) + rd(RJC);
         for (i, q) in s.queues.iter_mut().enumerate() {
             let i = i as u32;
             q.rx_packets += rd(qprc(i));
@@ -1011,10 +842,7 @@ impl<R: Registers> Drop for Device<R> {
 /// RAL and RAH (address bits) of a MAC address: first byte lowest.
 pub fn mac_words(m: &MacAddr) -> (u32, u32) {
     let b = m.0;
-    (
-        u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-        u16::from_le_bytes([b[4], b[5]]) as u32,
-    )
+    (u32::from_le_bytes([b[0], b[1], b[2], b[3]]), u16::from_le_bytes([b[4], b[5]]) as u32)
 }
 
 fn random(buf: &mut [u8]) {

@@ -66,11 +66,7 @@ impl DmaMapper {
     /// Make sure every chunk is reachable; cheap when nothing changed.
     #[inline(always)]
     pub fn check(&self) -> Result<()> {
-        if memory::generation() != self.seen.load(Ordering::Relaxed) {
-            self.sync()
-        } else {
-            Ok(())
-        }
+        if memory::generation() != self.seen.load(Ordering::Relaxed) { self.sync() } else { Ok(()) }
     }
 
     #[cold]
@@ -85,8 +81,7 @@ impl DmaMapper {
                 DmaPath::Model(m) => {
                     // SAFETY: chunks are never unmapped (memory.rs), so the
                     // range stays valid as long as the model may use it.
-                    unsafe { m.iommu().map(c.dma, c.virt as *mut u8, c.len) }
-                        .map_err(anyhow::Error::msg)?;
+                    unsafe { m.iommu().map(c.dma, c.virt as *mut u8, c.len) }.map_err(anyhow::Error::msg)?;
                 }
                 DmaPath::Vfio(v) => v.map_dma(c.virt, c.dma, c.len)?,
                 DmaPath::Physical => {
@@ -115,9 +110,7 @@ impl DmaMapper {
     pub unsafe fn map_foreign(&self, virt: *mut u8, dma: u64, len: usize) -> Result<()> {
         match &self.path {
             // SAFETY: the caller's contract is the model's.
-            DmaPath::Model(m) => {
-                unsafe { m.iommu().map(dma, virt, len) }.map_err(anyhow::Error::msg)?
-            }
+            DmaPath::Model(m) => unsafe { m.iommu().map(dma, virt, len) }.map_err(anyhow::Error::msg)?,
             DmaPath::Vfio(v) => v.map_dma(virt as usize, dma, len)?,
             DmaPath::Physical => {}
         }
@@ -132,10 +125,6 @@ impl DmaMapper {
             return false;
         }
         let end = dma.saturating_add(len as u64);
-        self.foreign
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|&(a, l)| dma >= a && end <= a + l)
+        self.foreign.lock().unwrap().iter().any(|&(a, l)| dma >= a && end <= a + l)
     }
 }

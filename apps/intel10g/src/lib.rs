@@ -31,10 +31,7 @@ use snabb_core::Registry;
 
 /// Add this crate's classes to a registry.
 pub fn register(r: &mut Registry) {
-    r.register::<Intel10g>(
-        "Intel10g",
-        "Intel 82599 10 GbE port: one queue pair (single, RSS queue or VMDq pool)",
-    );
+    r.register::<Intel10g>("Intel10g", "Intel 82599 10 GbE port: one queue pair (single, RSS queue or VMDq pool)");
 }
 
 /// Each app's selftest, by class name.

@@ -40,34 +40,22 @@ pub fn model_name(vendor: u16, device: u16) -> Option<&'static str> {
     if vendor != INTEL {
         return None;
     }
-    DEVICES_82599
-        .iter()
-        .find(|(d, _)| *d == device)
-        .map(|(_, n)| *n)
+    DEVICES_82599.iter().find(|(d, _)| *d == device).map(|(_, n)| *n)
 }
 
 /// `0000:01:00.0` for `01:00.0` or `0000:01:00.0`; an error otherwise.
 pub fn canonical_address(addr: &str) -> Result<String> {
-    let full = if addr.matches(':').count() == 1 {
-        format!("0000:{addr}")
-    } else {
-        addr.to_string()
-    };
+    let full = if addr.matches(':').count() == 1 { format!("0000:{addr}") } else { addr.to_string() };
     let ok = {
         let b = full.as_bytes();
         b.len() == 12
             && b[4] == b':'
             && b[7] == b':'
             && b[10] == b'.'
-            && full
-                .chars()
-                .enumerate()
-                .all(|(i, c)| [4, 7, 10].contains(&i) || c.is_ascii_hexdigit())
+            && full.chars().enumerate().all(|(i, c)| [4, 7, 10].contains(&i) || c.is_ascii_hexdigit())
     };
     if !ok {
-        bail!(
-            "`{addr}` is not a PCI address (like 0000:01:00.0), nor `model:NAME` for a model port"
-        );
+        bail!("`{addr}` is not a PCI address (like 0000:01:00.0), nor `model:NAME` for a model port");
     }
     Ok(full.to_ascii_lowercase())
 }
@@ -101,25 +89,14 @@ impl PciDevice {
         let vendor = read_hex(&path.join("vendor"))?;
         let device = read_hex(&path.join("device"))?;
         if model_name(vendor, device).is_none() {
-            bail!(
-                "PCI device {addr} is {vendor:04x}:{device:04x}, not an Intel 82599 (8086:10fb and its family)"
-            );
+            bail!("PCI device {addr} is {vendor:04x}:{device:04x}, not an Intel 82599 (8086:10fb and its family)");
         }
-        Ok(PciDevice {
-            addr,
-            path,
-            vendor,
-            device,
-        })
+        Ok(PciDevice { addr, path, vendor, device })
     }
 
     /// The kernel driver bound to the device, if any.
     pub fn driver(&self) -> Option<String> {
-        fs::read_link(self.path.join("driver"))
-            .ok()?
-            .file_name()?
-            .to_str()
-            .map(str::to_string)
+        fs::read_link(self.path.join("driver")).ok()?.file_name()?.to_str().map(str::to_string)
     }
 
     /// Take the device from its kernel driver (ixgbe, say).
@@ -134,23 +111,15 @@ impl PciDevice {
 
     /// The IOMMU group, when the kernel has one for the device.
     pub fn iommu_group(&self) -> Option<u32> {
-        fs::read_link(self.path.join("iommu_group"))
-            .ok()?
-            .file_name()?
-            .to_str()?
-            .parse()
-            .ok()
+        fs::read_link(self.path.join("iommu_group")).ok()?.file_name()?.to_str()?.parse().ok()
     }
 
     /// Switch bus mastering (the Command register's bit 2) on or off, so
     /// the device may (or may no longer) DMA.
     pub fn set_bus_master(&self, on: bool) -> Result<()> {
         let path = self.path.join("config");
-        let mut f = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("{}", path.display()))?;
+        let mut f =
+            fs::OpenOptions::new().read(true).write(true).open(&path).with_context(|| format!("{}", path.display()))?;
         let mut cmd = [0u8; 2];
         f.seek(SeekFrom::Start(4))?;
         f.read_exact(&mut cmd)?;
@@ -168,11 +137,8 @@ impl PciDevice {
     /// Map BAR0 (`resource0`).
     pub fn map_bar0(&self) -> Result<Mmio> {
         let path = self.path.join("resource0");
-        let f = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("{}", path.display()))?;
+        let f =
+            fs::OpenOptions::new().read(true).write(true).open(&path).with_context(|| format!("{}", path.display()))?;
         // Just after an unbind the kernel may still be letting go of the
         // BAR (mmap says EINVAL): try again for a while.
         let mut tries = 0;
@@ -197,14 +163,7 @@ mod tests {
     fn addresses() {
         assert_eq!(canonical_address("01:00.0").unwrap(), "0000:01:00.0");
         assert_eq!(canonical_address("0000:AF:00.1").unwrap(), "0000:af:00.1");
-        for bad in [
-            "",
-            "01:00",
-            "0000:01:00:0",
-            "zz:00.0",
-            "model:0",
-            "00000:01:00.0",
-        ] {
+        for bad in ["", "01:00", "0000:01:00:0", "zz:00.0", "model:0", "00000:01:00.0"] {
             assert!(canonical_address(bad).is_err(), "{bad}");
         }
     }
@@ -223,15 +182,9 @@ mod tests {
         let d = PciDevice::open_in(root.path(), "01:00.0").unwrap();
         assert_eq!((d.vendor, d.device), (0x8086, 0x10fb));
         assert_eq!(d.driver(), None);
-        let e = PciDevice::open_in(root.path(), "02:00.0")
-            .err()
-            .unwrap()
-            .to_string();
+        let e = PciDevice::open_in(root.path(), "02:00.0").err().unwrap().to_string();
         assert!(e.contains("not an Intel 82599"), "{e}");
-        let e = PciDevice::open_in(root.path(), "03:00.0")
-            .err()
-            .unwrap()
-            .to_string();
+        let e = PciDevice::open_in(root.path(), "03:00.0").err().unwrap().to_string();
         assert!(e.contains("no PCI device"), "{e}");
     }
 }

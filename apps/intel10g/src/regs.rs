@@ -45,11 +45,7 @@ pub const LINKS_SPEED_1G: u32 = 2 << 28;
 
 // Receive (8.2.3.7, 8.2.3.8)
 pub const fn rx_bank(q: u32, reg: u32) -> u32 {
-    if q < 64 {
-        0x01000 + 0x40 * q + reg
-    } else {
-        0x0D000 + 0x40 * (q - 64) + reg
-    }
+    if q < 64 { 0x01000 + 0x40 * q + reg } else { 0x0D000 + 0x40 * (q - 64) + reg }
 }
 pub const fn rdbal(q: u32) -> u32 {
     rx_bank(q, 0x00)
@@ -139,8 +135,7 @@ pub const RAH_AV: u32 = 1 << 31;
 pub const MRQC_MRQE_RSS: u32 = 0x1;
 pub const MRQC_MRQE_VMDQ_RSS_32: u32 = 0xA;
 pub const MRQC_MRQE_VMDQ_RSS_64: u32 = 0xB;
-pub const MRQC_RSS_FIELDS: u32 =
-    (1 << 16) | (1 << 17) | (1 << 20) | (1 << 21) | (1 << 22) | (1 << 23);
+pub const MRQC_RSS_FIELDS: u32 = (1 << 16) | (1 << 17) | (1 << 20) | (1 << 21) | (1 << 22) | (1 << 23);
 pub const PSRTYPE_RQPL_SHIFT: u32 = 29;
 pub const PFQDE_WRITE: u32 = 1 << 16;
 pub const PFQDE_QUEUE_SHIFT: u32 = 8;
@@ -292,9 +287,12 @@ pub const TXD_DCMD_DEXT: u32 = 1 << 29;
 pub const TXD_PAYLEN_SHIFT: u32 = 14;
 pub const TXD_STAT_DD: u32 = 1 << 0;
 
-/// Every register array the driver touches, by datasheet name: its
-/// element count and offset function (for the cross-check with the model).
-pub const TABLE: &[(&str, u32, fn(u32) -> u32)] = &[
+/// A register array: datasheet name, elements, offset of element `i`.
+pub type RegArray = (&'static str, u32, fn(u32) -> u32);
+
+/// Every register array the driver touches (for the cross-check with the
+/// model).
+pub const TABLE: &[RegArray] = &[
     ("CTRL", 1, |_| CTRL),
     ("STATUS", 1, |_| STATUS),
     ("CTRL_EXT", 1, |_| CTRL_EXT),
@@ -399,12 +397,7 @@ mod tests {
             let def = model::lookup(name).unwrap_or_else(|| panic!("the model has no {name}"));
             assert_eq!(def.count(), count, "{name}: element count");
             for i in 0..count {
-                assert_eq!(
-                    model::decode(f(i)),
-                    Some((def.reg, i)),
-                    "{name}[{i}] at {:#x}",
-                    f(i)
-                );
+                assert_eq!(model::decode(f(i)), Some((def.reg, i)), "{name}[{i}] at {:#x}", f(i));
             }
         }
     }

@@ -57,9 +57,7 @@ pub struct DescRing {
 impl DescRing {
     pub fn new(n: u32) -> Result<DescRing> {
         if !valid_ring_size(n) {
-            bail!(
-                "ring of {n} descriptors: a power of two from {MIN_RING} to {MAX_RING} is needed"
-            );
+            bail!("ring of {n} descriptors: a power of two from {MIN_RING} to {MAX_RING} is needed");
         }
         let mem = DmaBuffer::new(n as usize * 16)?;
         Ok(DescRing { mem, mask: n - 1 })
@@ -216,11 +214,7 @@ impl<R: Registers> RxQueue<R> {
         let ok = self.posted < self.capacity()
             && p.capacity() >= self.bsize as usize
             && p.dma_addr() != 0
-            && (!p.is_foreign()
-                || self
-                    .dev
-                    .dma
-                    .covers_foreign(p.dma_addr(), self.bsize as usize));
+            && (!p.is_foreign() || self.dev.dma.covers_foreign(p.dma_addr(), self.bsize as usize));
         if !ok {
             return Err(p);
         }
@@ -415,15 +409,9 @@ impl<R: Registers> TxQueue<R> {
                 self.counters.dropped += 1;
                 continue;
             }
-            let rs = if (t + 1) % RS_INTERVAL == 0 {
-                TXD_DCMD_RS
-            } else {
-                0
-            };
-            let cmd =
-                len as u32 | TXD_DTYP_DATA | TXD_DCMD_DEXT | TXD_DCMD_IFCS | TXD_DCMD_EOP | rs;
-            self.ring
-                .tx_write(t, addr, cmd, (len as u32) << TXD_PAYLEN_SHIFT);
+            let rs = if (t + 1).is_multiple_of(RS_INTERVAL) { TXD_DCMD_RS } else { 0 };
+            let cmd = len as u32 | TXD_DTYP_DATA | TXD_DCMD_DEXT | TXD_DCMD_IFCS | TXD_DCMD_EOP | rs;
+            self.ring.tx_write(t, addr, cmd, (len as u32) << TXD_PAYLEN_SHIFT);
             self.slots[(t & mask) as usize] = Some(p);
             t = (t + 1) & mask;
             sent += 1;

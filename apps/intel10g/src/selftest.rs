@@ -18,9 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 use snabb_core::packet::{self, ForeignBuffer};
-use snabb_core::{
-    App, AppClass, AppContext, Args, BufferOwner, Config, Engine, Io, LinkSettings, Registry,
-};
+use snabb_core::{App, AppClass, AppContext, Args, BufferOwner, Config, Engine, Io, LinkSettings, Registry};
 use snabb_model_82599::Model82599;
 
 use crate::Intel10g;
@@ -37,9 +35,7 @@ pub enum Target {
 impl Target {
     pub fn from_env() -> Result<Target> {
         match (std::env::var("SNABB_PCI0"), std::env::var("SNABB_PCI1")) {
-            (Ok(a), Ok(b)) if !a.is_empty() && !b.is_empty() => {
-                Ok(Target::Hardware { pci0: a, pci1: b })
-            }
+            (Ok(a), Ok(b)) if !a.is_empty() && !b.is_empty() => Ok(Target::Hardware { pci0: a, pci1: b }),
             (Ok(a), _) if !a.is_empty() => {
                 bail!("SNABB_PCI0 is set but SNABB_PCI1 is not: two cabled ports are needed")
             }
@@ -54,10 +50,8 @@ impl Target {
         match self {
             Target::Model => {
                 let n = SERIAL.fetch_add(1, Ordering::Relaxed);
-                let (a, b) = (
-                    format!("model:st{n}a-{}", std::process::id()),
-                    format!("model:st{n}b-{}", std::process::id()),
-                );
+                let (a, b) =
+                    (format!("model:st{n}a-{}", std::process::id()), format!("model:st{n}b-{}", std::process::id()));
                 let wire = format!(", wire: Cable(\"{b}\")");
                 (a, b, wire)
             }
@@ -84,16 +78,12 @@ pub fn selftest() -> Result<()> {
 
 fn registry() -> Registry {
     let mut r = crate::registry();
-    r.register::<Verify>(
-        "Intel10gVerify",
-        "checks numbered frames (intel10g selftests)",
-    );
+    r.register::<Verify>("Intel10gVerify", "checks numbered frames (intel10g selftests)");
     r
 }
 
 fn nic<'a>(e: &'a mut Engine, name: &str) -> Result<&'a mut Intel10g> {
-    e.app_mut::<Intel10g>(name)
-        .with_context(|| format!("no app {name}"))
+    e.app_mut::<Intel10g>(name).with_context(|| format!("no app {name}"))
 }
 
 fn wait_links(e: &mut Engine, apps: &[&str]) -> Result<()> {
@@ -115,11 +105,7 @@ fn model_clean(e: &mut Engine, apps: &[&str]) -> Result<()> {
     for a in apps {
         if let Some(m) = nic(e, a)?.model() {
             let v = m.violations();
-            ensure!(
-                v.is_empty(),
-                "{}: the model saw violations: {v:?}",
-                m.name()
-            );
+            ensure!(v.is_empty(), "{}: the model saw violations: {v:?}", m.name());
             let f = m.faults();
             ensure!(f.is_empty(), "{}: DMA faults: {f:?}", m.name());
         }
@@ -146,9 +132,7 @@ fn frame(dst: [u8; 6], src: [u8; 6], vlan: Option<u16>, len: usize) -> Vec<u8> {
 }
 
 fn udp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
-    let mut f = vec![
-        0x02, 0, 0, 0, 0xee, 0xee, 0x02, 0, 0, 0, 0xee, 0x01, 0x08, 0x00,
-    ];
+    let mut f = vec![0x02, 0, 0, 0, 0xee, 0xee, 0x02, 0, 0, 0, 0xee, 0x01, 0x08, 0x00];
     let ip = [0x45, 0, 0, 46, 0, 0, 0x40, 0, 64, 17, 0, 0];
     f.extend_from_slice(&ip);
     f.extend_from_slice(&src);
@@ -161,9 +145,7 @@ fn udp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
 }
 
 fn write_pcap(path: &std::path::Path, frames: &[Vec<u8>]) -> Result<()> {
-    let mut w = snabb_apps_basic::pcap::PcapFileWriter::new(std::io::BufWriter::new(
-        std::fs::File::create(path)?,
-    ))?;
+    let mut w = snabb_apps_basic::pcap::PcapFileWriter::new(std::io::BufWriter::new(std::fs::File::create(path)?))?;
     for f in frames {
         w.write(f, std::time::SystemTime::now())?;
     }
@@ -194,10 +176,7 @@ struct Verify {
 impl AppClass for Verify {
     type Args = VerifyArgs;
     fn new(a: VerifyArgs, _: &AppContext) -> Result<Verify> {
-        Ok(Verify {
-            sizes: a.sizes,
-            ..Verify::default()
-        })
+        Ok(Verify { sizes: a.sizes, ..Verify::default() })
     }
 }
 
@@ -208,8 +187,7 @@ impl App for Verify {
             let d = p.data();
             let ok = d.len() >= 18 && {
                 let seq = u32::from_be_bytes(d[14..18].try_into().unwrap());
-                let size_ok =
-                    self.sizes.is_empty() || d.len() == self.sizes[seq as usize % self.sizes.len()];
+                let size_ok = self.sizes.is_empty() || d.len() == self.sizes[seq as usize % self.sizes.len()];
                 let ok = seq >= self.next && size_ok && d[18..].iter().all(|&b| b == 0);
                 self.next = seq.wrapping_add(1);
                 ok
@@ -218,9 +196,7 @@ impl App for Verify {
                 self.good += 1;
             } else {
                 self.bad += 1;
-                self.first_bad.get_or_insert_with(|| {
-                    format!("{} bytes: {:02x?}", d.len(), &d[..d.len().min(24)])
-                });
+                self.first_bad.get_or_insert_with(|| format!("{} bytes: {:02x?}", d.len(), &d[..d.len().min(24)]));
             }
         }
     }
@@ -234,12 +210,11 @@ pub fn init_and_reset() -> Result<()> {
     let (a, b, wire) = t.ports();
     let conf = |ring: u32| -> Result<Config> {
         let mut c = Config::new();
-        c.app_args(
-            "a",
+        c.app_args("a", "Intel10g", Args::from_ron(&format!("(pci: \"{a}\"{wire}, rx_ring: {ring})"))?).app_args(
+            "b",
             "Intel10g",
-            Args::from_ron(&format!("(pci: \"{a}\"{wire}, rx_ring: {ring})"))?,
-        )
-        .app_args("b", "Intel10g", Args::from_ron(&format!("(pci: \"{b}\")"))?);
+            Args::from_ron(&format!("(pci: \"{b}\")"))?,
+        );
         Ok(c)
     };
     let before = packet::stats().in_use;
@@ -256,20 +231,14 @@ pub fn init_and_reset() -> Result<()> {
         );
         ensure!(m.read(rah(0)) & RAH_AV != 0, "RAH[0] valid after reset");
         ensure!(m.read(STATUS) & (1 << 7) != 0, "STATUS.LinkUp");
-        ensure!(
-            nic(&mut e, "a")?.hw_stats() == crate::HwStats::default(),
-            "statistics start at zero"
-        );
+        ensure!(nic(&mut e, "a")?.hw_stats() == crate::HwStats::default(), "statistics start at zero");
         // A restart: the new instance takes the queue over from the old one.
         e.configure(&conf(2048)?)?;
         e.run_for(Duration::from_millis(5));
         ensure!(nic(&mut e, "a")?.running(), "the restarted app runs");
         model_clean(&mut e, &["a", "b"])?;
         e.stop();
-        ensure!(
-            m.read(RXCTRL) & RXCTRL_RXEN == 0,
-            "receiver off once the last app stops"
-        );
+        ensure!(m.read(RXCTRL) & RXCTRL_RXEN == 0, "receiver off once the last app stops");
     }
     ensure!(
         packet::stats().in_use == before,
@@ -288,17 +257,11 @@ pub fn init_and_reset() -> Result<()> {
 
 /// The model reports what a driver does wrong.
 pub fn model_checks() -> Result<()> {
-    let m = Model82599::new(
-        &format!("checks-{}", std::process::id()),
-        Default::default(),
-    );
+    let m = Model82599::new(&format!("checks-{}", std::process::id()), Default::default());
     let r = ModelBar(m.clone());
     let expect = |what: &str, want: &str| -> Result<()> {
         let v = m.take_violations();
-        ensure!(
-            v.iter().any(|x| x.what.contains(want)),
-            "{what}: expected a violation about `{want}`, got {v:?}"
-        );
+        ensure!(v.iter().any(|x| x.what.contains(want)), "{what}: expected a violation about `{want}`, got {v:?}");
         Ok(())
     };
     let q = 3;
@@ -321,22 +284,10 @@ pub fn model_checks() -> Result<()> {
     r.write(rdbal(q), 0x1000_0000);
     r.write(srrctl(q), 10 | SRRCTL_DESCTYPE_ADV_ONEBUF);
     r.write(rxdctl(q), RXDCTL_ENABLE);
-    r.wait(
-        rxdctl(q),
-        RXDCTL_ENABLE,
-        RXDCTL_ENABLE,
-        Duration::from_secs(1),
-        "enable",
-    )?;
-    ensure!(
-        m.take_violations().is_empty(),
-        "a good queue enables cleanly"
-    );
+    r.wait(rxdctl(q), RXDCTL_ENABLE, RXDCTL_ENABLE, Duration::from_secs(1), "enable")?;
+    ensure!(m.take_violations().is_empty(), "a good queue enables cleanly");
     r.write(rdlen(q), 8192);
-    expect(
-        "RDLEN of an enabled queue",
-        "while receive queue 3 is enabled",
-    )?;
+    expect("RDLEN of an enabled queue", "while receive queue 3 is enabled")?;
     r.write(rdt(q), 300);
     expect("tail beyond the ring", "beyond the ring")?;
     // MTQC needs the arbiter off.
@@ -369,16 +320,12 @@ pub fn dma_faults() -> Result<()> {
     let t = Target::Model;
     let (a, b, wire) = t.ports();
     let mut c = Config::new();
-    c.app_args(
-        "a",
-        "Intel10g",
-        Args::from_ron(&format!("(pci: \"{a}\"{wire})"))?,
-    )
-    .app_args("b", "Intel10g", Args::from_ron(&format!("(pci: \"{b}\")"))?)
-    .app("sink", "Sink", &())
-    .app_args("feed", "Source", Args::from_ron("(count: 0)")?)
-    .link("feed.output -> a.input")
-    .link("b.output -> sink.input");
+    c.app_args("a", "Intel10g", Args::from_ron(&format!("(pci: \"{a}\"{wire})"))?)
+        .app_args("b", "Intel10g", Args::from_ron(&format!("(pci: \"{b}\")"))?)
+        .app("sink", "Sink", &())
+        .app_args("feed", "Source", Args::from_ron("(count: 0)")?)
+        .link("feed.output -> a.input")
+        .link("b.output -> sink.input");
     let mut e = Engine::new(registry());
     e.configure(&c)?;
     wait_links(&mut e, &["a", "b"])?;
@@ -412,9 +359,7 @@ pub fn dma_faults() -> Result<()> {
             })
         }
     };
-    e.link("feed.output -> a.input")
-        .context("the feed link")?
-        .transmit(pkt);
+    e.link("feed.output -> a.input").context("the feed link")?.transmit(pkt);
     e.run_for(Duration::from_millis(5));
     let mut fault = None;
     for _ in 0..200 {
@@ -425,10 +370,7 @@ pub fn dma_faults() -> Result<()> {
         std::thread::sleep(Duration::from_millis(5));
     }
     let f = fault.context("no fault for a transmit from unmapped memory")?;
-    ensure!(
-        f.what == "TX buffer read" && f.addr == iova && !f.write,
-        "unexpected fault {f:?}"
-    );
+    ensure!(f.what == "TX buffer read" && f.addr == iova && !f.write, "unexpected fault {f:?}");
 
     // Receive: every chunk unmapped, as if the driver had never mapped its
     // memory; an arriving frame must fault, not land anywhere.
@@ -450,8 +392,7 @@ pub fn dma_faults() -> Result<()> {
     // Map the chunks back so that stopping is clean.
     for ch in snabb_core::memory::chunks() {
         // SAFETY: chunks are never unmapped from the process.
-        unsafe { mb.iommu().map(ch.dma, ch.virt as *mut u8, ch.len) }
-            .map_err(anyhow::Error::msg)?;
+        unsafe { mb.iommu().map(ch.dma, ch.virt as *mut u8, ch.len) }.map_err(anyhow::Error::msg)?;
     }
     e.stop();
     drop(owner);
@@ -466,20 +407,11 @@ pub fn bad_configs(t: &Target) -> Result<()> {
         ("buffer_size: 20480", "1 to 16 KiB"),
         ("rx_ring: 100", "rx_ring 100"),
         ("tx_ring: 65536", "tx_ring 65536"),
-        (
-            "mode: Vmdq(pools: 16)",
-            "64 pools of 2 queues or 32 pools of 4",
-        ),
-        (
-            "mode: Vmdq(pools: 32), pool: 40, macs: [\"02:00:00:00:00:01\"]",
-            "pool 40",
-        ),
+        ("mode: Vmdq(pools: 16)", "64 pools of 2 queues or 32 pools of 4"),
+        ("mode: Vmdq(pools: 32), pool: 40, macs: [\"02:00:00:00:00:01\"]", "pool 40"),
         ("mode: Vmdq(pools: 64)", "at least one MAC"),
         ("mode: Rss(queues: 17)", "1 to 16 queues"),
-        (
-            "macs: [\"02:00:00:00:00:01\", \"02:00:00:00:00:01\"]",
-            "listed twice",
-        ),
+        ("macs: [\"02:00:00:00:00:01\", \"02:00:00:00:00:01\"]", "listed twice"),
         ("vlans: [4095]", "not a VLAN id"),
         ("mtu: 12000", "mtu 12000"),
         ("buffer_size: 2048, mtu: 9014", "would not fit"),
@@ -487,47 +419,21 @@ pub fn bad_configs(t: &Target) -> Result<()> {
     ];
     for (args, want) in cases {
         let mut c = Config::new();
-        c.app_args(
-            "a",
-            "Intel10g",
-            Args::from_ron(&format!("(pci: \"{a}\", {args})"))?,
-        );
-        let err = registry()
-            .check(&c)
-            .err()
-            .with_context(|| format!("`{args}` was accepted by config check"))?;
-        ensure!(
-            err.to_string().contains(want),
-            "`{args}`: error `{err}` does not say `{want}`"
-        );
-        let err = Engine::new(registry())
-            .configure(&c)
-            .err()
-            .with_context(|| format!("`{args}` was accepted"))?;
-        ensure!(
-            err.to_string().contains(want),
-            "`{args}`: error `{err}` does not say `{want}`"
-        );
+        c.app_args("a", "Intel10g", Args::from_ron(&format!("(pci: \"{a}\", {args})"))?);
+        let err = registry().check(&c).err().with_context(|| format!("`{args}` was accepted by config check"))?;
+        ensure!(err.to_string().contains(want), "`{args}`: error `{err}` does not say `{want}`");
+        let err = Engine::new(registry()).configure(&c).err().with_context(|| format!("`{args}` was accepted"))?;
+        ensure!(err.to_string().contains(want), "`{args}`: error `{err}` does not say `{want}`");
     }
     if t.is_model() {
-        ensure!(
-            snabb_model_82599::registry::get(&a).is_none(),
-            "no model port was even made"
-        );
+        ensure!(snabb_model_82599::registry::get(&a).is_none(), "no model port was even made");
     }
     // A MAC already in another pool: refused before the second pool is
     // programmed.
-    let pool = |p: u8, mac: &str| {
-        format!("(pci: \"{b}\", mode: Vmdq(pools: 64), pool: {p}, macs: [\"{mac}\"])")
-    };
+    let pool = |p: u8, mac: &str| format!("(pci: \"{b}\", mode: Vmdq(pools: 64), pool: {p}, macs: [\"{mac}\"])");
     let conf = |extra: &[(&str, String)]| -> Result<Config> {
         let mut c = Config::new();
-        c.app_args(
-            "a",
-            "Intel10g",
-            Args::from_ron(&format!("(pci: \"{a}\"{wire})"))?,
-        )
-        .app_args(
+        c.app_args("a", "Intel10g", Args::from_ron(&format!("(pci: \"{a}\"{wire})"))?).app_args(
             "p1",
             "Intel10g",
             Args::from_ron(&pool(1, "02:00:00:00:00:11"))?,
@@ -571,54 +477,26 @@ pub fn loopback(t: &Target) -> Result<()> {
     let mut e = Engine::new(registry());
     {
         let mut c = Config::new();
-        c.app_args(
-            "a",
-            "Intel10g",
-            Args::from_ron(&format!("(pci: \"{a}\"{wire})"))?,
-        )
-        .app_args("b", "Intel10g", Args::from_ron(&format!("(pci: \"{b}\")"))?)
-        .app_args(
-            "verify",
-            "Intel10gVerify",
-            Args::from_ron(&format!("(sizes: {sizes:?})"))?,
-        )
-        .link("b.output -> verify.input");
+        c.app_args("a", "Intel10g", Args::from_ron(&format!("(pci: \"{a}\"{wire})"))?)
+            .app_args("b", "Intel10g", Args::from_ron(&format!("(pci: \"{b}\")"))?)
+            .app_args("verify", "Intel10gVerify", Args::from_ron(&format!("(sizes: {sizes:?})"))?)
+            .link("b.output -> verify.input");
         e.configure(&c)?;
         wait_links(&mut e, &["a", "b"])?;
-        c.app_args(
-            "src",
-            "Source",
-            Args::from_ron(&format!("(sizes: {sizes:?}, count: {N}, numbered: true)"))?,
-        )
-        .link_with(
-            "src.output -> a.input",
-            LinkSettings {
-                size: 32768,
-                ..Default::default()
-            },
-        );
+        c.app_args("src", "Source", Args::from_ron(&format!("(sizes: {sizes:?}, count: {N}, numbered: true)"))?)
+            .link_with("src.output -> a.input", LinkSettings { size: 32768, ..Default::default() });
         e.configure(&c)?;
     }
     let received = |e: &Engine| e.app::<Verify>("verify").map_or(0, |v| v.good + v.bad);
     let lost = |e: &mut Engine| -> Result<u64> {
         let hw = nic(e, "b")?.hw_stats();
-        let link = e
-            .link_counters("src.output -> a.input")
-            .unwrap_or_default()
-            .txdrop;
-        Ok(hw.rx_drop()
-            + hw.rx_missed
-            + hw.rx_errors
-            + link
-            + counter(e, "a", "txdrop")
-            + counter(e, "b", "rxerrors"))
+        let link = e.link_counters("src.output -> a.input").unwrap_or_default().txdrop;
+        Ok(hw.rx_drop() + hw.rx_missed + hw.rx_errors + link + counter(e, "a", "txdrop") + counter(e, "b", "rxerrors"))
     };
     let mut done = false;
     for _ in 0..3000 {
         e.run_for(Duration::from_millis(5));
-        let sent = e
-            .app::<snabb_apps_basic::Source>("src")
-            .map_or(0, |s| s.sent());
+        let sent = e.app::<snabb_apps_basic::Source>("src").map_or(0, |s| s.sent());
         if sent == N && received(&e) + lost(&mut e)? == N {
             done = true;
             break;
@@ -627,18 +505,9 @@ pub fn loopback(t: &Target) -> Result<()> {
     let v = e.app::<Verify>("verify").unwrap();
     let (good, bad, first_bad) = (v.good, v.bad, v.first_bad.clone());
     let lost = lost(&mut e)?;
-    ensure!(
-        done,
-        "after 15 s: {good} good, {bad} bad, {lost} lost of {N}"
-    );
-    ensure!(
-        bad == 0,
-        "{bad} frames arrived damaged or out of order, first: {first_bad:?}"
-    );
-    ensure!(
-        good > N / 2,
-        "only {good} of {N} arrived ({lost} counted lost)"
-    );
+    ensure!(done, "after 15 s: {good} good, {bad} bad, {lost} lost of {N}");
+    ensure!(bad == 0, "{bad} frames arrived damaged or out of order, first: {first_bad:?}");
+    ensure!(good > N / 2, "only {good} of {N} arrived ({lost} counted lost)");
     let (ha, hb) = (nic(&mut e, "a")?.hw_stats(), nic(&mut e, "b")?.hw_stats());
     let sent_by_a = counter(&e, "a", "txpackets");
     ensure!(
@@ -661,11 +530,7 @@ pub fn loopback(t: &Target) -> Result<()> {
     model_clean(&mut e, &["a", "b"])?;
     e.stop();
     drop(e);
-    ensure!(
-        packet::stats().in_use == before,
-        "buffers leaked: {} in use, {before} before",
-        packet::stats().in_use
-    );
+    ensure!(packet::stats().in_use == before, "buffers leaked: {} in use, {before} before", packet::stats().in_use);
     log::info!("intel10g loopback: {good} of {N} frames checked, {lost} counted lost");
 
     Ok(())
@@ -692,12 +557,7 @@ pub fn vmdq(t: &Target) -> Result<()> {
     // Unicast to each pool (pool 7 lives on VLAN 10).
     for p in 0..8u8 {
         for _ in 0..20 {
-            frames.push(frame(
-                pool_mac(p),
-                src,
-                (p == 7).then_some(10),
-                if p == 7 { 64 } else { 60 },
-            ));
+            frames.push(frame(pool_mac(p), src, (p == 7).then_some(10), if p == 7 { 64 } else { 60 }));
             expect[p as usize] += 1;
         }
     }
@@ -724,13 +584,9 @@ pub fn vmdq(t: &Target) -> Result<()> {
     write_pcap(&pcap, &frames)?;
 
     let mut c = Config::new();
-    c.app_args(
-        "a",
-        "Intel10g",
-        Args::from_ron(&format!("(pci: \"{a}\"{wire})"))?,
-    )
-    .app("sink_a", "Sink", &())
-    .link("a.output -> sink_a.input");
+    c.app_args("a", "Intel10g", Args::from_ron(&format!("(pci: \"{a}\"{wire})"))?)
+        .app("sink_a", "Sink", &())
+        .link("a.output -> sink_a.input");
     for p in 0..8u8 {
         let vlans = if p == 7 { "vlans: [10], " } else { "" };
         let ring = if p == 6 { ", rx_ring: 64" } else { "" };
@@ -744,31 +600,20 @@ pub fn vmdq(t: &Target) -> Result<()> {
             ))?,
         );
         if p != 6 {
-            c.app(&format!("sink{p}"), "Sink", &())
-                .link(&format!("p{p}.output -> sink{p}.input"));
+            c.app(&format!("sink{p}"), "Sink", &()).link(&format!("p{p}.output -> sink{p}.input"));
         }
     }
     let mut e = Engine::new(registry());
     e.configure(&c)?;
-    let all: Vec<String> = std::iter::once("a".to_string())
-        .chain((0..8).map(|p| format!("p{p}")))
-        .collect();
+    let all: Vec<String> = std::iter::once("a".to_string()).chain((0..8).map(|p| format!("p{p}"))).collect();
     let all: Vec<&str> = all.iter().map(String::as_str).collect();
     wait_links(&mut e, &all)?;
-    c.app_args(
-        "pcap",
-        "PcapReader",
-        Args::from_ron(&format!("(file: {:?})", pcap.display().to_string()))?,
-    )
-    .link("pcap.output -> a.input");
+    c.app_args("pcap", "PcapReader", Args::from_ron(&format!("(file: {:?})", pcap.display().to_string()))?)
+        .link("pcap.output -> a.input");
     e.configure(&c)?;
 
     let got = |e: &Engine, p: usize| -> u64 {
-        if p == 6 {
-            counter(e, "p6", "rxdrop") + 63
-        } else {
-            counter(e, &format!("sink{p}"), "packets")
-        }
+        if p == 6 { counter(e, "p6", "rxdrop") + 63 } else { counter(e, &format!("sink{p}"), "packets") }
     };
     let mut ok = false;
     for _ in 0..2000 {
@@ -785,19 +630,13 @@ pub fn vmdq(t: &Target) -> Result<()> {
     let _ = nic(&mut e, "p0")?.hw_stats();
     e.commit();
     let counts: Vec<u64> = (0..8).map(|p| got(&e, p)).collect();
-    ensure!(
-        ok && counts == expect,
-        "per pool: got {counts:?}, expected {expect:?}"
-    );
+    ensure!(ok && counts == expect, "per pool: got {counts:?}, expected {expect:?}");
     ensure!(
         counter(&e, "p6", "rxdrop") == expect[6] - 63,
         "pool 6's full ring: {} dropped",
         counter(&e, "p6", "rxdrop")
     );
-    ensure!(
-        counter(&e, "sink7", "bytes") == 30 * 60,
-        "pool 7 gets its frames with the tag stripped"
-    );
+    ensure!(counter(&e, "sink7", "bytes") == 30 * 60, "pool 7 gets its frames with the tag stripped");
 
     // VM to VM: pool 1 to pool 2 stays inside the chip; pool 1's broadcast
     // goes to the wire and to the other pools that take broadcast.
@@ -806,19 +645,12 @@ pub fn vmdq(t: &Target) -> Result<()> {
     c.app_args(
         "vm1",
         "Source",
-        Args::from_ron(&format!(
-            "(dst: \"{}\", src: \"{}\", count: 50)",
-            mac_str(pool_mac(2)),
-            mac_str(pool_mac(1))
-        ))?,
+        Args::from_ron(&format!("(dst: \"{}\", src: \"{}\", count: 50)", mac_str(pool_mac(2)), mac_str(pool_mac(1))))?,
     )
     .app_args(
         "bc1",
         "Source",
-        Args::from_ron(&format!(
-            "(dst: \"ff:ff:ff:ff:ff:ff\", src: \"{}\", count: 10)",
-            mac_str(pool_mac(1))
-        ))?,
+        Args::from_ron(&format!("(dst: \"ff:ff:ff:ff:ff:ff\", src: \"{}\", count: 10)", mac_str(pool_mac(1))))?,
     )
     .app("join", "Join", &())
     .link("vm1.output -> join.a")
@@ -838,9 +670,7 @@ pub fn vmdq(t: &Target) -> Result<()> {
     for _ in 0..2000 {
         e.run_for(Duration::from_millis(5));
         e.commit();
-        if [0, 2, 4].iter().all(|&p| got(&e, p) >= want(p))
-            && counter(&e, "sink_a", "packets") >= 10
-        {
+        if [0, 2, 4].iter().all(|&p| got(&e, p) >= want(p)) && counter(&e, "sink_a", "packets") >= 10 {
             break;
         }
     }
@@ -856,19 +686,12 @@ pub fn vmdq(t: &Target) -> Result<()> {
         );
     }
     let wire = nic(&mut e, "a")?.hw_stats().rx_packets - sent_before;
-    ensure!(
-        wire == 10,
-        "port 0 saw {wire} frames of pool 1's, expected its 10 broadcasts only"
-    );
+    ensure!(wire == 10, "port 0 saw {wire} frames of pool 1's, expected its 10 broadcasts only");
     let mut names = all.clone();
     names.push("p6");
     model_clean(&mut e, &names)?;
     if let Some(m) = nic(&mut e, "p1")?.model() {
-        ensure!(
-            m.stats().looped >= 60,
-            "the model switched {} frames inside",
-            m.stats().looped
-        );
+        ensure!(m.stats().looped >= 60, "the model switched {} frames inside", m.stats().looped);
     }
     Ok(())
 }
@@ -880,22 +703,11 @@ pub fn rss(t: &Target) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let pcap = dir.path().join("rss.pcap");
     let frames: Vec<Vec<u8>> = (0..N)
-        .map(|i| {
-            udp4(
-                [10, 0, (i / 250) as u8, (i % 250) as u8],
-                [10, 1, 0, 1],
-                1024 + (i % 61) as u16,
-                80,
-            )
-        })
+        .map(|i| udp4([10, 0, (i / 250) as u8, (i % 250) as u8], [10, 1, 0, 1], 1024 + (i % 61) as u16, 80))
         .collect();
     write_pcap(&pcap, &frames)?;
     let mut c = Config::new();
-    c.app_args(
-        "a",
-        "Intel10g",
-        Args::from_ron(&format!("(pci: \"{a}\"{wire})"))?,
-    );
+    c.app_args("a", "Intel10g", Args::from_ron(&format!("(pci: \"{a}\"{wire})"))?);
     for q in 0..4 {
         c.app_args(
             &format!("q{q}"),
@@ -908,18 +720,10 @@ pub fn rss(t: &Target) -> Result<()> {
     let mut e = Engine::new(registry());
     e.configure(&c)?;
     wait_links(&mut e, &["a", "q0", "q1", "q2", "q3"])?;
-    c.app_args(
-        "pcap",
-        "PcapReader",
-        Args::from_ron(&format!("(file: {:?})", pcap.display().to_string()))?,
-    )
-    .link("pcap.output -> a.input");
+    c.app_args("pcap", "PcapReader", Args::from_ron(&format!("(file: {:?})", pcap.display().to_string()))?)
+        .link("pcap.output -> a.input");
     e.configure(&c)?;
-    let total = |e: &Engine| {
-        (0..4)
-            .map(|q| counter(e, &format!("sink{q}"), "packets"))
-            .sum::<u64>()
-    };
+    let total = |e: &Engine| (0..4).map(|q| counter(e, &format!("sink{q}"), "packets")).sum::<u64>();
     for _ in 0..2000 {
         e.run_for(Duration::from_millis(5));
         e.commit();
@@ -929,18 +733,9 @@ pub fn rss(t: &Target) -> Result<()> {
     }
     e.run_for(Duration::from_millis(20));
     e.commit();
-    let per: Vec<u64> = (0..4)
-        .map(|q| counter(&e, &format!("sink{q}"), "packets"))
-        .collect();
-    ensure!(
-        total(&e) == N as u64,
-        "RSS queues got {per:?}, {} in all of {N}",
-        total(&e)
-    );
-    ensure!(
-        per.iter().all(|&n| n > N as u64 / 10),
-        "RSS spread is lopsided: {per:?}"
-    );
+    let per: Vec<u64> = (0..4).map(|q| counter(&e, &format!("sink{q}"), "packets")).collect();
+    ensure!(total(&e) == N as u64, "RSS queues got {per:?}, {} in all of {N}", total(&e));
+    ensure!(per.iter().all(|&n| n > N as u64 / 10), "RSS spread is lopsided: {per:?}");
     model_clean(&mut e, &["a", "q0", "q1", "q2", "q3"])?;
     Ok(())
 }

@@ -104,9 +104,7 @@ impl Vfio {
         if !Self::available() {
             bail!("no /dev/vfio/vfio (load vfio-pci and enable the IOMMU)");
         }
-        let group_no = dev
-            .iommu_group()
-            .with_context(|| format!("{} has no IOMMU group", dev.addr))?;
+        let group_no = dev.iommu_group().with_context(|| format!("{} has no IOMMU group", dev.addr))?;
         if dev.driver().as_deref() != Some("vfio-pci") {
             bail!(
                 "{} is bound to {:?}, not vfio-pci (echo {} > /sys/bus/pci/drivers/vfio-pci/new_id)",
@@ -116,76 +114,34 @@ impl Vfio {
             );
         }
         let open = |p: &str| -> Result<OwnedFd> {
-            let f: File = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(p)
-                .with_context(|| p.to_string())?;
+            let f: File = OpenOptions::new().read(true).write(true).open(p).with_context(|| p.to_string())?;
             Ok(f.into())
         };
         let container = open("/dev/vfio/vfio")?;
         if ioctl(&container, VFIO_GET_API_VERSION, 0, "VFIO_GET_API_VERSION")? != VFIO_API_VERSION {
             bail!("unknown VFIO API version");
         }
-        if ioctl(
-            &container,
-            VFIO_CHECK_EXTENSION,
-            VFIO_TYPE1_IOMMU,
-            "VFIO_CHECK_EXTENSION",
-        )? != 1
-        {
+        if ioctl(&container, VFIO_CHECK_EXTENSION, VFIO_TYPE1_IOMMU, "VFIO_CHECK_EXTENSION")? != 1 {
             bail!("the VFIO container has no type-1 IOMMU");
         }
         let group = open(&format!("/dev/vfio/{group_no}"))?;
-        let mut status = GroupStatus {
-            argsz: std::mem::size_of::<GroupStatus>() as u32,
-            flags: 0,
-        };
-        ioctl(
-            &group,
-            VFIO_GROUP_GET_STATUS,
-            &mut status as *mut _ as libc::c_ulong,
-            "VFIO_GROUP_GET_STATUS",
-        )?;
+        let mut status = GroupStatus { argsz: std::mem::size_of::<GroupStatus>() as u32, flags: 0 };
+        ioctl(&group, VFIO_GROUP_GET_STATUS, &mut status as *mut _ as libc::c_ulong, "VFIO_GROUP_GET_STATUS")?;
         if status.flags & VFIO_GROUP_FLAGS_VIABLE == 0 {
             bail!("IOMMU group {group_no} is not viable: bind every device in it to vfio-pci");
         }
         let cfd = container.as_raw_fd();
-        ioctl(
-            &group,
-            VFIO_GROUP_SET_CONTAINER,
-            &cfd as *const _ as libc::c_ulong,
-            "VFIO_GROUP_SET_CONTAINER",
-        )?;
-        ioctl(
-            &container,
-            VFIO_SET_IOMMU,
-            VFIO_TYPE1_IOMMU,
-            "VFIO_SET_IOMMU",
-        )?;
+        ioctl(&group, VFIO_GROUP_SET_CONTAINER, &cfd as *const _ as libc::c_ulong, "VFIO_GROUP_SET_CONTAINER")?;
+        ioctl(&container, VFIO_SET_IOMMU, VFIO_TYPE1_IOMMU, "VFIO_SET_IOMMU")?;
         let name = std::ffi::CString::new(dev.addr.clone())?;
-        let dfd = ioctl(
-            &group,
-            VFIO_GROUP_GET_DEVICE_FD,
-            name.as_ptr() as libc::c_ulong,
-            "VFIO_GROUP_GET_DEVICE_FD",
-        )?;
+        let dfd = ioctl(&group, VFIO_GROUP_GET_DEVICE_FD, name.as_ptr() as libc::c_ulong, "VFIO_GROUP_GET_DEVICE_FD")?;
         // SAFETY: the ioctl returned a new file descriptor that we now own.
         let device = unsafe { OwnedFd::from_raw_fd(dfd) };
-        Ok(Vfio {
-            container,
-            _group: group,
-            device,
-            mapped: Mutex::new(Vec::new()),
-        })
+        Ok(Vfio { container, _group: group, device, mapped: Mutex::new(Vec::new()) })
     }
 
     fn region(&self, index: u32) -> Result<RegionInfo> {
-        let mut info = RegionInfo {
-            argsz: std::mem::size_of::<RegionInfo>() as u32,
-            index,
-            ..Default::default()
-        };
+        let mut info = RegionInfo { argsz: std::mem::size_of::<RegionInfo>() as u32, index, ..Default::default() };
         ioctl(
             &self.device,
             VFIO_DEVICE_GET_REGION_INFO,
@@ -210,10 +166,7 @@ impl Vfio {
             )
         };
         if p == libc::MAP_FAILED {
-            bail!(
-                "mapping BAR0 through VFIO: {}",
-                std::io::Error::last_os_error()
-            );
+            bail!("mapping BAR0 through VFIO: {}", std::io::Error::last_os_error());
         }
         // SAFETY: the mapping was just made, is r.size bytes and is ours.
         Ok(unsafe { Mmio::from_raw(NonNull::new(p as *mut u8).unwrap(), r.size as usize) })
@@ -224,19 +177,8 @@ impl Vfio {
         let r = self.region(VFIO_PCI_CONFIG_REGION_INDEX)?;
         let mut cmd = [0u8; 2];
         // SAFETY: reading 2 bytes into a live local from our device fd.
-        if unsafe {
-            libc::pread(
-                self.device.as_raw_fd(),
-                cmd.as_mut_ptr() as *mut _,
-                2,
-                r.offset as i64 + 4,
-            )
-        } != 2
-        {
-            bail!(
-                "reading the PCI command register: {}",
-                std::io::Error::last_os_error()
-            );
+        if unsafe { libc::pread(self.device.as_raw_fd(), cmd.as_mut_ptr() as *mut _, 2, r.offset as i64 + 4) } != 2 {
+            bail!("reading the PCI command register: {}", std::io::Error::last_os_error());
         }
         let mut v = u16::from_le_bytes(cmd);
         if on {
@@ -246,19 +188,8 @@ impl Vfio {
         }
         let b = v.to_le_bytes();
         // SAFETY: writing 2 bytes from a live local to our device fd.
-        if unsafe {
-            libc::pwrite(
-                self.device.as_raw_fd(),
-                b.as_ptr() as *const _,
-                2,
-                r.offset as i64 + 4,
-            )
-        } != 2
-        {
-            bail!(
-                "writing the PCI command register: {}",
-                std::io::Error::last_os_error()
-            );
+        if unsafe { libc::pwrite(self.device.as_raw_fd(), b.as_ptr() as *const _, 2, r.offset as i64 + 4) } != 2 {
+            bail!("writing the PCI command register: {}", std::io::Error::last_os_error());
         }
         Ok(())
     }
@@ -276,12 +207,7 @@ impl Vfio {
             iova,
             size: size as u64,
         };
-        ioctl(
-            &self.container,
-            VFIO_IOMMU_MAP_DMA,
-            &m as *const _ as libc::c_ulong,
-            "VFIO_IOMMU_MAP_DMA",
-        )?;
+        ioctl(&self.container, VFIO_IOMMU_MAP_DMA, &m as *const _ as libc::c_ulong, "VFIO_IOMMU_MAP_DMA")?;
         mapped.push((iova, size as u64));
         Ok(())
     }
@@ -313,12 +239,8 @@ mod tests {
         if Vfio::available() {
             return;
         }
-        let dev = PciDevice {
-            addr: "0000:01:00.0".into(),
-            path: "/nonexistent".into(),
-            vendor: 0x8086,
-            device: 0x10fb,
-        };
+        let dev =
+            PciDevice { addr: "0000:01:00.0".into(), path: "/nonexistent".into(), vendor: 0x8086, device: 0x10fb };
         let e = Vfio::open(&dev).err().unwrap().to_string();
         assert!(e.contains("/dev/vfio"), "{e}");
     }

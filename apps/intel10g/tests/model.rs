@@ -3,7 +3,7 @@
 use snabb_apps_intel10g::selftest::{self, Target};
 
 fn run(name: &str, f: impl FnOnce() -> anyhow::Result<()>) {
-    let _ = env_logger_init();
+    env_logger_init();
     if let Err(e) = f() {
         panic!("{name}: {e:#}");
     }

@@ -70,11 +70,7 @@ impl Iommu {
     /// unmapped or the model is dropped: the model's engine thread reads and
     /// writes it whenever the driver's descriptors tell it to.
     pub unsafe fn map(&self, iova: u64, virt: *mut u8, len: usize) -> Result<(), String> {
-        let m = Mapping {
-            iova,
-            len: len as u64,
-            virt: virt as usize,
-        };
+        let m = Mapping { iova, len: len as u64, virt: virt as usize };
         if len == 0 || iova.checked_add(m.len).is_none() {
             return Err(format!("bad mapping of {len} bytes at {iova:#x}"));
         }
@@ -153,13 +149,13 @@ impl Window {
         unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(off), out.as_mut_ptr(), out.len()) }
     }
     fn atomic32(&self, off: usize) -> &AtomicU32 {
-        assert!(off + 4 <= self.len && (self.ptr as usize + off) % 4 == 0);
+        assert!(off + 4 <= self.len && (self.ptr as usize + off).is_multiple_of(4));
         // SAFETY: in bounds and aligned (checked); the memory is mapped and
         // valid; the driver on the other side uses atomic accesses too.
         unsafe { AtomicU32::from_ptr(self.ptr.add(off) as *mut u32) }
     }
     fn atomic64(&self, off: usize) -> &AtomicU64 {
-        assert!(off + 8 <= self.len && (self.ptr as usize + off) % 8 == 0);
+        assert!(off + 8 <= self.len && (self.ptr as usize + off).is_multiple_of(8));
         // SAFETY: as for atomic32.
         unsafe { AtomicU64::from_ptr(self.ptr.add(off) as *mut u64) }
     }
@@ -193,13 +189,7 @@ impl Dma<'_> {
         match self.iommu.translate(addr, len) {
             Some(ptr) => Ok(Window { ptr, len }),
             None => {
-                let f = DmaFault {
-                    what,
-                    queue,
-                    write,
-                    addr,
-                    len,
-                };
+                let f = DmaFault { what, queue, write, addr, len };
                 log::error!("82599 model: {f}");
                 self.faults.lock().unwrap().push(f);
                 Err(())
@@ -222,16 +212,10 @@ mod tests {
             io.map(0x10000, a.as_mut_ptr(), 4096).unwrap();
             io.map(0x20000, b.as_mut_ptr(), 4096).unwrap();
             io.map(0x10000, a.as_mut_ptr(), 4096).unwrap();
-            assert!(
-                io.map(0x10800, b.as_mut_ptr(), 4096).is_err(),
-                "overlap refused"
-            );
+            assert!(io.map(0x10800, b.as_mut_ptr(), 4096).is_err(), "overlap refused");
         }
         assert_eq!(io.translate(0x10000, 4096), Some(a.as_mut_ptr()));
-        assert_eq!(
-            io.translate(0x20010, 16),
-            Some(b.as_mut_ptr().wrapping_add(16))
-        );
+        assert_eq!(io.translate(0x20010, 16), Some(b.as_mut_ptr().wrapping_add(16)));
         assert!(io.translate(0x10ff0, 32).is_none(), "runs off the end");
         assert!(io.translate(0xfff0, 16).is_none(), "before the first");
         assert!(io.translate(0x30000, 1).is_none());

@@ -22,6 +22,7 @@
 //!   3. no pool left: the default pool (PFVTCTL.DEF_PL) unless
 //!      PFVTCTL.DisDefPool; without replication (PFVTCTL.Rpl_En) only the
 //!      lowest pool is kept; pools whose PFVFRE bit is clear receive nothing.
+//!
 //! A pool's queue is its first one, or with RSS in the pool (MRQE 1010b or
 //! 1011b and PSRTYPE.RQPL) one of its queues by the RETA entry.
 
@@ -47,8 +48,7 @@ impl Header {
         }
         let dst = frame[0..6].try_into().unwrap();
         let et = u16::from_be_bytes([frame[12], frame[13]]);
-        let tci =
-            (et == vet && frame.len() >= 18).then(|| u16::from_be_bytes([frame[14], frame[15]]));
+        let tci = (et == vet && frame.len() >= 18).then(|| u16::from_be_bytes([frame[14], frame[15]]));
         Some(Header { dst, tci })
     }
     pub fn broadcast(&self) -> bool {
@@ -79,36 +79,11 @@ pub(crate) fn layout(r: &impl RegView) -> Layout {
     let vt = r.reg(Reg::PFVTCTL, 0) & PFVTCTL_VT_ENA != 0;
     let mrqe = r.reg(Reg::MRQC, 0) & MRQC_MRQE_MASK;
     match (vt, mrqe) {
-        (true, MRQE_VMDQ_RSS_32) => Layout {
-            vt,
-            pools: 32,
-            queues_per_pool: 4,
-            rss: true,
-        },
-        (true, MRQE_VMDQ_RSS_64) => Layout {
-            vt,
-            pools: 64,
-            queues_per_pool: 2,
-            rss: true,
-        },
-        (true, _) => Layout {
-            vt,
-            pools: 64,
-            queues_per_pool: 2,
-            rss: false,
-        },
-        (false, MRQE_RSS) => Layout {
-            vt,
-            pools: 1,
-            queues_per_pool: 16,
-            rss: true,
-        },
-        (false, _) => Layout {
-            vt,
-            pools: 1,
-            queues_per_pool: 1,
-            rss: false,
-        },
+        (true, MRQE_VMDQ_RSS_32) => Layout { vt, pools: 32, queues_per_pool: 4, rss: true },
+        (true, MRQE_VMDQ_RSS_64) => Layout { vt, pools: 64, queues_per_pool: 2, rss: true },
+        (true, _) => Layout { vt, pools: 64, queues_per_pool: 2, rss: false },
+        (false, MRQE_RSS) => Layout { vt, pools: 1, queues_per_pool: 16, rss: true },
+        (false, _) => Layout { vt, pools: 1, queues_per_pool: 1, rss: false },
     }
 }
 
@@ -145,9 +120,7 @@ fn pool_bits(lo: u32, hi: u32) -> u64 {
 
 /// Pools whose PFVML2FLT has all of `mask`.
 fn pools_with(r: &impl RegView, l: &Layout, mask: u32) -> u64 {
-    (0..l.pools)
-        .filter(|&p| r.reg(Reg::PFVML2FLT, p) & mask == mask)
-        .fold(0, |a, p| a | 1 << p)
+    (0..l.pools).filter(|&p| r.reg(Reg::PFVML2FLT, p) & mask == mask).fold(0, |a, p| a | 1 << p)
 }
 
 /// Pool selection in VT mode (steps 1 and 2 of the module comment).
@@ -179,9 +152,7 @@ pub(crate) fn select_pools(r: &impl RegView, l: &Layout, h: &Header) -> Option<(
                     v & PFVLVF_VI_EN != 0 && (v & PFVLVF_VLAN_ID_MASK) as u16 == vid
                 });
                 pools &= match entry {
-                    Some(j) => {
-                        pool_bits(r.reg(Reg::PFVLVFB, 2 * j), r.reg(Reg::PFVLVFB, 2 * j + 1))
-                    }
+                    Some(j) => pool_bits(r.reg(Reg::PFVLVFB, 2 * j), r.reg(Reg::PFVLVFB, 2 * j + 1)),
                     None => 0,
                 };
             }
@@ -233,11 +204,7 @@ pub(crate) fn rx_queues(r: &impl RegView, frame: &[u8], out: &mut Vec<u16>) -> O
     let vet = (r.reg(Reg::VLNCTRL, 0) & VLNCTRL_VET_MASK) as u16;
     let h = Header::parse(frame, vet)?;
     let l = layout(r);
-    let hash = if l.rss {
-        rss_hash(r, frame, h.tci.is_some())
-    } else {
-        0
-    };
+    let hash = if l.rss { rss_hash(r, frame, h.tci.is_some()) } else { 0 };
     if l.vt {
         if let Some((pools, _)) = select_pools(r, &l, &h) {
             let pools = finish_pools(r, &l, pools);
@@ -309,8 +276,7 @@ pub(crate) fn rss_hash(r: &impl RegView, frame: &[u8], tagged: bool) -> u32 {
             let proto = ip[9];
             let frag = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
             input[0..8].copy_from_slice(&ip[12..20]);
-            let l4 = (proto == 6 && mrqc & MRQC_RSS_TCP_IPV4 != 0)
-                || (proto == 17 && mrqc & MRQC_RSS_UDP_IPV4 != 0);
+            let l4 = (proto == 6 && mrqc & MRQC_RSS_TCP_IPV4 != 0) || (proto == 17 && mrqc & MRQC_RSS_UDP_IPV4 != 0);
             if l4 && !frag && ip.len() >= ihl + 4 {
                 input[8..12].copy_from_slice(&ip[ihl..ihl + 4]);
                 12
@@ -323,8 +289,7 @@ pub(crate) fn rss_hash(r: &impl RegView, frame: &[u8], tagged: bool) -> u32 {
         0x86dd if ip.len() >= 40 => {
             let proto = ip[6];
             input[0..32].copy_from_slice(&ip[8..40]);
-            let l4 = (proto == 6 && mrqc & MRQC_RSS_TCP_IPV6 != 0)
-                || (proto == 17 && mrqc & MRQC_RSS_UDP_IPV6 != 0);
+            let l4 = (proto == 6 && mrqc & MRQC_RSS_TCP_IPV6 != 0) || (proto == 17 && mrqc & MRQC_RSS_UDP_IPV6 != 0);
             if l4 && ip.len() >= 44 {
                 input[32..36].copy_from_slice(&ip[40..44]);
                 36
@@ -362,10 +327,7 @@ mod tests {
     struct Regs(HashMap<(Reg, u32), u32>);
     impl RegView for Regs {
         fn reg(&self, r: Reg, i: u32) -> u32 {
-            self.0
-                .get(&(r, i))
-                .copied()
-                .unwrap_or(if r == Reg::VLNCTRL { 0x8100 } else { 0 })
+            self.0.get(&(r, i)).copied().unwrap_or(if r == Reg::VLNCTRL { 0x8100 } else { 0 })
         }
     }
     impl Regs {
@@ -373,16 +335,8 @@ mod tests {
             self.0.insert((r, i), v);
         }
         fn mac(&mut self, i: u32, mac: [u8; 6], pool: u32) {
-            self.set(
-                Reg::RAL,
-                i,
-                u32::from_le_bytes(mac[0..4].try_into().unwrap()),
-            );
-            self.set(
-                Reg::RAH,
-                i,
-                u16::from_le_bytes(mac[4..6].try_into().unwrap()) as u32 | RAH_AV,
-            );
+            self.set(Reg::RAL, i, u32::from_le_bytes(mac[0..4].try_into().unwrap()));
+            self.set(Reg::RAH, i, u16::from_le_bytes(mac[4..6].try_into().unwrap()) as u32 | RAH_AV);
             let k = 2 * i + pool / 32;
             let old = self.reg(Reg::MPSAR, k);
             self.set(Reg::MPSAR, k, old | 1 << (pool % 32));
@@ -402,20 +356,12 @@ mod tests {
 
     fn vmdq() -> Regs {
         let mut r = Regs(HashMap::new());
-        r.set(
-            Reg::PFVTCTL,
-            0,
-            PFVTCTL_VT_ENA | PFVTCTL_RPL_EN | PFVTCTL_DIS_DEF_POOL,
-        );
+        r.set(Reg::PFVTCTL, 0, PFVTCTL_VT_ENA | PFVTCTL_RPL_EN | PFVTCTL_DIS_DEF_POOL);
         r.set(Reg::MRQC, 0, MRQE_VMDQ_RSS_64);
         r.set(Reg::VLNCTRL, 0, 0x8100 | VLNCTRL_VFE);
         r.set(Reg::PFVFRE, 0, 0xff);
         for p in 0..8 {
-            r.set(
-                Reg::PFVML2FLT,
-                p,
-                PFVML2FLT_AUPE | if p % 2 == 0 { PFVML2FLT_BAM } else { 0 },
-            );
+            r.set(Reg::PFVML2FLT, p, PFVML2FLT_AUPE | if p % 2 == 0 { PFVML2FLT_BAM } else { 0 });
             r.mac(p + 1, [2, 0, 0, 0, 1, p as u8], p);
         }
         // Pool 7 takes VLAN 10 only.
@@ -436,85 +382,35 @@ mod tests {
     fn vmdq_unicast_broadcast_vlan() {
         let r = vmdq();
         assert_eq!(queues(&r, &frame([2, 0, 0, 0, 1, 3], None)), vec![6]);
-        assert_eq!(
-            queues(&r, &frame([2, 0, 0, 0, 1, 9], None)),
-            Vec::<u16>::new(),
-            "unknown dropped"
-        );
-        assert_eq!(
-            queues(&r, &frame([0xff; 6], None)),
-            vec![0, 4, 8, 12],
-            "broadcast to BAM pools, untagged"
-        );
-        assert_eq!(
-            queues(&r, &frame([0xff; 6], Some(10))),
-            vec![14],
-            "tagged broadcast to the VLAN's pools"
-        );
+        assert_eq!(queues(&r, &frame([2, 0, 0, 0, 1, 9], None)), Vec::<u16>::new(), "unknown dropped");
+        assert_eq!(queues(&r, &frame([0xff; 6], None)), vec![0, 4, 8, 12], "broadcast to BAM pools, untagged");
+        assert_eq!(queues(&r, &frame([0xff; 6], Some(10))), vec![14], "tagged broadcast to the VLAN's pools");
         assert_eq!(queues(&r, &frame([2, 0, 0, 0, 1, 7], Some(10))), vec![14]);
-        assert_eq!(
-            queues(&r, &frame([2, 0, 0, 0, 1, 7], None)),
-            Vec::<u16>::new(),
-            "pool 7 refuses untagged"
-        );
-        assert_eq!(
-            queues(&r, &frame([2, 0, 0, 0, 1, 3], Some(10))),
-            Vec::<u16>::new(),
-            "VLAN isolation"
-        );
-        assert_eq!(
-            queues(&r, &frame([2, 0, 0, 0, 1, 3], Some(11))),
-            Vec::<u16>::new(),
-            "VFTA"
-        );
+        assert_eq!(queues(&r, &frame([2, 0, 0, 0, 1, 7], None)), Vec::<u16>::new(), "pool 7 refuses untagged");
+        assert_eq!(queues(&r, &frame([2, 0, 0, 0, 1, 3], Some(10))), Vec::<u16>::new(), "VLAN isolation");
+        assert_eq!(queues(&r, &frame([2, 0, 0, 0, 1, 3], Some(11))), Vec::<u16>::new(), "VFTA");
     }
 
     #[test]
     fn vmdq_default_pool_and_replication() {
         let mut r = vmdq();
         r.set(Reg::PFVTCTL, 0, PFVTCTL_VT_ENA | 5 << PFVTCTL_DEF_PL_SHIFT);
-        assert_eq!(
-            queues(&r, &frame([2, 0, 0, 0, 1, 9], None)),
-            vec![10],
-            "default pool"
-        );
-        assert_eq!(
-            queues(&r, &frame([0xff; 6], None)),
-            vec![0],
-            "no replication: lowest pool"
-        );
+        assert_eq!(queues(&r, &frame([2, 0, 0, 0, 1, 9], None)), vec![10], "default pool");
+        assert_eq!(queues(&r, &frame([0xff; 6], None)), vec![0], "no replication: lowest pool");
         r.set(Reg::PFVFRE, 0, 0xfe);
-        assert_eq!(
-            queues(&r, &frame([2, 0, 0, 0, 1, 0], None)),
-            Vec::<u16>::new(),
-            "pool receive disabled"
-        );
+        assert_eq!(queues(&r, &frame([2, 0, 0, 0, 1, 0], None)), Vec::<u16>::new(), "pool receive disabled");
     }
 
     #[test]
     fn loopback_switching() {
         let mut r = vmdq();
         let l = layout(&r);
-        assert_eq!(
-            loopback_pools(&r, &l, &frame([2, 0, 0, 0, 1, 3], None), 1),
-            (1 << 3, false)
-        );
-        assert_eq!(
-            loopback_pools(&r, &l, &frame([2, 0, 0, 0, 1, 9], None), 1),
-            (0, true)
-        );
+        assert_eq!(loopback_pools(&r, &l, &frame([2, 0, 0, 0, 1, 3], None), 1), (1 << 3, false));
+        assert_eq!(loopback_pools(&r, &l, &frame([2, 0, 0, 0, 1, 9], None), 1), (0, true));
         let (p, wire) = loopback_pools(&r, &l, &frame([0xff; 6], None), 2);
-        assert_eq!(
-            (p, wire),
-            (0b0101_0001, true),
-            "broadcast: other BAM pools and the wire"
-        );
+        assert_eq!((p, wire), (0b0101_0001, true), "broadcast: other BAM pools and the wire");
         r.set(Reg::PFVMTXSW, 0, 1 << 2);
-        assert_eq!(
-            loopback_pools(&r, &l, &frame([0xff; 6], None), 2).0,
-            0b0101_0101,
-            "LLE: back to itself"
-        );
+        assert_eq!(loopback_pools(&r, &l, &frame([0xff; 6], None), 2).0, 0b0101_0101, "LLE: back to itself");
     }
 
     #[test]
@@ -535,9 +431,9 @@ mod tests {
         // The RSS verification suite's first IPv4 example: 66.9.149.187 ->
         // 161.142.100.80, ports 2794 -> 1766, with the usual sample key.
         let key: [u8; 40] = [
-            0x6d, 0x5a, 0x56, 0xda, 0x25, 0x5b, 0x0e, 0xc2, 0x41, 0x67, 0x25, 0x3d, 0x43, 0xa3,
-            0x8f, 0xb0, 0xd0, 0xca, 0x2b, 0xcb, 0xae, 0x7b, 0x30, 0xb4, 0x77, 0xcb, 0x2d, 0xa3,
-            0x80, 0x30, 0xf2, 0x0c, 0x6a, 0x42, 0xb7, 0x3b, 0xbe, 0xac, 0x01, 0xfa,
+            0x6d, 0x5a, 0x56, 0xda, 0x25, 0x5b, 0x0e, 0xc2, 0x41, 0x67, 0x25, 0x3d, 0x43, 0xa3, 0x8f, 0xb0, 0xd0, 0xca,
+            0x2b, 0xcb, 0xae, 0x7b, 0x30, 0xb4, 0x77, 0xcb, 0x2d, 0xa3, 0x80, 0x30, 0xf2, 0x0c, 0x6a, 0x42, 0xb7, 0x3b,
+            0xbe, 0xac, 0x01, 0xfa,
         ];
         let ip = [66, 9, 149, 187, 161, 142, 100, 80];
         assert_eq!(toeplitz(&key, &ip), 0x323e8fc2);

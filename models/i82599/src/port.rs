@@ -138,11 +138,7 @@ impl Model82599 {
                 })
                 .collect::<Vec<_>>()
         };
-        let nstats: u32 = TABLE
-            .iter()
-            .filter(|d| d.access == Access::Rc)
-            .map(|d| d.count())
-            .sum();
+        let nstats: u32 = TABLE.iter().filter(|d| d.access == Access::Rc).map(|d| d.count()).sum();
         let shared = Arc::new(Shared {
             name: name.to_string(),
             cfg,
@@ -174,10 +170,8 @@ impl Model82599 {
             shared.or_reg(Reg::RDRXCTL, 0, RDRXCTL_DMAIDONE);
         }
         let s = shared.clone();
-        let handle = thread::Builder::new()
-            .name(format!("82599-{name}"))
-            .spawn(move || s.run())
-            .expect("spawn model thread");
+        let handle =
+            thread::Builder::new().name(format!("82599-{name}")).spawn(move || s.run()).expect("spawn model thread");
         let _ = shared.thread.set(handle.thread().clone());
         Arc::new(Model82599 {
             shared,
@@ -246,9 +240,7 @@ impl Model82599 {
     /// nothing). Cables are made with [`Model82599::cable`].
     pub fn attach(&self, spec: &WireSpec) -> std::io::Result<()> {
         if let WireSpec::Cable(_) = spec {
-            return Err(std::io::Error::other(
-                "cables are made with Model82599::cable",
-            ));
+            return Err(std::io::Error::other("cables are made with Model82599::cable"));
         }
         let wire = Wire::open(spec)?;
         self.shared.state.lock().unwrap().wire = wire;
@@ -486,9 +478,7 @@ impl Shared {
     fn read(&self, offset: u32) -> u32 {
         self.accesses.fetch_add(1, Ordering::Relaxed);
         let Some((reg, i)) = regs::decode(offset) else {
-            self.violation(format!(
-                "read of {offset:#07x}, where the 82599 model has no register"
-            ));
+            self.violation(format!("read of {offset:#07x}, where the 82599 model has no register"));
             return 0;
         };
         if self.due.load(Ordering::Acquire) {
@@ -496,9 +486,7 @@ impl Shared {
             self.run_events(&mut st);
         }
         if self.in_reset.load(Ordering::Acquire) && !matches!(reg, Reg::CTRL | Reg::STATUS) {
-            self.violation(format!(
-                "read of {reg:?}[{i}] while a reset is in progress (CTRL.RST set)"
-            ));
+            self.violation(format!("read of {reg:?}[{i}] while a reset is in progress (CTRL.RST set)"));
         }
         let d = regs::def(reg);
         match d.access {
@@ -507,11 +495,7 @@ impl Shared {
             _ => match reg {
                 Reg::LINKS => self.links(),
                 Reg::STATUS => {
-                    let up = if self.links() & LINKS_LINK_UP != 0 {
-                        STATUS_LINK_UP
-                    } else {
-                        0
-                    };
+                    let up = if self.links() & LINKS_LINK_UP != 0 { STATUS_LINK_UP } else { 0 };
                     (self.cfg.lan_id as u32 & 3) << STATUS_LAN_ID_SHIFT | up
                 }
                 _ => self.word(offset).load(Ordering::Acquire),
@@ -548,19 +532,13 @@ impl Shared {
 
     fn links(&self) -> u32 {
         let st = self.state.lock().unwrap();
-        if self.phy.load(Ordering::Acquire) && st.wire.carrier() {
-            LINKS_LINK_UP | LINKS_SPEED_10G
-        } else {
-            0
-        }
+        if self.phy.load(Ordering::Acquire) && st.wire.carrier() { LINKS_LINK_UP | LINKS_SPEED_10G } else { 0 }
     }
 
     fn write(&self, offset: u32, v: u32) {
         self.accesses.fetch_add(1, Ordering::Relaxed);
         let Some((reg, i)) = regs::decode(offset) else {
-            self.violation(format!(
-                "write of {v:#x} to {offset:#07x}, where the 82599 model has no register"
-            ));
+            self.violation(format!("write of {v:#x} to {offset:#07x}, where the 82599 model has no register"));
             return;
         };
         // The tails: no lock, as on a real driver's hot path.
@@ -568,11 +546,7 @@ impl Shared {
             && !self.due.load(Ordering::Acquire)
             && !self.in_reset.load(Ordering::Acquire)
         {
-            let len = if reg == Reg::RDT {
-                &self.rx_len[i as usize]
-            } else {
-                &self.tx_len[i as usize]
-            };
+            let len = if reg == Reg::RDT { &self.rx_len[i as usize] } else { &self.tx_len[i as usize] };
             let n = len.load(Ordering::Acquire);
             if n != 0 && v < n {
                 self.word(offset).store(v, Ordering::Release);
@@ -585,22 +559,16 @@ impl Shared {
         let mut st = self.state.lock().unwrap();
         self.run_events(&mut st);
         if self.in_reset.load(Ordering::Acquire) && reg != Reg::CTRL {
-            self.violation(format!(
-                "write of {v:#x} to {reg:?}[{i}] while a reset is in progress (CTRL.RST set)"
-            ));
+            self.violation(format!("write of {v:#x} to {reg:?}[{i}] while a reset is in progress (CTRL.RST set)"));
             return;
         }
         match regs::def(reg).access {
             Access::Ro => {
-                self.violation(format!(
-                    "write of {v:#x} to read-only register {reg:?}[{i}]"
-                ));
+                self.violation(format!("write of {v:#x} to read-only register {reg:?}[{i}]"));
                 return;
             }
             Access::Rc => {
-                self.violation(format!(
-                    "write of {v:#x} to statistics register {reg:?}[{i}] (read-to-clear)"
-                ));
+                self.violation(format!("write of {v:#x} to statistics register {reg:?}[{i}] (read-to-clear)"));
                 return;
             }
             _ => {}
@@ -647,15 +615,13 @@ impl Shared {
             }
             Reg::RDBAL | Reg::RDBAH | Reg::RDLEN | Reg::SRRCTL | Reg::RDH => {
                 if st.rx[q].active || st.rx[q].changing {
-                    self.violation(format!(
-                        "{reg:?}[{i}] written ({v:#x}) while receive queue {i} is enabled"
-                    ));
+                    self.violation(format!("{reg:?}[{i}] written ({v:#x}) while receive queue {i} is enabled"));
                 }
                 match reg {
                     Reg::RDBAL if v & 0x7f != 0 => self.violation(format!(
                         "RDBAL[{i}] = {v:#x}: the receive ring must be 128-byte aligned (bits 6:0 are ignored)"
                     )),
-                    Reg::RDLEN if v % 128 != 0 || v == 0 => {
+                    Reg::RDLEN if !v.is_multiple_of(128) || v == 0 => {
                         self.violation(format!("RDLEN[{i}] = {v}: must be a non-zero multiple of 128 bytes"))
                     }
                     _ => {}
@@ -665,15 +631,13 @@ impl Shared {
             }
             Reg::TDBAL | Reg::TDBAH | Reg::TDLEN | Reg::TDH => {
                 if st.tx[q].active || st.tx[q].changing {
-                    self.violation(format!(
-                        "{reg:?}[{i}] written ({v:#x}) while transmit queue {i} is enabled"
-                    ));
+                    self.violation(format!("{reg:?}[{i}] written ({v:#x}) while transmit queue {i} is enabled"));
                 }
                 match reg {
                     Reg::TDBAL if v & 0x7f != 0 => self.violation(format!(
                         "TDBAL[{i}] = {v:#x}: the transmit ring must be 128-byte aligned (bits 6:0 are ignored)"
                     )),
-                    Reg::TDLEN if v % 128 != 0 || v == 0 => {
+                    Reg::TDLEN if !v.is_multiple_of(128) || v == 0 => {
                         self.violation(format!("TDLEN[{i}] = {v}: must be a non-zero multiple of 128 bytes"))
                     }
                     _ => {}
@@ -687,13 +651,9 @@ impl Shared {
                     (self.tx_len[q].load(Ordering::Acquire), "transmit")
                 };
                 if n == 0 && v != 0 {
-                    self.violation(format!(
-                        "{reg:?}[{i}] = {v} while {what} queue {i} is not enabled"
-                    ));
+                    self.violation(format!("{reg:?}[{i}] = {v} while {what} queue {i} is not enabled"));
                 } else if n != 0 && v >= n {
-                    self.violation(format!(
-                        "{reg:?}[{i}] = {v}: beyond the ring of {n} descriptors"
-                    ));
+                    self.violation(format!("{reg:?}[{i}] = {v}: beyond the ring of {n} descriptors"));
                     return;
                 }
                 self.put(reg, i, v);
@@ -709,11 +669,7 @@ impl Shared {
                         st.qde &= !(1 << queue);
                     }
                 }
-                let bit = if st.qde & (1 << queue) != 0 {
-                    PFQDE_QDE
-                } else {
-                    0
-                };
+                let bit = if st.qde & (1 << queue) != 0 { PFQDE_QDE } else { 0 };
                 self.put(reg, i, (v & PFQDE_QUEUE_MASK) | bit);
             }
             _ => self.put(reg, i, v),
@@ -728,15 +684,8 @@ impl Shared {
         self.put(Reg::RXDCTL, q as u32, shown);
         if want && !was {
             if let Some((base, ndesc, bsize)) = self.check_rx_ring(q) {
-                st.rx[q] = RxQ {
-                    active: false,
-                    changing: true,
-                    base,
-                    ndesc,
-                    bsize,
-                    faulted: false,
-                    dca_checked: false,
-                };
+                st.rx[q] =
+                    RxQ { active: false, changing: true, base, ndesc, bsize, faulted: false, dca_checked: false };
                 self.schedule(st, self.cfg.enable_delay, Event::RxStarted(q as u16));
             }
         } else if !want && old & RXDCTL_ENABLE != 0 && !st.rx[q].changing {
@@ -752,14 +701,7 @@ impl Shared {
         self.put(Reg::TXDCTL, q as u32, shown);
         if want && !was {
             if let Some((base, ndesc)) = self.check_tx_ring(q) {
-                st.tx[q] = TxQ {
-                    active: false,
-                    changing: true,
-                    base,
-                    ndesc,
-                    faulted: false,
-                    pool_warned: false,
-                };
+                st.tx[q] = TxQ { active: false, changing: true, base, ndesc, faulted: false, pool_warned: false };
                 self.schedule(st, self.cfg.enable_delay, Event::TxStarted(q as u16));
             }
         } else if !want && old & TXDCTL_ENABLE != 0 && !st.tx[q].changing {
@@ -769,8 +711,7 @@ impl Shared {
     }
 
     fn init_done(&self) -> bool {
-        self.get(Reg::EEC, 0) & EEC_AUTO_RD != 0
-            && self.get(Reg::RDRXCTL, 0) & RDRXCTL_DMAIDONE != 0
+        self.get(Reg::EEC, 0) & EEC_AUTO_RD != 0 && self.get(Reg::RDRXCTL, 0) & RDRXCTL_DMAIDONE != 0
     }
 
     /// The ring a receive queue is about to use, or violations and `None`.
@@ -785,10 +726,8 @@ impl Shared {
             bad("EEPROM auto-read or DMA init not done (EEC.Auto_RD, RDRXCTL.DMAIDONE)".into());
         }
         let len = self.get(Reg::RDLEN, i);
-        if len == 0 || len % 128 != 0 || len > 0x10_0000 - 128 {
-            bad(format!(
-                "RDLEN = {len} (a non-zero multiple of 128 bytes is required)"
-            ));
+        if len == 0 || !len.is_multiple_of(128) || len > 0x10_0000 - 128 {
+            bad(format!("RDLEN = {len} (a non-zero multiple of 128 bytes is required)"));
         }
         let srrctl = self.get(Reg::SRRCTL, i);
         let bsize = srrctl & SRRCTL_BSIZEPACKET_MASK;
@@ -797,9 +736,7 @@ impl Shared {
         }
         let desctype = (srrctl & SRRCTL_DESCTYPE_MASK) >> SRRCTL_DESCTYPE_SHIFT;
         if desctype != SRRCTL_DESCTYPE_ADV_ONEBUF {
-            bad(format!(
-                "SRRCTL.DESCTYPE = {desctype:03b} (the model knows advanced one-buffer descriptors, 001b)"
-            ));
+            bad(format!("SRRCTL.DESCTYPE = {desctype:03b} (the model knows advanced one-buffer descriptors, 001b)"));
         }
         let base = (self.get(Reg::RDBAH, i) as u64) << 32 | self.get(Reg::RDBAL, i) as u64;
         if base == 0 {
@@ -807,9 +744,7 @@ impl Shared {
         }
         let rdh = self.get(Reg::RDH, i);
         if ok && rdh >= len / 16 {
-            self.violation(format!(
-                "receive queue {q} enabled with RDH = {rdh} beyond its ring"
-            ));
+            self.violation(format!("receive queue {q} enabled with RDH = {rdh} beyond its ring"));
             ok = false;
         }
         ok.then_some((base, len / 16, bsize * 1024))
@@ -826,10 +761,8 @@ impl Shared {
             bad("EEPROM auto-read or DMA init not done (EEC.Auto_RD, RDRXCTL.DMAIDONE)".into());
         }
         let len = self.get(Reg::TDLEN, i);
-        if len == 0 || len % 128 != 0 || len > 0x10_0000 - 128 {
-            bad(format!(
-                "TDLEN = {len} (a non-zero multiple of 128 bytes is required)"
-            ));
+        if len == 0 || !len.is_multiple_of(128) || len > 0x10_0000 - 128 {
+            bad(format!("TDLEN = {len} (a non-zero multiple of 128 bytes is required)"));
         }
         let base = (self.get(Reg::TDBAH, i) as u64) << 32 | self.get(Reg::TDBAL, i) as u64;
         if base == 0 {
@@ -840,9 +773,7 @@ impl Shared {
         }
         let tdh = self.get(Reg::TDH, i);
         if ok && tdh >= len / 16 {
-            self.violation(format!(
-                "transmit queue {q} enabled with TDH = {tdh} beyond its ring"
-            ));
+            self.violation(format!("transmit queue {q} enabled with TDH = {tdh} beyond its ring"));
             ok = false;
         }
         ok.then_some((base, len / 16))
@@ -870,26 +801,18 @@ impl Shared {
                 vt as u8
             ));
         }
-        if !matches!(
-            mrqe,
-            MRQE_NONE | MRQE_RSS | MRQE_VMDQ | MRQE_VMDQ_RSS_32 | MRQE_VMDQ_RSS_64
-        ) {
-            self.violation(format!(
-                "MRQC.MRQE = {mrqe:04b} is a DCB mode the model does not implement"
-            ));
+        if !matches!(mrqe, MRQE_NONE | MRQE_RSS | MRQE_VMDQ | MRQE_VMDQ_RSS_32 | MRQE_VMDQ_RSS_64) {
+            self.violation(format!("MRQC.MRQE = {mrqe:04b} is a DCB mode the model does not implement"));
         }
         let mtqc = self.get(Reg::MTQC, 0);
         if (mtqc & MTQC_VT_ENA != 0) != vt {
-            self.violation(format!(
-                "MTQC.VT_Ena ({mtqc:#x}) disagrees with PFVTCTL.VT_Ena"
-            ));
+            self.violation(format!("MTQC.VT_Ena ({mtqc:#x}) disagrees with PFVTCTL.VT_Ena"));
         }
     }
 
     fn restart_an(&self, st: &mut State, autoc: u32) {
         let lms = (autoc & AUTOC_LMS_MASK) >> AUTOC_LMS_SHIFT;
-        let pma = (self.get(Reg::AUTOC2, 0) & AUTOC2_10G_PMA_PMD_SERIAL_MASK)
-            >> AUTOC2_10G_PMA_PMD_SERIAL_SHIFT;
+        let pma = (self.get(Reg::AUTOC2, 0) & AUTOC2_10G_PMA_PMD_SERIAL_MASK) >> AUTOC2_10G_PMA_PMD_SERIAL_SHIFT;
         self.phy.store(false, Ordering::Release);
         if lms != AUTOC_LMS_10G_SERIAL || pma != AUTOC2_10G_SFI {
             self.violation(format!(
@@ -937,11 +860,7 @@ impl Shared {
         // packet buffer 0.
         let m = self.cfg.mac;
         self.put(Reg::RAL, 0, u32::from_le_bytes([m[0], m[1], m[2], m[3]]));
-        self.put(
-            Reg::RAH,
-            0,
-            u16::from_le_bytes([m[4], m[5]]) as u32 | RAH_AV,
-        );
+        self.put(Reg::RAH, 0, u16::from_le_bytes([m[4], m[5]]) as u32 | RAH_AV);
         self.put(Reg::RXPBSIZE, 0, 0x200 << 10);
         self.put(Reg::TXPBSIZE, 0, 0xA0 << 10);
         for q in 0..NQUEUES {
@@ -966,15 +885,11 @@ impl Shared {
             return;
         }
         let now = Instant::now();
-        loop {
-            let Some(k) = st.events.iter().position(|(t, _, _)| *t <= now) else {
-                break;
-            };
+        while let Some(k) = st.events.iter().position(|(t, _, _)| *t <= now) {
             let (_, generation, e) = st.events.remove(k);
-            if generation != st.generation {
-                continue;
+            if generation == st.generation {
+                self.apply_event(st, e);
             }
-            self.apply_event(st, e);
         }
         self.due.store(!st.events.is_empty(), Ordering::Release);
     }
@@ -1054,10 +969,7 @@ impl Shared {
     }
 
     fn dma(&self) -> Dma<'_> {
-        Dma {
-            iommu: &self.iommu,
-            faults: &self.faults,
-        }
+        Dma { iommu: &self.iommu, faults: &self.faults }
     }
 
     fn link_is_up(&self, st: &State) -> bool {
@@ -1095,13 +1007,7 @@ impl Shared {
                 if i == tdt {
                     break false;
                 }
-                let Ok(d) = dma.window(
-                    t.base + 16 * i as u64,
-                    16,
-                    false,
-                    "TX descriptor read",
-                    Some(q as u16),
-                ) else {
+                let Ok(d) = dma.window(t.base + 16 * i as u64, 16, false, "TX descriptor read", Some(q as u16)) else {
                     st.tx[q].faulted = true;
                     return done;
                 };
@@ -1111,7 +1017,9 @@ impl Shared {
                 i = (i + 1) % t.ndesc;
                 let dtyp = (cmd & TXD_DTYP_MASK) >> TXD_DTYP_SHIFT;
                 if cmd & TXD_DCMD_DEXT == 0 {
-                    self.violation(format!("transmit queue {q}: legacy descriptor (DEXT clear); the model knows advanced ones"));
+                    self.violation(format!(
+                        "transmit queue {q}: legacy descriptor (DEXT clear); the model knows advanced ones"
+                    ));
                     st.tx[q].faulted = true;
                     return done;
                 }
@@ -1126,9 +1034,7 @@ impl Shared {
                     return done;
                 }
                 if cmd & (TXD_DCMD_VLE | TXD_DCMD_TSE) != 0 {
-                    self.violation(format!(
-                        "transmit queue {q}: VLE/TSE offloads are not modelled (cmd {cmd:#x})"
-                    ));
+                    self.violation(format!("transmit queue {q}: VLE/TSE offloads are not modelled (cmd {cmd:#x})"));
                 }
                 if parts.is_empty() {
                     paylen = olinfo >> TXD_PAYLEN_SHIFT;
@@ -1137,12 +1043,7 @@ impl Shared {
                 if len == 0 {
                     self.violation(format!("transmit queue {q}: data descriptor with DTALEN 0"));
                 }
-                parts.push((
-                    addr,
-                    len,
-                    cmd & TXD_DCMD_RS != 0,
-                    (i + t.ndesc - 1) % t.ndesc,
-                ));
+                parts.push((addr, len, cmd & TXD_DCMD_RS != 0, (i + t.ndesc - 1) % t.ndesc));
                 if cmd & TXD_DCMD_EOP != 0 {
                     break true;
                 }
@@ -1152,14 +1053,11 @@ impl Shared {
             }
             let total: u32 = parts.iter().map(|p| p.1).sum();
             if paylen != total {
-                self.violation(format!(
-                    "transmit queue {q}: PAYLEN {paylen} but the buffers hold {total} bytes"
-                ));
+                self.violation(format!("transmit queue {q}: PAYLEN {paylen} but the buffers hold {total} bytes"));
             }
             let mut frame = Vec::with_capacity(total as usize + 4);
             for &(addr, len, _, _) in &parts {
-                let Ok(w) = dma.window(addr, len as usize, false, "TX buffer read", Some(q as u16))
-                else {
+                let Ok(w) = dma.window(addr, len as usize, false, "TX buffer read", Some(q as u16)) else {
                     st.tx[q].faulted = true;
                     return done;
                 };
@@ -1168,23 +1066,14 @@ impl Shared {
                 w.read(0, &mut frame[at..]);
             }
             if frame.len() > 15 * 1024 + 512 {
-                self.violation(format!(
-                    "transmit queue {q}: {}-byte frame beyond the 15.5 KiB limit",
-                    frame.len()
-                ));
+                self.violation(format!("transmit queue {q}: {}-byte frame beyond the 15.5 KiB limit", frame.len()));
             } else {
                 self.send_frame(st, &layout, qi, pool, frame);
             }
             // Report status where asked (RS), then move the head past the frame.
             for &(_, _, rs, at) in &parts {
                 if rs {
-                    match dma.window(
-                        t.base + 16 * at as u64,
-                        16,
-                        true,
-                        "TX write-back",
-                        Some(q as u16),
-                    ) {
+                    match dma.window(t.base + 16 * at as u64, 16, true, "TX write-back", Some(q as u16)) {
                         Ok(d) => d.store32(12, TXD_STAT_DD),
                         Err(()) => {
                             st.tx[q].faulted = true;
@@ -1252,15 +1141,7 @@ impl Shared {
                 for p in 0..64 {
                     if pools & (1 << p) != 0 {
                         let queue = filter::pool_queue(self, layout, p, 0) as u16;
-                        self.enqueue(
-                            st,
-                            Pending {
-                                frame: frame.clone(),
-                                queue,
-                                looped: true,
-                                waited: false,
-                            },
-                        );
+                        self.enqueue(st, Pending { frame: frame.clone(), queue, looped: true, waited: false });
                     }
                 }
             }
@@ -1371,15 +1252,7 @@ impl Shared {
         self.count(Reg::GORCL, 0, bytes);
         let frame = Arc::new(frame);
         for &queue in &queues {
-            self.enqueue(
-                st,
-                Pending {
-                    frame: frame.clone(),
-                    queue,
-                    looped: false,
-                    waited: false,
-                },
-            );
+            self.enqueue(st, Pending { frame: frame.clone(), queue, looped: false, waited: false });
         }
         st.scratch = queues;
     }
@@ -1481,13 +1354,7 @@ impl Shared {
         let vlan = tci.unwrap_or(0) as u32;
         let mut at = rdh;
         for k in 0..need {
-            let Ok(d) = dma.window(
-                r.base + 16 * at as u64,
-                16,
-                false,
-                "RX descriptor read",
-                Some(q),
-            ) else {
+            let Ok(d) = dma.window(r.base + 16 * at as u64, 16, false, "RX descriptor read", Some(q)) else {
                 st.rx[q as usize].faulted = true;
                 return Delivery::Dropped;
             };
@@ -1527,11 +1394,7 @@ pub(crate) fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         c ^= b as u32;
         for _ in 0..8 {
-            c = if c & 1 != 0 {
-                (c >> 1) ^ 0xedb8_8320
-            } else {
-                c >> 1
-            };
+            c = if c & 1 != 0 { (c >> 1) ^ 0xedb8_8320 } else { c >> 1 };
         }
     }
     !c

@@ -32,11 +32,7 @@ pub fn short_name(name: &str) -> &str {
 
 fn fresh_config(lan_id: u8) -> ModelConfig {
     let n = SERIAL.fetch_add(1, Ordering::Relaxed);
-    ModelConfig {
-        mac: [0x02, 0x82, 0x59, 0x90, (n >> 8) as u8, n as u8],
-        lan_id,
-        ..ModelConfig::default()
-    }
+    ModelConfig { mac: [0x02, 0x82, 0x59, 0x90, (n >> 8) as u8, n as u8], lan_id, ..ModelConfig::default() }
 }
 
 fn normalise(spec: &WireSpec) -> WireSpec {
@@ -50,14 +46,8 @@ fn normalise(spec: &WireSpec) -> WireSpec {
 /// exist. An existing port must already be wired that way, if `wire` is given.
 pub fn open(name: &str, wire: Option<&WireSpec>) -> Result<Arc<Model82599>, String> {
     let name = short_name(name);
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
-    {
-        return Err(format!(
-            "model port name `{name}`: use letters, digits, `_`, `-` or `.`"
-        ));
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
+        return Err(format!("model port name `{name}`: use letters, digits, `_`, `-` or `.`"));
     }
     let wire = wire.map(normalise);
     let mut ports = PORTS.lock().unwrap();
@@ -66,9 +56,7 @@ pub fn open(name: &str, wire: Option<&WireSpec>) -> Result<Arc<Model82599>, Stri
         if let Some(w) = &wire {
             let have = p.wire_spec();
             if have != *w {
-                return Err(format!(
-                    "{PREFIX}{name} is already wired as {have:?}, not {w:?}"
-                ));
+                return Err(format!("{PREFIX}{name} is already wired as {have:?}, not {w:?}"));
             }
         }
         return Ok(p);
@@ -101,11 +89,7 @@ pub fn open(name: &str, wire: Option<&WireSpec>) -> Result<Arc<Model82599>, Stri
 
 /// The port called `name`, if it exists.
 pub fn get(name: &str) -> Option<Arc<Model82599>> {
-    PORTS
-        .lock()
-        .unwrap()
-        .get(short_name(name))
-        .and_then(Weak::upgrade)
+    PORTS.lock().unwrap().get(short_name(name)).and_then(Weak::upgrade)
 }
 
 #[cfg(test)]
@@ -117,14 +101,8 @@ mod tests {
         let a = open("model:reg-a", Some(&WireSpec::Cable("model:reg-b".into()))).unwrap();
         let b = get("reg-b").expect("peer made");
         assert_eq!(b.wire_spec(), WireSpec::Cable("reg-a".into()));
-        assert!(
-            open("reg-b", Some(&WireSpec::Cable("reg-a".into()))).is_ok(),
-            "consistent"
-        );
-        assert!(
-            open("reg-b", Some(&WireSpec::Unplugged)).is_err(),
-            "inconsistent"
-        );
+        assert!(open("reg-b", Some(&WireSpec::Cable("reg-a".into()))).is_ok(), "consistent");
+        assert!(open("reg-b", Some(&WireSpec::Unplugged)).is_err(), "inconsistent");
         assert!(open("reg-b", None).is_ok());
         drop(b);
         assert!(get("reg-b").is_some(), "kept alive by its maker");

@@ -50,36 +50,18 @@ impl RegDef {
     }
     /// BAR offset of element `i`.
     pub fn offset(&self, i: u32) -> Option<u32> {
-        self.spans
-            .iter()
-            .find(|s| i >= s.first && i < s.first + s.count)
-            .map(|s| s.base + (i - s.first) * s.stride)
+        self.spans.iter().find(|s| i >= s.first && i < s.first + s.count).map(|s| s.base + (i - s.first) * s.stride)
     }
 }
 
 const fn one(base: u32) -> Span {
-    Span {
-        base,
-        stride: 0,
-        count: 1,
-        first: 0,
-    }
+    Span { base, stride: 0, count: 1, first: 0 }
 }
 const fn arr(base: u32, stride: u32, count: u32) -> Span {
-    Span {
-        base,
-        stride,
-        count,
-        first: 0,
-    }
+    Span { base, stride, count, first: 0 }
 }
 const fn arr_from(base: u32, stride: u32, count: u32, first: u32) -> Span {
-    Span {
-        base,
-        stride,
-        count,
-        first,
-    }
+    Span { base, stride, count, first }
 }
 
 macro_rules! registers {
@@ -227,7 +209,7 @@ registers! {
 
 /// The register and element at a BAR offset.
 pub fn decode(offset: u32) -> Option<(Reg, u32)> {
-    if offset >= BAR_SIZE || offset % 4 != 0 {
+    if offset >= BAR_SIZE || !offset.is_multiple_of(4) {
         return None;
     }
     let e = decoder()[(offset / 4) as usize];
@@ -255,12 +237,7 @@ fn decoder() -> &'static [u32] {
                 for i in 0..s.count {
                     let off = s.base + i * s.stride;
                     let slot = &mut d[(off / 4) as usize];
-                    assert_eq!(
-                        *slot,
-                        u32::MAX,
-                        "{} overlaps another register at {off:#x}",
-                        def.name
-                    );
+                    assert_eq!(*slot, u32::MAX, "{} overlaps another register at {off:#x}", def.name);
                     *slot = (t as u32) << 16 | (s.first + i);
                 }
             }

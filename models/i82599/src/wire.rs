@@ -48,10 +48,7 @@ pub enum WireSpec {
 pub(crate) enum Wire {
     Unplugged,
     Cable(Weak<Shared>),
-    Pcap {
-        input: Option<PcapIn>,
-        output: Option<PcapOut>,
-    },
+    Pcap { input: Option<PcapIn>, output: Option<PcapOut> },
     Interface(RawSocket),
 }
 
@@ -61,19 +58,9 @@ impl Wire {
             WireSpec::Unplugged => Wire::Unplugged,
             // The registry connects cables; here it is still loose.
             WireSpec::Cable(_) => Wire::Cable(Weak::new()),
-            WireSpec::Pcap {
-                input,
-                output,
-                repeat,
-            } => Wire::Pcap {
-                input: input
-                    .as_ref()
-                    .map(|p| PcapIn::open(p.clone(), *repeat))
-                    .transpose()?,
-                output: output
-                    .as_ref()
-                    .map(|p| PcapOut::create(p.clone()))
-                    .transpose()?,
+            WireSpec::Pcap { input, output, repeat } => Wire::Pcap {
+                input: input.as_ref().map(|p| PcapIn::open(p.clone(), *repeat)).transpose()?,
+                output: output.as_ref().map(|p| PcapOut::create(p.clone())).transpose()?,
             },
             WireSpec::Interface(name) => Wire::Interface(RawSocket::open(name)?),
         })
@@ -98,11 +85,11 @@ impl Wire {
                 }
             }
             Wire::Pcap { output, .. } => {
-                if let Some(o) = output {
-                    if let Err(e) = o.write(frame) {
-                        log::error!("82599 model: pcap output {}: {e}", o.path.display());
-                        *output = None;
-                    }
+                if let Some(o) = output
+                    && let Err(e) = o.write(frame)
+                {
+                    log::error!("82599 model: pcap output {}: {e}", o.path.display());
+                    *output = None;
                 }
             }
             Wire::Interface(s) => s.send(frame),
@@ -155,15 +142,8 @@ pub(crate) struct PcapIn {
 
 impl PcapIn {
     fn open(path: PathBuf, repeat: bool) -> io::Result<PcapIn> {
-        let f = File::open(&path)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        let mut p = PcapIn {
-            path,
-            file: BufReader::new(f),
-            swapped: false,
-            repeat,
-            read: 0,
-        };
+        let f = File::open(&path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let mut p = PcapIn { path, file: BufReader::new(f), swapped: false, repeat, read: 0 };
         p.header()?;
         Ok(p)
     }
@@ -186,21 +166,14 @@ impl PcapIn {
         if linktype != 1 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!(
-                    "{}: link type {linktype}, not Ethernet",
-                    self.path.display()
-                ),
+                format!("{}: link type {linktype}, not Ethernet", self.path.display()),
             ));
         }
         Ok(())
     }
 
     fn u32(&self, b: [u8; 4]) -> u32 {
-        if self.swapped {
-            u32::from_be_bytes(b)
-        } else {
-            u32::from_le_bytes(b)
-        }
+        if self.swapped { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) }
     }
 
     fn next(&mut self) -> Option<Vec<u8>> {
@@ -220,10 +193,7 @@ impl PcapIn {
             }
             let caplen = self.u32(rec[8..12].try_into().unwrap()) as usize;
             if caplen > 1 << 18 {
-                log::error!(
-                    "82599 model: {}: record of {caplen} bytes, giving up on the file",
-                    self.path.display()
-                );
+                log::error!("82599 model: {}: record of {caplen} bytes, giving up on the file", self.path.display());
                 self.repeat = false;
                 return None;
             }
@@ -244,8 +214,7 @@ pub(crate) struct PcapOut {
 
 impl PcapOut {
     fn create(path: PathBuf) -> io::Result<PcapOut> {
-        let f = File::create(&path)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let f = File::create(&path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         let mut file = BufWriter::new(f);
         let mut h = Vec::with_capacity(24);
         h.extend_from_slice(&0xa1b2c3d4u32.to_le_bytes());
@@ -259,9 +228,7 @@ impl PcapOut {
     }
 
     fn write(&mut self, frame: &[u8]) -> io::Result<()> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let mut r = [0u8; 16];
         r[0..4].copy_from_slice(&(now.as_secs() as u32).to_le_bytes());
         r[4..8].copy_from_slice(&now.subsec_micros().to_le_bytes());
@@ -295,8 +262,7 @@ impl RawSocket {
             let e = io::Error::last_os_error();
             io::Error::new(e.kind(), format!("interface {name}: {what}: {e}"))
         };
-        let cname =
-            std::ffi::CString::new(name).map_err(|_| io::Error::other("bad interface name"))?;
+        let cname = std::ffi::CString::new(name).map_err(|_| io::Error::other("bad interface name"))?;
         // SAFETY: plain libc calls on a fresh socket; every pointer passed
         // points to a live local of the right size.
         unsafe {
@@ -305,11 +271,8 @@ impl RawSocket {
                 return Err(err("no such interface"));
             }
             let proto = (libc::ETH_P_ALL as u16).to_be();
-            let fd = libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                proto as i32,
-            );
+            let fd =
+                libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, proto as i32);
             if fd < 0 {
                 return Err(err("socket(AF_PACKET)"));
             }
@@ -337,13 +300,7 @@ impl RawSocket {
                 intsz,
             );
             // VLAN tags the kernel strips are handed over on the side.
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                PACKET_AUXDATA,
-                &one as *const _ as *const _,
-                intsz,
-            );
+            libc::setsockopt(fd.as_raw_fd(), libc::SOL_PACKET, PACKET_AUXDATA, &one as *const _ as *const _, intsz);
             let mut mr: libc::packet_mreq = std::mem::zeroed();
             mr.mr_ifindex = ifindex as i32;
             mr.mr_type = PACKET_MR_PROMISC;
@@ -357,39 +314,21 @@ impl RawSocket {
             {
                 return Err(err("promiscuous mode"));
             }
-            Ok(RawSocket {
-                name: name.to_string(),
-                fd,
-                buf: vec![0; 65536],
-            })
+            Ok(RawSocket { name: name.to_string(), fd, buf: vec![0; 65536] })
         }
     }
 
     fn send(&mut self, frame: &[u8]) {
         // SAFETY: frame is a live slice; the fd is ours.
-        let r = unsafe {
-            libc::send(
-                self.fd.as_raw_fd(),
-                frame.as_ptr() as *const _,
-                frame.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
+        let r = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr() as *const _, frame.len(), libc::MSG_DONTWAIT) };
         if r < 0 {
-            log::debug!(
-                "82599 model: {}: send: {}",
-                self.name,
-                io::Error::last_os_error()
-            );
+            log::debug!("82599 model: {}: send: {}", self.name, io::Error::last_os_error());
         }
     }
 
     fn recv(&mut self) -> Option<Vec<u8>> {
         let mut cmsg = [0u64; 16];
-        let mut iov = libc::iovec {
-            iov_base: self.buf.as_mut_ptr() as *mut _,
-            iov_len: self.buf.len(),
-        };
+        let mut iov = libc::iovec { iov_base: self.buf.as_mut_ptr() as *mut _, iov_len: self.buf.len() };
         // SAFETY: msghdr points at live locals and our buffer; the kernel
         // writes at most the lengths given.
         let (n, aux) = unsafe {
@@ -398,11 +337,7 @@ impl RawSocket {
             msg.msg_iovlen = 1;
             msg.msg_control = cmsg.as_mut_ptr() as *mut _;
             msg.msg_controllen = std::mem::size_of_val(&cmsg);
-            let n = libc::recvmsg(
-                self.fd.as_raw_fd(),
-                &mut msg,
-                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-            );
+            let n = libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT | libc::MSG_TRUNC);
             if n < 0 {
                 return None;
             }
@@ -410,36 +345,28 @@ impl RawSocket {
             let mut c = libc::CMSG_FIRSTHDR(&msg);
             while !c.is_null() {
                 if (*c).cmsg_level == libc::SOL_PACKET && (*c).cmsg_type == PACKET_AUXDATA {
-                    aux = Some(std::ptr::read_unaligned(
-                        libc::CMSG_DATA(c) as *const libc::tpacket_auxdata
-                    ));
+                    aux = Some(std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::tpacket_auxdata));
                 }
                 c = libc::CMSG_NXTHDR(&msg, c);
             }
             (n as usize, aux)
         };
         if n > self.buf.len() {
-            log::debug!(
-                "82599 model: {}: dropped a {n}-byte frame (too long)",
-                self.name
-            );
+            log::debug!("82599 model: {}: dropped a {n}-byte frame (too long)", self.name);
             return Some(Vec::new());
         }
         let mut frame = self.buf[..n].to_vec();
         // Put back the tag the kernel took off, so the model sees the frame
         // as it was on the wire.
-        if let Some(a) = aux {
-            if a.tp_status & TP_STATUS_VLAN_VALID != 0 && frame.len() >= 12 {
-                let tpid = if a.tp_status & TP_STATUS_VLAN_TPID_VALID != 0 {
-                    a.tp_vlan_tpid
-                } else {
-                    0x8100
-                };
-                let mut tag = [0u8; 4];
-                tag[0..2].copy_from_slice(&tpid.to_be_bytes());
-                tag[2..4].copy_from_slice(&a.tp_vlan_tci.to_be_bytes());
-                frame.splice(12..12, tag);
-            }
+        if let Some(a) = aux
+            && a.tp_status & TP_STATUS_VLAN_VALID != 0
+            && frame.len() >= 12
+        {
+            let tpid = if a.tp_status & TP_STATUS_VLAN_TPID_VALID != 0 { a.tp_vlan_tpid } else { 0x8100 };
+            let mut tag = [0u8; 4];
+            tag[0..2].copy_from_slice(&tpid.to_be_bytes());
+            tag[2..4].copy_from_slice(&a.tp_vlan_tci.to_be_bytes());
+            frame.splice(12..12, tag);
         }
         Some(frame)
     }
@@ -475,14 +402,7 @@ mod tests {
         let s: WireSpec = ron::from_str("Cable(\"model:1\")").unwrap();
         assert_eq!(s, WireSpec::Cable("model:1".into()));
         let s: WireSpec = ron::from_str("Pcap(input: Some(\"a.pcap\"), repeat: true)").unwrap();
-        assert_eq!(
-            s,
-            WireSpec::Pcap {
-                input: Some("a.pcap".into()),
-                output: None,
-                repeat: true
-            }
-        );
+        assert_eq!(s, WireSpec::Pcap { input: Some("a.pcap".into()), output: None, repeat: true });
         assert!(ron::from_str::<WireSpec>("Pcap(colour: 1)").is_err());
     }
 }
