@@ -35,3 +35,26 @@ pub fn basic1(packets: u64) -> Result<f64> {
     println!("basic1: {sent} packets in {secs:.3} s: {mpps:.2} Mpps");
     Ok(mpps)
 }
+
+/// The 82599 driver alone, on the model: TSC ticks per packet for receive
+/// and transmit at each batch size (see `snabb_apps_intel10g::bench`).
+pub fn intel10g(packets: u64, batches: &[usize]) -> Result<()> {
+    println!("intel10g driver, model port, 60-byte frames, {packets} packets per direction and batch");
+    println!(
+        "{:>6} {:>12} {:>12} {:>12} {:>10} {:>10}",
+        "batch", "rx ticks/p", "tx ticks/p", "rx+tx", "rx ns/p", "tx ns/p"
+    );
+    for &b in batches {
+        let f = snabb_apps_intel10g::bench::run(b, packets)?;
+        println!(
+            "{:>6} {:>12.1} {:>12.1} {:>12.1} {:>10.1} {:>10.1}",
+            f.batch,
+            f.rx_ticks,
+            f.tx_ticks,
+            f.rx_ticks + f.tx_ticks,
+            f.rx_ticks / f.ticks_per_ns,
+            f.tx_ticks / f.ticks_per_ns
+        );
+    }
+    Ok(())
+}

@@ -80,12 +80,23 @@ enum Bench {
         #[arg(long, default_value_t = 100_000_000)]
         packets: u64,
     },
+    /// The 82599 driver's cycles per packet, receive and transmit, on the
+    /// model (the model's own work is not timed).
+    Intel10g {
+        /// Packets per direction and batch size.
+        #[arg(long, default_value_t = 2_000_000)]
+        packets: u64,
+        /// Batch sizes (packets per driver call); repeat the flag for several.
+        #[arg(long, default_values_t = [32, 64])]
+        batch: Vec<usize>,
+    },
 }
 
 /// Every app class this binary knows.
 pub fn registry() -> snabb_core::Registry {
     let mut r = snabb_core::Registry::new();
     snabb_apps_basic::register(&mut r);
+    snabb_apps_intel10g::register(&mut r);
     r
 }
 
@@ -93,10 +104,9 @@ fn main() -> ExitCode {
     logger::init();
     let cli = Cli::parse();
     let r = match cli.program {
-        Program::Run { config, duration, report, busywait, no_shm } => run::run(
-            &config,
-            run::RunOptions { duration, report, busywait, shm: !no_shm, program: "run".into() },
-        ),
+        Program::Run { config, duration, report, busywait, no_shm } => {
+            run::run(&config, run::RunOptions { duration, report, busywait, shm: !no_shm, program: "run".into() })
+        }
         Program::Config { what: ConfigCmd::Check { config } } => config_check(&config),
         Program::Top { pid, once, interval } => top::top(pid, once, interval),
         Program::Selftest { app } => selftest::run(app.as_deref()),
@@ -107,6 +117,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Program::Bench { which: Bench::Basic1 { packets } } => bench::basic1(packets).map(drop),
+        Program::Bench { which: Bench::Intel10g { packets, batch } } => bench::intel10g(packets, &batch),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

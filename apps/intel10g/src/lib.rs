@@ -46,3 +46,13 @@ pub fn registry() -> Registry {
     register(&mut r);
     r
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_selftest_passes() {
+        for (name, t) in super::selftests() {
+            t().unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        }
+    }
+}

@@ -51,8 +51,14 @@ pub fn valid_ring_size(n: u32) -> bool {
 /// `n` 16-byte descriptors in DMA memory.
 pub struct DescRing {
     mem: DmaBuffer,
+    /// `mem`'s first byte, kept at hand for the hot path.
+    base: *mut u8,
     mask: u32,
 }
+
+// SAFETY: `base` points into `mem`, which the ring owns; moving the ring to
+// another thread moves that ownership with it.
+unsafe impl Send for DescRing {}
 
 impl DescRing {
     pub fn new(n: u32) -> Result<DescRing> {
@@ -60,7 +66,8 @@ impl DescRing {
             bail!("ring of {n} descriptors: a power of two from {MIN_RING} to {MAX_RING} is needed");
         }
         let mem = DmaBuffer::new(n as usize * 16)?;
-        Ok(DescRing { mem, mask: n - 1 })
+        let base = mem.as_ptr();
+        Ok(DescRing { mem, base, mask: n - 1 })
     }
     pub fn len(&self) -> u32 {
         self.mask + 1
@@ -75,49 +82,64 @@ impl DescRing {
         self.len() * 16
     }
 
+    /// Descriptor `i` (taken modulo the ring size).
     #[inline(always)]
-    fn w32(&self, i: u32, off: usize) -> &AtomicU32 {
-        let at = (i & self.mask) as usize * 16 + off;
-        // SAFETY: `at + 4` is inside the ring (i is masked, off < 16), 4-byte
-        // aligned; the ring lives as long as self; descriptor words are only
-        // ever accessed atomically, by us and by the device.
-        unsafe { AtomicU32::from_ptr(self.mem.as_ptr().add(at) as *mut u32) }
+    fn desc(&self, i: u32) -> Desc<'_> {
+        // SAFETY: the index is masked into the ring, which lives as long as
+        // the returned borrow.
+        Desc { at: unsafe { self.base.add((i & self.mask) as usize * 16) }, _ring: std::marker::PhantomData }
+    }
+}
+
+/// One descriptor. Its words are only ever accessed atomically, by us and
+/// by the device, so shared access is sound.
+#[derive(Clone, Copy)]
+struct Desc<'a> {
+    at: *mut u8,
+    _ring: std::marker::PhantomData<&'a DescRing>,
+}
+
+impl<'a> Desc<'a> {
+    #[inline(always)]
+    fn w32(self, off: usize) -> &'a AtomicU32 {
+        // SAFETY: off is 8 or 12: inside the 16-byte descriptor, 4-byte
+        // aligned (rings are 4 KiB aligned), valid while the ring ('a) is.
+        unsafe { AtomicU32::from_ptr(self.at.add(off) as *mut u32) }
     }
     #[inline(always)]
-    fn w64(&self, i: u32, off: usize) -> &AtomicU64 {
-        let at = (i & self.mask) as usize * 16 + off;
-        // SAFETY: as for w32, 8-byte aligned (the ring is 4 KiB aligned).
-        unsafe { AtomicU64::from_ptr(self.mem.as_ptr().add(at) as *mut u64) }
+    fn w64(self, off: usize) -> &'a AtomicU64 {
+        // SAFETY: off is 0 or 8, 8-byte aligned; as for w32.
+        unsafe { AtomicU64::from_ptr(self.at.add(off) as *mut u64) }
     }
 
     /// Receive, read format: the buffer's address, no header buffer (which
     /// also clears the write-back's DD bit).
     #[inline(always)]
-    fn rx_post(&self, i: u32, addr: u64) {
-        self.w64(i, 0).store(addr, Ordering::Relaxed);
-        self.w64(i, 8).store(0, Ordering::Relaxed);
+    fn rx_post(self, addr: u64) {
+        self.w64(0).store(addr, Ordering::Relaxed);
+        self.w64(8).store(0, Ordering::Relaxed);
     }
     /// Receive, write-back format: status and errors.
     #[inline(always)]
-    fn rx_status(&self, i: u32) -> u32 {
-        self.w32(i, 8).load(Ordering::Relaxed)
+    fn rx_status(self) -> u32 {
+        self.w32(8).load(Ordering::Relaxed)
     }
     /// Receive, write-back format: length (low half) and VLAN tag (high).
     #[inline(always)]
-    fn rx_length_vlan(&self, i: u32) -> u32 {
-        self.w32(i, 12).load(Ordering::Relaxed)
+    fn rx_length_vlan(self) -> u32 {
+        self.w32(12).load(Ordering::Relaxed)
     }
     /// Transmit, advanced data descriptor.
     #[inline(always)]
-    fn tx_write(&self, i: u32, addr: u64, cmd_type_len: u32, olinfo: u32) {
-        self.w64(i, 0).store(addr, Ordering::Relaxed);
-        self.w32(i, 8).store(cmd_type_len, Ordering::Relaxed);
-        self.w32(i, 12).store(olinfo, Ordering::Relaxed);
+    fn tx_write(self, addr: u64, cmd_type_len: u32, olinfo: u32) {
+        self.w64(0).store(addr, Ordering::Relaxed);
+        self.w32(8).store(cmd_type_len, Ordering::Relaxed);
+        self.w32(12).store(olinfo, Ordering::Relaxed);
     }
     /// Transmit, write-back: the DD bit.
     #[inline(always)]
-    fn tx_done(&self, i: u32) -> bool {
-        self.w32(i, 12).load(Ordering::Relaxed) & TXD_STAT_DD != 0
+    fn tx_done(self) -> bool {
+        self.w32(12).load(Ordering::Relaxed) & TXD_STAT_DD != 0
     }
 }
 
@@ -200,7 +222,7 @@ impl<R: Registers> RxQueue<R> {
     #[inline(always)]
     fn put(&mut self, p: Packet) {
         let t = self.tail;
-        self.ring.rx_post(t, p.dma_addr());
+        self.ring.desc(t).rx_post(p.dma_addr());
         self.slots[(t & self.ring.mask) as usize] = Some(p);
         self.tail = (t + 1) & self.ring.mask;
         self.posted += 1;
@@ -225,15 +247,23 @@ impl<R: Registers> RxQueue<R> {
     /// Fill every empty descriptor with a fresh host buffer.
     #[inline]
     pub fn refill(&mut self) {
-        let want = (self.capacity() - self.posted) as usize;
+        let want = self.capacity() - self.posted;
         if want == 0 {
             return;
         }
-        let mut a = Allocator::new(want);
+        let mut a = Allocator::new(want as usize);
+        let (ring, slots) = (&self.ring, &mut self.slots[..]);
+        let mask = ring.mask;
+        let mut t = self.tail;
         for _ in 0..want {
             let p = a.allocate();
-            self.put(p);
+            ring.desc(t).rx_post(p.dma_addr());
+            // The slot is empty (it is past the last posted one): no drop.
+            std::mem::forget(std::mem::replace(&mut slots[(t & mask) as usize], Some(p)));
+            t = (t + 1) & mask;
         }
+        self.tail = t;
+        self.posted += want;
     }
 
     /// Tell the device about everything posted: one RDT write.
@@ -252,32 +282,33 @@ impl<R: Registers> RxQueue<R> {
     /// Hand up to `max` received packets to `deliver`, oldest first.
     #[inline]
     pub fn receive(&mut self, max: usize, mut deliver: impl FnMut(Packet)) -> usize {
-        let n = max.min(self.posted as usize);
-        let mask = self.ring.mask;
+        let (ring, slots) = (&self.ring, &mut self.slots[..]);
+        let mask = ring.mask;
+        let limit = max.min(self.posted as usize) as u32;
+        let (mut bytes, mut delivered, mut errors) = (0u64, 0u64, 0u64);
+        let mut discarding = self.discarding;
         let mut i = self.next;
         let mut k = 0;
-        let mut bytes = 0u64;
-        let mut delivered = 0u64;
-        while k < n {
-            let status = self.ring.rx_status(i);
+        while k < limit {
+            let d = ring.desc(i);
+            let status = d.rx_status();
             if status & RXD_STAT_DD == 0 {
                 break;
             }
             // The length and the data were written before DD.
             fence(Ordering::Acquire);
-            let lv = self.ring.rx_length_vlan(i);
-            let slot = self.slots[(i & mask) as usize].take();
+            let len = (d.rx_length_vlan() & 0xffff) as usize;
+            let slot = slots[(i & mask) as usize].take();
             i = (i + 1) & mask;
             k += 1;
             let Some(mut p) = slot else {
-                self.counters.errors += 1;
+                errors += 1;
                 continue;
             };
-            let len = (lv & 0xffff) as usize;
-            let whole = status & RXD_STAT_EOP != 0 && !self.discarding;
-            self.discarding = status & RXD_STAT_EOP == 0;
+            let whole = status & RXD_STAT_EOP != 0 && !discarding;
+            discarding = status & RXD_STAT_EOP == 0;
             if !whole || status & RXD_ERR_MASK != 0 || len == 0 || len > p.capacity() {
-                self.counters.errors += 1;
+                errors += 1;
                 continue; // p is dropped: its buffer goes home
             }
             p.set_len(len);
@@ -285,11 +316,13 @@ impl<R: Registers> RxQueue<R> {
             delivered += 1;
             deliver(p);
         }
+        self.discarding = discarding;
         self.next = i;
-        self.posted -= k as u32;
+        self.posted -= k;
         self.counters.packets += delivered;
         self.counters.bytes += bytes;
-        k
+        self.counters.errors += errors;
+        k as usize
     }
 
     /// Take every buffer off the ring. Only once the device has stopped the
@@ -361,7 +394,7 @@ impl<R: Registers> TxQueue<R> {
         let mut freed = 0;
         while self.in_flight() >= RS_INTERVAL {
             let last = (self.clean + RS_INTERVAL - 1) & mask;
-            if !self.ring.tx_done(last) {
+            if !self.ring.desc(last).tx_done() {
                 break;
             }
             fence(Ordering::Acquire);
@@ -388,35 +421,38 @@ impl<R: Registers> TxQueue<R> {
         if room == 0 || input.is_empty() {
             return Ok(0);
         }
-        let mask = self.ring.mask;
+        let (ring, slots, dma) = (&self.ring, &mut self.slots[..], &self.dev.dma);
+        let mask = ring.mask;
         let mut t = self.tail;
-        let mut sent = 0;
-        let mut bytes = 0u64;
+        let (mut sent, mut bytes, mut dropped, mut copied) = (0u32, 0u64, 0u64, 0u64);
         for p in input.drain().take(room) {
             let len = p.len();
             if !(MIN_FRAME..=MAX_FRAME).contains(&len) {
-                self.counters.dropped += 1;
+                dropped += 1;
                 continue;
             }
-            let p = if p.is_foreign() && !self.dev.dma.covers_foreign(p.dma_addr(), len) {
-                self.counters.copied += 1;
+            let p = if p.is_foreign() && !dma.covers_foreign(p.dma_addr(), len) {
+                copied += 1;
                 p.copy_to_host()
             } else {
                 p
             };
             let addr = p.dma_addr();
             if addr == 0 {
-                self.counters.dropped += 1;
+                dropped += 1;
                 continue;
             }
-            let rs = if (t + 1).is_multiple_of(RS_INTERVAL) { TXD_DCMD_RS } else { 0 };
+            let rs = if (t + 1) % RS_INTERVAL == 0 { TXD_DCMD_RS } else { 0 };
             let cmd = len as u32 | TXD_DTYP_DATA | TXD_DCMD_DEXT | TXD_DCMD_IFCS | TXD_DCMD_EOP | rs;
-            self.ring.tx_write(t, addr, cmd, (len as u32) << TXD_PAYLEN_SHIFT);
-            self.slots[(t & mask) as usize] = Some(p);
+            ring.desc(t).tx_write(addr, cmd, (len as u32) << TXD_PAYLEN_SHIFT);
+            // Past the in-flight window the slot is empty: no drop.
+            std::mem::forget(std::mem::replace(&mut slots[(t & mask) as usize], Some(p)));
             t = (t + 1) & mask;
             sent += 1;
             bytes += len as u64;
         }
+        self.counters.dropped += dropped;
+        self.counters.copied += copied;
         if sent > 0 {
             self.tail = t;
             self.dev.dma.check()?;
@@ -425,7 +461,7 @@ impl<R: Registers> TxQueue<R> {
             self.counters.packets += sent as u64;
             self.counters.bytes += bytes;
         }
-        Ok(sent)
+        Ok(sent as usize)
     }
 
     /// Whether the device has sent everything handed to it (TDH = TDT).
