@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 /// A DMA the model refused to make.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DmaFault {
-    /// What the device was doing ("RX descriptor read", ...).
+    /// What the device was reaching ("RX descriptor", "TX buffer", ...).
     pub what: &'static str,
     pub queue: Option<u16>,
     pub write: bool,
@@ -33,7 +33,7 @@ impl fmt::Display for DmaFault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "DMA fault: {} {} of {} bytes at {:#x} (not mapped)",
+            "DMA fault: {}: {} of {} bytes at {:#x} (not mapped)",
             self.what,
             if self.write { "write" } else { "read" },
             self.len,
@@ -174,6 +174,7 @@ impl Window {
 pub(crate) struct Dma<'a> {
     pub iommu: &'a Iommu,
     pub faults: &'a std::sync::Mutex<Vec<DmaFault>>,
+    pub quiet: bool,
 }
 
 impl Dma<'_> {
@@ -190,7 +191,11 @@ impl Dma<'_> {
             Some(ptr) => Ok(Window { ptr, len }),
             None => {
                 let f = DmaFault { what, queue, write, addr, len };
-                log::error!("82599 model: {f}");
+                if self.quiet {
+                    log::debug!("82599 model: {f}");
+                } else {
+                    log::error!("82599 model: {f}");
+                }
                 self.faults.lock().unwrap().push(f);
                 Err(())
             }
