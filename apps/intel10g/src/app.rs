@@ -535,6 +535,7 @@ impl<R: Registers> Queues for Pair<R> {
 
     fn report(&self, out: &mut String) {
         use std::fmt::Write;
+        let g = snabb_core::engine::group;
         let what = if self.dev.settings.mode.vmdq() { "pool" } else { "queue" };
         let _ = write!(
             out,
@@ -543,8 +544,46 @@ impl<R: Registers> Queues for Pair<R> {
             self.unit,
             if self.dev.link_up() { "up" } else { "down" }
         );
-        if self.rings.is_none() {
-            let _ = write!(out, ", not running");
+        let hw = self.dev.stats();
+        match &self.rings {
+            Some((rx, tx)) => {
+                let _ = write!(out, "; received {}, sent {}", g(rx.counters.packets), g(tx.counters.packets));
+                if self.stat_set != SHARED_STAT_SET {
+                    let _ =
+                        write!(out, ", dropped for want of buffers {}", g(hw.queues[self.stat_set as usize].rx_drop));
+                }
+            }
+            None => {
+                let _ = write!(out, ", not running");
+            }
+        }
+        if self.id.is_some_and(|id| self.dev.is_reporter(id)) {
+            let _ = write!(
+                out,
+                "\n    port: received {} ({} bytes), sent {} ({} bytes), missed {}, no buffer {}, dropped {}, errors {}",
+                g(hw.rx_packets),
+                g(hw.rx_bytes),
+                g(hw.tx_packets),
+                g(hw.tx_bytes),
+                g(hw.rx_missed),
+                g(hw.rx_no_buffer),
+                g(hw.rx_drop()),
+                g(hw.rx_errors)
+            );
+        }
+        if let Some(m) = &self.model {
+            if self.id.is_some_and(|id| self.dev.is_reporter(id)) {
+                let s = m.stats();
+                let _ = write!(
+                    out,
+                    "\n    model: wire in {}, wire out {}, lost with the link down {}, filtered out {}, switched inside {}",
+                    g(s.wire_rx),
+                    g(s.wire_tx),
+                    g(s.tx_link_down),
+                    g(s.rx_filtered),
+                    g(s.looped)
+                );
+            }
         }
     }
 

@@ -31,6 +31,19 @@ use crate::regs::{Reg, bits::*};
 /// Register reads for the filter (the model's register file).
 pub(crate) trait RegView {
     fn reg(&self, r: Reg, i: u32) -> u32;
+
+    /// Indexes of the valid RAL/RAH entries that match `dst` (the model
+    /// keeps these in a table rebuilt when RAL or RAH change).
+    fn exact_matches(&self, dst: &[u8; 6], f: &mut dyn FnMut(u32)) {
+        let lo = u32::from_le_bytes(dst[0..4].try_into().unwrap());
+        let hi = u16::from_le_bytes(dst[4..6].try_into().unwrap()) as u32;
+        for i in 0..128 {
+            let rah = self.reg(Reg::RAH, i);
+            if rah & RAH_AV != 0 && rah & 0xffff == hi && self.reg(Reg::RAL, i) == lo {
+                f(i);
+            }
+        }
+    }
 }
 
 /// What the filter needs of a frame's header.
@@ -92,18 +105,6 @@ pub(crate) fn pool_of(l: &Layout, queue: u32) -> u32 {
     if l.vt { queue / l.queues_per_pool } else { 0 }
 }
 
-/// Indexes of the valid RAL/RAH entries that match `dst`.
-fn exact_matches(r: &impl RegView, dst: &[u8; 6], mut f: impl FnMut(u32)) {
-    let lo = u32::from_le_bytes(dst[0..4].try_into().unwrap());
-    let hi = u16::from_le_bytes(dst[4..6].try_into().unwrap()) as u32;
-    for i in 0..128 {
-        let rah = r.reg(Reg::RAH, i);
-        if rah & RAH_AV != 0 && rah & 0xffff == hi && r.reg(Reg::RAL, i) == lo {
-            f(i);
-        }
-    }
-}
-
 /// The multicast table bit for `dst` (MCSTCTRL.MO = 00b: bits 47:36).
 fn mta_hit(r: &impl RegView, dst: &[u8; 6]) -> bool {
     let v = ((dst[4] as u32) >> 4 | (dst[5] as u32) << 4) & 0xfff;
@@ -128,7 +129,7 @@ fn pools_with(r: &impl RegView, l: &Layout, mask: u32) -> u64 {
 pub(crate) fn select_pools(r: &impl RegView, l: &Layout, h: &Header) -> Option<(u64, bool)> {
     let mut pools = 0u64;
     let mut exact = false;
-    exact_matches(r, &h.dst, |i| {
+    r.exact_matches(&h.dst, &mut |i| {
         exact = true;
         pools |= pool_bits(r.reg(Reg::MPSAR, 2 * i), r.reg(Reg::MPSAR, 2 * i + 1));
     });
@@ -218,7 +219,7 @@ pub(crate) fn rx_queues(r: &impl RegView, frame: &[u8], out: &mut Vec<u16>) -> O
     }
     let fctrl = r.reg(Reg::FCTRL, 0);
     let mut exact = false;
-    exact_matches(r, &h.dst, |_| exact = true);
+    r.exact_matches(&h.dst, &mut |_| exact = true);
     let pass = exact
         || if h.broadcast() {
             fctrl & FCTRL_BAM != 0

@@ -162,6 +162,8 @@ impl Model82599 {
             quiet: AtomicBool::new(false),
             thread: OnceLock::new(),
             counts: StatsCell::default(),
+            macs: Mutex::new((u64::MAX, Vec::new())),
+            mac_generation: AtomicU64::new(0),
         });
         {
             let mut st = shared.state.lock().unwrap();
@@ -414,11 +416,37 @@ pub(crate) struct Shared {
     quiet: AtomicBool,
     thread: OnceLock<Thread>,
     counts: StatsCell,
+    /// The valid RAL/RAH entries (MAC, index), rebuilt when
+    /// `mac_generation` moves (any RAL/RAH write, a reset).
+    macs: Mutex<(u64, Vec<([u8; 6], u32)>)>,
+    mac_generation: AtomicU64,
 }
 
 impl RegView for Shared {
     fn reg(&self, r: Reg, i: u32) -> u32 {
         self.get(r, i)
+    }
+
+    fn exact_matches(&self, dst: &[u8; 6], f: &mut dyn FnMut(u32)) {
+        let mut c = self.macs.lock().unwrap();
+        let generation = self.mac_generation.load(Ordering::Acquire);
+        if c.0 != generation {
+            c.1.clear();
+            for i in 0..128 {
+                let rah = self.get(Reg::RAH, i);
+                if rah & RAH_AV != 0 {
+                    let lo = self.get(Reg::RAL, i).to_le_bytes();
+                    let hi = (rah as u16).to_le_bytes();
+                    c.1.push(([lo[0], lo[1], lo[2], lo[3], hi[0], hi[1]], i));
+                }
+            }
+            c.0 = generation;
+        }
+        for &(mac, i) in &c.1 {
+            if mac == *dst {
+                f(i);
+            }
+        }
     }
 }
 
@@ -592,6 +620,9 @@ impl Shared {
     }
 
     fn write_locked(&self, st: &mut State, reg: Reg, i: u32, v: u32) {
+        if matches!(reg, Reg::RAL | Reg::RAH) {
+            self.mac_generation.fetch_add(1, Ordering::AcqRel);
+        }
         let q = i as usize;
         let old = self.get(reg, i);
         match reg {
@@ -874,6 +905,7 @@ impl Shared {
         let m = self.cfg.mac;
         self.put(Reg::RAL, 0, u32::from_le_bytes([m[0], m[1], m[2], m[3]]));
         self.put(Reg::RAH, 0, u16::from_le_bytes([m[4], m[5]]) as u32 | RAH_AV);
+        self.mac_generation.fetch_add(1, Ordering::AcqRel);
         self.put(Reg::RXPBSIZE, 0, 0x200 << 10);
         self.put(Reg::TXPBSIZE, 0, 0xA0 << 10);
         for q in 0..NQUEUES {
@@ -1486,7 +1518,10 @@ mod tests {
 
     #[test]
     fn queue_enable_reads_back_once_started() {
-        let m = Model82599::new("t-enable", ModelConfig { enable_delay: Duration::from_millis(20), ..ModelConfig::default() });
+        let m = Model82599::new(
+            "t-enable",
+            ModelConfig { enable_delay: Duration::from_millis(20), ..ModelConfig::default() },
+        );
         m.write(off(Reg::RDBAL, 0), 0x10_0000);
         m.write(off(Reg::RDLEN, 0), 4096);
         m.write(off(Reg::SRRCTL, 0), 2 | SRRCTL_DESCTYPE_ADV_ONEBUF << SRRCTL_DESCTYPE_SHIFT);
