@@ -571,19 +571,19 @@ impl<R: Registers> Queues for Pair<R> {
                 g(hw.rx_errors)
             );
         }
-        if let Some(m) = &self.model {
-            if self.id.is_some_and(|id| self.dev.is_reporter(id)) {
-                let s = m.stats();
-                let _ = write!(
-                    out,
-                    "\n    model: wire in {}, wire out {}, lost with the link down {}, filtered out {}, switched inside {}",
-                    g(s.wire_rx),
-                    g(s.wire_tx),
-                    g(s.tx_link_down),
-                    g(s.rx_filtered),
-                    g(s.looped)
-                );
-            }
+        if let Some(m) = &self.model
+            && self.id.is_some_and(|id| self.dev.is_reporter(id))
+        {
+            let s = m.stats();
+            let _ = write!(
+                out,
+                "\n    model: wire in {}, wire out {}, lost with the link down {}, filtered out {}, switched inside {}",
+                g(s.wire_rx),
+                g(s.wire_tx),
+                g(s.tx_link_down),
+                g(s.rx_filtered),
+                g(s.looped)
+            );
         }
     }
 

@@ -259,7 +259,7 @@ impl<R: Registers> RxQueue<R> {
             let p = a.allocate();
             ring.desc(t).rx_post(p.dma_addr());
             // The slot is empty (it is past the last posted one): no drop.
-            std::mem::forget(std::mem::replace(&mut slots[(t & mask) as usize], Some(p)));
+            std::mem::forget(slots[(t & mask) as usize].replace(p));
             t = (t + 1) & mask;
         }
         self.tail = t;
@@ -442,11 +442,11 @@ impl<R: Registers> TxQueue<R> {
                 dropped += 1;
                 continue;
             }
-            let rs = if (t + 1) % RS_INTERVAL == 0 { TXD_DCMD_RS } else { 0 };
+            let rs = if (t + 1).is_multiple_of(RS_INTERVAL) { TXD_DCMD_RS } else { 0 };
             let cmd = len as u32 | TXD_DTYP_DATA | TXD_DCMD_DEXT | TXD_DCMD_IFCS | TXD_DCMD_EOP | rs;
             ring.desc(t).tx_write(addr, cmd, (len as u32) << TXD_PAYLEN_SHIFT);
             // Past the in-flight window the slot is empty: no drop.
-            std::mem::forget(std::mem::replace(&mut slots[(t & mask) as usize], Some(p)));
+            std::mem::forget(slots[(t & mask) as usize].replace(p));
             t = (t + 1) & mask;
             sent += 1;
             bytes += len as u64;

@@ -418,7 +418,7 @@ pub(crate) struct Shared {
     counts: StatsCell,
     /// The valid RAL/RAH entries (MAC, index), rebuilt when
     /// `mac_generation` moves (any RAL/RAH write, a reset).
-    macs: Mutex<(u64, Vec<([u8; 6], u32)>)>,
+    macs: Mutex<MacTable>,
     mac_generation: AtomicU64,
 }
 
@@ -1426,6 +1426,9 @@ impl Shared {
         Delivery::Done
     }
 }
+
+/// The valid RAL/RAH entries as of a `mac_generation`: (MAC, index).
+type MacTable = (u64, Vec<([u8; 6], u32)>);
 
 enum Delivery {
     Done,
