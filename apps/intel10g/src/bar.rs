@@ -47,7 +47,9 @@ pub trait Registers: Send + Sync + 'static {
 
 /// What keeps a BAR mapping alive.
 enum Backing {
-    Memmap(#[allow(dead_code)] memmap2::MmapRaw),
+    /// A mapping of a sysfs `resource0`, and the file, locked so that no
+    /// other process initialises the port under us.
+    Memmap(#[allow(dead_code)] memmap2::MmapRaw, #[allow(dead_code)] Option<std::fs::File>),
     /// A mapping made with mmap(2) (VFIO): unmapped on drop.
     Raw,
 }
@@ -67,14 +69,15 @@ unsafe impl Send for Mmio {}
 unsafe impl Sync for Mmio {}
 
 impl Mmio {
-    /// A BAR mapped through memmap2 (sysfs `resource0`).
-    pub fn from_memmap(map: memmap2::MmapRaw) -> Result<Mmio> {
+    /// A BAR mapped through memmap2 (sysfs `resource0`), with the file
+    /// it came from (kept open: it holds the lock).
+    pub fn from_memmap(map: memmap2::MmapRaw, file: Option<std::fs::File>) -> Result<Mmio> {
         let len = map.len();
         let Some(base) = NonNull::new(map.as_mut_ptr()) else { bail!("empty BAR mapping") };
         if len < 0x20000 {
             bail!("BAR0 is {len} bytes; an 82599's is 128 KiB");
         }
-        Ok(Mmio { base, len, backing: Backing::Memmap(map) })
+        Ok(Mmio { base, len, backing: Backing::Memmap(map, file) })
     }
 
     /// A BAR mapped with mmap(2), unmapped when dropped.
@@ -149,7 +152,7 @@ mod tests {
     fn mmio_reads_and_writes_and_refuses_out_of_bounds() {
         let map = memmap2::MmapOptions::new().len(0x20000).map_anon().unwrap();
         let raw = memmap2::MmapRaw::from(map);
-        let bar = Mmio::from_memmap(raw).unwrap();
+        let bar = Mmio::from_memmap(raw, None).unwrap();
         bar.write(0x1018, 7);
         bar.set(0x1018, 0x100);
         assert_eq!(bar.read(0x1018), 0x107);
@@ -161,6 +164,6 @@ mod tests {
         let r = std::panic::catch_unwind(|| bar.read(0x20000));
         assert!(r.is_err());
         let small = memmap2::MmapRaw::from(memmap2::MmapOptions::new().len(4096).map_anon().unwrap());
-        assert!(Mmio::from_memmap(small).is_err());
+        assert!(Mmio::from_memmap(small, None).is_err());
     }
 }

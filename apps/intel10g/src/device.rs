@@ -500,9 +500,12 @@ impl<R: Registers> Device<R> {
         if self.settings.mode.vmdq() {
             self.check_pool_filters(&c, unit, filters)?;
         }
-        // Everything that can fail without touching the chip, first.
+        // Everything that can fail without touching the chip, first: the
+        // rings, and that the device can reach them (without an IOMMU, a
+        // ring outside huge pages would have no physical address to give).
         let rx_ring = DescRing::new(qs.rx_ring)?;
         let tx_ring = DescRing::new(qs.tx_ring)?;
+        self.dma.check()?;
         let set = match c.stat_sets.iter().position(Option::is_none) {
             Some(s) => {
                 c.stat_sets[s] = Some(id);
@@ -759,6 +762,16 @@ impl<R: Registers> Device<R> {
         let v = self.regs.read(rxdctl(rx_queue)) & !RXDCTL_VME;
         self.regs.write(rxdctl(rx_queue), v | if new.strip_vlan { RXDCTL_VME } else { 0 });
         Ok(())
+    }
+
+    /// Let the device reach memory a lender owns (a guest's, for buffers
+    /// posted to a receive ring or sent in place).
+    ///
+    /// # Safety
+    /// See [`DmaMapper::map_foreign`].
+    pub unsafe fn map_foreign(&self, virt: *mut u8, dma: u64, len: usize) -> Result<()> {
+        // SAFETY: the caller's contract.
+        unsafe { self.dma.map_foreign(virt, dma, len) }
     }
 
     // -- statistics and link ------------------------------------------------------

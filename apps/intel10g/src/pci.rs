@@ -144,7 +144,7 @@ impl PciDevice {
         let mut tries = 0;
         loop {
             match memmap2::MmapOptions::new().map_raw(&f) {
-                Ok(m) => return Mmio::from_memmap(m),
+                Ok(m) => return Mmio::from_memmap(m, Some(f)),
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) && tries < 50 => {
                     tries += 1;
                     std::thread::sleep(Duration::from_millis(100));
