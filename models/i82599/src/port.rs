@@ -1536,4 +1536,85 @@ mod tests {
         wait(&m, Reg::RXDCTL, RXDCTL_ENABLE, 0);
         assert!(m.violations().is_empty(), "{:?}", m.violations());
     }
+
+    /// Host memory for a test ring: 8 descriptors and 8 buffers of 2 KiB,
+    /// mapped at device address 0x100000.
+    struct TestMem {
+        mem: Vec<u64>,
+    }
+    impl TestMem {
+        const IOVA: u64 = 0x10_0000;
+        fn new(m: &Model82599) -> TestMem {
+            let mut t = TestMem { mem: vec![0u64; (128 + 8 * 2048) / 8] };
+            // SAFETY: the vector outlives the model in these tests (the
+            // model is dropped first, joining its thread).
+            unsafe { m.iommu().map(Self::IOVA, t.mem.as_mut_ptr() as *mut u8, t.mem.len() * 8) }.unwrap();
+            for i in 0..8 {
+                t.mem[2 * i] = Self::IOVA + 128 + 2048 * i as u64;
+            }
+            t
+        }
+        /// Bytes of buffer `i`.
+        fn buffer(&self, i: usize) -> Vec<u8> {
+            self.mem[(128 + 2048 * i) / 8..(128 + 2048 * (i + 1)) / 8].iter().flat_map(|w| w.to_le_bytes()).collect()
+        }
+        fn status(&self, i: usize) -> u32 {
+            // SAFETY: reading a descriptor word the model writes atomically.
+            unsafe { AtomicU32::from_ptr((self.mem.as_ptr() as *mut u32).add(4 * i + 2)).load(Ordering::Acquire) }
+        }
+    }
+
+    #[test]
+    fn full_ring_waits_then_misses_without_drop_enable() {
+        let m = Model82599::new("t-full", ModelConfig::default());
+        let mem = TestMem::new(&m);
+        m.attach(&WireSpec::Pcap { input: None, output: None, repeat: false }).unwrap();
+        m.write(off(Reg::AUTOC, 0), AUTOC_LMS_10G_SERIAL << AUTOC_LMS_SHIFT | AUTOC_RESTART_AN);
+        m.write(off(Reg::RDBAL, 0), TestMem::IOVA as u32);
+        m.write(off(Reg::RDLEN, 0), 128);
+        m.write(off(Reg::SRRCTL, 0), 2 | SRRCTL_DESCTYPE_ADV_ONEBUF << SRRCTL_DESCTYPE_SHIFT);
+        m.write(off(Reg::DCA_RXCTRL, 0), 0);
+        m.write(off(Reg::RDRXCTL, 0), RDRXCTL_CRCSTRIP);
+        m.write(off(Reg::FCTRL, 0), FCTRL_UPE | FCTRL_BAM);
+        m.write(off(Reg::RXDCTL, 0), RXDCTL_ENABLE);
+        wait(&m, Reg::RXDCTL, RXDCTL_ENABLE, RXDCTL_ENABLE);
+        m.write(off(Reg::RDT, 0), 7);
+        m.write(off(Reg::RXCTRL, 0), RXCTRL_RXEN);
+        wait(&m, Reg::LINKS, LINKS_LINK_UP, LINKS_LINK_UP);
+        m.set_manual(true);
+        // 400 full-size frames: 7 find a buffer, the 8th waits at the head
+        // of the 512 KiB packet buffer and the frames behind it queue up
+        // until it is full; the rest are missed.
+        for k in 0..400u32 {
+            let mut f = vec![0xff; 6];
+            f.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x88, 0xb5]);
+            f.extend_from_slice(&k.to_be_bytes());
+            f.resize(1514, 0);
+            m.inject(f);
+        }
+        m.step();
+        assert!((0..7).all(|i| mem.status(i) & RXD_STAT_DD != 0), "7 delivered");
+        assert_eq!(m.read(off(Reg::RDH, 0)), 7);
+        let fit = (0x200 << 10) / 1514;
+        assert_eq!(m.read(off(Reg::RNBC, 0)), 1, "one frame found no buffer and waits");
+        assert_eq!(m.read(off(Reg::MPC, 0)), 400 - 7 - fit as u32, "the rest missed");
+        assert_eq!(m.read(off(Reg::QPRDC, 0)), 0, "nothing dropped: Drop_En is clear");
+        assert_eq!(m.read(off(Reg::GPRC, 0)), 7 + fit as u32);
+        assert_eq!(m.read(off(Reg::QPRC, 0)), 7);
+        // Buffers come back: the waiting frames go on, in order.
+        let mut mem = mem;
+        for i in 0..7 {
+            mem.mem[2 * i] = TestMem::IOVA + 128 + 2048 * i as u64;
+            mem.mem[2 * i + 1] = 0;
+        }
+        m.write(off(Reg::RDT, 0), 6);
+        m.step();
+        assert_eq!(m.read(off(Reg::QPRC, 0)), 7, "7 more (descriptors 7, 0..5)");
+        let seq = |i: usize| u32::from_be_bytes(mem.buffer(i)[14..18].try_into().unwrap());
+        assert_eq!(seq(7), 7, "the frame that waited comes first");
+        assert_eq!(seq(0), 8, "then the ones behind it");
+        assert!(m.violations().is_empty(), "{:?}", m.violations());
+        assert!(m.faults().is_empty(), "{:?}", m.faults());
+        drop(m);
+    }
 }
