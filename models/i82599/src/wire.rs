@@ -29,9 +29,9 @@ pub enum WireSpec {
     Unplugged,
     /// Back to back with another model port (its name, e.g. "model:1").
     Cable(String),
-    /// Frames from `input` (a pcap file) arrive on the wire, as fast as the
-    /// port takes them (optionally over and over); frames the port sends
-    /// are written to `output`.
+    /// Frames from `input` (a pcap file) arrive on the wire as fast as the
+    /// model runs, read only while the packet buffer has room (optionally
+    /// over and over); frames the port sends are written to `output`.
     Pcap {
         #[serde(default)]
         input: Option<PathBuf>,
