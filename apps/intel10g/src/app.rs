@@ -31,7 +31,9 @@ use snabb_core::{App, AppClass, AppContext, Io, MacAddr, Packet};
 use snabb_model_82599::{Model82599, WireSpec, registry};
 
 use crate::bar::{Mmio, ModelBar, Registers};
-use crate::device::{Claimed, Device, DeviceSettings, Filters, HwStats, Mode, QueueSettings, SHARED_STAT_SET};
+use crate::device::{
+    Claimed, Device, DeviceSettings, Filters, HwStats, LinkSetup, Mode, QueueSettings, SHARED_STAT_SET,
+};
 use crate::dma::{DmaMapper, DmaPath};
 use crate::pci::PciDevice;
 use crate::ring::{MAX_RING, MIN_RING, RxQueue, TxQueue, valid_ring_size};
@@ -273,7 +275,8 @@ fn model_device(args: &Intel10gArgs) -> Result<Arc<Device<ModelBar>>> {
     let key = format!("{}{}", registry::PREFIX, model.name());
     shared_device(&key, &args.device_settings(), || {
         let dma = DmaMapper::new(DmaPath::Model(model.clone()))?;
-        Device::open(&key, ModelBar(model.clone()), dma, args.device_settings(), link_wait(args))
+        // The model is an SFP+ port.
+        Device::open(&key, ModelBar(model.clone()), dma, args.device_settings(), LinkSetup::Sfi, link_wait(args))
     })
 }
 
@@ -283,13 +286,14 @@ fn hardware_device(args: &Intel10gArgs) -> Result<Arc<Device<Mmio>>> {
     let addr = crate::pci::canonical_address(&args.pci)?;
     shared_device(&addr, &args.device_settings(), || {
         let pci = PciDevice::open(&addr)?;
+        let link = if crate::pci::SFP_DEVICES.contains(&pci.device) { LinkSetup::Sfi } else { LinkSetup::Eeprom };
         let vfio_bound = pci.driver().as_deref() == Some("vfio-pci");
         if Vfio::available() && vfio_bound {
             let v = Arc::new(Vfio::open(&pci)?);
             let bar = v.map_bar0()?;
             v.set_bus_master(true)?;
             let dma = DmaMapper::new(DmaPath::Vfio(v.clone()))?;
-            let dev = Device::open(&addr, bar, dma, args.device_settings(), link_wait(args))?;
+            let dev = Device::open(&addr, bar, dma, args.device_settings(), link, link_wait(args))?;
             dev.on_close(Box::new(move || {
                 let _ = v.set_bus_master(false);
             }));
@@ -301,7 +305,7 @@ fn hardware_device(args: &Intel10gArgs) -> Result<Arc<Device<Mmio>>> {
             pci.unbind()?;
             pci.set_bus_master(true)?;
             let bar = pci.map_bar0()?;
-            let dev = Device::open(&addr, bar, dma, args.device_settings(), link_wait(args))?;
+            let dev = Device::open(&addr, bar, dma, args.device_settings(), link, link_wait(args))?;
             dev.on_close(Box::new(move || {
                 let _ = pci.set_bus_master(false);
             }));

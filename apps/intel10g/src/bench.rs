@@ -25,7 +25,7 @@ use snabb_core::packet::{Allocator, Packet};
 use snabb_model_82599::{WireSpec, registry};
 
 use crate::bar::{ModelBar, Registers};
-use crate::device::{Claimed, Device, DeviceSettings, Filters, Mode, QueueSettings};
+use crate::device::{Claimed, Device, DeviceSettings, Filters, LinkSetup, Mode, QueueSettings};
 use crate::dma::{DmaMapper, DmaPath};
 use crate::ring::{RxQueue, TxQueue};
 
@@ -114,7 +114,8 @@ fn setup(ring: u32) -> Result<Bench> {
     let settings =
         DeviceSettings { mode: Mode::Single, mtu: 1514, vm_to_vm: false, port_filters: Some(filters.clone()) };
     let dma = DmaMapper::new(DmaPath::Model(model.clone()))?;
-    let dev = Arc::new(Device::open(&name, ModelBar(model.clone()), dma, settings, Duration::from_secs(2))?);
+    let dev =
+        Arc::new(Device::open(&name, ModelBar(model.clone()), dma, settings, LinkSetup::Sfi, Duration::from_secs(2))?);
     ensure!(dev.link_up(), "the bench port's link did not come up");
     let Claimed::Now(id) = dev.claim(0, "bench")? else { anyhow::bail!("queue 0 taken") };
     let (rx, tx, _) = dev.start(id, 0, &filters, &QueueSettings { rx_ring: ring, tx_ring: ring, buffer_size: 2048 })?;

@@ -198,6 +198,15 @@ pub struct Device<R: Registers> {
     on_close: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
+/// How the link is set up when the port is opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkSetup {
+    /// SFP+ ports: 10 Gb/s serial with the SFI PMA/PMD (AUTOC.LMS, AUTOC2).
+    Sfi,
+    /// Backplane, CX4, XAUI, copper: the link mode the EEPROM loaded.
+    Eeprom,
+}
+
 /// How a claim went.
 pub enum Claimed {
     /// The unit is ours; our id.
@@ -218,6 +227,7 @@ impl<R: Registers> Device<R> {
         regs: R,
         dma: DmaMapper,
         settings: DeviceSettings,
+        link: LinkSetup,
         link_wait: Duration,
     ) -> Result<Device<R>> {
         let units = settings.mode.units() as usize;
@@ -239,7 +249,7 @@ impl<R: Registers> Device<R> {
             links: AtomicU32::new(0),
             on_close: Mutex::new(None),
         };
-        dev.init(link_wait).with_context(|| format!("initialising {name}"))?;
+        dev.init(link, link_wait).with_context(|| format!("initialising {name}"))?;
         Ok(dev)
     }
 
@@ -247,10 +257,22 @@ impl<R: Registers> Device<R> {
         *self.on_close.lock().unwrap() = Some(f);
     }
 
-    fn init(&self, link_wait: Duration) -> Result<()> {
+    fn init(&self, link: LinkSetup, link_wait: Duration) -> Result<()> {
         let r = &self.regs;
         // 4.6.3.1: interrupts off (this driver polls).
         r.write(EIMC, EIMC_ALL);
+        // 5.2.5.3.2: stop the chip mastering the bus before the reset, so
+        // that no DMA is cut in half. If requests stay pending, the
+        // specification update says to reset twice.
+        r.set(CTRL, CTRL_GIO_MASTER_DISABLE);
+        if let Err(e) =
+            r.wait(STATUS, STATUS_GIO_MASTER_ENABLE, 0, QUEUE_TIMEOUT, "PCIe master disable (STATUS.GIO Master Enable)")
+        {
+            log::warn!("intel10g {}: {e:#}; resetting twice", self.name);
+            r.write(CTRL, CTRL_RST);
+            std::thread::sleep(Duration::from_millis(1));
+            r.wait(CTRL, CTRL_RST, 0, RESET_TIMEOUT, "first of two resets (CTRL.RST)")?;
+        }
         // 4.6.3.2: global reset; the bits clear themselves.
         r.write(CTRL, CTRL_RST | CTRL_LRST);
         std::thread::sleep(Duration::from_millis(1));
@@ -260,9 +282,12 @@ impl<R: Registers> Device<R> {
         // 4.6.3: EEPROM auto-read, then DMA initialisation.
         r.wait(EEC, EEC_AUTO_RD, EEC_AUTO_RD, INIT_TIMEOUT, "EEPROM auto-read (EEC.Auto_RD)")?;
         r.wait(RDRXCTL, RDRXCTL_DMAIDONE, RDRXCTL_DMAIDONE, INIT_TIMEOUT, "DMA initialisation (RDRXCTL.DMAIDONE)")?;
-        // 4.6.4: link, 10 Gb/s serial (SFI), then restart auto-negotiation.
-        r.write(AUTOC2, (r.read(AUTOC2) & !AUTOC2_10G_PMA_PMD_SERIAL_MASK) | AUTOC2_10G_SFI);
-        r.write(AUTOC, (r.read(AUTOC) & !AUTOC_LMS_MASK) | AUTOC_LMS_10G_SERIAL);
+        // 4.6.4: link mode (SFP+ ports: 10 Gb/s serial, SFI; others as
+        // their EEPROM set them), then restart auto-negotiation.
+        if link == LinkSetup::Sfi {
+            r.write(AUTOC2, (r.read(AUTOC2) & !AUTOC2_10G_PMA_PMD_SERIAL_MASK) | AUTOC2_10G_SFI);
+            r.write(AUTOC, (r.read(AUTOC) & !AUTOC_LMS_MASK) | AUTOC_LMS_10G_SERIAL);
+        }
         r.set(AUTOC, AUTOC_RESTART_AN);
         // 4.6.5: statistics start from zero (they clear when read).
         self.read_stats(&mut HwStats::default());

@@ -35,6 +35,9 @@ pub const DEVICES_82599: &[(u16, &str)] = &[
     (0x151C, "82599 T3 LOM"),
 ];
 
+/// 82599 ports with an SFP+ cage (their link is 10 Gb/s serial, SFI).
+pub const SFP_DEVICES: &[u16] = &[0x10FB, 0x1529, 0x1507, 0x154D, 0x154A, 0x1558, 0x1557];
+
 /// The name of an 82599 device id, if it is one.
 pub fn model_name(vendor: u16, device: u16) -> Option<&'static str> {
     if vendor != INTEL {

@@ -14,9 +14,11 @@ pub const CTRL_EXT: u32 = 0x00018;
 pub const EEC: u32 = 0x10010;
 pub const EIMC: u32 = 0x00888;
 
+pub const CTRL_GIO_MASTER_DISABLE: u32 = 1 << 2;
 pub const CTRL_LRST: u32 = 1 << 3;
 pub const CTRL_RST: u32 = 1 << 26;
 pub const CTRL_EXT_NS_DIS: u32 = 1 << 16;
+pub const STATUS_GIO_MASTER_ENABLE: u32 = 1 << 19;
 pub const EEC_AUTO_RD: u32 = 1 << 9;
 pub const EIMC_ALL: u32 = 0x7fff_ffff;
 

@@ -537,7 +537,13 @@ impl Shared {
                 Reg::LINKS => self.links(),
                 Reg::STATUS => {
                     let up = if self.links() & LINKS_LINK_UP != 0 { STATUS_LINK_UP } else { 0 };
-                    (self.cfg.lan_id as u32 & 3) << STATUS_LAN_ID_SHIFT | up
+                    // No request is ever pending: mastering stops at once.
+                    let master = if self.get(Reg::CTRL, 0) & CTRL_GIO_MASTER_DISABLE == 0 {
+                        STATUS_GIO_MASTER_ENABLE
+                    } else {
+                        0
+                    };
+                    (self.cfg.lan_id as u32 & 3) << STATUS_LAN_ID_SHIFT | up | master
                 }
                 _ => self.word(offset).load(Ordering::Acquire),
             },

@@ -248,11 +248,13 @@ fn decoder() -> &'static [u32] {
 
 // Bits the model acts on, by register (datasheet names).
 pub mod bits {
+    pub const CTRL_GIO_MASTER_DISABLE: u32 = 1 << 2;
     pub const CTRL_LRST: u32 = 1 << 3;
     pub const CTRL_RST: u32 = 1 << 26;
     pub const CTRL_EXT_NS_DIS: u32 = 1 << 16;
     pub const STATUS_LAN_ID_SHIFT: u32 = 2;
     pub const STATUS_LINK_UP: u32 = 1 << 7;
+    pub const STATUS_GIO_MASTER_ENABLE: u32 = 1 << 19;
     pub const EEC_AUTO_RD: u32 = 1 << 9;
     pub const RDRXCTL_CRCSTRIP: u32 = 1 << 1;
     pub const RDRXCTL_DMAIDONE: u32 = 1 << 3;
