@@ -6,7 +6,8 @@
 //!
 //!   Model     the model's translation table: every chunk is mapped into
 //!             it, as an IOMMU would be programmed
-//!   Vfio      the IOMMU: every chunk mapped with IOVA = virtual address
+//!   Vfio      the IOMMU: every chunk mapped at its device address (its
+//!             virtual address, or a huge page's physical address)
 //!   Physical  no IOMMU: addresses are physical, so every chunk must be a
 //!             huge page (its physical address is known and contiguous)
 //!

@@ -1,9 +1,10 @@
 //! VFIO: THE DEVICE BEHIND AN IOMMU
 //!
 //! With VFIO the device sees memory only through an IOMMU, through ranges
-//! the driver maps. snabb-rs maps its DMA chunks with IOVA = virtual
-//! address, so a packet's `dma_addr()` works on either path, and maps new
-//! chunks as they appear (`memory::generation()`).
+//! the driver maps. snabb-rs maps each DMA chunk at its device address
+//! (IOVA = the virtual address for ordinary memory, the physical address
+//! for a huge page: unique either way), so a packet's `dma_addr()` works on
+//! every path, and maps new chunks as they appear (`memory::generation()`).
 //!
 //!   container  /dev/vfio/vfio, type-1 IOMMU
 //!   group      /dev/vfio/<iommu group of the device>, set to the container
