@@ -3,7 +3,7 @@
 //! With VFIO the device sees memory only through an IOMMU, through ranges
 //! the driver maps. snabb-rs maps each DMA chunk at its device address
 //! (IOVA = the virtual address for ordinary memory, the physical address
-//! for a huge page: unique either way), so a packet's `dma_addr()` works on
+//! for a huge page; an overlap of the two is refused), so a packet's `dma_addr()` works on
 //! every path, and maps new chunks as they appear (`memory::generation()`).
 //!
 //!   container  /dev/vfio/vfio, type-1 IOMMU
