@@ -106,9 +106,10 @@ struct StatsCell {
     looped: AtomicU64,
 }
 
-/// Frames waiting in the ingress queue before the engine takes them; more
-/// than this and arriving frames are missed (MPC).
-const INGRESS_MAX: usize = 1 << 16;
+/// Bytes of frames waiting in the ingress queue (between the wire and the
+/// engine thread) at most; a frame arriving beyond that is missed (MPC), as
+/// it would be by a chip whose packet buffer cannot drain fast enough.
+const INGRESS_MAX_BYTES: usize = 4 << 20;
 const NQUEUES: usize = 128;
 
 /// One port of an 82599. Dropping the last handle stops its engine.
@@ -152,7 +153,7 @@ impl Model82599 {
             in_reset: AtomicBool::new(false),
             phy: AtomicBool::new(false),
             state: Mutex::new(State::new()),
-            ingress: Mutex::new(VecDeque::new()),
+            ingress: Mutex::new((VecDeque::new(), 0)),
             iommu: Iommu::default(),
             faults: Mutex::new(Vec::new()),
             violations: Mutex::new(Vec::new()),
@@ -405,7 +406,8 @@ pub(crate) struct Shared {
     /// The PHY is up (after AUTOC.Restart_AN): a cable partner sees carrier.
     phy: AtomicBool,
     state: Mutex<State>,
-    ingress: Mutex<VecDeque<Vec<u8>>>,
+    /// Frames from the wire not yet taken by the engine, and their bytes.
+    ingress: Mutex<(VecDeque<Vec<u8>>, usize)>,
     iommu: Iommu,
     faults: Mutex<Vec<DmaFault>>,
     violations: Mutex<Vec<Violation>>,
@@ -502,11 +504,12 @@ impl Shared {
     /// A frame from the wire: into the ingress queue for the engine.
     pub(crate) fn deliver(&self, frame: Vec<u8>) {
         let mut q = self.ingress.lock().unwrap();
-        if q.len() >= INGRESS_MAX {
+        if q.1 + frame.len() > INGRESS_MAX_BYTES {
             drop(q);
             self.count(Reg::MPC, 0, 1);
         } else {
-            q.push_back(frame);
+            q.1 += frame.len();
+            q.0.push_back(frame);
             drop(q);
             if !self.manual.load(Ordering::Relaxed) {
                 self.kick();
@@ -1224,8 +1227,10 @@ impl Shared {
         }
         let frames: Vec<Vec<u8>> = {
             let mut q = self.ingress.lock().unwrap();
-            let k = q.len().min(budget);
-            q.drain(..k).collect()
+            let k = q.0.len().min(budget);
+            let frames: Vec<Vec<u8>> = q.0.drain(..k).collect();
+            q.1 -= frames.iter().map(Vec::len).sum::<usize>();
+            frames
         };
         for f in frames {
             n += 1;
