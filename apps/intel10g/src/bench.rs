@@ -87,15 +87,17 @@ pub fn driver_tx<R: Registers>(tx: &mut TxQueue<R>, input: &Link) -> usize {
     tx.transmit(input).expect("TDT")
 }
 
-struct Bench {
-    dev: Arc<Device<ModelBar>>,
-    model: Arc<snabb_model_82599::Model82599>,
+/// One queue pair of a model port in manual mode, driven directly through
+/// the driver's lower layers (for the benchmark and the zero-copy test).
+pub(crate) struct ModelQueue {
+    pub dev: Arc<Device<ModelBar>>,
+    pub model: Arc<snabb_model_82599::Model82599>,
     id: u64,
-    rx: Option<RxQueue<ModelBar>>,
-    tx: Option<TxQueue<ModelBar>>,
+    pub rx: Option<RxQueue<ModelBar>>,
+    pub tx: Option<TxQueue<ModelBar>>,
 }
 
-impl Drop for Bench {
+impl Drop for ModelQueue {
     fn drop(&mut self) {
         self.model.set_manual(false);
         if let (Some(rx), Some(tx)) = (self.rx.take(), self.tx.take()) {
@@ -104,8 +106,10 @@ impl Drop for Bench {
     }
 }
 
-fn setup(ring: u32) -> Result<Bench> {
-    let name = format!("bench-{}", std::process::id());
+pub(crate) fn model_queue(ring: u32, buffer_size: u32) -> Result<ModelQueue> {
+    static SERIAL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("queue{n}-{}", std::process::id());
     // A wire with carrier that goes nowhere: the link comes up alone.
     let model = registry::open(&name, Some(&WireSpec::Pcap { input: None, output: None, repeat: false }))
         .map_err(anyhow::Error::msg)?;
@@ -118,16 +122,16 @@ fn setup(ring: u32) -> Result<Bench> {
         Arc::new(Device::open(&name, ModelBar(model.clone()), dma, settings, LinkSetup::Sfi, Duration::from_secs(2))?);
     ensure!(dev.link_up(), "the bench port's link did not come up");
     let Claimed::Now(id) = dev.claim(0, "bench")? else { anyhow::bail!("queue 0 taken") };
-    let (rx, tx, _) = dev.start(id, 0, &filters, &QueueSettings { rx_ring: ring, tx_ring: ring, buffer_size: 2048 })?;
+    let (rx, tx, _) = dev.start(id, 0, &filters, &QueueSettings { rx_ring: ring, tx_ring: ring, buffer_size })?;
     model.set_manual(true);
-    Ok(Bench { dev, model, id, rx: Some(rx), tx: Some(tx) })
+    Ok(ModelQueue { dev, model, id, rx: Some(rx), tx: Some(tx) })
 }
 
 /// Measure receive and transmit at `batch` packets per call over about
 /// `packets` packets each.
 pub fn run(batch: usize, packets: u64) -> Result<Figures> {
     ensure!((1..=512).contains(&batch), "batch {batch}: 1 to 512");
-    let mut b = setup(1024)?;
+    let mut b = model_queue(1024, 2048)?;
     let rounds = packets.div_ceil(batch as u64).max(1);
     let warm = (rounds / 10).max(10);
     let frame = {

@@ -27,6 +27,11 @@ fn dma_faults_only_on_the_wrong_path() {
 }
 
 #[test]
+fn zero_copy_receive_into_a_lenders_buffer() {
+    run("zero-copy receive", selftest::zero_copy_rx);
+}
+
+#[test]
 fn bad_configs_are_refused_before_the_device_is_touched() {
     run("bad configs", || selftest::bad_configs(&Target::Model));
 }
