@@ -327,7 +327,7 @@ trait Queues: Any {
     fn link(&mut self, io: &Io);
     fn tick(&mut self);
     fn stop(&mut self);
-    fn refilter(&mut self, old: &Intel10gArgs, new: &Intel10gArgs) -> Result<()>;
+    fn refilter(&mut self, new: &Intel10gArgs) -> Result<()>;
     fn counters(&self, emit: &mut dyn FnMut(&str, u64));
     fn report(&self, out: &mut String);
     fn hw_stats(&mut self, sync: bool) -> HwStats;
@@ -495,12 +495,11 @@ impl<R: Registers> Queues for Pair<R> {
         }
     }
 
-    fn refilter(&mut self, old: &Intel10gArgs, new: &Intel10gArgs) -> Result<()> {
+    fn refilter(&mut self, new: &Intel10gArgs) -> Result<()> {
         let filters = new.filters();
         if let Some((rx, _)) = &self.rings {
             self.dev.refilter(self.unit, &self.filters, &filters, rx.queue)?;
         }
-        let _ = old;
         self.filters = filters;
         Ok(())
     }
@@ -660,7 +659,7 @@ impl AppClass for Intel10g {
         if !args.mode.vmdq() || !args.same_but_filters(&self.args) {
             return Ok(false);
         }
-        self.q.refilter(&self.args, &args)?;
+        self.q.refilter(&args)?;
         self.args = args;
         Ok(true)
     }

@@ -544,7 +544,7 @@ impl<R: Registers> Device<R> {
         }
         let strip = filters.strip_vlan;
         let mut rx = RxQueue::new(self.clone(), q, rx_ring, qs.buffer_size);
-        let mut tx = TxQueue::new(self.clone(), q, tx_ring);
+        let tx = TxQueue::new(self.clone(), q, tx_ring);
         let started = self.start_rx(&mut rx, strip).and_then(|_| self.start_tx(&tx));
         if let Err(e) = started {
             drop(c);
@@ -563,7 +563,6 @@ impl<R: Registers> Device<R> {
         }
         rx.refill();
         rx.flush()?;
-        let _ = &mut tx;
         Ok((rx, tx, set))
     }
 

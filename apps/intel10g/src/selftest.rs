@@ -13,6 +13,7 @@
 //!   loopback          port 0 -> cable -> port 1: content, order, conservation
 //!   vmdq              8 pools: unicast, broadcast, VLANs, a full ring, VM to VM
 //!   rss               4 RSS queues share the traffic, nothing lost
+//!   refilter          a pool's MAC changed in place, without a restart
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -76,6 +77,7 @@ pub fn selftest() -> Result<()> {
     loopback(&t).context("loopback")?;
     vmdq(&t).context("VMDq")?;
     rss(&t).context("RSS")?;
+    refilter(&t).context("refilter")?;
     Ok(())
 }
 
@@ -812,5 +814,50 @@ pub fn rss(t: &Target) -> Result<()> {
     ensure!(total(&e) == N as u64, "RSS queues got {per:?}, {} in all of {N}", total(&e));
     ensure!(per.iter().all(|&n| n > N as u64 / 10), "RSS spread is lopsided: {per:?}");
     model_clean(&mut e, &["a", "q0", "q1", "q2", "q3"])?;
+    Ok(())
+}
+
+/// A pool's filters change in place: the app is not restarted, the old MAC
+/// stops and the new one starts reaching the pool.
+pub fn refilter(t: &Target) -> Result<()> {
+    let (a, b, wire) = t.ports();
+    let (x, y) = (mac_str(pool_mac(0x20)), mac_str(pool_mac(0x21)));
+    let conf = |mac: &str, sources: bool| -> Result<Config> {
+        let mut c = Config::new();
+        c.app_args("a", "Intel10g", Args::from_ron(&format!("(pci: \"{a}\"{wire})"))?)
+            .app_args(
+                "p0",
+                "Intel10g",
+                Args::from_ron(&format!("(pci: \"{b}\", mode: Vmdq(pools: 64), macs: [\"{mac}\"])"))?,
+            )
+            .app("sink", "Sink", &())
+            .link("p0.output -> sink.input");
+        if sources {
+            c.app_args("to_x", "Source", Args::from_ron(&format!("(dst: \"{x}\", count: 20)"))?)
+                .app_args("to_y", "Source", Args::from_ron(&format!("(dst: \"{y}\", count: 30)"))?)
+                .app("join", "Join", &())
+                .link("to_x.output -> join.x")
+                .link("to_y.output -> join.y")
+                .link("join.output -> a.input");
+        }
+        Ok(c)
+    };
+    let mut e = Engine::new(registry());
+    e.configure(&conf(&x, false)?)?;
+    wait_links(&mut e, &["a", "p0"])?;
+    let before = nic(&mut e, "p0")? as *const Intel10g;
+    e.configure(&conf(&y, false)?)?;
+    ensure!(std::ptr::eq(before, nic(&mut e, "p0")?), "the app was restarted, not reconfigured");
+    e.configure(&conf(&y, true)?)?;
+    for _ in 0..2000 {
+        e.run_for(Duration::from_millis(5));
+        if counter(&e, "sink", "packets") >= 30 {
+            break;
+        }
+    }
+    e.run_for(Duration::from_millis(30));
+    let got = counter(&e, "sink", "packets");
+    ensure!(got == 30, "the pool got {got} frames: expected the 30 sent to its new MAC only");
+    model_clean(&mut e, &["a", "p0"])?;
     Ok(())
 }

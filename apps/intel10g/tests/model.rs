@@ -50,3 +50,8 @@ fn vmdq_eight_pools() {
 fn rss_four_queues() {
     run("RSS", || selftest::rss(&Target::Model));
 }
+
+#[test]
+fn vmdq_filters_change_in_place() {
+    run("refilter", || selftest::refilter(&Target::Model));
+}
