@@ -262,7 +262,15 @@ pub fn init_and_reset() -> Result<()> {
 
 /// The model reports what a driver does wrong.
 pub fn model_checks() -> Result<()> {
-    let m = Model82599::new(&format!("checks-{}", std::process::id()), Default::default());
+    // A slow reset, EEPROM and DMA initialisation, so that the accesses
+    // below surely come too early, however the threads are scheduled.
+    let cfg = snabb_model_82599::ModelConfig {
+        reset_delay: Duration::from_millis(100),
+        eeprom_delay: Duration::from_millis(500),
+        dma_init_delay: Duration::from_millis(600),
+        ..Default::default()
+    };
+    let m = Model82599::new(&format!("checks-{}", std::process::id()), cfg);
     m.set_quiet(true);
     let r = ModelBar(m.clone());
     let expect = |what: &str, want: &str| -> Result<()> {
