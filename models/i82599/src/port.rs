@@ -1482,7 +1482,12 @@ mod tests {
 
     #[test]
     fn reset_clears_itself_and_brings_init_bits_back() {
-        let m = Model82599::new("t-reset", ModelConfig::default());
+        // Slow enough that the read right after the write sees the reset
+        // still running, however the threads are scheduled.
+        let m = Model82599::new(
+            "t-reset",
+            ModelConfig { reset_delay: Duration::from_millis(200), ..ModelConfig::default() },
+        );
         assert_ne!(m.read(off(Reg::EEC, 0)) & EEC_AUTO_RD, 0, "power-on: EEPROM read");
         m.write(off(Reg::FCTRL, 0), FCTRL_BAM);
         m.write(off(Reg::CTRL, 0), CTRL_RST);
@@ -1534,7 +1539,7 @@ mod tests {
     fn queue_enable_reads_back_once_started() {
         let m = Model82599::new(
             "t-enable",
-            ModelConfig { enable_delay: Duration::from_millis(20), ..ModelConfig::default() },
+            ModelConfig { enable_delay: Duration::from_millis(300), ..ModelConfig::default() },
         );
         m.write(off(Reg::RDBAL, 0), 0x10_0000);
         m.write(off(Reg::RDLEN, 0), 4096);
