@@ -133,7 +133,7 @@ ping_count() { # N pings, one line with what came back
 json_num() { # FILE SECTION KEY: first KEY number after the line naming SECTION
     awk -v sec="\"$2\"" -v key="\"$3\"" '
         index($0, sec) { on = 1 }
-        on && index($0, key) { sub(/.*: */, ""); sub(/,.*/, ""); print; exit }' "$1"
+        on && index($0, key) { sub(/.*:[ \t]*/, ""); sub(/[ \t]*,.*/, ""); print; exit }' "$1"
 }
 
 case $G_mode in
@@ -162,6 +162,7 @@ iperf-server)
     finish ok;;
 iperf-client)
     first_ping || finish fail
+    ping_count
     tries=0
     # The server may still be starting: retry while the connection is refused.
     until iperf3 -c "$(peer_for_iperf)" -t "$G_secs" -P "$G_streams" -J > /tmp/iperf.json 2>&1; do

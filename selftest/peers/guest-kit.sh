@@ -22,7 +22,7 @@ while [ $# -gt 0 ]; do
     --cache) CACHE=$2; shift 2;;
     --update) UPDATE=1; shift;;
     --rebuild) REBUILD=1; shift;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0;;
+    -h|--help) usage_of "$0";;
     *) die "guest-kit.sh: unknown argument $1";;
     esac
 done

@@ -53,7 +53,7 @@ DIR=${SNABB_RS_PEERS_DIR:-/tmp/snabb-rs-peers}
 CACHE=${SNABB_RS_GUEST_CACHE:-/var/cache/snabb-rs/guest}
 QEMU=${QEMU:-qemu-system-x86_64}
 
-usage() { sed -n '2,49p' "$0"; exit "${1:-0}"; }
+usage() { usage_of "$0" "${1:-0}"; }
 
 # --- KVM or TCG -----------------------------------------------------------------
 # /dev/kvm is not proof: on some nested hypervisors (kvm_pvm) a stock kernel

@@ -45,15 +45,23 @@ stop_pid() { # PID SIG SECONDS
     echo kill
 }
 
-# Whether PID is alive and runs COMM (guards against a reused pid).
-pid_is() { # PID COMM-PREFIX
+# Whether PID is alive and runs a program whose name starts with one of
+# NAMES (guards against a reused pid). The launchers (setsid, taskset,
+# stdbuf) count too: they exec the program an instant after starting.
+pid_is() { # PID NAME|NAME...
     [ -n "$1" ] && kill -0 "$1" 2>/dev/null || return 1
     local comm
     comm=$(cat "/proc/$1/comm" 2>/dev/null) || return 1
-    [[ $comm == "$2"* ]]
+    [[ $comm =~ ^($2|setsid|taskset|stdbuf) ]]
 }
 
 # Median of the numbers on stdin (one a line); prints nothing when empty.
 median() {
     sort -g | awk '{ a[n++] = $1 } END { if (n) { if (n % 2) print a[(n - 1) / 2]; else print (a[n / 2 - 1] + a[n / 2]) / 2 } }'
+}
+
+# The comment block at the top of SCRIPT (after the #! line): its usage text.
+usage_of() { # SCRIPT [EXIT]
+    awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$1"
+    exit "${2:-0}"
 }

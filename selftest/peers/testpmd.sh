@@ -8,6 +8,7 @@
 #   testpmd.sh pps NAME [--port N] [--rx|--tx] [--skip K]   median rate of the per-second samples
 #   testpmd.sh counters NAME                   per-port packet counts of the finished run
 #   testpmd.sh cleanup NAME                    remove its huge page files and runtime dir
+#   testpmd.sh cmd NAME COMMAND...             send a command to an --interactive testpmd
 #
 # PORTS (repeatable, in port order):
 #   --vhost SOCK           a net_vhost port: testpmd is the vhost-user backend; it listens on SOCK
@@ -30,13 +31,18 @@
 #   --stats-period S       statistics every S seconds (default 1; 0 = none)
 #   --vdev-args STR        appended to every --vdev, e.g. tso=1
 #   --log-level STR        e.g. lib.vhost.config:debug (every vhost-user message)
+#   --interactive          testpmd's prompt reads NAME.in (a FIFO): drive it with `testpmd.sh cmd`,
+#                          e.g. "stop" (forwarding stops, ports stay connected), "start",
+#                          "show port stats all". Forwarding starts at once (--auto-start); there
+#                          are no per-second statistics in this mode.
 #   -- ARGS                more testpmd application arguments, e.g. --tx-first
 #
 # Output lines (stdout), for scripts:
 #   TESTPMD_STARTED name=N pid=P log=F prefix=X huge=yes|no cpu=C
 #   TESTPMD_READY name=N                      (wait-ready; exit 1 on timeout, 2 if it died or failed)
 #   TESTPMD_STOPPED name=N how=gone|signal|kill
-#   TESTPMD_PORT name=N port=I rx_packets=R rx_dropped=D tx_packets=T tx_dropped=E   (stop, counters)
+#   TESTPMD_PORT name=N port=I rx_packets=R rx_dropped=D tx_packets=T tx_dropped=E   (stop, counters:
+#                                             from the last "Forward statistics" block of each port)
 #   TESTPMD_PPS name=N port=I dir=rx|tx median=PPS samples=S first=F last=L     (pps; median=0 if none)
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -44,13 +50,13 @@ source "$(dirname "$0")/lib.sh"
 DIR=${SNABB_RS_PEERS_DIR:-/tmp/snabb-rs-peers}
 TESTPMD=${TESTPMD:-dpdk-testpmd}
 
-usage() { sed -n '2,43p' "$0"; exit "${1:-0}"; }
+usage() { usage_of "$0" "${1:-0}"; }
 
 # --- start / run ---------------------------------------------------------------------
 parse_start() {
     NAME=$1; shift
     PORTS=() CPU=0 FWD=io TXPKTS=64 BURST=32 QUEUES=1 PACKED=0 MRG="" MEM=512 NOHUGE=0 MBUFS=32768
-    PERIOD=1 VDEVARGS="" LOGLEVEL="" VHOST_CLIENT=0 VU_SERVER=0 EXTRA=()
+    PERIOD=1 VDEVARGS="" LOGLEVEL="" VHOST_CLIENT=0 VU_SERVER=0 INTERACTIVE=0 EXTRA=()
     while [ $# -gt 0 ]; do
         case $1 in
         --dir) DIR=$2; shift 2;;
@@ -71,6 +77,7 @@ parse_start() {
         --stats-period) PERIOD=$2; shift 2;;
         --vdev-args) VDEVARGS=$2; shift 2;;
         --log-level) LOGLEVEL=$2; shift 2;;
+        --interactive) INTERACTIVE=1; shift;;
         --) shift; EXTRA=("$@"); break;;
         *) die "testpmd.sh: unknown option $1";;
         esac
@@ -88,7 +95,8 @@ build_cmd() {
         huge=no
     fi
     HUGE=$huge
-    CMD=("$TESTPMD" --lcores "0@$CPU,1@$CPU" --no-pci --file-prefix="$PREFIX" -m "$MEM")
+    # Line-buffered, so the log shows each statistics block and command answer as it is printed.
+    CMD=(stdbuf -oL "$TESTPMD" --lcores "0@$CPU,1@$CPU" --no-pci --file-prefix="$PREFIX" -m "$MEM")
     [ "$huge" = no ] && CMD+=(--no-huge)
     [ -n "$LOGLEVEL" ] && CMD+=(--log-level="$LOGLEVEL")
     local nv=0 nu=0
@@ -112,9 +120,15 @@ build_cmd() {
     # virtio-user hands its memory to the backend as fds; with one file per
     # huge page it runs out of memory-table slots and moves nothing.
     [ "$has_virtio" = 1 ] && [ "$huge" = yes ] && CMD+=(--single-file-segments)
-    CMD+=(-- --forward-mode="$FWD" --txpkts="$TXPKTS" --burst="$BURST" --nb-cores=1
+    # --no-flush-rx: packets that arrive before forwarding starts are counted, not
+    # silently flushed, so the counts of two peers can be compared exactly.
+    CMD+=(-- --forward-mode="$FWD" --txpkts="$TXPKTS" --burst="$BURST" --nb-cores=1 --no-flush-rx
         --total-num-mbufs="$MBUFS" --rxq="$QUEUES" --txq="$QUEUES")
-    [ "$PERIOD" != 0 ] && CMD+=(--stats-period "$PERIOD")
+    if [ "$INTERACTIVE" = 1 ]; then
+        CMD+=(-i --auto-start)
+    elif [ "$PERIOD" != 0 ]; then
+        CMD+=(--stats-period "$PERIOD")
+    fi
     CMD+=("${EXTRA[@]}")
 }
 
@@ -131,7 +145,15 @@ launch() {
     echo "$PREFIX" > "$DIR/$NAME.prefix"
     printf '%q ' "${CMD[@]}" > "$DIR/$NAME.cmd"
     [ -f "$log" ] && mv -f "$log" "$log.prev"
-    setsid "${CMD[@]}" </dev/null >"$log" 2>&1 &
+    if [ "$INTERACTIVE" = 1 ]; then
+        # testpmd opens its FIFO read-write, so it never sees end-of-file
+        # between the commands written to it.
+        rm -f "$DIR/$NAME.in"; mkfifo "$DIR/$NAME.in"
+        setsid "${CMD[@]}" <>"$DIR/$NAME.in" >"$log" 2>&1 &
+    else
+        rm -f "$DIR/$NAME.in"
+        setsid "${CMD[@]}" </dev/null >"$log" 2>&1 &
+    fi
     PID=$!
     echo "$PID" > "$pidf"
     echo "TESTPMD_STARTED name=$NAME pid=$PID log=$log prefix=$PREFIX huge=$HUGE cpu=$CPU fwd=$FWD txpkts=$TXPKTS ports=${#PORTS[@]}"
@@ -173,7 +195,7 @@ cmd_wait_ready() {
             echo "TESTPMD_FAILED name=$name reason=$(grep -m1 -o -E 'Too many memory regions|Failed to start device|Cause:.*|EAL: Error.*' "$log" | tr ' ' _)"
             return 2
         fi
-        if grep -q 'start packet forwarding' "$log" 2>/dev/null; then
+        if grep -q -E 'start packet forwarding|^testpmd> ' "$log" 2>/dev/null; then
             local s ok=1
             for s in $socks; do [ -S "$s" ] || ok=0; done
             [ "$ok" = 1 ] && { echo "TESTPMD_READY name=$name"; return 0; }
@@ -200,7 +222,13 @@ cmd_stop() {
     done
     local pid how=gone
     pid=$(cat "$DIR/$name.pid" 2>/dev/null || true)
-    # SIGINT: testpmd stops forwarding, prints its forward statistics, closes the ports.
+    # "quit" at the prompt, or SIGINT: testpmd stops forwarding, prints its
+    # forward statistics and closes the ports.
+    if [ -p "$DIR/$name.in" ] && pid_is "$pid" dpdk-testpmd; then
+        timeout 2 sh -c 'echo quit > "$1"' _ "$DIR/$name.in"
+        local i
+        for ((i = 0; i < timeout * 10; i++)); do pid_is "$pid" dpdk-testpmd || { how=quit; break; }; sleep 0.1; done
+    fi
     pid_is "$pid" dpdk-testpmd && how=$(stop_pid "$pid" INT "$timeout")
     echo "TESTPMD_STOPPED name=$name how=$how"
     cmd_counters "$name"
@@ -219,7 +247,7 @@ cmd_cleanup() {
     hp=$(hugepage_dir)
     [ -n "$hp" ] && rm -f "$hp/${prefix}"map_*
     rm -rf "/var/run/dpdk/$prefix"
-    rm -f "$DIR/$name.prefix"
+    rm -f "$DIR/$name.prefix" "$DIR/$name.in"
     echo "TESTPMD_CLEANED name=$name prefix=$prefix"
 }
 
@@ -236,7 +264,12 @@ cmd_counters() {
     tr -d '\r' <"$log" | awk -v name="$1" '
         /Forward statistics for port/ { port = $(NF - 1); on = 1; next }
         on && /RX-packets:/ { rx = $2; rxd = $4 }
-        on && /TX-packets:/ { printf "TESTPMD_PORT name=%s port=%s rx_packets=%s rx_dropped=%s tx_packets=%s tx_dropped=%s\n", name, port, rx, rxd, $2, $4; on = 0 }'
+        on && /TX-packets:/ {
+            if (!(port in line)) order[n++] = port
+            line[port] = sprintf("TESTPMD_PORT name=%s port=%s rx_packets=%s rx_dropped=%s tx_packets=%s tx_dropped=%s", name, port, rx, rxd, $2, $4)
+            on = 0
+        }
+        END { for (i = 0; i < n; i++) print line[order[i]] }'
 }
 
 cmd_pps() {
@@ -266,7 +299,24 @@ cmd_pps() {
     echo "TESTPMD_PPS name=$name port=$port dir=$dir median=${med:-0} samples=$n first=${first:-0} last=${last:-0}"
 }
 
+cmd_cmd() { # NAME [--dir DIR] COMMAND...
+    local name=$1; shift
+    if [ "${1:-}" = --dir ]; then DIR=$2; shift 2; fi
+    [ -p "$DIR/$name.in" ] || die "testpmd $name was not started with --interactive"
+    local log=$DIR/$name.log before
+    before=$(wc -c <"$log")
+    timeout 2 sh -c 'echo "$2" > "$1"' _ "$DIR/$name.in" "$*" || die "testpmd $name does not read its commands"
+    # Its answer: what the log gained until the next prompt (at most 5 s).
+    local i
+    for ((i = 0; i < 50; i++)); do
+        sleep 0.1
+        tail -c +"$((before + 1))" "$log" | grep -q 'testpmd> ' && break
+    done
+    tail -c +"$((before + 1))" "$log" | tr -d '\r' | grep -v '^testpmd> $' | sed 's/^testpmd> //'
+}
+
 case ${1:-} in
+cmd) shift; [ $# -ge 2 ] || usage 1; cmd_cmd "$@";;
 start) shift; [ $# -ge 1 ] || usage 1; cmd_start "$@";;
 run) shift; [ $# -ge 1 ] || usage 1; cmd_run "$@";;
 wait-ready) shift; [ $# -ge 1 ] || usage 1; cmd_wait_ready "$@";;
@@ -277,5 +327,5 @@ counters) shift; [ $# -ge 1 ] || usage 1
     cmd_counters "$@";;
 pps) shift; [ $# -ge 1 ] || usage 1; cmd_pps "$@";;
 -h|--help|"") usage 0;;
-*) die "unknown subcommand $1 (start|run|wait-ready|stop|pps|counters|cleanup)";;
+*) die "unknown subcommand $1 (start|run|wait-ready|stop|pps|counters|cleanup|cmd)";;
 esac
