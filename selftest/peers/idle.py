@@ -20,7 +20,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def proc_times():
-    """pid -> (comm, ticks of user + system time) for every process."""
+    """pid -> (comm, ticks of user + system time, process group) for every process."""
     out = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -33,7 +33,7 @@ def proc_times():
         # comm is in parentheses and may hold spaces or parentheses itself.
         comm = raw[raw.index("(") + 1 : raw.rindex(")")]
         rest = raw[raw.rindex(")") + 2 :].split()
-        out[int(pid)] = (comm, int(rest[11]) + int(rest[12]))
+        out[int(pid)] = (comm, int(rest[11]) + int(rest[12]), int(rest[2]))
     return out
 
 
@@ -91,12 +91,14 @@ def main():
     ap.add_argument("--min-rate", type=float, default=0.80, help="least spin rate against the best seen")
     ap.add_argument("--max-steal-pct", type=float, default=5.0)
     ap.add_argument("--ignore", default="", help="comma-separated pids to leave out (e.g. the benchmark's own)")
+    ap.add_argument("--ignore-pgid", default="", help="comma-separated process groups to leave out")
     ap.add_argument("--passive", action="store_true", help="only watch processes: no spin loop (use during a run)")
     ap.add_argument("--spin-seconds", type=float, default=0.5)
     ap.add_argument("--cache", default=os.environ.get("SNABB_RS_IDLE_CACHE", "/var/cache/snabb-rs/idle-spin-rate"))
     args = ap.parse_args()
 
     ignore = own_pids() | {int(p) for p in args.ignore.split(",") if p.strip()}
+    ignore_groups = {int(p) for p in args.ignore_pgid.split(",") if p.strip()}
     reasons = []
 
     p0, s0, t0 = proc_times(), cpu_steal(), time.monotonic()
@@ -104,8 +106,8 @@ def main():
     p1, s1, t1 = proc_times(), cpu_steal(), time.monotonic()
     window = t1 - t0
     busy = []
-    for pid, (comm, ticks) in p1.items():
-        if pid in ignore or pid not in p0:
+    for pid, (comm, ticks, pgid) in p1.items():
+        if pid in ignore or pgid in ignore_groups or pid not in p0:
             continue
         pct = 100.0 * (ticks - p0[pid][1]) / CLK_TCK / window
         if pct > args.max_proc_pct:
