@@ -11,7 +11,7 @@
 # socket and huge page file it made is removed, also on failure.
 # Exit 0 pass, 43 skip (line "SKIP reason"), 1 fail.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 P=$PWD/selftest/peers
 source "$P/lib.sh"
 
@@ -121,15 +121,19 @@ check "the switch forwarded both ways" test "$(field "$p0" rx_packets)" -gt 0 -a
 
 # --- 3. testpmd frontend <-> testpmd backend, counts on both sides --------------------------
 pair() { # SENDER(be|fe) LEN: run ~3 s, print "sent received"
-    local be_fwd=rxonly fe_fwd=txonly be_i="" fe_i="--interactive" receiver=be
-    if [ "$1" = be ]; then be_fwd=txonly fe_fwd=rxonly be_i="--interactive" fe_i="" receiver=fe; fi
-    "$T" start be --vhost "$W/pair.sock" --cpu 0 --fwd "$be_fwd" --txpkts "$2" $be_i >>"$W/started"
+    # The sender waits at its prompt until the receiver forwards: a virtio
+    # port flushes its rx ring when it starts, which would lose packets sent
+    # before; at the end it stops forwarding but stays connected, so the
+    # receiver drains the ring before both quit and print their counts.
+    local be_fwd=rxonly fe_fwd=txonly be_i=() fe_i=(--interactive --paused) receiver=be
+    if [ "$1" = be ]; then be_fwd=txonly fe_fwd=rxonly be_i=(--interactive --paused) fe_i=() receiver=fe; fi
+    "$T" start be --vhost "$W/pair.sock" --cpu 0 --fwd "$be_fwd" --txpkts "$2" "${be_i[@]}" >>"$W/started"
     "$T" wait-ready be --timeout 30 >/dev/null || { echo "0 -1"; return; }
-    "$T" start fe --virtio-user "$W/pair.sock" --cpu 1 --fwd "$fe_fwd" --txpkts "$2" $fe_i >>"$W/started"
+    "$T" start fe --virtio-user "$W/pair.sock" --cpu 1 --fwd "$fe_fwd" --txpkts "$2" "${fe_i[@]}" >>"$W/started"
     "$T" wait-ready fe --timeout 30 >/dev/null || { echo "0 -1"; return; }
+    sleep 1
+    "$T" cmd "$1" start >/dev/null
     sleep 3
-    # The sender stops forwarding but stays connected; the receiver drains
-    # what is still on the ring; then both quit and print their counts.
     "$T" cmd "$1" stop >/dev/null
     sleep 1
     local out
@@ -144,7 +148,7 @@ check "backend txonly -> frontend rxonly, 1500 B: sent $sent, received $recv" te
 
 left=0
 for prefix in $(grep -o 'prefix=[^ ]*' "$W/started" | cut -d= -f2); do
-    left=$((left + $(ls "$(hugepage_dir)" 2>/dev/null | grep -c "^${prefix}map_")))
+    for f in "$(hugepage_dir)/${prefix}"map_*; do [ -e "$f" ] && left=$((left + 1)); done
 done
 check "no huge page files left by our testpmds" test "$left" = 0
 

@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+# shellcheck shell=dash
 # /init of the test guest's initramfs (copied in by guest-kit.sh).
 #
 # Everything the guest does comes from the kernel command line, as
@@ -34,14 +35,14 @@ up() { cut -d' ' -f1 /proc/uptime; }
 mark() { echo "$*"; }
 
 # Defaults, then the command line.
-G_mode=idle G_ip= G_peer= G_mac= G_mtu= G_queues=1 G_count=5 G_wait=120 G_secs=5 G_streams=1
+G_mode=idle G_ip='' G_peer='' G_mac='' G_mtu='' G_queues=1 G_count=5 G_wait=120 G_secs=5 G_streams=1
 G_reboots=2 G_after=poweroff G_hold=1
 for a in $(cat /proc/cmdline); do
     case $a in
     guest.*=*)
-        k=${a%%=*}; k=${k#guest.}; v=${a#*=}
+        k=${a%%=*}; k=${k#guest.}
         case $k in *[!a-z_]*) mark "GUEST_ERROR bad_param=$k"; continue;; esac
-        eval "G_$k=\$v";;
+        eval "G_$k=\${a#*=}";;
     esac
 done
 mark "GUEST_BOOT uptime=$(up) mode=$G_mode"

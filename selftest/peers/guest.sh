@@ -46,6 +46,7 @@
 #   GUEST_STOPPED name=N how=gone|signal|kill
 #   GUEST_STATUS name=N running=yes|no pid=P
 #   ACCEL name=kvm|tcg reason=...
+# shellcheck disable=SC2054 # commas inside QEMU arguments are QEMU's
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -136,7 +137,7 @@ cmd_start() {
     if [ "$dry" = 0 ] && [ -f "$pidf" ] && pid_is "$(cat "$pidf")" qemu; then
         die "guest $name is already running (pid $(cat "$pidf")); stop it first"
     fi
-    [ -n "$mac" ] || mac=$(printf '52:54:00:%02x:%02x:%02x' $(cksum <<<"$name" | awk '{ n = $1; print n % 256, int(n / 256) % 256, int(n / 65536) % 256 }'))
+    [ -n "$mac" ] || mac=$(cksum <<<"$name" | awk '{ n = $1; printf "52:54:00:%02x:%02x:%02x", n % 256, int(n / 256) % 256, int(n / 65536) % 256 }')
 
     local kit kernel initrd accel reason
     kit=$("$PEERS_DIR/guest-kit.sh" --cache "$CACHE") || die "guest kit failed"
@@ -153,7 +154,7 @@ cmd_start() {
     local memobj="memory-backend-memfd,id=mem,size=${mem}M,share=on"
     [ "$huge" = 1 ] && memobj+=",hugetlb=on,hugetlbsize=2M"
     local chardev="socket,id=vhu0,path=$sock"
-    [ "$server" = 1 ] && chardev+=",server=on"
+    [ "$server" = 1 ] && chardev+=",server=on,wait=off" # QEMU still waits for the backend, after creating the monitor
     [ -n "$reconnect" ] && chardev+=",reconnect=$reconnect"
     local dev="virtio-net-pci,netdev=net0,mac=$mac,romfile=,vectors=$vectors"
     [ "$queues" -gt 1 ] && dev+=",mq=on"
@@ -259,7 +260,10 @@ cmd_monitor() {
     "$PYTHON" - "$DIR/$name.mon" "$*" <<'EOF'
 import socket, sys, time
 s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
+try:
+    s.connect(sys.argv[1])
+except OSError as e:
+    sys.exit(f"GUEST_MONITOR_ERROR monitor={sys.argv[1]} error={e.strerror.replace(' ', '_')}")
 s.settimeout(5)
 def until_prompt():
     buf = b""
@@ -269,9 +273,13 @@ def until_prompt():
             break
         buf += chunk
     return buf.decode(errors="replace")
-until_prompt()
-s.sendall(sys.argv[2].encode() + b"\n")
-out = until_prompt()
+try:
+    until_prompt()
+    s.sendall(sys.argv[2].encode() + b"\n")
+    out = until_prompt()
+except TimeoutError:
+    # In server mode QEMU answers only once the backend has connected.
+    sys.exit(f"GUEST_MONITOR_ERROR monitor={sys.argv[1]} error=no_answer")
 # The monitor echoes the command (with terminal escapes) before the answer.
 lines = [l for l in out.replace("\r", "").split("\n")[1:] if l != "(qemu) "]
 print("\n".join(lines).rstrip())

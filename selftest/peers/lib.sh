@@ -1,6 +1,7 @@
 # Shared helpers of the peer scripts (sourced, not run).
 # shellcheck shell=bash
 
+# shellcheck disable=SC2034 # used by the scripts that source this
 PEERS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 PYTHON=${PYTHON:-python3}
 

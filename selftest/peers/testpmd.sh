@@ -35,6 +35,7 @@
 #                          e.g. "stop" (forwarding stops, ports stay connected), "start",
 #                          "show port stats all". Forwarding starts at once (--auto-start); there
 #                          are no per-second statistics in this mode.
+#   --paused               with --interactive: do not start forwarding until `cmd NAME start`
 #   -- ARGS                more testpmd application arguments, e.g. --tx-first
 #
 # Output lines (stdout), for scripts:
@@ -56,7 +57,7 @@ usage() { usage_of "$0" "${1:-0}"; }
 parse_start() {
     NAME=$1; shift
     PORTS=() CPU=0 FWD=io TXPKTS=64 BURST=32 QUEUES=1 PACKED=0 MRG="" MEM=512 NOHUGE=0 MBUFS=32768
-    PERIOD=1 VDEVARGS="" LOGLEVEL="" VHOST_CLIENT=0 VU_SERVER=0 INTERACTIVE=0 EXTRA=()
+    PERIOD=1 VDEVARGS="" LOGLEVEL="" VHOST_CLIENT=0 VU_SERVER=0 INTERACTIVE=0 PAUSED=0 EXTRA=()
     while [ $# -gt 0 ]; do
         case $1 in
         --dir) DIR=$2; shift 2;;
@@ -78,11 +79,13 @@ parse_start() {
         --vdev-args) VDEVARGS=$2; shift 2;;
         --log-level) LOGLEVEL=$2; shift 2;;
         --interactive) INTERACTIVE=1; shift;;
+        --paused) PAUSED=1; shift;;
         --) shift; EXTRA=("$@"); break;;
         *) die "testpmd.sh: unknown option $1";;
         esac
     done
     [ ${#PORTS[@]} -gt 0 ] || die "testpmd.sh: give at least one --vhost SOCK or --virtio-user SOCK"
+    [ "$PAUSED" = 1 ] && [ "$INTERACTIVE" = 0 ] && die "testpmd.sh: --paused needs --interactive"
     [[ $CPU =~ ^[0-9]+$ ]] || die "--cpu takes one CPU number"
 }
 
@@ -125,7 +128,8 @@ build_cmd() {
     CMD+=(-- --forward-mode="$FWD" --txpkts="$TXPKTS" --burst="$BURST" --nb-cores=1 --no-flush-rx
         --total-num-mbufs="$MBUFS" --rxq="$QUEUES" --txq="$QUEUES")
     if [ "$INTERACTIVE" = 1 ]; then
-        CMD+=(-i --auto-start)
+        CMD+=(-i)
+        [ "$PAUSED" = 1 ] || CMD+=(--auto-start)
     elif [ "$PERIOD" != 0 ]; then
         CMD+=(--stats-period "$PERIOD")
     fi
@@ -144,16 +148,21 @@ launch() {
     done
     echo "$PREFIX" > "$DIR/$NAME.prefix"
     printf '%q ' "${CMD[@]}" > "$DIR/$NAME.cmd"
+    # The sockets a backend listens on: wait-ready waits for them.
+    : > "$DIR/$NAME.socks"
+    for p in "${PORTS[@]}"; do
+        case $p in
+        vhost:*) [ "$VHOST_CLIENT" = 0 ] && echo "${p#*:}" >> "$DIR/$NAME.socks";;
+        virtio:*) [ "$VU_SERVER" = 1 ] && echo "${p#*:}" >> "$DIR/$NAME.socks";;
+        esac
+    done
     [ -f "$log" ] && mv -f "$log" "$log.prev"
-    if [ "$INTERACTIVE" = 1 ]; then
-        # testpmd opens its FIFO read-write, so it never sees end-of-file
-        # between the commands written to it.
-        rm -f "$DIR/$NAME.in"; mkfifo "$DIR/$NAME.in"
-        setsid "${CMD[@]}" <>"$DIR/$NAME.in" >"$log" 2>&1 &
-    else
-        rm -f "$DIR/$NAME.in"
-        setsid "${CMD[@]}" </dev/null >"$log" 2>&1 &
-    fi
+    # stdin is a FIFO that testpmd opens read-write, so it never sees
+    # end-of-file: the prompt of --interactive reads commands from it, and
+    # without --stats-period testpmd waits on it ("Press enter to exit").
+    rm -f "$DIR/$NAME.in"; mkfifo "$DIR/$NAME.in"
+    [ "$INTERACTIVE" = 1 ] && echo interactive > "$DIR/$NAME.mode" || echo batch > "$DIR/$NAME.mode"
+    setsid "${CMD[@]}" <>"$DIR/$NAME.in" >"$log" 2>&1 &
     PID=$!
     echo "$PID" > "$pidf"
     echo "TESTPMD_STARTED name=$NAME pid=$PID log=$log prefix=$PREFIX huge=$HUGE cpu=$CPU fwd=$FWD txpkts=$TXPKTS ports=${#PORTS[@]}"
@@ -187,15 +196,13 @@ cmd_wait_ready() {
     local log=$DIR/$name.log pid deadline socks
     pid=$(cat "$DIR/$name.pid" 2>/dev/null || true)
     deadline=$(( $(date +%s) + timeout ))
-    # Sockets a backend listens on, from the vdev arguments it was given.
-    socks=$(grep -o 'net_vhost[0-9]*,iface=[^, ]*' "$DIR/$name.cmd" 2>/dev/null | sed 's/.*iface=//')
-    grep -q 'client=1' "$DIR/$name.cmd" 2>/dev/null && socks=""
+    socks=$(cat "$DIR/$name.socks" 2>/dev/null)
     while :; do
         if grep -q -E 'Too many memory regions|Failed to start device|Cause:|EAL: Error' "$log" 2>/dev/null; then
             echo "TESTPMD_FAILED name=$name reason=$(grep -m1 -o -E 'Too many memory regions|Failed to start device|Cause:.*|EAL: Error.*' "$log" | tr ' ' _)"
             return 2
         fi
-        if grep -q -E 'start packet forwarding|^testpmd> ' "$log" 2>/dev/null; then
+        if grep -q -E 'start packet forwarding|Press enter to exit|^testpmd> ' "$log" 2>/dev/null; then
             local s ok=1
             for s in $socks; do [ -S "$s" ] || ok=0; done
             [ "$ok" = 1 ] && { echo "TESTPMD_READY name=$name"; return 0; }
@@ -224,7 +231,7 @@ cmd_stop() {
     pid=$(cat "$DIR/$name.pid" 2>/dev/null || true)
     # "quit" at the prompt, or SIGINT: testpmd stops forwarding, prints its
     # forward statistics and closes the ports.
-    if [ -p "$DIR/$name.in" ] && pid_is "$pid" dpdk-testpmd; then
+    if [ "$(cat "$DIR/$name.mode" 2>/dev/null)" = interactive ] && pid_is "$pid" dpdk-testpmd; then
         timeout 2 sh -c 'echo quit > "$1"' _ "$DIR/$name.in"
         local i
         for ((i = 0; i < timeout * 10; i++)); do pid_is "$pid" dpdk-testpmd || { how=quit; break; }; sleep 0.1; done
@@ -247,7 +254,7 @@ cmd_cleanup() {
     hp=$(hugepage_dir)
     [ -n "$hp" ] && rm -f "$hp/${prefix}"map_*
     rm -rf "/var/run/dpdk/$prefix"
-    rm -f "$DIR/$name.prefix" "$DIR/$name.in"
+    rm -f "$DIR/$name.prefix" "$DIR/$name.in" "$DIR/$name.mode"
     echo "TESTPMD_CLEANED name=$name prefix=$prefix"
 }
 
@@ -302,7 +309,7 @@ cmd_pps() {
 cmd_cmd() { # NAME [--dir DIR] COMMAND...
     local name=$1; shift
     if [ "${1:-}" = --dir ]; then DIR=$2; shift 2; fi
-    [ -p "$DIR/$name.in" ] || die "testpmd $name was not started with --interactive"
+    [ "$(cat "$DIR/$name.mode" 2>/dev/null)" = interactive ] || die "testpmd $name was not started with --interactive"
     local log=$DIR/$name.log before
     before=$(wc -c <"$log")
     timeout 2 sh -c 'echo "$2" > "$1"' _ "$DIR/$name.in" "$*" || die "testpmd $name does not read its commands"
