@@ -35,6 +35,8 @@
 #   --accel auto|kvm|tcg default $SNABB_RS_GUEST_ACCEL or auto (probe KVM once, cached)
 #   --boot pvh|bzimage   pvh (default) boots the uncompressed vmlinux directly
 #   --cpus LIST          pin QEMU with taskset
+#   --log FILE           serial console log (default DIR/NAME.log)
+#   --pidfile FILE       QEMU's pid (default DIR/NAME.pid); wait/stop/status find both through DIR/NAME.where
 #   --cache DIR          guest kit cache (see guest-kit.sh)
 #   --dry-run            print the QEMU command line and exit
 #
@@ -92,6 +94,15 @@ choose_accel() { # prints "kvm|tcg reason"
     echo "$probe"
 }
 
+# Where NAME's console log and pid file are (start may have been told other places).
+where() { # NAME: sets LOG and PIDF
+    LOG=$DIR/$1.log PIDF=$DIR/$1.pid
+    if [ -f "$DIR/$1.where" ]; then
+        LOG=$(sed -n 's/^log=//p' "$DIR/$1.where")
+        PIDF=$(sed -n 's/^pid=//p' "$DIR/$1.where")
+    fi
+}
+
 kit_field() { # KIT-LINE KEY
     tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p"
 }
@@ -100,7 +111,7 @@ kit_field() { # KIT-LINE KEY
 cmd_start() {
     local name=$1; shift
     local sock="" server=0 reconnect="" mode=idle ip="" peer="" mac="" mem=512 huge=0 queues=1 smp=1
-    local packed=0 devopts="" append="" boot=pvh cpus="" dry=0 gargs=""
+    local packed=0 devopts="" append="" boot=pvh cpus="" dry=0 gargs="" log="" pidf=""
     ACCEL_ARG=""
     while [ $# -gt 0 ]; do
         case $1 in
@@ -125,6 +136,8 @@ cmd_start() {
         --accel) ACCEL_ARG=$2; shift 2;;
         --boot) boot=$2; shift 2;;
         --cpus) cpus=$2; shift 2;;
+        --log) log=$2; shift 2;;
+        --pidfile) pidf=$2; shift 2;;
         --dry-run) dry=1; shift;;
         *) die "guest.sh start: unknown option $1";;
         esac
@@ -133,7 +146,9 @@ cmd_start() {
     case $mode in probe|ping|ping-watch|iperf-server|iperf-client|idle|reboot-loop) ;; *) die "unknown mode $mode";; esac
     [[ $queues =~ ^[1-9][0-9]*$ ]] || die "--queues must be a positive number"
     mkdir -p "$DIR"
-    local log=$DIR/$name.log pidf=$DIR/$name.pid mon=$DIR/$name.mon qlog=$DIR/$name.qemu.log
+    local mon=$DIR/$name.mon qlog=$DIR/$name.qemu.log
+    [ -n "$log" ] || log=$DIR/$name.log
+    [ -n "$pidf" ] || pidf=$DIR/$name.pid
     if [ "$dry" = 0 ] && [ -f "$pidf" ] && pid_is "$(cat "$pidf")" qemu; then
         die "guest $name is already running (pid $(cat "$pidf")); stop it first"
     fi
@@ -183,6 +198,7 @@ cmd_start() {
         return 0
     fi
 
+    printf 'log=%s\npid=%s\n' "$log" "$pidf" > "$DIR/$name.where"
     [ -f "$log" ] && mv -f "$log" "$log.prev"
     : > "$log"
     rm -f "$mon"
@@ -211,8 +227,10 @@ cmd_wait() {
         *) die "guest.sh wait: unknown option $1";;
         esac
     done
-    local log=$DIR/$name.log pid line deadline alive
-    pid=$(cat "$DIR/$name.pid" 2>/dev/null || true)
+    local LOG PIDF pid line deadline alive
+    where "$name"
+    local log=$LOG
+    pid=$(cat "$PIDF" 2>/dev/null || true)
     deadline=$(( $(date +%s) + timeout ))
     while :; do
         alive=0; pid_is "$pid" qemu && alive=1
@@ -237,18 +255,20 @@ cmd_stop() {
         *) die "guest.sh stop: unknown option $1";;
         esac
     done
-    local pid how=gone
-    pid=$(cat "$DIR/$name.pid" 2>/dev/null || true)
+    local LOG PIDF pid how=gone
+    where "$name"
+    pid=$(cat "$PIDF" 2>/dev/null || true)
     if pid_is "$pid" qemu; then how=$(stop_pid "$pid" TERM "$timeout"); fi
-    rm -f "$DIR/$name.pid" "$DIR/$name.mon" "$DIR/$name.state"
+    rm -f "$PIDF" "$DIR/$name.mon" "$DIR/$name.state"
     echo "GUEST_STOPPED name=$name how=$how"
 }
 
 cmd_status() {
     local name=$1; shift
     [ "${1:-}" = --dir ] && DIR=$2
-    local pid
-    pid=$(cat "$DIR/$name.pid" 2>/dev/null || true)
+    local LOG PIDF pid
+    where "$name"
+    pid=$(cat "$PIDF" 2>/dev/null || true)
     if pid_is "$pid" qemu; then echo "GUEST_STATUS name=$name running=yes pid=$pid"
     else echo "GUEST_STATUS name=$name running=no pid=${pid:-none}"; return 1; fi
 }

@@ -58,7 +58,7 @@ pid_is() { # PID NAME|NAME...
 
 # Median of the numbers on stdin (one a line); prints nothing when empty.
 median() {
-    sort -g | awk '{ a[n++] = $1 } END { if (n) { if (n % 2) print a[(n - 1) / 2]; else print (a[n / 2 - 1] + a[n / 2]) / 2 } }'
+    sort -g | awk '{ a[n++] = $1 } END { if (n) { if (n % 2) print a[(n - 1) / 2]; else printf "%.10g\n", (a[n / 2 - 1] + a[n / 2]) / 2 } }'
 }
 
 # The comment block at the top of SCRIPT (after the #! line): its usage text.
