@@ -61,14 +61,26 @@ cleanup() {
 }
 trap 'cleanup $?' EXIT
 trap 'echo "interrupted"; FAILED=$((FAILED + 1)); exit 1' INT TERM
-# The whole suite is bounded: past the limit, the watchdog interrupts it (the trap cleans up).
-# Its sleep must not hold our stdout open (a caller reading it would wait for the sleep).
+children_of() { # PID: the processes whose parent is PID
+    local f stat fields
+    for f in /proc/[0-9]*/stat; do
+        stat=$(cat "$f" 2>/dev/null) || continue
+        read -r -a fields <<<"${stat##*) }" # after the command name: state ppid ...
+        [ "${fields[1]:-}" = "$1" ] && { f=${f#/proc/}; echo "${f%/stat}"; }
+    done
+}
+# The whole suite is bounded: past the limit, the watchdog interrupts it.
+# Bash runs the trap only when the current command is over, so the
+# watchdog also ends the suite's children (a guest.sh wait, say); the trap
+# then stops every peer. Its sleep must not hold our stdout open (a caller
+# reading it would wait for the sleep).
 (
     sleep "$LIMIT" >/dev/null 2>&1 &
     trap 'kill $! 2>/dev/null; exit 0' TERM
     wait $!
     echo "FAIL the suite ran past ${LIMIT} s"
     kill -TERM $$
+    for pid in $(children_of $$); do [ "$pid" != "$BASHPID" ] && kill -TERM "$pid" 2>/dev/null; done
 ) &
 WATCHDOG=$!
 START=$(date +%s)
