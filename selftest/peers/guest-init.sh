@@ -10,6 +10,7 @@
 #   guest.peer     the address to ping / to run iperf3 against
 #   guest.mac      MAC for eth0 (QEMU's device mac= normally already set it)
 #   guest.mtu      MTU for eth0
+#   guest.vlan     802.1Q VLAN id: the addresses go on eth0.ID, and traffic is tagged
 #   guest.queues   queue pairs to enable (ethtool -L combined N)
 #   guest.count    pings after the first answer (ping, reboot-loop); 0 = forever (ping-watch)
 #   guest.wait     seconds to wait for the first answer (default 120)
@@ -35,7 +36,7 @@ up() { cut -d' ' -f1 /proc/uptime; }
 mark() { echo "$*"; }
 
 # Defaults, then the command line.
-G_mode=idle G_ip='' G_peer='' G_mac='' G_mtu='' G_queues=1 G_count=5 G_wait=120 G_secs=5 G_streams=1
+G_mode=idle G_ip='' G_peer='' G_mac='' G_mtu='' G_vlan='' G_queues=1 G_count=5 G_wait=120 G_secs=5 G_streams=1
 G_reboots=2 G_after=poweroff G_hold=1
 for a in $(cat /proc/cmdline); do
     case $a in
@@ -69,7 +70,7 @@ fi
 
 # virtio modules, dependencies first (busybox insmod does not resolve them).
 for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci \
-         failover net_failover virtio_net virtio_blk; do
+         failover net_failover virtio_net virtio_blk llc stp garp mrp 8021q; do
     [ -e /lib/modules/$m.ko ] || continue
     insmod /lib/modules/$m.ko 2>/tmp/insmod.err || mark "GUEST_ERROR insmod=$m $(cat /tmp/insmod.err)"
 done
@@ -88,8 +89,15 @@ ip link set lo up
 [ -n "$G_mac" ] && { ip link set eth0 address "$G_mac" || mark "GUEST_ERROR mac=$G_mac"; }
 [ -n "$G_mtu" ] && { ip link set eth0 mtu "$G_mtu" || mark "GUEST_ERROR mtu=$G_mtu"; }
 ip link set eth0 up
+IF=eth0
+if [ -n "$G_vlan" ]; then
+    IF=eth0.$G_vlan
+    ip link add link eth0 name "$IF" type vlan id "$G_vlan" || mark "GUEST_ERROR vlan=$G_vlan"
+    echo 0 > "/proc/sys/net/ipv6/conf/$IF/accept_dad"
+    ip link set "$IF" up
+fi
 for a in $(echo "$G_ip" | tr , ' '); do
-    ip addr add "$a" dev eth0 || mark "GUEST_ERROR ip=$a"
+    ip addr add "$a" dev "$IF" || mark "GUEST_ERROR ip=$a"
 done
 if [ "$G_queues" -gt 1 ]; then
     # Spread transmit over every queue by flow hash: with one vCPU, XPS
@@ -99,16 +107,16 @@ if [ "$G_queues" -gt 1 ]; then
 fi
 nq=$(ls -d /sys/class/net/eth0/queues/rx-* | wc -l)
 feat=$(cat /sys/class/net/eth0/device/features 2>/dev/null)
-mark "GUEST_READY uptime=$(up) mac=$(cat /sys/class/net/eth0/address) ip=$G_ip queues=$nq features=$feat"
+mark "GUEST_READY uptime=$(up) mac=$(cat /sys/class/net/eth0/address) if=$IF ip=$G_ip queues=$nq features=$feat"
 
 # ping6 for IPv6 peers; a link-local one needs the interface.
 pingp() {
     case $G_peer in
-    *:*) ping6 -I eth0 "$@" "$G_peer";;
+    *:*) ping6 -I "$IF" "$@" "$G_peer";;
     *) ping "$@" "$G_peer";;
     esac
 }
-peer_for_iperf() { case $G_peer in fe80:*) echo "$G_peer%eth0";; *) echo "$G_peer";; esac; }
+peer_for_iperf() { case $G_peer in fe80:*) echo "$G_peer%$IF";; *) echo "$G_peer";; esac; }
 
 first_ping() {
     [ -n "$G_peer" ] || fail "no_peer"

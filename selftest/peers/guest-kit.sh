@@ -28,7 +28,8 @@ while [ $# -gt 0 ]; do
 done
 
 # Modules the guest loads, in load order (see guest-init.sh).
-MODULES="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net virtio_blk"
+MODULES="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net virtio_blk
+    llc stp garp mrp 8021q"
 # Bump when the layout of the kit changes.
 KIT_VERSION=1
 
@@ -38,7 +39,6 @@ flock -w 600 9 || die "guest kit: another build holds $CACHE/.lock"
 [ "$REBUILD" = 1 ] && rm -rf "$CACHE/kernel" "$CACHE"/initrd-*.gz "$CACHE/current-kernel"
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/guest-kit.XXXXXX")
-chmod 755 "$TMP" # apt-get download drops privileges to _apt
 trap 'rm -rf "$TMP"' EXIT
 
 # --- kernel -------------------------------------------------------------------
@@ -57,7 +57,8 @@ kernel_package() { # the versioned package linux-image-amd64 points at
 fetch_kernel() { # PACKAGE: unpack it and keep the kernel, the modules we need, and vmlinux
     local pkg=$1 deb root kv kdir m f
     say "downloading $pkg"
-    (cd "$TMP" && apt-get download -qq "$pkg" >&2) || die "apt-get download $pkg failed"
+    # As root: the _apt user may not write to our temp dir.
+    (cd "$TMP" && apt-get -o APT::Sandbox::User=root download -qq "$pkg" >&2) || die "apt-get download $pkg failed"
     deb=$(ls "$TMP"/*.deb)
     root=$TMP/root
     dpkg-deb -x "$deb" "$root"
@@ -96,8 +97,14 @@ EOF
     echo "$kv" > "$CACHE/current-kernel"
 }
 
+kernel_complete() { # KV: the cached kernel has everything this version of the kit needs
+    local m
+    [ -n "$1" ] && [ -f "$CACHE/kernel/$1/bzImage" ] || return 1
+    for m in $MODULES; do [ -f "$CACHE/kernel/$1/modules/$m.ko" ] || return 1; done
+}
+
 KV=$(cat "$CACHE/current-kernel" 2>/dev/null || true)
-if [ -z "$KV" ] || [ ! -f "$CACHE/kernel/$KV/bzImage" ]; then
+if ! kernel_complete "$KV"; then
     fetch_kernel "$(kernel_package)"
 elif [ "$UPDATE" = 1 ]; then
     PKG=$(kernel_package)
@@ -138,8 +145,11 @@ if [ ! -f "$INITRD" ]; then
     # No cpio package needed: busybox has one.
     (cd "$TMP/ird" && find . | "$BUSYBOX" cpio -o -H newc 2>/dev/null | gzip -1) > "$INITRD.tmp"
     mv "$INITRD.tmp" "$INITRD"
-    for f in "$CACHE"/initrd-*.gz; do [ "$f" = "$INITRD" ] || rm -f "$f"; done
 fi
+# Other checkouts (another branch's guest-init.sh) may use other initramfs
+# files at the same time: only those unused for a day go.
+touch "$INITRD"
+find "$CACHE" -maxdepth 1 -name 'initrd-*.gz' -mtime +1 -delete
 
 VMLINUX=$KDIR/vmlinux
 [ -f "$VMLINUX" ] || VMLINUX=none

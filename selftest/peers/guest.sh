@@ -23,7 +23,7 @@
 #   --ip LIST            eth0 addresses, comma-separated: 169.254.0.1/16,fe80::1/64
 #   --peer ADDR          address to ping / connect iperf3 to
 #   --mac MAC            default: 52:54:00 + 3 bytes derived from NAME
-#   --count N --wait S --secs S --streams N --reboots N --after poweroff|idle --hold S --mtu N
+#   --count N --wait S --secs S --streams N --reboots N --after poweroff|idle --hold S --mtu N --vlan ID
 #                        passed to the guest (see guest-init.sh)
 #   --mem MB             guest memory, shared memfd (default 512)
 #   --hugepages          back guest memory with 2 MiB huge pages (memfd hugetlb)
@@ -124,7 +124,7 @@ cmd_start() {
         --ip) ip=$2; shift 2;;
         --peer) peer=$2; shift 2;;
         --mac) mac=$2; shift 2;;
-        --count|--wait|--secs|--streams|--reboots|--after|--hold|--mtu)
+        --count|--wait|--secs|--streams|--reboots|--after|--hold|--mtu|--vlan)
             gargs+=" guest.${1#--}=$2"; shift 2;;
         --mem) mem=$2; shift 2;;
         --hugepages) huge=1; shift;;
