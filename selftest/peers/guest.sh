@@ -182,12 +182,13 @@ cmd_start() {
         -chardev "file,id=con0,path=$log" -serial chardev:con0
         -monitor "unix:$mon,server=on,wait=off"
         -kernel "$kernel" -initrd "$initrd")
+    # No -no-reboot: a reboot (the guest's, or `monitor NAME system_reset`)
+    # resets the device and boots the guest again in the same QEMU, the way
+    # a VM restarts in production; power-off ends QEMU.
     if [ "$mode" = reboot-loop ]; then
-        # The guest counts its rounds on this disk; the guest reboots, QEMU stays.
+        # The guest counts its rounds on this disk.
         [ "$dry" = 1 ] || { rm -f "$DIR/$name.state"; truncate -s 4096 "$DIR/$name.state"; }
         args+=(-drive "file=$DIR/$name.state,format=raw,if=none,id=state" -device virtio-blk-pci,drive=state,romfile=)
-    else
-        args+=(-no-reboot)
     fi
     local ipq=""; [ -n "$ip" ] && ipq=" guest.ip=$ip"
     local peerq=""; [ -n "$peer" ] && peerq=" guest.peer=$peer"
@@ -238,7 +239,11 @@ cmd_wait() {
         line=$(tr -d '\r' <"$log" 2>/dev/null | grep -a -o -E "(^|[^A-Z_])$marker( .*|$)" | sed -n "${nth}p" |
             sed -E "s/^[^A-Z_]?($marker)/\1/")
         if [ -n "$line" ]; then echo "$line"; return 0; fi
-        if [ "$alive" = 0 ]; then echo "GUEST_WAIT_EXITED name=$name marker=$marker"; return 2; fi
+        if [ "$alive" = 0 ]; then
+            echo "GUEST_WAIT_EXITED name=$name marker=$marker"
+            [ -s "$DIR/$name.qemu.log" ] && sed 's/^/  qemu: /' "$DIR/$name.qemu.log" | tail -5 >&2
+            return 2
+        fi
         if [ "$(date +%s)" -ge "$deadline" ]; then echo "GUEST_WAIT_TIMEOUT name=$name marker=$marker"; return 1; fi
         sleep 0.2
     done
