@@ -93,7 +93,7 @@ build_cmd() {
     # A prefix of our own: huge page files and the runtime dir are named after it,
     # so parallel runs (other suites, other developers) never collide or clean up each other.
     PREFIX="pr-${NAME//[^A-Za-z0-9]/}-$$"
-    local huge=yes i=0 p kind sock vdev has_virtio=0
+    local huge=yes p kind sock vdev has_virtio=0
     if [ "$NOHUGE" = 1 ] || [ -z "$(hugepage_dir)" ] || [ "$(hugepages_free)" -lt $(( MEM / 2 + 16 )) ]; then
         huge=no
     fi
@@ -118,7 +118,6 @@ build_cmd() {
         fi
         [ -n "$VDEVARGS" ] && vdev+=",$VDEVARGS"
         CMD+=(--vdev "$vdev")
-        i=$((i + 1))
     done
     # virtio-user hands its memory to the backend as fds; with one file per
     # huge page it runs out of memory-table slots and moves nothing.
