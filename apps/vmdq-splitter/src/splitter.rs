@@ -2,13 +2,12 @@
 //! 82599 chooses them (see `filters`).
 //!
 //! Per packet: one 8-byte load for the destination MAC, a look at the
-//! ethertype for an 802.1Q tag, one table lookup. A frame for one pool moves
-//! on in its own buffer; a frame for several is copied for all but the last
-//! of them. Senders on the pool links are made as the first frame for each
-//! pool comes in a breath, and hold the link's cursor in a register until
-//! the batch is done.
+//! ethertype for an 802.1Q tag, one table lookup, one transmit. A frame for
+//! one pool moves on in its own buffer; a frame for several is copied for
+//! all but the last of them. (Batch senders, one per pool, cost more than
+//! they save here: with many pools each gets only a frame or two a breath,
+//! and a table of 64 of them must be set up every breath.)
 
-use snabb_core::link::Transmitter;
 use snabb_core::{App, AppClass, AppContext, Io, Link, Packet};
 
 use crate::args::{Checked, MAX_POOLS, VmdqSplitterArgs};
@@ -129,7 +128,7 @@ impl VmdqSplitter {
     }
 
     fn split(&mut self, input: &Link, links: &[Option<&Link>; MAX_POOLS]) {
-        let mut out = Outputs { links, tx: [const { None }; MAX_POOLS] };
+        let mut out = Outputs { links };
         let c = &mut self.c;
         let filters = &self.filters;
         let linked = self.linked;
@@ -188,25 +187,16 @@ impl VmdqSplitter {
     }
 }
 
-/// The senders of one batch, made as each pool gets its first frame.
+/// The pool links, by pool number (None: not linked).
 struct Outputs<'a> {
     links: &'a [Option<&'a Link>; MAX_POOLS],
-    tx: [Option<Transmitter<'a>>; MAX_POOLS],
 }
 
 impl Outputs<'_> {
     #[inline(always)]
     fn send(&mut self, i: usize, p: Packet) {
-        match &mut self.tx[i] {
-            Some(t) => t.send(p),
-            slot => {
-                // Only linked pools get here: `linked` was checked.
-                if let Some(l) = self.links[i] {
-                    let mut t = l.transmitter();
-                    t.send(p);
-                    *slot = Some(t);
-                }
-            }
+        if let Some(l) = self.links[i] {
+            l.transmit(p);
         }
     }
 }
