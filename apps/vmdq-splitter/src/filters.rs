@@ -115,9 +115,7 @@ impl Filters {
             if names.insert(name, i).is_some() {
                 return Err(format!("pool `{name}` defined twice"));
             }
-            if let Some(v) = p.vlan
-                && !(1..=4094).contains(&v)
-            {
+            if let Some(v) = p.vlan.filter(|v| !(1..=4094).contains(v)) {
                 return Err(format!(
                     "pool `{name}`: VLAN {v}: must be 1 to 4094 (0 marks priority-tagged frames, 4095 is reserved)"
                 ));
@@ -273,9 +271,7 @@ impl Filters {
                 Verdict::Deliver(Route { pools, strip: strip & pools })
             };
         }
-        if !self.uta.is_empty()
-            && let Some(r) = self.uta.get(mac)
-        {
+        if let Some(r) = if self.uta.is_empty() { None } else { self.uta.get(mac) } {
             let pools = r.pools & vlan;
             if pools != 0 {
                 return Verdict::Deliver(Route { pools, strip: strip & pools });
