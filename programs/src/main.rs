@@ -100,6 +100,7 @@ pub fn registry() -> snabb_core::Registry {
     let mut r = snabb_core::Registry::new();
     snabb_apps_basic::register(&mut r);
     snabb_apps_vmdq_splitter::register(&mut r);
+    snabb_apps_rawsocket::register(&mut r);
     r
 }
 

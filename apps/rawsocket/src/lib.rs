@@ -66,15 +66,18 @@ pub mod rig {
             Ok(Rig { app, rx, tx, io })
         }
 
-        /// Send frames out of the interface.
+        /// Send frames out of the interface, waiting up to five seconds
+        /// for room in the transmit ring; what is left then is dropped.
         pub fn send(&mut self, frames: &[Vec<u8>]) {
+            let end = Instant::now() + Duration::from_secs(5);
             for chunk in frames.chunks(1000) {
                 for f in chunk {
                     self.rx.transmit(Packet::from_bytes(f));
                 }
-                while !self.rx.is_empty() {
+                while !self.rx.is_empty() && Instant::now() < end {
                     self.app.push(&self.io);
                 }
+                self.rx.discard();
             }
             self.app.push(&self.io);
         }
