@@ -15,7 +15,7 @@ use snabb_core::packet::{Allocator, PAYLOAD_SIZE};
 use snabb_core::{App, AppClass, AppContext, Io, Link, PULL_NPACKETS};
 
 use crate::csum;
-use crate::socket::{Interface, Kick, L2_OVERHEAD, RX_BLOCK_SIZE, RxRing, TxRing};
+use crate::socket::{Interface, Kick, L2_OVERHEAD, RX_BLOCK_SIZE, RxRing, TxRing, merges_frames};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,6 +114,11 @@ fn open(a: &RawSocketArgs) -> anyhow::Result<Device> {
     let rx = RxRing::open(ifc.index, blocks, a.promiscuous).map_err(|e| privilege("receive ring", e))?;
     let tx_max = (ifc.mtu + L2_OVERHEAD).min(PAYLOAD_SIZE);
     let tx = TxRing::open(ifc.index, a.tx_frames, tx_max, a.qdisc_bypass).map_err(|e| privilege("transmit ring", e))?;
+    if merges_frames(name) == Some(true) {
+        log::warn!(
+            "interface `{name}` merges received frames (GRO or LRO): merged frames longer than {PAYLOAD_SIZE} bytes will be dropped (rx_oversize); `ethtool -K {name} gro off lro off`"
+        );
+    }
     Ok(Device { ifc, rx, tx, tx_max })
 }
 
@@ -289,15 +294,16 @@ impl RawSocket {
             self.c.tx_down_drops += input.discard().0;
             return;
         };
-        let room = d.tx.room(input.nreadable());
-        for p in input.drain().take(room) {
+        // The status word of the slot is on the line the frame goes to.
+        while d.tx.head_free() {
+            let Some(p) = input.receive() else { break };
             let frame = p.data();
             if frame.len() > d.tx_max {
                 self.c.tx_oversize += 1;
             } else if frame.len() < 14 {
                 self.c.tx_runt += 1;
             } else if !d.tx.put(frame) {
-                // room() said the slot was free: cannot happen.
+                // head_free() said the slot was free: cannot happen.
                 self.c.tx_errors += 1;
             }
         }
@@ -313,7 +319,7 @@ impl App for RawSocket {
         let Some(out) = io.output.get("tx").or_else(|| io.output.first()) else { return };
         let Some(d) = &mut self.dev else { return };
         let max = PULL_NPACKETS.min(out.nwritable());
-        if max == 0 {
+        if max == 0 || !d.rx.ready() {
             return;
         }
         let c = &mut self.c;

@@ -90,6 +90,38 @@ fn mtu(name: &str) -> io::Result<usize> {
     Ok(unsafe { r.ifr_ifru.ifru_mtu } as usize)
 }
 
+/// Whether the interface merges received frames (GRO, or LRO in the NIC):
+/// merged frames can be far longer than a packet. None when it cannot be
+/// told (no ethtool support, as on some virtual interfaces).
+pub fn merges_frames(name: &str) -> Option<bool> {
+    // linux/ethtool.h
+    const ETHTOOL_GFLAGS: u32 = 0x25;
+    const ETHTOOL_GGRO: u32 = 0x2b;
+    const ETH_FLAG_LRO: u32 = 1 << 15;
+    // SAFETY: plain socket(2); the descriptor is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fd was just opened and is ours.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let get = |cmd: u32| {
+        let mut v = [cmd, 0u32]; // struct ethtool_value { cmd, data }
+        let mut r = ifreq(name);
+        r.ifr_ifru.ifru_data = v.as_mut_ptr() as *mut libc::c_char;
+        // SAFETY: SIOCETHTOOL reads the command from, and writes the value
+        // into, the ethtool_value that ifr_data points to, which outlives the call.
+        let ok = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCETHTOOL, &mut r) } >= 0;
+        ok.then_some(v[1])
+    };
+    let gro = get(ETHTOOL_GGRO).map(|d| d != 0);
+    let lro = get(ETHTOOL_GFLAGS).map(|d| d & ETH_FLAG_LRO != 0);
+    match (gro, lro) {
+        (None, None) => None,
+        (g, l) => Some(g.unwrap_or(false) || l.unwrap_or(false)),
+    }
+}
+
 fn packet_socket() -> io::Result<OwnedFd> {
     // Protocol 0: nothing is received until bind() names the interface.
     // SAFETY: plain socket(2); the descriptor is owned below.
@@ -243,6 +275,15 @@ impl RxRing {
         unsafe { self.map.word(self.block_base() + BLOCK_STATUS) }.store(libc::TP_STATUS_KERNEL, Ordering::Release);
         self.block = (self.block + 1) % self.blocks;
         self.in_block = false;
+    }
+
+    /// Whether a block of frames is waiting.
+    #[inline]
+    pub fn ready(&self) -> bool {
+        // SAFETY: the aligned status word of the current block descriptor.
+        self.in_block
+            || unsafe { self.map.word(self.block_base() + BLOCK_STATUS) }.load(Ordering::Acquire) & libc::TP_STATUS_USER
+                != 0
     }
 
     /// Hand up to `max` frames to `f`, in the order they arrived. Returns
@@ -399,15 +440,11 @@ impl TxRing {
         unsafe { self.map.word(slot * self.frame_size + TX_STATUS) }.load(Ordering::Acquire)
     }
 
-    /// Free slots from the head on, counting up to `max`.
-    pub fn room(&self, max: usize) -> usize {
-        let mut n = 0;
-        let mut s = self.head;
-        while n < max.min(self.frames) && self.status(s) == libc::TP_STATUS_AVAILABLE {
-            n += 1;
-            s = (s + 1) % self.frames;
-        }
-        n
+    /// Whether the next slot is free. (Slots are freed in order as a rule;
+    /// one still in use stops the ring until it is freed.)
+    #[inline]
+    pub fn head_free(&self) -> bool {
+        self.status(self.head) == libc::TP_STATUS_AVAILABLE
     }
 
     /// Copy a frame into the head slot and mark it for the kernel. False
