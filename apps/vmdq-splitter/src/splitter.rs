@@ -27,12 +27,19 @@ pub struct VmdqSplitter {
     names: Vec<(String, String)>,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone, Copy, Default)]
+struct PoolCount {
+    packets: u64,
+    bytes: u64,
+}
+
+#[derive(Clone)]
 struct Counters {
     rxpackets: u64,
     rxbytes: u64,
-    packets: Vec<u64>,
-    bytes: Vec<u64>,
+    /// By pool number; 64 of them, so that an index masked to 6 bits needs
+    /// no bounds check.
+    pools: Box<[PoolCount; MAX_POOLS]>,
     /// Frames for pools whose output is not linked.
     unlinked: Vec<u64>,
     drops: [u64; Reason::ALL.len()],
@@ -51,7 +58,7 @@ impl AppClass for VmdqSplitter {
             ports: vec![None; n],
             linked: 0,
             stale: true,
-            c: Counters { packets: vec![0; n], bytes: vec![0; n], unlinked: vec![0; n], ..Default::default() },
+            c: Counters::new(n),
             names: Vec::new(),
         };
         s.name_counters();
@@ -63,12 +70,11 @@ impl AppClass for VmdqSplitter {
     fn reconfigure(&mut self, args: Checked, _ctx: &AppContext) -> anyhow::Result<bool> {
         let filters = compile(&args.0)?;
         let n = filters.len();
-        let old = std::mem::take(&mut self.c);
-        let mut c = Counters { packets: vec![0; n], bytes: vec![0; n], unlinked: vec![0; n], ..old.clone() };
+        let old = self.c.clone();
+        let mut c = Counters { pools: Counters::new(n).pools, unlinked: vec![0; n], ..old.clone() };
         for (i, name) in filters.names.iter().enumerate() {
             if let Some(j) = self.filters.names.iter().position(|o| o == name) {
-                c.packets[i] = old.packets[j];
-                c.bytes[i] = old.bytes[j];
+                c.pools[i] = old.pools[j];
                 c.unlinked[i] = old.unlinked[j];
             }
         }
@@ -79,6 +85,20 @@ impl AppClass for VmdqSplitter {
         self.stale = true;
         self.name_counters();
         Ok(true)
+    }
+}
+
+impl Counters {
+    fn new(pools: usize) -> Counters {
+        Counters {
+            rxpackets: 0,
+            rxbytes: 0,
+            pools: Box::new([PoolCount::default(); MAX_POOLS]),
+            unlinked: vec![0; pools],
+            drops: [0; Reason::ALL.len()],
+            to_default: 0,
+            replicas: 0,
+        }
     }
 }
 
@@ -115,7 +135,7 @@ impl VmdqSplitter {
     /// Packets delivered to pool `name` (replicas and default-pool frames
     /// included).
     pub fn pool_packets(&self, name: &str) -> Option<u64> {
-        self.filters.names.iter().position(|n| n == name).map(|i| self.c.packets[i])
+        self.filters.names.iter().position(|n| n == name).map(|i| self.c.pools[i].packets)
     }
 
     /// Frames dropped for `reason`.
@@ -195,7 +215,7 @@ struct Outputs<'a> {
 impl Outputs<'_> {
     #[inline(always)]
     fn send(&mut self, i: usize, p: Packet) {
-        if let Some(l) = self.links[i] {
+        if let Some(l) = self.links[i & (MAX_POOLS - 1)] {
             l.transmit(p);
         }
     }
@@ -223,8 +243,9 @@ fn deliver(c: &mut Counters, out: &mut Outputs, i: usize, mut p: Packet, strip: 
     if strip & 1 << i != 0 {
         strip_tag(&mut p);
     }
-    c.packets[i] += 1;
-    c.bytes[i] += p.len() as u64;
+    let pc = &mut c.pools[i & (MAX_POOLS - 1)];
+    pc.packets += 1;
+    pc.bytes += p.len() as u64;
     out.send(i, p);
 }
 
@@ -269,8 +290,8 @@ impl App for VmdqSplitter {
         emit("rxpackets", c.rxpackets);
         emit("rxbytes", c.rxbytes);
         for (i, (p, b)) in self.names.iter().enumerate() {
-            emit(p, c.packets[i]);
-            emit(b, c.bytes[i]);
+            emit(p, c.pools[i].packets);
+            emit(b, c.pools[i].bytes);
         }
         for r in Reason::ALL {
             emit(&format!("drop/{}", r.name()), c.drops[r as usize]);
@@ -288,7 +309,7 @@ impl App for VmdqSplitter {
         ));
         for (i, n) in self.filters.names.iter().enumerate() {
             let unlinked = if c.unlinked[i] > 0 { format!(" ({} unlinked)", c.unlinked[i]) } else { String::new() };
-            out.push_str(&format!("pool {n}: {} packets, {} bytes{unlinked}\n", c.packets[i], c.bytes[i]));
+            out.push_str(&format!("pool {n}: {} packets, {} bytes{unlinked}\n", c.pools[i].packets, c.pools[i].bytes));
         }
         let drops: Vec<String> = Reason::ALL
             .iter()
