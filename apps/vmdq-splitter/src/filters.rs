@@ -47,6 +47,16 @@ pub enum Reason {
 impl Reason {
     pub const ALL: [Reason; 4] = [Reason::Runt, Reason::Vlan, Reason::UnknownUnicast, Reason::NoPool];
 
+    /// The counter of frames dropped for this reason.
+    pub fn counter(self) -> &'static str {
+        match self {
+            Reason::Runt => "drop/runt",
+            Reason::Vlan => "drop/vlan",
+            Reason::UnknownUnicast => "drop/unknown_unicast",
+            Reason::NoPool => "drop/no_pool",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Reason::Runt => "runt",

@@ -294,7 +294,7 @@ impl App for VmdqSplitter {
             emit(b, c.pools[i].bytes);
         }
         for r in Reason::ALL {
-            emit(&format!("drop/{}", r.name()), c.drops[r as usize]);
+            emit(r.counter(), c.drops[r as usize]);
         }
         emit("drop/unlinked", c.unlinked.iter().sum());
         emit("default", c.to_default);
