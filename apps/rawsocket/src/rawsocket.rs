@@ -34,7 +34,7 @@ pub struct RawSocketArgs {
     /// discipline (faster; no traffic shaping, drops when the driver is busy).
     #[serde(default)]
     pub qdisc_bypass: bool,
-    /// Receive ring size in KiB (whole 256 KiB blocks).
+    /// Receive ring size in KiB (whole 64 KiB blocks).
     #[serde(default = "rx_ring_kib")]
     pub rx_ring_kib: usize,
     /// Transmit ring slots.

@@ -27,8 +27,11 @@ use libc::{c_int, c_void};
 
 /// A block is retired to user space at most this long after its first frame.
 const RETIRE_MS: u32 = 1;
-/// Receive blocks: each holds any frame the interface can deliver.
-pub const RX_BLOCK_SIZE: usize = 256 << 10;
+/// Receive blocks: each holds a frame of any length a packet can take.
+/// Small, so that many of them make the ring: a block retired on its timer
+/// holds only the frames that came by then, and a reader held up for a
+/// while (a busy host) then finds many part-filled blocks.
+pub const RX_BLOCK_SIZE: usize = 64 << 10;
 /// Where frame data starts in a V2 transmit slot (TPACKET2_HDRLEN less the
 /// sockaddr_ll the kernel does not use on transmit).
 const TX_DATA: usize = libc::TPACKET2_HDRLEN - size_of::<libc::sockaddr_ll>();

@@ -208,7 +208,7 @@ fn checksums_left_to_offload_are_finished() {
 fn a_full_receive_ring_is_counted_by_the_kernel() {
     let Some(v) = veth() else { return };
     let mut a = Rig::new(RawSocketArgs::new(&v.a)).unwrap();
-    // One 256 KiB block: 1000 frames of 1514 bytes cannot fit.
+    // 256 KiB of blocks: 1000 frames of 1514 bytes cannot fit.
     let mut b = Rig::new(RawSocketArgs { rx_ring_kib: 256, ..RawSocketArgs::new(&v.b) }).unwrap();
     let before = kernel_stat(&v.b, "rx_packets").unwrap();
     let frames: Vec<Vec<u8>> = test_frames(6000, DST).into_iter().filter(|f| f.len() == 1514).collect();
