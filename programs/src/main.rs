@@ -1,6 +1,7 @@
 //! snabb-rs: run packet-processing app graphs.
 
 mod bench;
+mod bench_splitter;
 mod logger;
 mod run;
 mod selftest;
@@ -80,12 +81,26 @@ enum Bench {
         #[arg(long, default_value_t = 100_000_000)]
         packets: u64,
     },
+    /// VmdqSplitter: Mpps with 64-byte frames, unicast over the pools and 1/4 broadcast.
+    Splitter {
+        /// Frames per figure.
+        #[arg(long, default_value_t = 30_000_000)]
+        packets: u64,
+        /// Pool counts to measure.
+        #[arg(long, value_delimiter = ',', default_value = "8,64")]
+        pools: Vec<usize>,
+        /// Only the unicast mix, or only the broadcast-heavy one.
+        #[arg(long)]
+        only: Option<bench_splitter::Mix>,
+    },
 }
 
 /// Every app class this binary knows.
 pub fn registry() -> snabb_core::Registry {
     let mut r = snabb_core::Registry::new();
     snabb_apps_basic::register(&mut r);
+    snabb_apps_vmdq_splitter::register(&mut r);
+    snabb_apps_rawsocket::register(&mut r);
     r
 }
 
@@ -107,6 +122,9 @@ fn main() -> ExitCode {
             Ok(())
         }
         Program::Bench { which: Bench::Basic1 { packets } } => bench::basic1(packets).map(drop),
+        Program::Bench { which: Bench::Splitter { packets, pools, only } } => {
+            bench_splitter::splitter(packets, &pools, only)
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
