@@ -18,7 +18,9 @@ say() { echo "=== $*"; }
 record() { RESULTS+=("$1"); case "$1" in FAIL*) FAILED=1;; esac; }
 
 # --- packages ---------------------------------------------------------------
-PKGS=(tcpdump iproute2 iputils-ping)
+PKGS=(tcpdump iproute2 iputils-ping procps util-linux
+      iperf3 ethtool                                                  # RawSocket: selftest/rawsocket.sh
+      qemu-system-x86 busybox-static dpdk dpdk-dev python3)          # vhost-user peers: selftest/peers/install.sh
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -1,6 +1,7 @@
 //! snabb-rs: run packet-processing app graphs.
 
 mod bench;
+mod bench_splitter;
 mod logger;
 mod run;
 mod selftest;
@@ -86,9 +87,21 @@ enum Bench {
         /// Packets per direction and batch size.
         #[arg(long, default_value_t = 2_000_000)]
         packets: u64,
-        /// Batch sizes (packets per driver call); repeat the flag for several.
-        #[arg(long, default_values_t = [32, 64])]
+        /// Batch sizes (packets per driver call).
+        #[arg(long, value_delimiter = ',', default_value = "32,64")]
         batch: Vec<usize>,
+    },
+    /// VmdqSplitter: Mpps with 64-byte frames, unicast over the pools and 1/4 broadcast.
+    Splitter {
+        /// Frames per figure.
+        #[arg(long, default_value_t = 30_000_000)]
+        packets: u64,
+        /// Pool counts to measure.
+        #[arg(long, value_delimiter = ',', default_value = "8,64")]
+        pools: Vec<usize>,
+        /// Only the unicast mix, or only the broadcast-heavy one.
+        #[arg(long)]
+        only: Option<bench_splitter::Mix>,
     },
 }
 
@@ -97,6 +110,8 @@ pub fn registry() -> snabb_core::Registry {
     let mut r = snabb_core::Registry::new();
     snabb_apps_basic::register(&mut r);
     snabb_apps_intel10g::register(&mut r);
+    snabb_apps_vmdq_splitter::register(&mut r);
+    snabb_apps_rawsocket::register(&mut r);
     r
 }
 
@@ -118,6 +133,9 @@ fn main() -> ExitCode {
         }
         Program::Bench { which: Bench::Basic1 { packets } } => bench::basic1(packets).map(drop),
         Program::Bench { which: Bench::Intel10g { packets, batch } } => bench::intel10g(packets, &batch),
+        Program::Bench { which: Bench::Splitter { packets, pools, only } } => {
+            bench_splitter::splitter(packets, &pools, only)
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
