@@ -35,3 +35,31 @@ pub fn basic1(packets: u64) -> Result<f64> {
     println!("basic1: {sent} packets in {secs:.3} s: {mpps:.2} Mpps");
     Ok(mpps)
 }
+
+/// The 82599 driver alone, on the model: TSC ticks per packet for receive
+/// and transmit at each batch size (see `snabb_apps_intel10g::bench`).
+pub fn intel10g(packets: u64, batches: &[usize]) -> Result<()> {
+    println!("intel10g driver on a model port, 60-byte frames, {packets} packets per direction and batch size");
+    println!("TSC ticks per packet: median over batches (mean in brackets)");
+    println!("{:>6} {:>18} {:>18} {:>10} {:>10} {:>10}", "batch", "rx", "tx", "rx+tx", "rx ns", "tx ns");
+    for &b in batches {
+        let f = snabb_apps_intel10g::bench::run(b, packets)?;
+        println!(
+            "{:>6} {:>8.1} ({:>7.1}) {:>8.1} ({:>7.1}) {:>10.1} {:>10.1} {:>10.1}",
+            f.batch,
+            f.rx_ticks,
+            f.rx_mean,
+            f.tx_ticks,
+            f.tx_mean,
+            f.rx_ticks + f.tx_ticks,
+            f.rx_ticks / f.ticks_per_ns,
+            f.tx_ticks / f.ticks_per_ns
+        );
+        println!(
+            "        ({} calls of driver_rx and of driver_tx, {} packets each, warm-up included)",
+            f.calls,
+            f.calls * b as u64
+        );
+    }
+    Ok(())
+}

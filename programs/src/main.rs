@@ -81,6 +81,16 @@ enum Bench {
         #[arg(long, default_value_t = 100_000_000)]
         packets: u64,
     },
+    /// The 82599 driver's cycles per packet, receive and transmit, on the
+    /// model (the model's own work is not timed).
+    Intel10g {
+        /// Packets per direction and batch size.
+        #[arg(long, default_value_t = 2_000_000)]
+        packets: u64,
+        /// Batch sizes (packets per driver call).
+        #[arg(long, value_delimiter = ',', default_value = "32,64")]
+        batch: Vec<usize>,
+    },
     /// VmdqSplitter: Mpps with 64-byte frames, unicast over the pools and 1/4 broadcast.
     Splitter {
         /// Frames per figure.
@@ -99,6 +109,7 @@ enum Bench {
 pub fn registry() -> snabb_core::Registry {
     let mut r = snabb_core::Registry::new();
     snabb_apps_basic::register(&mut r);
+    snabb_apps_intel10g::register(&mut r);
     snabb_apps_vmdq_splitter::register(&mut r);
     snabb_apps_rawsocket::register(&mut r);
     r
@@ -108,10 +119,9 @@ fn main() -> ExitCode {
     logger::init();
     let cli = Cli::parse();
     let r = match cli.program {
-        Program::Run { config, duration, report, busywait, no_shm } => run::run(
-            &config,
-            run::RunOptions { duration, report, busywait, shm: !no_shm, program: "run".into() },
-        ),
+        Program::Run { config, duration, report, busywait, no_shm } => {
+            run::run(&config, run::RunOptions { duration, report, busywait, shm: !no_shm, program: "run".into() })
+        }
         Program::Config { what: ConfigCmd::Check { config } } => config_check(&config),
         Program::Top { pid, once, interval } => top::top(pid, once, interval),
         Program::Selftest { app } => selftest::run(app.as_deref()),
@@ -122,6 +132,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Program::Bench { which: Bench::Basic1 { packets } } => bench::basic1(packets).map(drop),
+        Program::Bench { which: Bench::Intel10g { packets, batch } } => bench::intel10g(packets, &batch),
         Program::Bench { which: Bench::Splitter { packets, pools, only } } => {
             bench_splitter::splitter(packets, &pools, only)
         }

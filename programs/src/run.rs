@@ -41,9 +41,7 @@ pub fn run_engine(engine: &mut Engine, opts: &RunOptions, watch: Option<&Path>) 
     engine.busywait = opts.busywait;
     if opts.shm {
         let so = ShmOptions::for_process(&opts.program);
-        engine
-            .enable_shm(&so)
-            .with_context(|| format!("counters in {}", so.root.join(&so.name).display()))?;
+        engine.enable_shm(&so).with_context(|| format!("counters in {}", so.root.join(&so.name).display()))?;
         log::info!("counters in {}", engine.shm_path().unwrap().display());
     }
     catch_signals();

@@ -63,10 +63,7 @@ fn link_rows(a: &Sample, b: &Sample) -> Vec<LinkRow> {
 }
 
 fn app_rows(b: &Sample) -> Vec<(String, u64)> {
-    b.counters
-        .iter()
-        .filter_map(|(k, v)| k.strip_prefix("apps/").map(|n| (n.to_string(), *v)))
-        .collect()
+    b.counters.iter().filter_map(|(k, v)| k.strip_prefix("apps/").map(|n| (n.to_string(), *v))).collect()
 }
 
 /// The counter directory of `pid`, or of the only process running.
@@ -151,7 +148,8 @@ fn tui(pid: u32, dir: &Path, interval: Duration) -> Result<()> {
             let name = program_name(dir);
             terminal.draw(|f| {
                 let [head, links, app_area] =
-                    Layout::vertical([Constraint::Length(1), Constraint::Min(5), Constraint::Percentage(40)]).areas(f.area());
+                    Layout::vertical([Constraint::Length(1), Constraint::Min(5), Constraint::Percentage(40)])
+                        .areas(f.area());
                 f.render_widget(Paragraph::new(format!("snabb-rs top: process {pid} ({name})   q: quit")), head);
                 let header = Row::new(["link", "Mpps", "Gbps", "drops/s", "packets", "drops"])
                     .style(Style::default().add_modifier(Modifier::BOLD));
@@ -174,11 +172,15 @@ fn tui(pid: u32, dir: &Path, interval: Duration) -> Result<()> {
                     Constraint::Length(12),
                 ];
                 f.render_widget(
-                    Table::new(body, widths).header(header).block(Block::default().borders(Borders::ALL).title("links")),
+                    Table::new(body, widths)
+                        .header(header)
+                        .block(Block::default().borders(Borders::ALL).title("links")),
                     links,
                 );
-                let app_lines: Vec<Row> =
-                    apps.iter().map(|(k, v)| Row::new(vec![Cell::from(k.clone()), Cell::from(v.to_string())])).collect();
+                let app_lines: Vec<Row> = apps
+                    .iter()
+                    .map(|(k, v)| Row::new(vec![Cell::from(k.clone()), Cell::from(v.to_string())]))
+                    .collect();
                 f.render_widget(
                     Table::new(app_lines, [Constraint::Min(40), Constraint::Length(16)])
                         .block(Block::default().borders(Borders::ALL).title("app counters")),
