@@ -1,10 +1,13 @@
 #!/bin/bash
-# The main job on a machine with no NIC: build, then run the default graph
-# with generated traffic for DURATION seconds (default 10), printing a
+# The main job on a machine with no NIC: build, then run VMDq on the
+# software 82599 (configs/intel10g-vmdq-model.ron): generated traffic goes
+# out of one model port, and the other port splits it into pools by MAC and
+# VLAN, one Intel10g app per pool, for DURATION seconds (default 10), with a
 # per-link report every two seconds. Counters are in /var/run/snabb-rs/<pid>
-# meanwhile: `target/release/snabb-rs top` shows them live.
+# meanwhile: `target/release/snabb-rs top` shows them live. CONFIG=... runs
+# another graph (e.g. configs/basic1.ron).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
 cargo build --release -q
-exec target/release/snabb-rs run configs/basic1.ron --duration "$DURATION" --report 2
+exec target/release/snabb-rs run "${CONFIG:-configs/intel10g-vmdq-model.ron}" --duration "$DURATION" --report 2
