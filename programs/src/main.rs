@@ -1,6 +1,7 @@
 //! snabb-rs: run packet-processing app graphs.
 
 mod bench;
+mod bench_copy;
 mod logger;
 mod run;
 mod selftest;
@@ -80,6 +81,21 @@ enum Bench {
         #[arg(long, default_value_t = 100_000_000)]
         packets: u64,
     },
+    /// ns per copy by size, warm and cold: each copy kernel level against memcpy.
+    Copy {
+        /// Sizes in bytes (default: 64 128 256 512 1024 1514 4096 9000).
+        #[arg(long, value_delimiter = ',')]
+        sizes: Option<Vec<usize>>,
+        /// Measurements per contender; the median is shown.
+        #[arg(long, default_value_t = 9)]
+        rounds: usize,
+        /// Memory the cold copies are spread over, MiB (several times the last-level cache).
+        #[arg(long, default_value_t = 256)]
+        arena_mib: usize,
+        /// Source offset from 64-byte alignment.
+        #[arg(long, default_value_t = 0)]
+        src_offset: usize,
+    },
 }
 
 /// Every app class this binary knows.
@@ -107,6 +123,13 @@ fn main() -> ExitCode {
             Ok(())
         }
         Program::Bench { which: Bench::Basic1 { packets } } => bench::basic1(packets).map(drop),
+        Program::Bench { which: Bench::Copy { sizes, rounds, arena_mib, src_offset } } => {
+            let mut o = bench_copy::Options { rounds, arena_mib, src_offset, ..Default::default() };
+            if let Some(s) = sizes {
+                o.sizes = s;
+            }
+            bench_copy::run(&o)
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
