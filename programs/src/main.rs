@@ -102,6 +102,7 @@ enum Bench {
 pub fn registry() -> snabb_core::Registry {
     let mut r = snabb_core::Registry::new();
     snabb_apps_basic::register(&mut r);
+    snabb_apps_copier::register(&mut r);
     r
 }
 

@@ -7,6 +7,7 @@ use snabb_core::selftest::{Selftest, skipped};
 pub fn all() -> Vec<(&'static str, Selftest)> {
     let mut v = Vec::new();
     v.extend(snabb_apps_basic::selftests());
+    v.extend(snabb_apps_copier::selftests());
     v
 }
 
