@@ -56,7 +56,7 @@ impl App for InOrder {
 /// token and a serial number, taking them back from its return ring.
 struct Lender {
     owner: BufferOwner,
-    bufs: Rc<RefCell<Vec<Box<[u8; BUF]>>>>,
+    bufs: Rc<RefCell<Vec<[u8; BUF]>>>,
     free: Vec<u64>,
     lent: u64,
     returned: u64,
@@ -79,7 +79,7 @@ fn length_of(serial: u64) -> usize {
 impl AppClass for Lender {
     type Args = ();
     fn new(_: (), _: &AppContext) -> anyhow::Result<Lender> {
-        let bufs = Rc::new(RefCell::new((0..POOL).map(|_| Box::new([0u8; BUF])).collect::<Vec<_>>()));
+        let bufs = Rc::new(RefCell::new(vec![[0u8; BUF]; POOL]));
         let keep: Rc<dyn std::any::Any> = bufs.clone();
         Ok(Lender {
             owner: BufferOwner::register("test-lender", Some(keep)),

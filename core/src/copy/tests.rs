@@ -278,6 +278,7 @@ fn set_level_switches_the_dispatch() {
 }
 
 #[test]
+#[allow(clippy::reversed_empty_ranges)]
 fn bad_arguments_panic_cleanly() {
     let r = std::panic::catch_unwind(|| copy(&mut [0u8; 4], &[0u8; 5]));
     assert!(r.is_err(), "lengths differ");
@@ -300,9 +301,7 @@ proptest! {
         let src = noise(len + sa, seed);
         let mut dst = noise(len + da + 64, !seed);
         let mut want = dst.clone();
-        for i in 0..len {
-            want[da + i] = src[sa + i];
-        }
+        want[da..da + len].copy_from_slice(&src[sa..]);
         match Copier::new(Level::ALL[level]) {
             Some(c) => c.copy(&mut dst[da..da + len], &src[sa..]),
             None => copy(&mut dst[da..da + len], &src[sa..]),
