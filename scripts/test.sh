@@ -18,7 +18,7 @@ say() { echo "=== $*"; }
 record() { RESULTS+=("$1"); case "$1" in FAIL*) FAILED=1;; esac; }
 
 # --- packages ---------------------------------------------------------------
-PKGS=(tcpdump iproute2 iputils-ping)
+PKGS=(tcpdump iproute2 iputils-ping python3-scapy)
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
