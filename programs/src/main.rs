@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_copy;
+mod bench_decap;
 mod logger;
 mod run;
 mod selftest;
@@ -96,6 +97,18 @@ enum Bench {
         #[arg(long, default_value_t = 0)]
         src_offset: usize,
     },
+    /// Mpps through Decap and Encap (VLAN, QinQ, VXLAN, GRE, L2TPv3), 64-byte inner frames.
+    Decap {
+        /// Packets per run.
+        #[arg(long, default_value_t = 20_000_000)]
+        packets: u64,
+        /// Runs per case; the median is shown.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Only the case of this name, or else those whose name contains it (and the baseline).
+        #[arg(long)]
+        only: Option<String>,
+    },
 }
 
 /// Every app class this binary knows.
@@ -103,6 +116,7 @@ pub fn registry() -> snabb_core::Registry {
     let mut r = snabb_core::Registry::new();
     snabb_apps_basic::register(&mut r);
     snabb_apps_copier::register(&mut r);
+    snabb_apps_decap::register(&mut r);
     r
 }
 
@@ -130,6 +144,9 @@ fn main() -> ExitCode {
                 o.sizes = s;
             }
             bench_copy::run(&o)
+        }
+        Program::Bench { which: Bench::Decap { packets, rounds, only } } => {
+            bench_decap::run(packets, rounds, only.as_deref())
         }
     };
     match r {

@@ -8,6 +8,7 @@ pub fn all() -> Vec<(&'static str, Selftest)> {
     let mut v = Vec::new();
     v.extend(snabb_apps_basic::selftests());
     v.extend(snabb_apps_copier::selftests());
+    v.extend(snabb_apps_decap::selftests());
     v
 }
 

@@ -380,7 +380,7 @@ fn frame_strategy() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(200))]
+    #![proptest_config(ProptestConfig::with_cases(if cfg!(debug_assertions) { 200 } else { 2000 }))]
 
     /// Encap then Decap (the other end) gives back the frame, for every
     /// tunnel, in a host buffer and in a fixed-start foreign one.
@@ -395,6 +395,7 @@ proptest! {
         prop_assert_eq!(p.len(), frame.len() + b.overhead());
         let s = m.classify(p.data());
         prop_assert!(s.is_ok(), "{}: {:?}", t.kind(), s);
+        prop_assert_eq!(s, m.general(p.data()));
         strip(&mut p, s.unwrap());
         prop_assert_eq!(p.data(), &frame[..]);
     }
@@ -404,6 +405,7 @@ proptest! {
     #[test]
     fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300), which in 0..10usize) {
         let m = Matcher::new(&example_tunnels()[which].reversed(), true);
+        prop_assert_eq!(m.classify(&bytes), m.general(&bytes), "the fast path agrees with the general one");
         if let Ok(s) = m.classify(&bytes) {
             let mut p = Packet::from_bytes(&bytes);
             strip(&mut p, s);
@@ -424,6 +426,7 @@ proptest! {
         }
         bytes.truncate(cut.max(1));
         let m = Matcher::new(&t.reversed(), true);
+        prop_assert_eq!(m.classify(&bytes), m.general(&bytes), "the fast path agrees with the general one");
         if let Ok(s) = m.classify(&bytes) {
             let Strip::Outer { start, len } = s else {
                 let mut q = Packet::from_bytes(&bytes);

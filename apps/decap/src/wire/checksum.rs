@@ -9,30 +9,38 @@
 pub struct Checksum(u64);
 
 impl Checksum {
+    #[inline]
     pub fn new() -> Checksum {
         Checksum(0)
     }
+    #[inline]
     pub fn add_bytes(&mut self, b: &[u8]) {
         self.0 += sum(b);
     }
+    #[inline]
     pub fn add_u16(&mut self, v: u16) {
         self.0 += v as u64;
     }
+    #[inline]
     pub fn add_u32(&mut self, v: u32) {
         self.0 += v as u64;
     }
+    #[inline]
     pub fn add_sum(&mut self, s: u64) {
         self.0 += s;
     }
     /// The sum so far, folded to 16 bits (not complemented).
+    #[inline]
     pub fn folded(self) -> u16 {
         fold(self.0)
     }
     /// The value for the header's checksum field.
+    #[inline]
     pub fn finish(self) -> u16 {
         !fold(self.0)
     }
     /// True when the data summed includes a correct checksum field.
+    #[inline]
     pub fn is_valid(self) -> bool {
         fold(self.0) == 0xffff
     }
@@ -40,6 +48,7 @@ impl Checksum {
 
 /// The unfolded ones-complement sum of `b` (an odd last byte is padded
 /// with a zero, as the checksum's definition says).
+#[inline]
 pub fn sum(b: &[u8]) -> u64 {
     let mut acc = 0u64;
     let mut words = b.chunks_exact(4);
@@ -52,11 +61,14 @@ pub fn sum(b: &[u8]) -> u64 {
     acc + u32::from_be_bytes(tail) as u64
 }
 
-/// Fold a wide sum into 16 bits with end-around carry.
-pub fn fold(mut s: u64) -> u16 {
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
+/// Fold a wide sum into 16 bits with end-around carry (branch-free: four
+/// steps bring any u64 down to 16 bits).
+#[inline]
+pub fn fold(s: u64) -> u16 {
+    let s = (s & 0xffff_ffff) + (s >> 32);
+    let s = (s & 0xffff) + (s >> 16);
+    let s = (s & 0xffff) + (s >> 16);
+    let s = (s & 0xffff) + (s >> 16);
     s as u16
 }
 
@@ -93,5 +105,16 @@ mod tests {
             assert_eq!(c.finish(), reference(&data), "len {len}");
         }
         assert_eq!(fold(0xffff_ffff_ffff), 0xffff);
+        assert_eq!(fold(u64::MAX), 0xffff);
+        assert_eq!(fold(0x1_0000), 1);
+        assert_eq!(fold(0x1_fffe), 0xffff);
+        // Against repeated folding, on awkward values.
+        for s in [0u64, 1, 0xffff, 0x10000, 0xfffe_ffff, 0x1_0000_0000, 0xffff_0000_ffff, 0x8000_0000_0000_0001] {
+            let mut r = s;
+            while r > 0xffff {
+                r = (r & 0xffff) + (r >> 16);
+            }
+            assert_eq!(fold(s) as u64, r, "{s:#x}");
+        }
     }
 }

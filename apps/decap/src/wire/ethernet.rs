@@ -12,43 +12,54 @@ pub struct EthernetFrame<T: AsRef<[u8]>> {
 impl<T: AsRef<[u8]>> EthernetFrame<T> {
     pub const HEADER_LEN: usize = 14;
 
+    #[inline]
     pub fn new_unchecked(buffer: T) -> Self {
         EthernetFrame { buffer }
     }
     /// A view, when the buffer holds at least the 14-byte header.
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self> {
         if buffer.as_ref().len() < Self::HEADER_LEN {
             return Err(Error::Truncated);
         }
         Ok(EthernetFrame { buffer })
     }
+    #[inline]
     pub fn into_inner(self) -> T {
         self.buffer
     }
+    #[inline]
     pub fn dst(&self) -> MacAddr {
         MacAddr::from_slice(&self.buffer.as_ref()[0..6])
     }
+    #[inline]
     pub fn src(&self) -> MacAddr {
         MacAddr::from_slice(&self.buffer.as_ref()[6..12])
     }
+    #[inline]
     pub fn ethertype(&self) -> u16 {
         get16(self.buffer.as_ref(), 12)
     }
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[Self::HEADER_LEN..]
     }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> EthernetFrame<T> {
+    #[inline]
     pub fn set_dst(&mut self, m: MacAddr) {
         self.buffer.as_mut()[0..6].copy_from_slice(&m.0);
     }
+    #[inline]
     pub fn set_src(&mut self, m: MacAddr) {
         self.buffer.as_mut()[6..12].copy_from_slice(&m.0);
     }
+    #[inline]
     pub fn set_ethertype(&mut self, t: u16) {
         put16(self.buffer.as_mut(), 12, t);
     }
+    #[inline]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         &mut self.buffer.as_mut()[Self::HEADER_LEN..]
     }
@@ -65,9 +76,11 @@ pub struct VlanTag<T: AsRef<[u8]>> {
 impl<T: AsRef<[u8]>> VlanTag<T> {
     pub const HEADER_LEN: usize = 4;
 
+    #[inline]
     pub fn new_unchecked(buffer: T) -> Self {
         VlanTag { buffer }
     }
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self> {
         if buffer.as_ref().len() < Self::HEADER_LEN {
             return Err(Error::Truncated);
@@ -75,31 +88,38 @@ impl<T: AsRef<[u8]>> VlanTag<T> {
         Ok(VlanTag { buffer })
     }
     /// Priority code point (3 bits).
+    #[inline]
     pub fn pcp(&self) -> u8 {
         self.buffer.as_ref()[0] >> 5
     }
     /// Drop eligible indicator.
+    #[inline]
     pub fn dei(&self) -> bool {
         self.buffer.as_ref()[0] & 0x10 != 0
     }
     /// VLAN identifier (12 bits).
+    #[inline]
     pub fn vid(&self) -> u16 {
         get16(self.buffer.as_ref(), 0) & 0x0fff
     }
     /// The type of the enclosed payload (or of the next tag).
+    #[inline]
     pub fn ethertype(&self) -> u16 {
         get16(self.buffer.as_ref(), 2)
     }
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[Self::HEADER_LEN..]
     }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> VlanTag<T> {
+    #[inline]
     pub fn set_tci(&mut self, pcp: u8, dei: bool, vid: u16) {
         let tci = (pcp as u16 & 7) << 13 | (dei as u16) << 12 | (vid & 0x0fff);
         put16(self.buffer.as_mut(), 0, tci);
     }
+    #[inline]
     pub fn set_ethertype(&mut self, t: u16) {
         put16(self.buffer.as_mut(), 2, t);
     }

@@ -28,16 +28,19 @@ impl<T: AsRef<[u8]>> GreHeader<T> {
     pub const MIN_HEADER_LEN: usize = 4;
 
     /// Header bytes with the given optional fields.
+    #[inline]
     pub const fn header_len_for(checksum: bool, key: bool, seq: bool) -> usize {
         4 + 4 * (checksum as usize + key as usize + seq as usize)
     }
 
+    #[inline]
     pub fn new_unchecked(buffer: T) -> Self {
         GreHeader { buffer }
     }
 
     /// A view, when the buffer holds the whole header its flags announce
     /// and the flags are ones a GRE (RFC 2784/2890) sender may set.
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self> {
         let h = GreHeader { buffer };
         if h.b().len() < Self::MIN_HEADER_LEN {
@@ -52,42 +55,54 @@ impl<T: AsRef<[u8]>> GreHeader<T> {
         Ok(h)
     }
 
+    #[inline]
     fn b(&self) -> &[u8] {
         self.buffer.as_ref()
     }
+    #[inline]
     fn flags(&self) -> u16 {
         get16(self.b(), 0)
     }
+    #[inline]
     pub fn version(&self) -> u8 {
         (self.flags() & 7) as u8
     }
+    #[inline]
     pub fn checksum_present(&self) -> bool {
         self.flags() & C != 0
     }
+    #[inline]
     pub fn key_present(&self) -> bool {
         self.flags() & K != 0
     }
+    #[inline]
     pub fn seq_present(&self) -> bool {
         self.flags() & S != 0
     }
+    #[inline]
     pub fn header_len(&self) -> usize {
         Self::header_len_for(self.checksum_present(), self.key_present(), self.seq_present())
     }
     /// The ethertype of the payload.
+    #[inline]
     pub fn protocol(&self) -> u16 {
         get16(self.b(), 2)
     }
+    #[inline]
     pub fn checksum(&self) -> Option<u16> {
         self.checksum_present().then(|| get16(self.b(), 4))
     }
+    #[inline]
     pub fn key(&self) -> Option<u32> {
         self.key_present().then(|| get32(self.b(), if self.checksum_present() { 8 } else { 4 }))
     }
+    #[inline]
     pub fn sequence(&self) -> Option<u32> {
         self.seq_present().then(|| get32(self.b(), self.header_len() - 4))
     }
     /// With the checksum bit set, the checksum over header and payload
     /// (the whole buffer) is right; without it, true.
+    #[inline]
     pub fn verify_checksum(&self) -> bool {
         if !self.checksum_present() {
             return true;
@@ -96,6 +111,7 @@ impl<T: AsRef<[u8]>> GreHeader<T> {
         c.add_bytes(self.b());
         c.is_valid()
     }
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         &self.b()[self.header_len()..]
     }
@@ -104,6 +120,7 @@ impl<T: AsRef<[u8]>> GreHeader<T> {
 impl<T: AsRef<[u8]> + AsMut<[u8]>> GreHeader<T> {
     /// Version 0, the given optional fields present (zeroed), and the
     /// payload protocol. Returns the header length.
+    #[inline]
     pub fn set_flags_and_protocol(&mut self, checksum: bool, key: bool, seq: bool, protocol: u16) -> usize {
         let flags = if checksum { C } else { 0 } | if key { K } else { 0 } | if seq { S } else { 0 };
         let len = Self::header_len_for(checksum, key, seq);
@@ -114,16 +131,19 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> GreHeader<T> {
         len
     }
     /// Set the key (the key flag must be set).
+    #[inline]
     pub fn set_key(&mut self, key: u32) {
         let at = if self.checksum_present() { 8 } else { 4 };
         put32(self.buffer.as_mut(), at, key);
     }
+    #[inline]
     pub fn set_sequence(&mut self, seq: u32) {
         let at = self.header_len() - 4;
         put32(self.buffer.as_mut(), at, seq);
     }
     /// Compute the checksum over the whole buffer (header and payload) and
     /// store it (the checksum flag must be set).
+    #[inline]
     pub fn fill_checksum(&mut self) {
         put16(self.buffer.as_mut(), 4, 0);
         let mut c = Checksum::new();
@@ -140,7 +160,7 @@ mod tests {
     #[test]
     fn optional_fields() {
         for (c, k, s) in [(false, false, false), (false, true, false), (true, true, true), (true, false, false)] {
-            let mut b = vec![0u8; 16 + 20];
+            let mut b = [0u8; 16 + 20];
             let mut g = GreHeader::new_unchecked(&mut b[..]);
             let len = g.set_flags_and_protocol(c, k, s, PROTOCOL_TEB);
             assert_eq!(len, 4 + 4 * (c as usize + k as usize + s as usize));

@@ -27,12 +27,14 @@ const MAX_EXTENSIONS: usize = 4;
 impl<T: AsRef<[u8]>> Ipv6Packet<T> {
     pub const HEADER_LEN: usize = 40;
 
+    #[inline]
     pub fn new_unchecked(buffer: T) -> Self {
         Ipv6Packet { buffer }
     }
 
     /// A view, when the buffer holds the header and as many bytes as the
     /// payload length says. The version is not checked (see `version`).
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self> {
         let p = Ipv6Packet { buffer };
         let len = p.b().len();
@@ -42,46 +44,59 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
         Ok(p)
     }
 
+    #[inline]
     pub fn into_inner(self) -> T {
         self.buffer
     }
+    #[inline]
     fn b(&self) -> &[u8] {
         self.buffer.as_ref()
     }
 
+    #[inline]
     pub fn version(&self) -> u8 {
         self.b()[field::VER_TC_FLOW] >> 4
     }
+    #[inline]
     pub fn traffic_class(&self) -> u8 {
         (get16(self.b(), field::VER_TC_FLOW) >> 4) as u8
     }
+    #[inline]
     pub fn flow_label(&self) -> u32 {
         get32(self.b(), field::VER_TC_FLOW) & 0x000f_ffff
     }
     /// Bytes after the fixed header (extension headers included).
+    #[inline]
     pub fn payload_len(&self) -> u16 {
         get16(self.b(), field::LENGTH)
     }
+    #[inline]
     pub fn next_header(&self) -> u8 {
         self.b()[field::NEXT_HEADER]
     }
+    #[inline]
     pub fn hop_limit(&self) -> u8 {
         self.b()[field::HOP_LIMIT]
     }
+    #[inline]
     pub fn src_addr(&self) -> Ipv6Addr {
         Ipv6Addr::from(<[u8; 16]>::try_from(&self.b()[field::SRC..field::SRC + 16]).unwrap())
     }
+    #[inline]
     pub fn dst_addr(&self) -> Ipv6Addr {
         Ipv6Addr::from(<[u8; 16]>::try_from(&self.b()[field::DST..field::DST + 16]).unwrap())
     }
     /// The source address bytes, for comparisons without conversion.
+    #[inline]
     pub fn src_bytes(&self) -> &[u8] {
         &self.b()[field::SRC..field::SRC + 16]
     }
+    #[inline]
     pub fn dst_bytes(&self) -> &[u8] {
         &self.b()[field::DST..field::DST + 16]
     }
     /// The payload, up to the payload length (not link-layer padding).
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         &self.b()[Self::HEADER_LEN..Self::HEADER_LEN + self.payload_len() as usize]
     }
@@ -90,6 +105,7 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
     /// hop-by-hop and destination options headers. A fragment header (or
     /// any other extension) is returned as the protocol, for the caller to
     /// refuse.
+    #[inline]
     pub fn upper_layer(&self) -> Result<(u8, usize)> {
         let payload = self.payload();
         let (mut next, mut at) = (self.next_header(), 0);
@@ -113,25 +129,32 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6Packet<T> {
+    #[inline]
     fn m(&mut self) -> &mut [u8] {
         self.buffer.as_mut()
     }
     /// Version 6 with a traffic class and flow label.
+    #[inline]
     pub fn set_version_tc_flow(&mut self, traffic_class: u8, flow_label: u32) {
         put32(self.m(), field::VER_TC_FLOW, 6 << 28 | (traffic_class as u32) << 20 | (flow_label & 0x000f_ffff));
     }
+    #[inline]
     pub fn set_payload_len(&mut self, len: u16) {
         put16(self.m(), field::LENGTH, len);
     }
+    #[inline]
     pub fn set_next_header(&mut self, n: u8) {
         self.m()[field::NEXT_HEADER] = n;
     }
+    #[inline]
     pub fn set_hop_limit(&mut self, h: u8) {
         self.m()[field::HOP_LIMIT] = h;
     }
+    #[inline]
     pub fn set_src_addr(&mut self, a: Ipv6Addr) {
         self.m()[field::SRC..field::SRC + 16].copy_from_slice(&a.octets());
     }
+    #[inline]
     pub fn set_dst_addr(&mut self, a: Ipv6Addr) {
         self.m()[field::DST..field::DST + 16].copy_from_slice(&a.octets());
     }

@@ -12,9 +12,11 @@ pub struct L2tpv3Header<T: AsRef<[u8]>> {
 impl<T: AsRef<[u8]>> L2tpv3Header<T> {
     pub const HEADER_LEN: usize = 12;
 
+    #[inline]
     pub fn new_unchecked(buffer: T) -> Self {
         L2tpv3Header { buffer }
     }
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self> {
         if buffer.as_ref().len() < Self::HEADER_LEN {
             return Err(Error::Truncated);
@@ -22,22 +24,27 @@ impl<T: AsRef<[u8]>> L2tpv3Header<T> {
         Ok(L2tpv3Header { buffer })
     }
     /// Session id; 0 marks a control message.
+    #[inline]
     pub fn session_id(&self) -> u32 {
         get32(self.buffer.as_ref(), 0)
     }
     /// The cookie, as a big-endian number.
+    #[inline]
     pub fn cookie(&self) -> u64 {
         get64(self.buffer.as_ref(), 4)
     }
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[Self::HEADER_LEN..]
     }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> L2tpv3Header<T> {
+    #[inline]
     pub fn set_session_id(&mut self, s: u32) {
         put32(self.buffer.as_mut(), 0, s);
     }
+    #[inline]
     pub fn set_cookie(&mut self, c: u64) {
         put64(self.buffer.as_mut(), 4, c);
     }

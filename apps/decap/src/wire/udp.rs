@@ -12,12 +12,14 @@ pub struct UdpPacket<T: AsRef<[u8]>> {
 impl<T: AsRef<[u8]>> UdpPacket<T> {
     pub const HEADER_LEN: usize = 8;
 
+    #[inline]
     pub fn new_unchecked(buffer: T) -> Self {
         UdpPacket { buffer }
     }
 
     /// A view, when the buffer holds the header and as many bytes as the
     /// length field says, and that length covers the header.
+    #[inline]
     pub fn new_checked(buffer: T) -> Result<Self> {
         let p = UdpPacket { buffer };
         let len = p.b().len();
@@ -34,33 +36,42 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
         Ok(p)
     }
 
+    #[inline]
     pub fn into_inner(self) -> T {
         self.buffer
     }
+    #[inline]
     fn b(&self) -> &[u8] {
         self.buffer.as_ref()
     }
+    #[inline]
     pub fn src_port(&self) -> u16 {
         get16(self.b(), 0)
     }
+    #[inline]
     pub fn dst_port(&self) -> u16 {
         get16(self.b(), 2)
     }
     /// Header and payload, in bytes.
+    #[inline]
     pub fn len(&self) -> u16 {
         get16(self.b(), 4)
     }
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len() as usize <= Self::HEADER_LEN
     }
+    #[inline]
     pub fn checksum(&self) -> u16 {
         get16(self.b(), 6)
     }
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         &self.b()[Self::HEADER_LEN..self.len() as usize]
     }
     /// The checksum is right, or absent (zero; allowed over IPv4, and over
     /// IPv6 for tunnels by RFC 6935).
+    #[inline]
     pub fn verify_checksum(&self, src: IpAddr, dst: IpAddr) -> bool {
         if self.checksum() == 0 {
             return true;
@@ -74,23 +85,29 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpPacket<T> {
+    #[inline]
     fn m(&mut self) -> &mut [u8] {
         self.buffer.as_mut()
     }
+    #[inline]
     pub fn set_src_port(&mut self, p: u16) {
         put16(self.m(), 0, p);
     }
+    #[inline]
     pub fn set_dst_port(&mut self, p: u16) {
         put16(self.m(), 2, p);
     }
+    #[inline]
     pub fn set_len(&mut self, l: u16) {
         put16(self.m(), 4, l);
     }
+    #[inline]
     pub fn set_checksum(&mut self, c: u16) {
         put16(self.m(), 6, c);
     }
     /// Compute and store the checksum over the pseudo-header, the header
     /// and the payload (a computed zero is sent as 0xffff, RFC 768).
+    #[inline]
     pub fn fill_checksum(&mut self, src: IpAddr, dst: IpAddr) {
         self.set_checksum(0);
         let len = self.len();
