@@ -32,7 +32,7 @@
 use std::fmt;
 use std::ops::Range;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 
 mod blocks;
 #[cfg(target_arch = "x86_64")]
@@ -124,20 +124,32 @@ pub struct Copier {
     level: Level,
     copy: Kernel,
     mov: Kernel,
+    /// `copy` for lengths above INLINE_MAX only.
+    long: Kernel,
 }
 
 /// Indexed by `Level as usize`. Entries for levels the CPU lacks are never
 /// reached: a `Copier` is only made for a supported level.
 #[cfg(target_arch = "x86_64")]
 static KERNELS: [Copier; 4] = [
-    Copier { level: Level::Portable, copy: blocks::copy_portable, mov: blocks::move_portable },
-    Copier { level: Level::Sse2, copy: x86::copy_sse2, mov: x86::move_sse2 },
-    Copier { level: Level::Avx2, copy: x86::copy_avx2, mov: x86::move_avx2 },
-    Copier { level: Level::Avx512, copy: x86::copy_avx512, mov: x86::move_avx512 },
+    Copier {
+        level: Level::Portable,
+        copy: blocks::copy_portable,
+        mov: blocks::move_portable,
+        long: blocks::copy_portable,
+    },
+    Copier { level: Level::Sse2, copy: x86::copy_sse2, mov: x86::move_sse2, long: x86::copy_long_sse2 },
+    Copier { level: Level::Avx2, copy: x86::copy_avx2, mov: x86::move_avx2, long: x86::copy_long_avx2 },
+    Copier { level: Level::Avx512, copy: x86::copy_avx512, mov: x86::move_avx512, long: x86::copy_long_avx512 },
 ];
 #[cfg(not(target_arch = "x86_64"))]
 static KERNELS: [Copier; 4] = {
-    let p = Copier { level: Level::Portable, copy: blocks::copy_portable, mov: blocks::move_portable };
+    let p = Copier {
+        level: Level::Portable,
+        copy: blocks::copy_portable,
+        mov: blocks::move_portable,
+        long: blocks::copy_portable,
+    };
     [p, p, p, p]
 };
 
@@ -166,6 +178,18 @@ impl Copier {
         unsafe { (self.copy)(dst.as_mut_ptr(), src.as_ptr(), src.len()) }
     }
 
+    /// The kernel `copy()` uses above INLINE_MAX (for tests: shorter
+    /// copies go to `copy`).
+    #[cfg(test)]
+    fn copy_long(&self, dst: &mut [u8], src: &[u8]) {
+        assert_eq!(dst.len(), src.len());
+        if src.len() <= INLINE_MAX {
+            return self.copy(dst, src);
+        }
+        // SAFETY: as for copy, and the length is above INLINE_MAX.
+        unsafe { (self.long)(dst.as_mut_ptr(), src.as_ptr(), src.len()) }
+    }
+
     /// As [`move_within`], with this level's kernel.
     #[inline]
     pub fn move_within(&self, buf: &mut [u8], range: Range<usize>, to: usize) {
@@ -187,6 +211,26 @@ impl fmt::Debug for Copier {
 static ACTIVE: AtomicU8 = AtomicU8::new(UNRESOLVED);
 const UNRESOLVED: u8 = u8::MAX;
 
+/// The active level's `long` kernel, as a plain pointer: what `copy()`
+/// calls above INLINE_MAX, one load and one call. It starts as
+/// `resolve_long`, which chooses the level on the first call. Only ever
+/// holds a `Kernel` (see `set_active`).
+static LONG: AtomicPtr<()> = AtomicPtr::new(resolve_long as *mut ());
+
+/// # Safety
+/// As for a `long` kernel.
+unsafe fn resolve_long(d: *mut u8, s: *const u8, n: usize) {
+    let k = active();
+    // SAFETY: passed on from the caller; the level is supported.
+    unsafe { (k.long)(d, s, n) }
+}
+
+/// Make `level` (supported) the one every dispatch uses.
+fn set_active(level: Level) {
+    ACTIVE.store(level as u8, Ordering::Relaxed);
+    LONG.store(KERNELS[level as usize].long as *mut (), Ordering::Relaxed);
+}
+
 #[inline(always)]
 fn active() -> &'static Copier {
     match KERNELS.get(ACTIVE.load(Ordering::Relaxed) as usize) {
@@ -205,7 +249,7 @@ fn resolve() -> &'static Copier {
         log::warn!("{w}");
     }
     // Two threads may race here; both store the same answer.
-    ACTIVE.store(level as u8, Ordering::Relaxed);
+    set_active(level);
     log::debug!("copy: {level} kernels (CPU has {best})");
     &KERNELS[level as usize]
 }
@@ -237,7 +281,7 @@ pub fn set_level(level: Level) -> Result<Level, String> {
         return Err(format!("this CPU lacks {level} (it has {})", Level::detect()));
     }
     let old = self::level();
-    ACTIVE.store(level as u8, Ordering::Relaxed);
+    set_active(level);
     Ok(old)
 }
 
@@ -273,11 +317,16 @@ pub fn copy(dst: &mut [u8], src: &[u8]) {
 }
 
 /// # Safety
-/// `s .. s + n` readable, `d .. d + n` writable, no overlap.
-#[inline(never)]
+/// `n > INLINE_MAX`, `s .. s + n` readable, `d .. d + n` writable, no overlap.
+#[inline(always)]
 unsafe fn copy_large(d: *mut u8, s: *const u8, n: usize) {
-    // SAFETY: passed on from the caller; the active level is supported.
-    unsafe { (active().copy)(d, s, n) }
+    // SAFETY: LONG only ever holds a `Kernel` (resolve_long or the `long`
+    // kernel of a supported level), stored as a plain pointer; the caller
+    // passes on the kernel's requirements.
+    unsafe {
+        let long: Kernel = std::mem::transmute::<*mut (), Kernel>(LONG.load(Ordering::Relaxed));
+        long(d, s, n)
+    }
 }
 
 /// Move `buf[range]` so that it starts at `to` (the regions may overlap).

@@ -190,11 +190,17 @@ fn copier(level: Level) -> Option<Copier> {
 }
 
 macro_rules! level_tests {
-    ($level:expr, $copies:ident, $moves:ident) => {
+    ($level:expr, $copies:ident, $long:ident, $moves:ident) => {
         #[test]
         fn $copies() {
             if let Some(c) = copier($level) {
                 sweep_copies(&|d, s| c.copy(d, s), $level.name());
+            }
+        }
+        #[test]
+        fn $long() {
+            if let Some(c) = copier($level) {
+                sweep_copies(&|d, s| c.copy_long(d, s), $level.name());
             }
         }
         #[test]
@@ -206,10 +212,10 @@ macro_rules! level_tests {
     };
 }
 
-level_tests!(Level::Portable, portable_copies, portable_moves);
-level_tests!(Level::Sse2, sse2_copies, sse2_moves);
-level_tests!(Level::Avx2, avx2_copies, avx2_moves);
-level_tests!(Level::Avx512, avx512_copies, avx512_moves);
+level_tests!(Level::Portable, portable_copies, portable_long_copies, portable_moves);
+level_tests!(Level::Sse2, sse2_copies, sse2_long_copies, sse2_moves);
+level_tests!(Level::Avx2, avx2_copies, avx2_long_copies, avx2_moves);
+level_tests!(Level::Avx512, avx512_copies, avx512_long_copies, avx512_moves);
 
 /// The public functions: the inline path below 129 bytes, the dispatched
 /// kernel above.

@@ -139,6 +139,30 @@ kernels!("sse2", copy_sse2, move_sse2, body_sse2);
 kernels!("avx2", copy_avx2, move_avx2, body_avx2);
 kernels!("avx512f", copy_avx512, move_avx512, body_avx512);
 
+// What `copy()` calls for lengths it does not copy inline: the same code
+// without the branches for short lengths.
+
+macro_rules! long_copy {
+    ($feature:literal, $name:ident, $block:ty) => {
+        /// # Safety
+        /// `n > INLINE_MAX`, `s .. s + n` readable, `d .. d + n` writable,
+        #[doc = concat!("no overlap, and the CPU has ", $feature, ".")]
+        #[target_feature(enable = $feature)]
+        pub(super) unsafe fn $name(d: *mut u8, s: *const u8, n: usize) {
+            // SAFETY: passed on from the caller, who promises n > 128, so
+            // that the block sizes below are at most n.
+            unsafe {
+                std::hint::assert_unchecked(n > super::INLINE_MAX);
+                blocks::copy_long::<$block>(d, s, n)
+            }
+        }
+    };
+}
+
+long_copy!("sse2", copy_long_sse2, Xmm);
+long_copy!("avx2", copy_long_avx2, Ymm);
+long_copy!("avx512f", copy_long_avx512, Zmm);
+
 #[inline(always)]
 unsafe fn body_sse2(d: *mut u8, s: *const u8, n: usize, forward_only: bool) {
     // SAFETY: passed on from the kernel; each block size is used only for
