@@ -171,12 +171,14 @@ impl Matcher {
     /// only; the packet is not changed.
     #[inline]
     pub fn classify(&self, frame: &[u8]) -> Result<Strip, Reject> {
-        if let Kind::Ip { local, remote, inner } = &self.0
-            && let Some(s) = fast_ip(frame, local, remote, inner)
-        {
-            return Ok(s);
+        let fast = match &self.0 {
+            Kind::Ip { local, remote, inner } => fast_ip(frame, local, remote, inner),
+            Kind::Tags { first_tpid, first, second } => fast_tags(frame, *first_tpid, *first, *second),
+        };
+        match fast {
+            Some(s) => Ok(s),
+            None => self.general(frame),
         }
-        self.general(frame)
     }
 
     /// `classify` without the fast path: every header layout, and the
@@ -259,6 +261,26 @@ impl Matcher {
                 }
                 Ok(Strip::Outer { start: EthernetFrame::<&[u8]>::HEADER_LEN + outer.l4_at + at, len: inner_len })
             }
+        }
+    }
+}
+
+/// Tags that match, read from a fixed-size array (no bounds checks);
+/// `None` for anything else, which the general path then looks at.
+#[inline(always)]
+fn fast_tags(f: &[u8], first_tpid: u16, first: Option<u16>, second: Option<Option<u16>>) -> Option<Strip> {
+    let matches = |tpid: u16, tag: &[u8], want: Option<u16>| {
+        wire::get16(tag, 0) == tpid && want.is_none_or(|v| v == VlanTag::new_unchecked(&tag[2..4]).vid())
+    };
+    match second {
+        None => {
+            let h: &[u8; 18] = f.get(..18)?.try_into().ok()?;
+            matches(first_tpid, &h[12..16], first).then_some(Strip::Tags(4))
+        }
+        Some(second) => {
+            let h: &[u8; 22] = f.get(..22)?.try_into().ok()?;
+            (matches(first_tpid, &h[12..16], first) && matches(ETHERTYPE_VLAN, &h[16..20], second))
+                .then_some(Strip::Tags(8))
         }
     }
 }
