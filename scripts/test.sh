@@ -18,7 +18,10 @@ say() { echo "=== $*"; }
 record() { RESULTS+=("$1"); case "$1" in FAIL*) FAILED=1;; esac; }
 
 # --- packages ---------------------------------------------------------------
-PKGS=(tcpdump iproute2 iputils-ping python3-scapy)
+PKGS=(tcpdump iproute2 iputils-ping procps util-linux
+      python3-scapy                                                   # Decap/Encap: apps/decap/tests/scapy.rs
+      iperf3 ethtool                                                  # RawSocket: selftest/rawsocket.sh
+      qemu-system-x86 busybox-static dpdk dpdk-dev python3)          # vhost-user peers: selftest/peers/install.sh
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_copy;
 mod bench_decap;
+mod bench_splitter;
 mod logger;
 mod run;
 mod selftest;
@@ -109,6 +110,18 @@ enum Bench {
         #[arg(long)]
         only: Option<String>,
     },
+    /// VmdqSplitter: Mpps with 64-byte frames, unicast over the pools and 1/4 broadcast.
+    Splitter {
+        /// Frames per figure.
+        #[arg(long, default_value_t = 30_000_000)]
+        packets: u64,
+        /// Pool counts to measure.
+        #[arg(long, value_delimiter = ',', default_value = "8,64")]
+        pools: Vec<usize>,
+        /// Only the unicast mix, or only the broadcast-heavy one.
+        #[arg(long)]
+        only: Option<bench_splitter::Mix>,
+    },
 }
 
 /// Every app class this binary knows.
@@ -117,6 +130,8 @@ pub fn registry() -> snabb_core::Registry {
     snabb_apps_basic::register(&mut r);
     snabb_apps_copier::register(&mut r);
     snabb_apps_decap::register(&mut r);
+    snabb_apps_vmdq_splitter::register(&mut r);
+    snabb_apps_rawsocket::register(&mut r);
     r
 }
 
@@ -147,6 +162,9 @@ fn main() -> ExitCode {
         }
         Program::Bench { which: Bench::Decap { packets, rounds, only } } => {
             bench_decap::run(packets, rounds, only.as_deref())
+        }
+        Program::Bench { which: Bench::Splitter { packets, pools, only } } => {
+            bench_splitter::splitter(packets, &pools, only)
         }
     };
     match r {

@@ -9,6 +9,8 @@ pub fn all() -> Vec<(&'static str, Selftest)> {
     v.extend(snabb_apps_basic::selftests());
     v.extend(snabb_apps_copier::selftests());
     v.extend(snabb_apps_decap::selftests());
+    v.extend(snabb_apps_vmdq_splitter::selftests());
+    v.extend(snabb_apps_rawsocket::selftests());
     v
 }
 
