@@ -1,6 +1,8 @@
 //! snabb-rs: run packet-processing app graphs.
 
 mod bench;
+mod bench_copy;
+mod bench_decap;
 mod bench_splitter;
 mod logger;
 mod run;
@@ -91,6 +93,33 @@ enum Bench {
         #[arg(long, value_delimiter = ',', default_value = "32,64")]
         batch: Vec<usize>,
     },
+    /// ns per copy by size, warm and cold: each copy kernel level against memcpy.
+    Copy {
+        /// Sizes in bytes (default: 64 128 256 512 1024 1514 4096 9000).
+        #[arg(long, value_delimiter = ',')]
+        sizes: Option<Vec<usize>>,
+        /// Measurements per contender; the median is shown.
+        #[arg(long, default_value_t = 9)]
+        rounds: usize,
+        /// Memory the cold copies are spread over, MiB (several times the last-level cache).
+        #[arg(long, default_value_t = 256)]
+        arena_mib: usize,
+        /// Source offset from 64-byte alignment.
+        #[arg(long, default_value_t = 0)]
+        src_offset: usize,
+    },
+    /// Mpps through Decap and Encap (VLAN, QinQ, VXLAN, GRE, L2TPv3), 64-byte inner frames.
+    Decap {
+        /// Packets per run.
+        #[arg(long, default_value_t = 20_000_000)]
+        packets: u64,
+        /// Runs per case; the median is shown.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Only the case of this name, or else those whose name contains it (and the baseline).
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// VmdqSplitter: Mpps with 64-byte frames, unicast over the pools and 1/4 broadcast.
     Splitter {
         /// Frames per figure.
@@ -110,6 +139,8 @@ pub fn registry() -> snabb_core::Registry {
     let mut r = snabb_core::Registry::new();
     snabb_apps_basic::register(&mut r);
     snabb_apps_intel10g::register(&mut r);
+    snabb_apps_copier::register(&mut r);
+    snabb_apps_decap::register(&mut r);
     snabb_apps_vmdq_splitter::register(&mut r);
     snabb_apps_rawsocket::register(&mut r);
     r
@@ -133,6 +164,16 @@ fn main() -> ExitCode {
         }
         Program::Bench { which: Bench::Basic1 { packets } } => bench::basic1(packets).map(drop),
         Program::Bench { which: Bench::Intel10g { packets, batch } } => bench::intel10g(packets, &batch),
+        Program::Bench { which: Bench::Copy { sizes, rounds, arena_mib, src_offset } } => {
+            let mut o = bench_copy::Options { rounds, arena_mib, src_offset, ..Default::default() };
+            if let Some(s) = sizes {
+                o.sizes = s;
+            }
+            bench_copy::run(&o)
+        }
+        Program::Bench { which: Bench::Decap { packets, rounds, only } } => {
+            bench_decap::run(packets, rounds, only.as_deref())
+        }
         Program::Bench { which: Bench::Splitter { packets, pools, only } } => {
             bench_splitter::splitter(packets, &pools, only)
         }

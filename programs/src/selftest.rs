@@ -8,6 +8,8 @@ pub fn all() -> Vec<(&'static str, Selftest)> {
     let mut v = Vec::new();
     v.extend(snabb_apps_basic::selftests());
     v.extend(snabb_apps_intel10g::selftests());
+    v.extend(snabb_apps_copier::selftests());
+    v.extend(snabb_apps_decap::selftests());
     v.extend(snabb_apps_vmdq_splitter::selftests());
     v.extend(snabb_apps_rawsocket::selftests());
     v
