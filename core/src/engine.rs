@@ -105,6 +105,8 @@ pub struct Engine {
     /// Positions of the apps that pull, in name order.
     pulls: Vec<usize>,
     links: BTreeMap<LinkSpec, LinkEntry>,
+    /// The same links in a plain list, for the per-breath walks.
+    link_list: Vec<Rc<Link>>,
     push_order: Vec<String>,
     pull_order: Vec<String>,
     stats: EngineStats,
@@ -134,6 +136,7 @@ impl Engine {
             index: BTreeMap::new(),
             pulls: Vec::new(),
             links: BTreeMap::new(),
+            link_list: Vec::new(),
             push_order: Vec::new(),
             pull_order: Vec::new(),
             stats: EngineStats::default(),
@@ -291,6 +294,7 @@ impl Engine {
                 e.app.link(&e.io);
             }
         }
+        self.link_list = self.links.values().map(|l| l.link.clone()).collect();
         self.config = new.clone();
         self.stats.configs += 1;
         self.set_breathe_order(apps);
@@ -387,8 +391,8 @@ impl Engine {
                 break;
             }
         }
-        for l in self.links.values() {
-            l.link.rewind();
+        for l in &self.link_list {
+            l.rewind();
         }
         self.stats.breaths += 1;
         let moved = self.links_moved();
@@ -398,7 +402,7 @@ impl Engine {
     }
 
     fn links_moved(&self) -> u64 {
-        self.links.values().map(|l| l.link.counters().txpackets).sum()
+        self.link_list.iter().map(|l| l.txpackets()).sum()
     }
 
     fn after_breath(&mut self, moved: u64, now: Instant) {

@@ -222,55 +222,57 @@ impl Link {
         Some(p)
     }
 
-    /// The packets queued now, oldest first, as an iterator that keeps the
-    /// cursor in a register. Packets the iterator does not reach stay on
-    /// the link.
+    /// The packets queued now, oldest first, as an iterator that keeps its
+    /// place in the ring in a register. Packets the iterator does not reach
+    /// stay on the link.
     #[inline]
     pub fn drain(&self) -> Drain<'_> {
         self.check_free(RX_BUSY);
         self.busy.set(self.busy.get() | RX_BUSY);
-        Drain { link: self, ring: self.ring.as_ptr(), mask: self.mask, r: self.read.get(), end: self.write.get() }
+        let r = self.read.get();
+        let n = self.write.get().wrapping_sub(r) as usize;
+        let at = (r & self.mask) as usize;
+        let first = n.min(self.ring.len() - at);
+        let ring = self.ring.as_ptr();
+        // SAFETY: at + first <= ring.len().
+        let (from, stop) = unsafe { (ring.add(at), ring.add(at + first)) };
+        Drain { link: self, at: from, stop, from, r, wrap: n - first }
     }
 
-    /// A batch sender: as `transmit`, with the cursor kept in a register
-    /// until the sender is dropped.
+    /// A batch sender: as `transmit`, with its place in the ring kept in a
+    /// register until the sender is dropped.
     #[inline]
     pub fn transmitter(&self) -> Transmitter<'_> {
         self.check_free(TX_BUSY);
         self.busy.set(self.busy.get() | TX_BUSY);
         let w = self.write.get();
-        let room = self.ring.len() as u32 - w.wrapping_sub(self.read.get());
-        Transmitter {
-            link: self,
-            ring: self.ring.as_ptr(),
-            mask: self.mask,
-            copy: self.copy.get() == CopyMode::Simd,
-            w,
-            end: w.wrapping_add(room),
-            bytes: 0,
-            drops: 0,
-        }
+        let room = self.ring.len() - w.wrapping_sub(self.read.get()) as usize;
+        let at = (w & self.mask) as usize;
+        // In Simd mode every send takes the slow path, which copies.
+        let first = if self.copy.get() == CopyMode::Simd { 0 } else { room.min(self.ring.len() - at) };
+        let ring = self.ring.as_ptr() as *mut Slot;
+        // SAFETY: at + first <= ring.len().
+        let (from, stop) = unsafe { (ring.add(at), ring.add(at + first)) };
+        Transmitter { link: self, at: from, stop, from, w, wrap: if first == 0 { 0 } else { room - first }, bytes: 0, drops: 0 }
     }
 
     /// Drop every queued packet, in bulk; returns how many and their bytes.
     pub fn discard(&self) -> (u64, u64) {
         self.check_free(RX_BUSY);
         let (r, end) = (self.read.get(), self.write.get());
-        let n = end.wrapping_sub(r);
-        let (ring, mask) = (self.ring.as_ptr(), self.mask);
-        let mut bytes = 0;
-        let mut i = r;
+        let n = end.wrapping_sub(r) as usize;
         // `read` moves first: the slots are taken below, and a foreign
         // packet's owner may look at this link while it is dropped.
         self.read.set(end);
-        packet::free_batch(n as usize, || {
-            // SAFETY: i runs over the n slots that were inside read..write;
-            // `read` has moved past them, so each is taken exactly once.
-            let p = unsafe { slot_take(ring, mask, i) };
-            i = i.wrapping_add(1);
-            bytes += p.len() as u64;
-            p
-        });
+        // The queued packets lie in at most two runs: up to the end of the
+        // ring, then from its start.
+        let at = (r & self.mask) as usize;
+        let first = n.min(self.ring.len() - at);
+        let ring = self.ring.as_ptr() as *const Packet;
+        // SAFETY: the n slots from `r` held packets inside read..write, and
+        // `read` has moved past them, so each is given up exactly once.
+        // A slot is an UnsafeCell<MaybeUninit<Packet>>: a Packet's layout.
+        let bytes = unsafe { packet::free_run(ring.add(at), first) + packet::free_run(ring, n - first) };
         (n as u64, bytes)
     }
 
@@ -396,30 +398,59 @@ impl std::fmt::Debug for Link {
 
 /// The packets queued on a link when `drain` was called. Dropping the
 /// iterator commits how far it got.
+///
+/// It walks the queue as (at most) two contiguous runs of slots, to the end
+/// of the ring and then from its start, so that taking a packet is a load
+/// and a pointer increment.
 pub struct Drain<'a> {
     link: &'a Link,
-    ring: *const Slot,
-    mask: u32,
+    /// Next slot to take, and the end of the current run.
+    at: *const Slot,
+    stop: *const Slot,
+    /// Start of the current run, and the cursor value there.
+    from: *const Slot,
     r: u32,
-    end: u32,
+    /// Packets in the second run, from the ring's start (0 once in it).
+    wrap: usize,
+}
+
+impl Drain<'_> {
+    /// Packets taken so far from the current run.
+    #[inline(always)]
+    fn taken(&self) -> u32 {
+        // SAFETY: at and from point into the same ring, at >= from.
+        unsafe { self.at.offset_from(self.from) as u32 }
+    }
 }
 
 impl Iterator for Drain<'_> {
     type Item = Packet;
     #[inline(always)]
     fn next(&mut self) -> Option<Packet> {
-        if self.r == self.end {
-            return None;
+        if self.at == self.stop {
+            if self.wrap == 0 {
+                return None;
+            }
+            // End of the first run: go on from the ring's start.
+            self.r = self.r.wrapping_add(self.taken());
+            let ring = self.link.ring.as_ptr();
+            self.from = ring;
+            self.at = ring;
+            // SAFETY: wrap <= ring.len().
+            self.stop = unsafe { ring.add(self.wrap) };
+            self.wrap = 0;
         }
-        // SAFETY: r is inside the link's read..write; this iterator alone
-        // reads the ring while it lives (RX_BUSY), and sets `read` to r when
-        // it drops.
-        let p = unsafe { slot_take(self.ring, self.mask, self.r) };
-        self.r = self.r.wrapping_add(1);
+        // SAFETY: `at` is a slot inside the link's read..write; this iterator
+        // alone reads the ring while it lives (RX_BUSY), and moves `read`
+        // past the slot when it drops.
+        let p = unsafe { (*(*self.at).get()).assume_init_read() };
+        // SAFETY: at < stop, so at + 1 is at most one past the run.
+        self.at = unsafe { self.at.add(1) };
         Some(p)
     }
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.end.wrapping_sub(self.r) as usize;
+        // SAFETY: as in taken().
+        let n = unsafe { self.stop.offset_from(self.at) } as usize + self.wrap;
         (n, Some(n))
     }
 }
@@ -429,19 +460,27 @@ impl ExactSizeIterator for Drain<'_> {}
 impl Drop for Drain<'_> {
     #[inline]
     fn drop(&mut self) {
-        self.link.read.set(self.r);
+        self.link.read.set(self.r.wrapping_add(self.taken()));
         self.link.busy.set(self.link.busy.get() & !RX_BUSY);
     }
 }
 
 /// A batch sender on a link; see [`Link::transmitter`].
+///
+/// Like [`Drain`], it fills the free slots as (at most) two contiguous runs,
+/// so that a send is a compare, a store and a pointer increment. A link in
+/// `Simd` mode, a full link and the wrap to the ring's start take the slow
+/// path.
 pub struct Transmitter<'a> {
     link: &'a Link,
-    ring: *const Slot,
-    mask: u32,
-    copy: bool,
+    /// Next free slot, and the end of the current run of free slots.
+    at: *mut Slot,
+    stop: *mut Slot,
+    /// Start of the current run, and the cursor value there.
+    from: *mut Slot,
     w: u32,
-    end: u32,
+    /// Free slots in the second run, from the ring's start (0 once in it).
+    wrap: usize,
     bytes: u64,
     drops: u64,
 }
@@ -450,23 +489,55 @@ impl Transmitter<'_> {
     /// Send a packet, or drop and count it when the link is full.
     #[inline(always)]
     pub fn send(&mut self, p: Packet) {
-        if self.w == self.end {
-            self.drops += 1;
-            return;
+        if self.at == self.stop {
+            return self.send_slow(p);
         }
-        let p = if self.copy { self.link.copy_packet(p) } else { p };
         self.bytes += p.len() as u64;
-        // SAFETY: w is below `end`, the end of the free slots when this
-        // sender was made (the consumer only makes more room), and only this
-        // sender writes the link while it lives (TX_BUSY).
-        unsafe { slot_put(self.ring, self.mask, self.w, p) };
-        self.w = self.w.wrapping_add(1);
+        // SAFETY: `at` is a free slot: it lies in a run of slots that were
+        // free when this sender was made (the consumer only makes more
+        // room), and only this sender writes the link while it lives
+        // (TX_BUSY).
+        unsafe {
+            (*(*self.at).get()).write(p);
+            self.at = self.at.add(1);
+        }
+    }
+
+    /// Off the fast path: the wrap to the ring's start (inline, so that the
+    /// sender's fields stay in registers), a link in Simd mode, or a full
+    /// link (out of line).
+    #[inline(always)]
+    fn send_slow(&mut self, p: Packet) {
+        if self.wrap > 0 {
+            // SAFETY: at and from point into the same ring, at >= from.
+            self.w = self.w.wrapping_add(unsafe { self.at.offset_from(self.from) } as u32);
+            let ring = self.link.ring.as_ptr() as *mut Slot;
+            self.from = ring;
+            self.at = ring;
+            // SAFETY: wrap <= ring.len().
+            self.stop = unsafe { ring.add(self.wrap) };
+            self.wrap = 0;
+            return self.send(p);
+        }
+        // Simd mode keeps at == from == stop: w is the cursor.
+        match send_copy(self.link, self.w, p) {
+            Some(bytes) => {
+                self.bytes += bytes;
+                self.w = self.w.wrapping_add(1);
+            }
+            None => self.drops += 1,
+        }
     }
 
     /// Free slots left.
     #[inline]
     pub fn room(&self) -> usize {
-        self.end.wrapping_sub(self.w) as usize
+        let l = self.link;
+        if l.copy.get() == CopyMode::Simd {
+            return l.ring.len() - self.w.wrapping_sub(l.read.get()) as usize;
+        }
+        // SAFETY: at and stop point into the same ring, stop >= at.
+        unsafe { self.stop.offset_from(self.at) as usize + self.wrap }
     }
 }
 
@@ -475,10 +546,28 @@ impl Drop for Transmitter<'_> {
     fn drop(&mut self) {
         let l = self.link;
         l.busy.set(l.busy.get() & !TX_BUSY);
-        l.write.set(self.w);
+        // SAFETY: at and from point into the same ring, at >= from.
+        l.write.set(self.w.wrapping_add(unsafe { self.at.offset_from(self.from) } as u32));
         l.txbytes.set(l.txbytes.get() + self.bytes);
         l.txdrop.set(l.txdrop.get() + self.drops);
     }
+}
+
+/// A send that cannot take the fast path: in Simd mode the link gets a
+/// copy at cursor `w` (returns its bytes); otherwise, or when the link is
+/// full, the packet is dropped (returns None, for the caller to count).
+#[cold]
+#[inline(never)]
+fn send_copy(l: &Link, w: u32, p: Packet) -> Option<u64> {
+    if l.copy.get() != CopyMode::Simd || w.wrapping_sub(l.read.get()) as usize == l.ring.len() {
+        return None;
+    }
+    let p = l.copy_packet(p);
+    let bytes = p.len() as u64;
+    // SAFETY: the link is not full, so slot `w` is empty, and only the
+    // caller's sender writes the link while it lives.
+    unsafe { slot_put(l.ring.as_ptr(), l.mask, w, p) };
+    Some(bytes)
 }
 
 #[cold]

@@ -11,12 +11,17 @@
 //!     and on drop the token goes on the owner's return ring, which the owner
 //!     drains on its next breath. It never reaches the host freelist.
 //!
-//! Host buffer layout (one record, 64-byte aligned, never straddling a huge
-//! page):
+//! The handle points to a 32-byte *record* (data pointer, length, start,
+//! device address, owner, capacity). Records are kept apart from the
+//! buffers, packed two to a cache line in one array per chunk, so that a
+//! small packet costs one line of metadata shared with a neighbour plus the
+//! line of its data, and the records of the packets in flight stay close
+//! together in the cache. Host buffers (2 MiB chunks, one buffer every
+//! `STRIDE` bytes):
 //!
 //! ```text
-//!   | record header 64 B | headroom 256 B | payload 10240 B |
-//!                        ^ base           ^ data at base+start (start = 256)
+//!   | headroom 256 B | payload 10240 B | pad 64 B |
+//!   ^ base           ^ data at base+start (start = 256)
 //! ```
 //!
 //! Stripping a header (`shift_left`) or prepending one (`shift_right`,
@@ -46,37 +51,51 @@ pub const PAYLOAD_SIZE: usize = 10 * 1024;
 /// Bytes in a host buffer: headroom plus payload.
 pub const BUFFER_SIZE: usize = HEADROOM + PAYLOAD_SIZE;
 
-const HEADER_SIZE: usize = 64;
-const RECORD_SIZE: usize = HEADER_SIZE + BUFFER_SIZE;
-const RECORDS_PER_CHUNK: usize = CHUNK_SIZE / RECORD_SIZE;
+/// Distance from one host buffer to the next in a chunk: the buffer and one
+/// cache line. An odd number of lines, so that the first data lines of
+/// neighbouring buffers fall in different cache sets; with an even stride
+/// (the buffer alone is 164 lines) they would crowd into a sixteenth of the
+/// L1 sets and evict each other.
+const STRIDE: usize = BUFFER_SIZE + 64;
+const BUFFERS_PER_CHUNK: usize = CHUNK_SIZE / STRIDE;
+const _: () = assert!(STRIDE % 64 == 0 && (STRIDE / 64) % 2 == 1);
 
 /// Owner id of host packets.
 const HOST: u32 = 0;
-/// Flag: the data must stay where it is (see [`Packet::has_fixed_start`]).
-const FIXED_START: u32 = 1;
+/// Top bit of `Record::cap`: the data must stay where it is (see
+/// [`Packet::has_fixed_start`]).
+const FIXED_START: u32 = 1 << 31;
+const CAP_MASK: u32 = FIXED_START - 1;
 
-/// The per-packet metadata, at the front of a host record or in a separate
-/// "shell" for a foreign buffer. One cache line.
-#[repr(C, align(64))]
+/// The per-packet metadata: in a chunk's record array for a host buffer, at
+/// the front of a [`Shell`] for a foreign one. Half a cache line.
+///
+/// A host record on the freelist always has `start == HEADROOM` (and `data`
+/// to match), so taking one costs a store of the length only.
+#[repr(C, align(32))]
 struct Record {
-    /// First byte of the buffer.
-    base: *mut u8,
-    /// Device address of `base` (0 when unknown).
-    dma: u64,
-    /// Offset of the first data byte from `base`.
-    start: u32,
+    /// First data byte: `base + start`.
+    data: *mut u8,
     len: u32,
-    /// Bytes of buffer from `base`.
-    cap: u32,
+    /// Offset of the first data byte from the buffer's start.
+    start: u32,
+    /// Device address of the buffer's start (0 when unknown).
+    dma: u64,
     /// HOST, or a foreign owner's id (slot | generation << 16).
     owner: u32,
-    /// The owner's token for this buffer (a descriptor chain head, say).
-    token: u64,
-    flags: u32,
+    /// Bytes of buffer from its start (low 31 bits), and FIXED_START.
+    cap: u32,
 }
 
-const _: () = assert!(std::mem::size_of::<Record>() == HEADER_SIZE);
-const _: () = assert!(RECORD_SIZE % 64 == 0);
+const _: () = assert!(std::mem::size_of::<Record>() == 32);
+
+/// A foreign packet's record and the owner's token for its buffer (a
+/// descriptor chain head, say).
+#[repr(C)]
+struct Shell {
+    rec: Record,
+    token: u64,
+}
 
 /// An owned packet buffer. See the module documentation.
 pub struct Packet {
@@ -124,16 +143,16 @@ impl Packet {
     #[inline]
     pub fn data(&self) -> &[u8] {
         let r = self.rec();
-        // SAFETY: start+len <= cap is an invariant of every record, and the
-        // buffer stays valid while this handle lives.
-        unsafe { std::slice::from_raw_parts(r.base.add(r.start as usize), r.len as usize) }
+        // SAFETY: data = base + start and start + len <= cap are invariants
+        // of every record, and the buffer stays valid while this handle lives.
+        unsafe { std::slice::from_raw_parts(r.data, r.len as usize) }
     }
 
     #[inline]
     pub fn data_mut(&mut self) -> &mut [u8] {
         let r = self.rec_mut();
         // SAFETY: as for data(); &mut self is exclusive.
-        unsafe { std::slice::from_raw_parts_mut(r.base.add(r.start as usize), r.len as usize) }
+        unsafe { std::slice::from_raw_parts_mut(r.data, r.len as usize) }
     }
 
     /// Bytes free in front of the data.
@@ -145,13 +164,13 @@ impl Packet {
     #[inline]
     pub fn tailroom(&self) -> usize {
         let r = self.rec();
-        (r.cap - r.start - r.len) as usize
+        ((r.cap & CAP_MASK) - r.start - r.len) as usize
     }
     /// The largest length the packet can take without moving its start.
     #[inline]
     pub fn capacity(&self) -> usize {
         let r = self.rec();
-        (r.cap - r.start) as usize
+        ((r.cap & CAP_MASK) - r.start) as usize
     }
 
     /// Device address of the first data byte (0 when unknown).
@@ -169,7 +188,7 @@ impl Packet {
     /// True when the data cannot move inside its buffer: header edits move bytes.
     #[inline]
     pub fn has_fixed_start(&self) -> bool {
-        self.rec().flags & FIXED_START != 0
+        self.rec().cap & FIXED_START != 0
     }
 
     /// Set the length; bytes beyond the old length are whatever the buffer
@@ -215,7 +234,10 @@ impl Packet {
             let d = self.data_mut();
             crate::copy::move_within(d, n..len, 0);
         } else {
-            self.rec_mut().start += n as u32;
+            let r = self.rec_mut();
+            // SAFETY: n <= len, so the new start is still inside the buffer.
+            r.data = unsafe { r.data.add(n) };
+            r.start += n as u32;
         }
         self.rec_mut().len -= n as u32;
     }
@@ -228,6 +250,8 @@ impl Packet {
         let len = self.len();
         if !self.has_fixed_start() && n <= self.headroom() {
             let r = self.rec_mut();
+            // SAFETY: n <= start, so the new start is still inside the buffer.
+            r.data = unsafe { r.data.sub(n) };
             r.start -= n as u32;
             r.len += n as u32;
             return;
@@ -249,9 +273,7 @@ impl Packet {
     #[inline]
     pub fn copy_to_host(&self) -> Packet {
         let mut p = allocate_raw();
-        let r = p.rec_mut();
-        r.start = HEADROOM as u32;
-        r.len = self.len() as u32;
+        p.rec_mut().len = self.len() as u32;
         crate::copy::copy(p.data_mut(), self.data());
         p
     }
@@ -259,7 +281,21 @@ impl Packet {
     /// The owner id and token of a foreign packet.
     pub fn foreign_token(&self) -> Option<(u32, u64)> {
         let r = self.rec();
-        (r.owner != HOST).then_some((r.owner, r.token))
+        // SAFETY: a foreign packet's record is the front of a Shell.
+        (r.owner != HOST).then(|| (r.owner, unsafe { (*self.rec.cast::<Shell>().as_ptr()).token }))
+    }
+
+    /// Give a fresh host packet (start HEADROOM) the headroom of `of`, when
+    /// `of` has less: a clone keeps its original's headroom.
+    #[inline(always)]
+    fn match_headroom(&mut self, of: &Packet) {
+        let start = of.rec().start;
+        if start < HEADROOM as u32 {
+            let r = self.rec_mut();
+            // SAFETY: moving the start down inside the headroom.
+            r.data = unsafe { r.data.sub(HEADROOM - start as usize) };
+            r.start = start;
+        }
     }
 }
 
@@ -274,9 +310,8 @@ impl Clone for Packet {
     #[inline]
     fn clone(&self) -> Packet {
         let mut p = allocate_raw();
-        let r = p.rec_mut();
-        r.start = self.headroom().min(HEADROOM) as u32;
-        r.len = self.len() as u32;
+        p.match_headroom(self);
+        p.rec_mut().len = self.len() as u32;
         crate::copy::copy(p.data_mut(), self.data());
         p
     }
@@ -289,7 +324,7 @@ impl fmt::Debug for Packet {
             .field("len", &r.len)
             .field("start", &r.start)
             .field("owner", &r.owner)
-            .field("token", &r.token)
+            .field("token", &self.foreign_token().map_or(0, |t| t.1))
             .finish()
     }
 }
@@ -336,13 +371,39 @@ struct OwnerSlot {
 }
 
 struct State {
+    /// Free host records, used last on top. Its capacity covers every host
+    /// record of the pool, so a free never reallocates.
     free: Vec<NonNull<Record>>,
+    /// Host records taken off the freelist so far (frees are derived:
+    /// allocs - in use), counted per batch.
+    allocs: u64,
+    foreign_wrapped: u64,
+    foreign_returned: u64,
+    /// Host records in the pool.
+    total: u64,
     shells: Vec<NonNull<Record>>,
     chunks: Vec<memory::Chunk>,
-    shell_blocks: Vec<Box<[Record]>>,
+    /// Each chunk's records, in a block of their own (from Box::into_raw).
+    records: Vec<NonNull<[Record]>>,
+    /// Blocks of shells for foreign packets (from Box::into_raw).
+    shell_blocks: Vec<NonNull<[Shell]>>,
     owners: Vec<OwnerSlot>,
-    stats: Stats,
     next_step: usize,
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        // Only reached when every packet is home (see Retire): no handle
+        // refers to a record any more.
+        for b in self.records.drain(..).map(|b| b.as_ptr()) {
+            // SAFETY: made by Box::into_raw in grow(), dropped once here.
+            drop(unsafe { Box::from_raw(b) });
+        }
+        for b in self.shell_blocks.drain(..).map(|b| b.as_ptr()) {
+            // SAFETY: made by Box::into_raw in grow_shells(), dropped once here.
+            drop(unsafe { Box::from_raw(b) });
+        }
+    }
 }
 
 thread_local! {
@@ -362,7 +423,7 @@ impl Drop for Retire {
         // SAFETY: the pointer came from Box::into_raw in state() and was
         // just unhooked, so nothing else reaches it.
         let st = unsafe { Box::from_raw(st) };
-        let home = st.free.len() as u64 == st.stats.total && st.owners.iter().all(|o| o.outstanding == 0);
+        let home = st.free.len() as u64 == st.total && st.owners.iter().all(|o| o.outstanding == 0);
         if home {
             for c in &st.chunks {
                 memory::recycle_chunk(*c);
@@ -376,7 +437,7 @@ impl Drop for Retire {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn state() -> *mut State {
     let st = STATE.with(|s| s.get());
     if !st.is_null() {
@@ -386,11 +447,17 @@ fn state() -> *mut State {
 }
 
 #[cold]
+#[inline(never)]
 fn init_state() -> *mut State {
     let st = Box::into_raw(Box::new(State {
         free: Vec::new(),
+        allocs: 0,
+        foreign_wrapped: 0,
+        foreign_returned: 0,
+        total: 0,
         shells: Vec::new(),
         chunks: Vec::new(),
+        records: Vec::new(),
         shell_blocks: Vec::new(),
         // Slot 0 stands for the host.
         owners: vec![OwnerSlot {
@@ -401,7 +468,6 @@ fn init_state() -> *mut State {
             returns: Vec::new(),
             keepalive: None,
         }],
-        stats: Stats::default(),
         next_step: 1,
     }));
     STATE.with(|s| s.set(st));
@@ -414,14 +480,11 @@ fn init_state() -> *mut State {
 #[inline]
 pub fn allocate() -> Packet {
     let mut p = allocate_raw();
-    let r = p.rec_mut();
-    r.start = HEADROOM as u32;
-    r.len = 0;
+    p.rec_mut().len = 0;
     p
 }
 
-/// A host packet whose start and length are whatever its last user left:
-/// the caller sets both.
+/// A host packet with start HEADROOM and a length for the caller to set.
 #[inline(always)]
 fn allocate_raw() -> Packet {
     // SAFETY: state() is this thread's State; the reference ends before
@@ -429,21 +492,84 @@ fn allocate_raw() -> Packet {
     let st = unsafe { &mut *state() };
     let rec = match st.free.pop() {
         Some(r) => r,
-        None => grow(st),
+        None => {
+            grow(st);
+            st.free.pop().expect("grow adds records")
+        }
     };
+    st.allocs += 1;
     Packet { rec, _not_send: PhantomData }
+}
+
+/// Put a host record's start back to HEADROOM, as the freelist keeps them.
+///
+/// # Safety
+/// `r` must be a host record no handle refers to any more.
+#[inline(always)]
+unsafe fn rearm(r: *mut Record) {
+    // SAFETY: per the contract, r is ours to write.
+    unsafe {
+        let start = (*r).start;
+        if start != HEADROOM as u32 {
+            (*r).data = (*r).data.sub(start as usize).add(HEADROOM);
+            (*r).start = HEADROOM as u32;
+        }
+    }
 }
 
 #[inline(always)]
 fn free_host(rec: NonNull<Record>) {
     // SAFETY: rec is a host record of this thread (Packet is !Send) that its
     // handle is giving up; State is this thread's, referenced only here.
+    // The freelist's capacity covers every host record, so the write past
+    // its length stays inside its allocation.
     unsafe {
-        let st = &mut *state();
-        // Capacity was reserved for every record: this never reallocates.
-        st.free.push(rec);
-        st.stats.frees += 1;
+        rearm(rec.as_ptr());
+        let free = &mut (*state()).free;
+        let n = free.len();
+        debug_assert!(n < free.capacity());
+        free.as_mut_ptr().add(n).write(rec);
+        free.set_len(n + 1);
     }
+}
+
+/// Drop the `n` packets stored at `packets` (moved out: the caller must not
+/// use or drop them again) and return their bytes. While no foreign packet
+/// exists on this thread, all are host packets and go straight onto the
+/// freelist in one pass.
+///
+/// # Safety
+/// `packets` must point to `n` initialised packets that the caller gives up.
+#[inline]
+pub(crate) unsafe fn free_run(packets: *const Packet, n: usize) -> u64 {
+    let st = state();
+    let mut bytes = 0u64;
+    // SAFETY: this thread's State, referenced only inside this block (no
+    // packet is dropped while `free` is borrowed). Every packet of this
+    // thread was counted in foreign_wrapped if foreign, so when no foreign
+    // packet is out these are host records, which the freelist has room for.
+    unsafe {
+        if (*st).foreign_wrapped == (*st).foreign_returned {
+            let free = &mut (*st).free;
+            let top = free.len();
+            debug_assert!(free.capacity() - top >= n);
+            let to = free.as_mut_ptr().add(top);
+            for i in 0..n {
+                let rec = (*packets.add(i)).rec;
+                bytes += (*rec.as_ptr()).len as u64;
+                rearm(rec.as_ptr());
+                to.add(i).write(rec);
+            }
+            free.set_len(top + n);
+        } else {
+            for i in 0..n {
+                let p = ptr::read(packets.add(i));
+                bytes += p.len() as u64;
+                drop(p);
+            }
+        }
+    }
+    bytes
 }
 
 /// Drop `n` packets that `next` yields, with one look-up of the freelist
@@ -473,6 +599,7 @@ pub fn free_batch(n: usize, mut next: impl FnMut() -> Packet) {
                     foreign = Some(p);
                     break;
                 }
+                rearm(p.rec.as_ptr());
                 base.add(m).write(p.rec);
                 std::mem::forget(p);
                 m += 1;
@@ -484,7 +611,6 @@ pub fn free_batch(n: usize, mut next: impl FnMut() -> Packet) {
                 // safe if it ever does.
                 free.reserve(left);
             }
-            (*st).stats.frees += m as u64;
         }
         drop(foreign);
     }
@@ -493,48 +619,31 @@ pub fn free_batch(n: usize, mut next: impl FnMut() -> Packet) {
 /// Fresh host packets taken from the freelist in one go, so that a loop
 /// that makes many packets pays for the freelist once.
 pub struct Allocator {
-    recs: [MaybeUninit<NonNull<Record>>; ALLOC_BATCH],
     next: usize,
     len: usize,
+    recs: [MaybeUninit<NonNull<Record>>; ALLOC_BATCH],
 }
 
-const ALLOC_BATCH: usize = 64;
+/// Records an allocator takes at a time at most: more than a breath's
+/// worth of packets for one output (`PULL_NPACKETS`).
+const ALLOC_BATCH: usize = 128;
 
 impl Allocator {
-    /// An allocator holding up to `n` (at most 64) packets at a time.
+    /// An allocator holding up to `n` (at most 128) packets at a time.
     #[inline(always)]
     pub fn new(n: usize) -> Allocator {
-        // SAFETY: an array of MaybeUninit needs no initialisation.
-        let recs = unsafe { MaybeUninit::<[MaybeUninit<NonNull<Record>>; ALLOC_BATCH]>::uninit().assume_init() };
-        let mut a = Allocator { recs, next: 0, len: 0 };
-        a.refill(n.clamp(1, ALLOC_BATCH));
-        a
+        let mut recs = [MaybeUninit::uninit(); ALLOC_BATCH];
+        let len = take_records(&mut recs, n.clamp(1, ALLOC_BATCH));
+        Allocator { next: 0, len, recs }
     }
 
-    #[inline(always)]
-    fn refill(&mut self, n: usize) {
-        // SAFETY: this thread's State, referenced only within this block.
-        let st = unsafe { &mut *state() };
-        while st.free.len() < n {
-            let r = grow(st);
-            st.free.push(r);
-        }
-        let from = st.free.len() - n;
-        // SAFETY: the records moved here leave the freelist (its length is
-        // cut below), so each is owned by this allocator alone.
-        unsafe {
-            std::ptr::copy_nonoverlapping(st.free.as_ptr().add(from), self.recs.as_mut_ptr() as *mut NonNull<Record>, n);
-            st.free.set_len(from);
-        }
-        self.next = 0;
-        self.len = n;
-    }
-
-    /// A host packet with start and length for the caller to set.
+    /// A host packet (start HEADROOM) with a length for the caller to set.
     #[inline(always)]
     fn take(&mut self) -> Packet {
         if self.next == self.len {
-            self.refill(ALLOC_BATCH);
+            // Only the array's address leaves: the counters stay in registers.
+            self.len = take_records(&mut self.recs, ALLOC_BATCH);
+            self.next = 0;
         }
         // SAFETY: slots next..len hold records this allocator owns.
         let rec = unsafe { self.recs.get_unchecked(self.next).assume_init() };
@@ -546,9 +655,7 @@ impl Allocator {
     #[inline(always)]
     pub fn allocate(&mut self) -> Packet {
         let mut p = self.take();
-        let r = p.rec_mut();
-        r.start = HEADROOM as u32;
-        r.len = 0;
+        p.rec_mut().len = 0;
         p
     }
 
@@ -556,69 +663,129 @@ impl Allocator {
     #[inline(always)]
     pub fn clone_of(&mut self, p: &Packet) -> Packet {
         let mut c = self.take();
+        c.match_headroom(p);
+        let src = p.data();
         let r = c.rec_mut();
-        r.start = p.headroom().min(HEADROOM) as u32;
-        r.len = p.len() as u32;
-        crate::copy::copy(c.data_mut(), p.data());
+        r.len = src.len() as u32;
+        // SAFETY: the fresh buffer has at least the tailroom of `p` from the
+        // same start, so `src.len()` bytes fit.
+        crate::copy::copy(unsafe { std::slice::from_raw_parts_mut(r.data, src.len()) }, src);
+        c
+    }
+
+    /// A new packet holding a copy of `bytes`, as `Packet::from_bytes`.
+    /// Panics when `bytes` is longer than [`PAYLOAD_SIZE`].
+    #[inline(always)]
+    pub fn from_bytes(&mut self, bytes: &[u8]) -> Packet {
+        assert!(bytes.len() <= PAYLOAD_SIZE, "{}-byte packet: more than PAYLOAD_SIZE", bytes.len());
+        let mut c = self.take();
+        let r = c.rec_mut();
+        r.len = bytes.len() as u32;
+        // SAFETY: a fresh host buffer has PAYLOAD_SIZE bytes after its start.
+        crate::copy::copy(unsafe { std::slice::from_raw_parts_mut(r.data, bytes.len()) }, bytes);
         c
     }
 }
 
 impl Drop for Allocator {
+    #[inline(always)]
     fn drop(&mut self) {
-        // SAFETY: this thread's State; the unused records go back to the
-        // freelist, whose capacity covers them.
-        let st = unsafe { &mut *state() };
-        for i in self.next..self.len {
-            // SAFETY: slots next..len are owned and initialised.
-            st.free.push(unsafe { self.recs[i].assume_init() });
+        if self.next < self.len {
+            // SAFETY: slots next..len hold records this allocator owns.
+            unsafe { give_back_records(self.recs.as_ptr().add(self.next), self.len - self.next) };
         }
     }
+}
+
+/// Move `n` records from the top of the freelist into `recs`, growing the
+/// pool if needed; returns `n`.
+#[inline(never)]
+fn take_records(recs: &mut [MaybeUninit<NonNull<Record>>; ALLOC_BATCH], n: usize) -> usize {
+    // SAFETY: this thread's State, referenced only within this function.
+    let st = unsafe { &mut *state() };
+    while st.free.len() < n {
+        grow(st);
+    }
+    let from = st.free.len() - n;
+    // SAFETY: the records moved here leave the freelist (its length is cut
+    // below), so each is owned by the allocator alone; n <= ALLOC_BATCH.
+    unsafe {
+        ptr::copy_nonoverlapping(st.free.as_ptr().add(from), recs.as_mut_ptr() as *mut NonNull<Record>, n);
+        st.free.set_len(from);
+    }
+    st.allocs += n as u64;
+    n
+}
+
+/// Put `n` unused records back on the freelist (they are fresh: start
+/// HEADROOM).
+///
+/// # Safety
+/// `recs` must point to `n` records that the caller owns and gives up.
+#[inline(never)]
+unsafe fn give_back_records(recs: *const MaybeUninit<NonNull<Record>>, n: usize) {
+    // SAFETY: this thread's State; the freelist's capacity covers every
+    // host record, so these fit.
+    let st = unsafe { &mut *state() };
+    for i in 0..n {
+        // SAFETY: per the contract, i < n slots are initialised.
+        st.free.push(unsafe { (*recs.add(i)).assume_init() });
+    }
+    st.allocs -= n as u64;
 }
 
 /// Add chunks to the pool: one the first time, then twice as many as the
 /// step before (as Snabb does), so a busy graph stops growing quickly.
 #[cold]
-fn grow(st: &mut State) -> NonNull<Record> {
+#[inline(never)]
+fn grow(st: &mut State) {
     let n = st.next_step;
     st.next_step = (n * 2).min(64);
     for _ in 0..n {
         let c = memory::alloc_chunk().expect("packet memory: cannot map a 2 MiB chunk");
         st.chunks.push(c);
         // The freelist can hold every record of the pool: frees never
-        // reallocate, and `free_batch` relies on it.
-        let total = st.stats.total as usize + RECORDS_PER_CHUNK;
+        // reallocate, and `free_run` and `free_batch` rely on it.
+        let total = st.total as usize + BUFFERS_PER_CHUNK;
         st.free.reserve(total - st.free.len());
-        for i in (0..RECORDS_PER_CHUNK).rev() {
-            let off = i * RECORD_SIZE;
-            let rec = (c.virt + off) as *mut Record;
-            let dma = c.dma + (off + HEADER_SIZE) as u64;
-            // SAFETY: the record lies inside the new chunk, which nobody else uses.
-            unsafe {
-                rec.write(Record {
-                    base: (rec as *mut u8).add(HEADER_SIZE),
-                    dma,
-                    start: HEADROOM as u32,
+        let records: Box<[Record]> = (0..BUFFERS_PER_CHUNK)
+            .map(|i| {
+                let base = c.virt + i * STRIDE;
+                Record {
+                    data: (base + HEADROOM) as *mut u8,
                     len: 0,
-                    cap: BUFFER_SIZE as u32,
+                    start: HEADROOM as u32,
+                    dma: c.dma + (i * STRIDE) as u64,
                     owner: HOST,
-                    token: 0,
-                    flags: 0,
-                });
-                st.free.push(NonNull::new_unchecked(rec));
-            }
+                    cap: BUFFER_SIZE as u32,
+                }
+            })
+            .collect();
+        // SAFETY: a fresh allocation; the block is freed only with the State.
+        let records = unsafe { NonNull::new_unchecked(Box::into_raw(records)) };
+        // Pushed last to first, so that the first buffers are used first.
+        for i in (0..BUFFERS_PER_CHUNK).rev() {
+            // SAFETY: i is inside the block.
+            st.free.push(unsafe { records.cast::<Record>().add(i) });
         }
-        st.stats.total += RECORDS_PER_CHUNK as u64;
+        st.records.push(records);
+        st.total += BUFFERS_PER_CHUNK as u64;
     }
-    st.free.pop().unwrap()
 }
 
 /// This thread's packet counters.
 pub fn stats() -> Stats {
     // SAFETY: a read of this thread's State.
     let st = unsafe { &*state() };
-    let in_use = st.stats.total - st.free.len() as u64;
-    Stats { allocs: st.stats.frees + in_use, in_use, total: st.stats.total, ..st.stats }
+    let in_use = st.total - st.free.len() as u64;
+    Stats {
+        allocs: st.allocs,
+        frees: st.allocs - in_use,
+        foreign_wrapped: st.foreign_wrapped,
+        foreign_returned: st.foreign_returned,
+        in_use,
+        total: st.total,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -714,6 +881,7 @@ impl BufferOwner {
             buf.len,
             buf.cap
         );
+        assert!(buf.cap & FIXED_START == 0, "foreign buffer: cap {} of 2 GiB or more", buf.cap);
         // SAFETY: this thread's State; no other reference is live.
         let st = unsafe { &mut *state() };
         let shell = match st.shells.pop() {
@@ -721,18 +889,20 @@ impl BufferOwner {
             None => grow_shells(st),
         };
         st.owners[self.slot()].outstanding += 1;
-        st.stats.foreign_wrapped += 1;
-        // SAFETY: shell is a free shell record owned by this thread.
+        st.foreign_wrapped += 1;
+        // SAFETY: shell is a free shell owned by this thread; start <= cap
+        // was checked, so data stays inside the lent buffer.
         unsafe {
-            shell.as_ptr().write(Record {
-                base: buf.base.as_ptr(),
-                dma: buf.dma,
-                start: buf.start,
-                len: buf.len,
-                cap: buf.cap,
-                owner: self.id,
+            shell.cast::<Shell>().as_ptr().write(Shell {
+                rec: Record {
+                    data: buf.base.as_ptr().add(buf.start as usize),
+                    len: buf.len,
+                    start: buf.start,
+                    dma: buf.dma,
+                    owner: self.id,
+                    cap: buf.cap | if buf.fixed_start { FIXED_START } else { 0 },
+                },
                 token: buf.token,
-                flags: if buf.fixed_start { FIXED_START } else { 0 },
             });
         }
         Packet { rec: shell, _not_send: PhantomData }
@@ -746,13 +916,15 @@ impl BufferOwner {
         if r.owner != self.id {
             return Err(p);
         }
-        let out = Reclaimed { token: r.token, start: r.start, len: r.len };
+        // SAFETY: a foreign packet's record is the front of a Shell.
+        let token = unsafe { (*p.rec.cast::<Shell>().as_ptr()).token };
+        let out = Reclaimed { token, start: r.start, len: r.len };
         let shell = p.rec;
         std::mem::forget(p);
         // SAFETY: this thread's State; the shell's handle was just consumed.
         let st = unsafe { &mut *state() };
         st.owners[self.slot()].outstanding -= 1;
-        st.stats.foreign_returned += 1;
+        st.foreign_returned += 1;
         st.shells.push(shell);
         Ok(out)
     }
@@ -825,21 +997,17 @@ impl fmt::Debug for BufferOwner {
 
 #[cold]
 fn grow_shells(st: &mut State) -> NonNull<Record> {
-    let block: Box<[Record]> = (0..256)
-        .map(|_| Record {
-            base: ptr::null_mut(),
-            dma: 0,
-            start: 0,
-            len: 0,
-            cap: 0,
-            owner: HOST,
+    let block: Box<[Shell]> = (0..256)
+        .map(|_| Shell {
+            rec: Record { data: ptr::null_mut(), len: 0, start: 0, dma: 0, owner: HOST, cap: 0 },
             token: 0,
-            flags: 0,
         })
         .collect();
-    let mut block = block;
-    for r in block.iter_mut() {
-        st.shells.push(NonNull::from(r));
+    // SAFETY: a fresh allocation; the block is freed only with the State.
+    let block = unsafe { NonNull::new_unchecked(Box::into_raw(block)) };
+    for i in 0..block.len() {
+        // SAFETY: i is inside the block.
+        st.shells.push(unsafe { block.cast::<Shell>().add(i).cast() });
     }
     st.shell_blocks.push(block);
     st.shells.pop().unwrap()
@@ -851,10 +1019,10 @@ fn return_foreign(shell: NonNull<Record>) {
         // SAFETY: this thread's State; shell is the dropped packet's record,
         // now unreachable from any handle. The borrow ends in this block.
         let st = unsafe { &mut *state() };
-        let (owner, token) = unsafe { ((*shell.as_ptr()).owner, (*shell.as_ptr()).token) };
+        let (owner, token) = unsafe { ((*shell.as_ptr()).owner, (*shell.cast::<Shell>().as_ptr()).token) };
         let slot = (owner & 0xffff) as usize;
         st.shells.push(shell);
-        st.stats.foreign_returned += 1;
+        st.foreign_returned += 1;
         let o = &mut st.owners[slot];
         o.outstanding -= 1;
         if o.open {

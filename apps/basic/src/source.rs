@@ -120,10 +120,10 @@ impl App for Source {
             match (self.templates.len(), self.numbered) {
                 // One size, no numbers: the plain loop.
                 (1, false) => {
-                    let t = &self.templates[0];
+                    let frame = self.templates[0].data();
                     let mut alloc = Allocator::new(n as usize);
                     for _ in 0..n {
-                        tx.send(alloc.clone_of(t));
+                        tx.send(alloc.from_bytes(frame));
                     }
                 }
                 _ => {
