@@ -24,9 +24,11 @@
 //! are `MaybeUninit`: slots from `read` up to `write` hold packets, the rest
 //! hold nothing, so a transmit is a single store (no read of the old slot).
 //!
-//! Counting costs one add per packet: packet counts come from the cursors
-//! (with a base carried over when the engine rewinds an empty link), and
-//! received bytes are the bytes sent minus those still queued.
+//! Counting costs one add per packet, on the consumer's side, which reads
+//! each packet anyway: packet counts come from the cursors (with a base
+//! carried over when the engine rewinds an empty link), bytes are counted
+//! as they are received, and sent bytes are those received plus those
+//! still queued.
 
 use std::cell::{Cell, UnsafeCell};
 use std::mem::MaybeUninit;
@@ -103,11 +105,13 @@ pub struct Link {
     copy: Cell<CopyMode>,
     txbase: Cell<u64>,
     rxbase: Cell<u64>,
-    txbytes: Cell<u64>,
+    rxbytes: Cell<u64>,
     txdrop: Cell<u64>,
     copybytes: Cell<u64>,
     /// A `Drain` (RX_BUSY) or `Transmitter` (TX_BUSY) holds that side.
     busy: Cell<u8>,
+    /// Where the cursors of an empty link rest (see `rewind`).
+    home: u32,
 }
 
 const RX_BUSY: u8 = 1;
@@ -118,18 +122,21 @@ impl Link {
     /// 2..=MAX_SIZE (the config checks this before it gets here).
     pub fn new(size: usize) -> Link {
         assert!(valid_size(size), "link size {size}: must be a power of two in 2..={MAX_SIZE}");
+        let ring: Box<[Slot]> = (0..size).map(|_| UnsafeCell::new(MaybeUninit::uninit())).collect();
+        let home = home_slot(ring.as_ptr(), size);
         Link {
-            ring: (0..size).map(|_| UnsafeCell::new(MaybeUninit::uninit())).collect(),
+            ring,
             mask: (size - 1) as u32,
-            read: Cell::new(0),
-            write: Cell::new(0),
+            read: Cell::new(home),
+            write: Cell::new(home),
             copy: Cell::new(CopyMode::Zero),
             txbase: Cell::new(0),
             rxbase: Cell::new(0),
-            txbytes: Cell::new(0),
+            rxbytes: Cell::new(0),
             txdrop: Cell::new(0),
             copybytes: Cell::new(0),
             busy: Cell::new(0),
+            home,
         }
     }
 
@@ -195,7 +202,6 @@ impl Link {
             CopyMode::Zero => p,
             CopyMode::Simd => self.copy_packet(p),
         };
-        self.txbytes.set(self.txbytes.get() + p.len() as u64);
         // SAFETY: the link is not full, so slot `w` is empty.
         unsafe { self.put(w, p) };
         self.write.set(w.wrapping_add(1));
@@ -219,6 +225,7 @@ impl Link {
         // SAFETY: slot `r` is inside read..write; `read` moves past it next.
         let p = unsafe { self.take(r) };
         self.read.set(r.wrapping_add(1));
+        self.rxbytes.set(self.rxbytes.get() + p.len() as u64);
         Some(p)
     }
 
@@ -236,7 +243,7 @@ impl Link {
         let ring = self.ring.as_ptr();
         // SAFETY: at + first <= ring.len().
         let (from, stop) = unsafe { (ring.add(at), ring.add(at + first)) };
-        Drain { link: self, at: from, stop, from, r, wrap: n - first }
+        Drain { link: self, at: from, stop, from, r, wrap: n - first, bytes: 0 }
     }
 
     /// A batch sender: as `transmit`, with its place in the ring kept in a
@@ -253,7 +260,7 @@ impl Link {
         let ring = self.ring.as_ptr() as *mut Slot;
         // SAFETY: at + first <= ring.len().
         let (from, stop) = unsafe { (ring.add(at), ring.add(at + first)) };
-        Transmitter { link: self, at: from, stop, from, w, wrap: if first == 0 { 0 } else { room - first }, bytes: 0, drops: 0 }
+        Transmitter { link: self, at: from, stop, from, w, wrap: if first == 0 { 0 } else { room - first }, drops: 0 }
     }
 
     /// Drop every queued packet, in bulk; returns how many and their bytes.
@@ -273,6 +280,7 @@ impl Link {
         // `read` has moved past them, so each is given up exactly once.
         // A slot is an UnsafeCell<MaybeUninit<Packet>>: a Packet's layout.
         let bytes = unsafe { packet::free_run(ring.add(at), first) + packet::free_run(ring, n - first) };
+        self.rxbytes.set(self.rxbytes.get() + bytes);
         (n as u64, bytes)
     }
 
@@ -292,11 +300,12 @@ impl Link {
     #[inline]
     pub fn rewind(&self) {
         let (r, w) = (self.read.get(), self.write.get());
-        if r == w && r != 0 {
-            self.txbase.set(self.txbase.get() + w as u64);
-            self.rxbase.set(self.rxbase.get() + r as u64);
-            self.read.set(0);
-            self.write.set(0);
+        if r == w && r != self.home {
+            let moved = w.wrapping_sub(self.home) as u64;
+            self.txbase.set(self.txbase.get() + moved);
+            self.rxbase.set(self.rxbase.get() + moved);
+            self.read.set(self.home);
+            self.write.set(self.home);
         }
     }
 
@@ -323,10 +332,10 @@ impl Link {
         // never empty for 2^32 packets would wrap them, which a rewind
         // (any empty moment) prevents.
         LinkCounters {
-            rxpackets: self.rxbase.get() + self.read.get() as u64,
-            rxbytes: self.txbytes.get() - self.queued_bytes(),
-            txpackets: self.txbase.get() + self.write.get() as u64,
-            txbytes: self.txbytes.get(),
+            rxpackets: self.rxbase.get() + self.read.get().wrapping_sub(self.home) as u64,
+            rxbytes: self.rxbytes.get(),
+            txpackets: self.txbase.get() + self.write.get().wrapping_sub(self.home) as u64,
+            txbytes: self.rxbytes.get() + self.queued_bytes(),
             txdrop: self.txdrop.get(),
             copybytes: self.copybytes.get(),
         }
@@ -335,7 +344,7 @@ impl Link {
     /// Packets sent so far (cheap: no scan of the queue).
     #[inline]
     pub fn txpackets(&self) -> u64 {
-        self.txbase.get() + self.write.get() as u64
+        self.txbase.get() + self.write.get().wrapping_sub(self.home) as u64
     }
 
     /// Drop every packet on the link; returns how many there were.
@@ -349,7 +358,7 @@ impl Link {
         let before = self.counters();
         let new = Link::new(size);
         new.copy.set(self.copy.get());
-        let (mut moved, mut lost_bytes) = (0u64, 0u64);
+        let mut moved = 0u64;
         let mut i = self.read.get();
         let end = self.write.get();
         while i != end {
@@ -359,7 +368,6 @@ impl Link {
             i = i.wrapping_add(1);
             if new.is_full() {
                 new.txdrop.set(new.txdrop.get() + 1);
-                lost_bytes += p.len() as u64;
             } else {
                 // SAFETY: `new` is not full, so slot `write` is empty.
                 unsafe { new.put(new.write.get(), p) };
@@ -372,7 +380,7 @@ impl Link {
         let lost = queued - moved;
         new.txbase.set(before.txpackets - lost - moved);
         new.rxbase.set(before.rxpackets);
-        new.txbytes.set(before.txbytes - lost_bytes);
+        new.rxbytes.set(before.rxbytes);
         new.txdrop.set(new.txdrop.get() + before.txdrop);
         new.copybytes.set(before.copybytes);
         new
@@ -412,6 +420,7 @@ pub struct Drain<'a> {
     r: u32,
     /// Packets in the second run, from the ring's start (0 once in it).
     wrap: usize,
+    bytes: u64,
 }
 
 impl Drain<'_> {
@@ -446,6 +455,7 @@ impl Iterator for Drain<'_> {
         let p = unsafe { (*(*self.at).get()).assume_init_read() };
         // SAFETY: at < stop, so at + 1 is at most one past the run.
         self.at = unsafe { self.at.add(1) };
+        self.bytes += p.len() as u64;
         Some(p)
     }
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -461,6 +471,7 @@ impl Drop for Drain<'_> {
     #[inline]
     fn drop(&mut self) {
         self.link.read.set(self.r.wrapping_add(self.taken()));
+        self.link.rxbytes.set(self.link.rxbytes.get() + self.bytes);
         self.link.busy.set(self.link.busy.get() & !RX_BUSY);
     }
 }
@@ -481,7 +492,6 @@ pub struct Transmitter<'a> {
     w: u32,
     /// Free slots in the second run, from the ring's start (0 once in it).
     wrap: usize,
-    bytes: u64,
     drops: u64,
 }
 
@@ -492,7 +502,6 @@ impl Transmitter<'_> {
         if self.at == self.stop {
             return self.send_slow(p);
         }
-        self.bytes += p.len() as u64;
         // SAFETY: `at` is a free slot: it lies in a run of slots that were
         // free when this sender was made (the consumer only makes more
         // room), and only this sender writes the link while it lives
@@ -520,12 +529,10 @@ impl Transmitter<'_> {
             return self.send(p);
         }
         // Simd mode keeps at == from == stop: w is the cursor.
-        match send_copy(self.link, self.w, p) {
-            Some(bytes) => {
-                self.bytes += bytes;
-                self.w = self.w.wrapping_add(1);
-            }
-            None => self.drops += 1,
+        if send_copy(self.link, self.w, p) {
+            self.w = self.w.wrapping_add(1);
+        } else {
+            self.drops += 1;
         }
     }
 
@@ -548,26 +555,24 @@ impl Drop for Transmitter<'_> {
         l.busy.set(l.busy.get() & !TX_BUSY);
         // SAFETY: at and from point into the same ring, at >= from.
         l.write.set(self.w.wrapping_add(unsafe { self.at.offset_from(self.from) } as u32));
-        l.txbytes.set(l.txbytes.get() + self.bytes);
         l.txdrop.set(l.txdrop.get() + self.drops);
     }
 }
 
 /// A send that cannot take the fast path: in Simd mode the link gets a
-/// copy at cursor `w` (returns its bytes); otherwise, or when the link is
-/// full, the packet is dropped (returns None, for the caller to count).
+/// copy at cursor `w` (returns true); otherwise, or when the link is full,
+/// the packet is dropped (returns false, for the caller to count).
 #[cold]
 #[inline(never)]
-fn send_copy(l: &Link, w: u32, p: Packet) -> Option<u64> {
+fn send_copy(l: &Link, w: u32, p: Packet) -> bool {
     if l.copy.get() != CopyMode::Simd || w.wrapping_sub(l.read.get()) as usize == l.ring.len() {
-        return None;
+        return false;
     }
     let p = l.copy_packet(p);
-    let bytes = p.len() as u64;
     // SAFETY: the link is not full, so slot `w` is empty, and only the
     // caller's sender writes the link while it lives.
     unsafe { slot_put(l.ring.as_ptr(), l.mask, w, p) };
-    Some(bytes)
+    true
 }
 
 #[cold]
@@ -575,6 +580,25 @@ fn send_copy(l: &Link, w: u32, p: Packet) -> Option<u64> {
 fn busy_panic(side: u8) -> ! {
     let what = if side == RX_BUSY { "receive on a link while a Drain of it lives" } else { "transmit on a link while a Transmitter of it lives" };
     panic!("{what}")
+}
+
+/// The slot where an empty link's cursors rest. After each breath the
+/// engine moves an emptied link's cursors back there, so the link keeps
+/// using the same few cache lines of its ring; this picks the slot so that
+/// those lines fall in a range of L1 sets (a quarter of the 4 KiB a way
+/// spans) that rotates from one link to the next, rather than wherever the
+/// allocator put the ring, where several links' busy lines may share sets.
+fn home_slot(ring: *const Slot, size: usize) -> u32 {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static COLOUR: AtomicUsize = AtomicUsize::new(0);
+    const WAY: usize = 4096;
+    let bytes = size * std::mem::size_of::<Slot>();
+    if bytes < 2 * WAY {
+        return 0;
+    }
+    let want = COLOUR.fetch_add(1, Ordering::Relaxed) % 4 * (WAY / 4);
+    let have = ring as usize % WAY;
+    ((want + WAY - have) % WAY / std::mem::size_of::<Slot>()) as u32
 }
 
 /// Whether `size` is an acceptable ring size.

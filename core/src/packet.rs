@@ -632,9 +632,10 @@ impl Allocator {
     /// An allocator holding up to `n` (at most 128) packets at a time.
     #[inline(always)]
     pub fn new(n: usize) -> Allocator {
-        let mut recs = [MaybeUninit::uninit(); ALLOC_BATCH];
-        let len = take_records(&mut recs, n.clamp(1, ALLOC_BATCH));
-        Allocator { next: 0, len, recs }
+        let mut a = Allocator { next: 0, len: 0, recs: [MaybeUninit::uninit(); ALLOC_BATCH] };
+        // Filled in place: the array is not moved once filled.
+        a.len = take_records(&mut a.recs, n.clamp(1, ALLOC_BATCH));
+        a
     }
 
     /// A host packet (start HEADROOM) with a length for the caller to set.
