@@ -36,7 +36,6 @@
 use std::cell::Cell;
 use std::fmt;
 use std::marker::PhantomData;
-use std::mem::MaybeUninit;
 use std::ptr::{self, NonNull};
 use std::rc::Rc;
 
@@ -370,10 +369,128 @@ struct OwnerSlot {
     keepalive: Option<Rc<dyn std::any::Any>>,
 }
 
+/// The freelist: a stack of free host records, used last on top, in a
+/// reservation of address space big enough never to move, so that an
+/// [`Allocator`] can walk its part of the stack with a bare pointer.
+///
+/// Normally the free records are `slots[0..top]`. An allocator *claims* the
+/// top `n` of them, `slots[lo..hi]`, and takes them from the top down
+/// without touching this struct; meanwhile frees go on above the claim
+/// (`slots[hi..top]`) and single allocations take from there, or from below
+/// the claim (lowering `lo`). When the allocator is done, its unused records
+/// and those above are moved down to `lo`, and the stack is whole again.
+/// One allocator holds a claim at a time; one made while another holds it
+/// takes records one by one.
+struct Freelist {
+    slots: NonNull<NonNull<Record>>,
+    top: usize,
+    /// The claim, `lo..hi`; hi == 0 when there is none.
+    lo: usize,
+    hi: usize,
+}
+
+/// Slots reserved for the freelist (address space only; pages are touched
+/// as the pool grows). Records in the claim can be stale, so the stack may
+/// reach twice the pool plus one claim: the pool is limited to half of this.
+const FREE_SLOTS: usize = 1 << 24;
+/// Host records one thread may own at most: 8 Mi buffers, 84 GB.
+const MAX_POOL: usize = (FREE_SLOTS - ALLOC_BATCH) / 2;
+
+impl Freelist {
+    fn new() -> Freelist {
+        let bytes = FREE_SLOTS * std::mem::size_of::<NonNull<Record>>();
+        // SAFETY: a fresh private anonymous mapping; nothing else is affected.
+        let p = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert!(p != libc::MAP_FAILED, "packet freelist: cannot reserve {bytes} bytes of address space");
+        Freelist { slots: NonNull::new(p as *mut NonNull<Record>).unwrap(), top: 0, lo: 0, hi: 0 }
+    }
+
+    /// Free records now.
+    #[inline]
+    fn len(&self) -> usize {
+        self.top - (self.hi - self.lo)
+    }
+
+    #[inline(always)]
+    fn slot(&self, i: usize) -> *mut NonNull<Record> {
+        // SAFETY: callers keep i below FREE_SLOTS (see MAX_POOL).
+        unsafe { self.slots.as_ptr().add(i) }
+    }
+
+    #[inline(always)]
+    fn push(&mut self, rec: NonNull<Record>) {
+        // SAFETY: top stays below FREE_SLOTS: see MAX_POOL.
+        unsafe { self.slot(self.top).write(rec) };
+        self.top += 1;
+    }
+
+    /// Take one free record, or None when there is none.
+    #[inline(always)]
+    fn pop(&mut self) -> Option<NonNull<Record>> {
+        if self.top > self.hi {
+            self.top -= 1;
+            // SAFETY: slots hi..top hold free records.
+            return Some(unsafe { self.slot(self.top).read() });
+        }
+        self.pop_below()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn pop_below(&mut self) -> Option<NonNull<Record>> {
+        if self.lo == 0 {
+            return None;
+        }
+        self.lo -= 1;
+        // SAFETY: slots 0..lo hold free records.
+        Some(unsafe { self.slot(self.lo).read() })
+    }
+
+    /// Claim the top `n` free records (there must be as many): returns the
+    /// claim's top and bottom, for the claimer to take from top down. None
+    /// when a claim is held already.
+    fn claim(&mut self, n: usize) -> Option<(*const NonNull<Record>, *const NonNull<Record>)> {
+        if self.hi != 0 || n == 0 {
+            return None;
+        }
+        debug_assert!(self.top >= n);
+        self.lo = self.top - n;
+        self.hi = self.top;
+        Some((self.slot(self.hi), self.slot(self.lo)))
+    }
+
+    /// End the claim: the claimer left `bottom..cur` untaken. Returns how
+    /// many.
+    fn release(&mut self, cur: *const NonNull<Record>, bottom: *const NonNull<Record>) -> usize {
+        // SAFETY: both point into the claim, bottom <= cur.
+        let (c, b) = unsafe { (cur.offset_from(self.slots.as_ptr()) as usize, bottom.offset_from(self.slots.as_ptr()) as usize) };
+        debug_assert!(self.lo <= b && b <= c && c <= self.hi && self.hi <= self.top);
+        let left = c - b;
+        let above = self.top - self.hi;
+        // SAFETY: moving free records down inside the reservation; the
+        // ranges may overlap, which ptr::copy allows.
+        unsafe {
+            ptr::copy(self.slot(b), self.slot(self.lo), left);
+            ptr::copy(self.slot(self.hi), self.slot(self.lo + left), above);
+        }
+        self.top = self.lo + left + above;
+        self.lo = 0;
+        self.hi = 0;
+        left
+    }
+}
+
 struct State {
-    /// Free host records, used last on top. Its capacity covers every host
-    /// record of the pool, so a free never reallocates.
-    free: Vec<NonNull<Record>>,
+    free: Freelist,
     /// Host records taken off the freelist so far (frees are derived:
     /// allocs - in use), counted per batch.
     allocs: u64,
@@ -402,6 +519,10 @@ impl Drop for State {
         for b in self.shell_blocks.drain(..).map(|b| b.as_ptr()) {
             // SAFETY: made by Box::into_raw in grow_shells(), dropped once here.
             drop(unsafe { Box::from_raw(b) });
+        }
+        // SAFETY: the reservation made in Freelist::new, unused from here on.
+        unsafe {
+            libc::munmap(self.free.slots.as_ptr() as *mut libc::c_void, FREE_SLOTS * std::mem::size_of::<usize>());
         }
     }
 }
@@ -450,7 +571,7 @@ fn state() -> *mut State {
 #[inline(never)]
 fn init_state() -> *mut State {
     let st = Box::into_raw(Box::new(State {
-        free: Vec::new(),
+        free: Freelist::new(),
         allocs: 0,
         foreign_wrapped: 0,
         foreign_returned: 0,
@@ -521,15 +642,9 @@ unsafe fn rearm(r: *mut Record) {
 fn free_host(rec: NonNull<Record>) {
     // SAFETY: rec is a host record of this thread (Packet is !Send) that its
     // handle is giving up; State is this thread's, referenced only here.
-    // The freelist's capacity covers every host record, so the write past
-    // its length stays inside its allocation.
     unsafe {
         rearm(rec.as_ptr());
-        let free = &mut (*state()).free;
-        let n = free.len();
-        debug_assert!(n < free.capacity());
-        free.as_mut_ptr().add(n).write(rec);
-        free.set_len(n + 1);
+        (*state()).free.push(rec);
     }
 }
 
@@ -547,20 +662,19 @@ pub(crate) unsafe fn free_run(packets: *const Packet, n: usize) -> u64 {
     // SAFETY: this thread's State, referenced only inside this block (no
     // packet is dropped while `free` is borrowed). Every packet of this
     // thread was counted in foreign_wrapped if foreign, so when no foreign
-    // packet is out these are host records, which the freelist has room for.
+    // packet is out these are host records, and the freelist has room for
+    // every host record (see MAX_POOL).
     unsafe {
         if (*st).foreign_wrapped == (*st).foreign_returned {
             let free = &mut (*st).free;
-            let top = free.len();
-            debug_assert!(free.capacity() - top >= n);
-            let to = free.as_mut_ptr().add(top);
+            let to = free.slot(free.top);
             for i in 0..n {
                 let rec = (*packets.add(i)).rec;
                 bytes += (*rec.as_ptr()).len as u64;
                 rearm(rec.as_ptr());
                 to.add(i).write(rec);
             }
-            free.set_len(top + n);
+            free.top += n;
         } else {
             for i in 0..n {
                 let p = ptr::read(packets.add(i));
@@ -580,19 +694,17 @@ pub fn free_batch(n: usize, mut next: impl FnMut() -> Packet) {
     let st = state();
     let mut left = n;
     while left > 0 {
-        // A run of host packets goes straight into the freelist's spare
-        // capacity; a foreign packet ends the run and goes home on its own.
+        // A run of host packets goes straight onto the freelist; a foreign
+        // packet ends the run and goes home on its own.
         let mut foreign = None;
-        // SAFETY: this thread's State. The capacity of `free` covers every
-        // host record of this thread, so there is room past its length for
-        // every host packet that exists; the slots written are counted into
-        // the length before anything else (the foreign drop) touches `free`.
+        // SAFETY: this thread's State. The freelist has room for every host
+        // record (see MAX_POOL); the records written are counted into `top`
+        // before anything else (the foreign drop) touches the freelist.
         unsafe {
-            let free = &mut (*st).free;
-            let room = free.capacity() - free.len();
-            let base = free.as_mut_ptr().add(free.len());
+            let top = (*st).free.top;
+            let to = (*st).free.slot(top);
             let mut m = 0;
-            while left > 0 && m < room {
+            while left > 0 {
                 let p = next();
                 left -= 1;
                 if p.rec().owner != HOST {
@@ -600,31 +712,27 @@ pub fn free_batch(n: usize, mut next: impl FnMut() -> Packet) {
                     break;
                 }
                 rearm(p.rec.as_ptr());
-                base.add(m).write(p.rec);
+                to.add(m).write(p.rec);
                 std::mem::forget(p);
                 m += 1;
             }
-            let free = &mut (*st).free;
-            free.set_len(free.len() + m);
-            if m == room && left > 0 {
-                // Cannot happen while the capacity covers the pool; stay
-                // safe if it ever does.
-                free.reserve(left);
-            }
+            (*st).free.top = top + m;
         }
         drop(foreign);
     }
 }
 
 /// Fresh host packets taken from the freelist in one go, so that a loop
-/// that makes many packets pays for the freelist once.
+/// that makes many packets pays for the freelist once: the allocator claims
+/// the top of the freelist and walks it with a pointer kept in a register.
 pub struct Allocator {
-    next: usize,
-    len: usize,
-    recs: [MaybeUninit<NonNull<Record>>; ALLOC_BATCH],
+    /// Records cur-1 down to bottom are this allocator's; null when it
+    /// holds no claim (another allocator does: it then takes one by one).
+    cur: *const NonNull<Record>,
+    bottom: *const NonNull<Record>,
 }
 
-/// Records an allocator takes at a time at most: more than a breath's
+/// Records an allocator claims at a time at most: more than a breath's
 /// worth of packets for one output (`PULL_NPACKETS`).
 const ALLOC_BATCH: usize = 128;
 
@@ -632,23 +740,24 @@ impl Allocator {
     /// An allocator holding up to `n` (at most 128) packets at a time.
     #[inline(always)]
     pub fn new(n: usize) -> Allocator {
-        let mut a = Allocator { next: 0, len: 0, recs: [MaybeUninit::uninit(); ALLOC_BATCH] };
-        // Filled in place: the array is not moved once filled.
-        a.len = take_records(&mut a.recs, n.clamp(1, ALLOC_BATCH));
-        a
+        let (cur, bottom) = claim(n.clamp(1, ALLOC_BATCH));
+        Allocator { cur, bottom }
     }
 
     /// A host packet (start HEADROOM) with a length for the caller to set.
     #[inline(always)]
     fn take(&mut self) -> Packet {
-        if self.next == self.len {
-            // Only the array's address leaves: the counters stay in registers.
-            self.len = take_records(&mut self.recs, ALLOC_BATCH);
-            self.next = 0;
+        if self.cur == self.bottom {
+            let (rec, cur, bottom) = reclaim(self.cur, self.bottom);
+            self.cur = cur;
+            self.bottom = bottom;
+            return Packet { rec, _not_send: PhantomData };
         }
-        // SAFETY: slots next..len hold records this allocator owns.
-        let rec = unsafe { self.recs.get_unchecked(self.next).assume_init() };
-        self.next += 1;
+        // SAFETY: cur > bottom, and bottom..cur are this allocator's records.
+        let rec = unsafe {
+            self.cur = self.cur.sub(1);
+            self.cur.read()
+        };
         Packet { rec, _not_send: PhantomData }
     }
 
@@ -691,48 +800,66 @@ impl Allocator {
 impl Drop for Allocator {
     #[inline(always)]
     fn drop(&mut self) {
-        if self.next < self.len {
-            // SAFETY: slots next..len hold records this allocator owns.
-            unsafe { give_back_records(self.recs.as_ptr().add(self.next), self.len - self.next) };
+        if !self.cur.is_null() {
+            unclaim(self.cur, self.bottom);
         }
     }
 }
 
-/// Move `n` records from the top of the freelist into `recs`, growing the
-/// pool if needed; returns `n`.
+/// Claim `n` records for a new allocator, growing the pool if needed; null
+/// pointers when another allocator holds the claim.
 #[inline(never)]
-fn take_records(recs: &mut [MaybeUninit<NonNull<Record>>; ALLOC_BATCH], n: usize) -> usize {
+fn claim(n: usize) -> (*const NonNull<Record>, *const NonNull<Record>) {
     // SAFETY: this thread's State, referenced only within this function.
     let st = unsafe { &mut *state() };
+    if st.free.hi != 0 {
+        return (ptr::null(), ptr::null());
+    }
     while st.free.len() < n {
         grow(st);
     }
-    let from = st.free.len() - n;
-    // SAFETY: the records moved here leave the freelist (its length is cut
-    // below), so each is owned by the allocator alone; n <= ALLOC_BATCH.
-    unsafe {
-        ptr::copy_nonoverlapping(st.free.as_ptr().add(from), recs.as_mut_ptr() as *mut NonNull<Record>, n);
-        st.free.set_len(from);
-    }
     st.allocs += n as u64;
-    n
+    st.free.claim(n).expect("no claim is held")
 }
 
-/// Put `n` unused records back on the freelist (they are fresh: start
-/// HEADROOM).
-///
-/// # Safety
-/// `recs` must point to `n` records that the caller owns and gives up.
+/// An allocator ran dry (or holds no claim): end its claim and make a new
+/// one, or take a single record when another allocator holds the claim.
+/// Returns the record and the allocator's new claim.
 #[inline(never)]
-unsafe fn give_back_records(recs: *const MaybeUninit<NonNull<Record>>, n: usize) {
-    // SAFETY: this thread's State; the freelist's capacity covers every
-    // host record, so these fit.
-    let st = unsafe { &mut *state() };
-    for i in 0..n {
-        // SAFETY: per the contract, i < n slots are initialised.
-        st.free.push(unsafe { (*recs.add(i)).assume_init() });
+fn reclaim(
+    cur: *const NonNull<Record>,
+    bottom: *const NonNull<Record>,
+) -> (NonNull<Record>, *const NonNull<Record>, *const NonNull<Record>) {
+    if !cur.is_null() {
+        unclaim(cur, bottom);
     }
-    st.allocs -= n as u64;
+    let (cur, bottom) = claim(ALLOC_BATCH);
+    if cur.is_null() {
+        return (allocate_raw().into_record(), cur, bottom);
+    }
+    // SAFETY: a fresh claim of ALLOC_BATCH records: cur - 1 is in it.
+    unsafe {
+        let cur = cur.sub(1);
+        (cur.read(), cur, bottom)
+    }
+}
+
+#[inline(never)]
+fn unclaim(cur: *const NonNull<Record>, bottom: *const NonNull<Record>) {
+    // SAFETY: this thread's State, referenced only within this function.
+    let st = unsafe { &mut *state() };
+    let left = st.free.release(cur, bottom);
+    st.allocs -= left as u64;
+}
+
+impl Packet {
+    /// The record, giving up the handle without freeing it.
+    #[inline(always)]
+    fn into_record(self) -> NonNull<Record> {
+        let rec = self.rec;
+        std::mem::forget(self);
+        rec
+    }
 }
 
 /// Add chunks to the pool: one the first time, then twice as many as the
@@ -743,12 +870,12 @@ fn grow(st: &mut State) {
     let n = st.next_step;
     st.next_step = (n * 2).min(64);
     for _ in 0..n {
+        assert!(
+            st.total as usize + BUFFERS_PER_CHUNK <= MAX_POOL,
+            "packet memory: more than {MAX_POOL} buffers on one thread"
+        );
         let c = memory::alloc_chunk().expect("packet memory: cannot map a 2 MiB chunk");
         st.chunks.push(c);
-        // The freelist can hold every record of the pool: frees never
-        // reallocate, and `free_run` and `free_batch` rely on it.
-        let total = st.total as usize + BUFFERS_PER_CHUNK;
-        st.free.reserve(total - st.free.len());
         let records: Box<[Record]> = (0..BUFFERS_PER_CHUNK)
             .map(|i| {
                 let base = c.virt + i * STRIDE;
