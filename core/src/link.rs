@@ -9,6 +9,8 @@
 //!   receive() -> Option     consumer side
 //!   drain()                 consumer side, a batch: an iterator over the
 //!                           packets queued now
+//!   queued()                consumer side, the packets queued now by
+//!                           reference, left on the link
 //!   transmitter()           producer side, a batch: a handle whose `send`
 //!                           keeps the cursor in a register
 //!   discard() -> (n, bytes) drop everything queued, in bulk
@@ -284,6 +286,24 @@ impl Link {
         (n as u64, bytes)
     }
 
+    /// The packets queued now, oldest first, by reference: they stay on the
+    /// link. Holds the receive side while it lives, as `drain` does (a fan-out
+    /// copies them all, then hands the originals on with `drain`).
+    #[inline]
+    pub fn queued(&self) -> Queued<'_> {
+        self.check_free(RX_BUSY);
+        self.busy.set(self.busy.get() | RX_BUSY);
+        let r = self.read.get();
+        let n = self.write.get().wrapping_sub(r) as usize;
+        let at = (r & self.mask) as usize;
+        let first = n.min(self.ring.len() - at);
+        let ring = self.ring.as_ptr();
+        // SAFETY: at + first <= ring.len().
+        let stop = unsafe { ring.add(at + first) };
+        // SAFETY: as above.
+        Queued { link: self, at: unsafe { ring.add(at) }, stop, wrap: n - first }
+    }
+
     /// Length of the oldest packet, without taking it.
     pub fn front_len(&self) -> Option<usize> {
         if self.is_empty() {
@@ -476,6 +496,53 @@ impl Drop for Drain<'_> {
     }
 }
 
+/// The packets queued on a link when `queued` was called, by reference.
+pub struct Queued<'a> {
+    link: &'a Link,
+    at: *const Slot,
+    stop: *const Slot,
+    wrap: usize,
+}
+
+impl<'a> Iterator for Queued<'a> {
+    type Item = &'a Packet;
+    #[inline(always)]
+    fn next(&mut self) -> Option<&'a Packet> {
+        if self.at == self.stop {
+            if self.wrap == 0 {
+                return None;
+            }
+            let ring = self.link.ring.as_ptr();
+            self.at = ring;
+            // SAFETY: wrap <= ring.len().
+            self.stop = unsafe { ring.add(self.wrap) };
+            self.wrap = 0;
+        }
+        // SAFETY: `at` is a slot inside read..write, so it holds a packet;
+        // the receive side is held (RX_BUSY) while this iterator lives, so
+        // nobody takes the packet out from under the reference, and the
+        // producer never writes slots inside read..write.
+        let p = unsafe { (*(*self.at).get()).assume_init_ref() };
+        // SAFETY: at < stop, so at + 1 is at most one past the run.
+        self.at = unsafe { self.at.add(1) };
+        Some(p)
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        // SAFETY: at and stop point into the same ring, stop >= at.
+        let n = unsafe { self.stop.offset_from(self.at) } as usize + self.wrap;
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for Queued<'_> {}
+
+impl Drop for Queued<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.link.busy.set(self.link.busy.get() & !RX_BUSY);
+    }
+}
+
 /// A batch sender on a link; see [`Link::transmitter`].
 ///
 /// Like [`Drain`], it fills the free slots as (at most) two contiguous runs,
@@ -526,7 +593,13 @@ impl Transmitter<'_> {
             // SAFETY: wrap <= ring.len().
             self.stop = unsafe { ring.add(self.wrap) };
             self.wrap = 0;
-            return self.send(p);
+            // SAFETY: the run from the ring's start has `wrap` > 0 free
+            // slots, so `at` is free (as in send).
+            unsafe {
+                (*(*self.at).get()).write(p);
+                self.at = self.at.add(1);
+            }
+            return;
         }
         // Simd mode keeps at == from == stop: w is the cursor.
         if send_copy(self.link, self.w, p) {
@@ -746,5 +819,175 @@ mod tests {
         let c = m.counters();
         assert_eq!((c.txpackets, c.rxpackets, c.txbytes, c.rxbytes), (5, 5, 5, 5));
         assert!(l.is_empty(), "the old link was emptied");
+    }
+
+    /// Counters as a tuple: (txpackets, txbytes, rxpackets, rxbytes, txdrop).
+    fn counts(l: &Link) -> (u64, u64, u64, u64, u64) {
+        let c = l.counters();
+        (c.txpackets, c.txbytes, c.rxpackets, c.rxbytes, c.txdrop)
+    }
+
+    /// Every way in and out, with the queue wrapping round the ring's end,
+    /// checked against a model after each step.
+    #[test]
+    fn counters_match_a_model_across_every_path_and_wrap() {
+        let before = packet::stats();
+        {
+            let l = Link::new(8);
+            let (mut tx, mut txb, mut rx, mut rxb, mut drop) = (0u64, 0u64, 0u64, 0u64, 0u64);
+            let mut next = 0u8;
+            let mut expect: std::collections::VecDeque<u8> = Default::default();
+            for round in 0..40usize {
+                // Producer: a batch sender or single transmits, overfilling now and then.
+                let k = round % 11;
+                if round % 2 == 0 {
+                    let mut t = l.transmitter();
+                    assert_eq!(t.room(), 8 - expect.len());
+                    for _ in 0..k {
+                        let len = 1 + next as usize % 7;
+                        if expect.len() < 8 {
+                            expect.push_back(next);
+                            tx += 1;
+                            txb += len as u64;
+                        } else {
+                            drop += 1;
+                        }
+                        t.send(Packet::from_bytes(&vec![next; len]));
+                        next = next.wrapping_add(1);
+                    }
+                } else {
+                    for _ in 0..k {
+                        let len = 1 + next as usize % 7;
+                        if expect.len() < 8 {
+                            expect.push_back(next);
+                            tx += 1;
+                            txb += len as u64;
+                        } else {
+                            drop += 1;
+                        }
+                        l.transmit(Packet::from_bytes(&vec![next; len]));
+                        next = next.wrapping_add(1);
+                    }
+                }
+                assert_eq!(l.nreadable(), expect.len());
+                // Consumer: each way in turn, taking some or all.
+                let take = (round * 3) % 9;
+                match round % 4 {
+                    0 => {
+                        for p in l.drain().take(take) {
+                            let v = expect.pop_front().unwrap();
+                            assert_eq!(p.data()[0], v, "round {round}");
+                            rx += 1;
+                            rxb += p.len() as u64;
+                        }
+                    }
+                    1 => {
+                        for _ in 0..take {
+                            let Some(p) = l.receive() else { break };
+                            assert_eq!(p.data()[0], expect.pop_front().unwrap(), "round {round}");
+                            rx += 1;
+                            rxb += p.len() as u64;
+                        }
+                    }
+                    2 => {
+                        let seen: Vec<u8> = l.queued().map(|p| p.data()[0]).collect();
+                        assert_eq!(seen, expect.iter().copied().collect::<Vec<_>>(), "round {round}");
+                    }
+                    _ => {
+                        let (n, bytes) = l.discard();
+                        let gone: u64 = expect.drain(..).map(|v| 1 + v as u64 % 7).sum();
+                        assert_eq!(bytes, gone);
+                        rx += n;
+                        rxb += bytes;
+                    }
+                }
+                assert_eq!(counts(&l), (tx, txb, rx, rxb, drop), "round {round}");
+                // The engine's end-of-breath rewind never changes a count.
+                l.rewind();
+                assert_eq!(counts(&l), (tx, txb, rx, rxb, drop), "round {round}, rewound");
+                assert_eq!(l.txpackets(), tx);
+            }
+        }
+        assert_eq!(packet::stats().in_use, before.in_use, "every packet freed");
+    }
+
+    #[test]
+    fn simd_transmitter_copies_and_drops_when_full() {
+        let l = Link::new(4);
+        l.set_copy_mode(CopyMode::Simd);
+        let keep = Packet::from_bytes(b"xyz");
+        {
+            let mut t = l.transmitter();
+            assert_eq!(t.room(), 4);
+            for _ in 0..6 {
+                t.send(keep.clone());
+            }
+            assert_eq!(t.room(), 0);
+        }
+        let c = l.counters();
+        assert_eq!((c.txpackets, c.txdrop, c.txbytes, c.copybytes), (4, 2, 12, 12));
+        assert!(l.drain().all(|p| p.data() == b"xyz"));
+    }
+
+    #[test]
+    fn queued_leaves_packets_and_holds_the_receive_side() {
+        let l = Link::new(8);
+        for i in 0..3u8 {
+            l.transmit(Packet::from_bytes(&[i]));
+        }
+        let q = l.queued();
+        assert_eq!(q.len(), 3);
+        assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| l.discard())).is_err());
+        drop(q);
+        assert_eq!(l.queued().map(|p| p.data()[0]).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(l.nreadable(), 3, "queued takes nothing");
+        assert_eq!(l.counters().rxpackets, 0);
+    }
+
+    #[test]
+    fn a_rewound_link_rests_at_its_home_slot() {
+        let l = Link::new(DEFAULT_SIZE);
+        assert_eq!(l.read.get(), l.home);
+        // Its first lines start at a multiple of a quarter of a 4 KiB way.
+        let first = l.ring.as_ptr() as usize + l.home as usize * std::mem::size_of::<Slot>();
+        assert_eq!(first % 1024, 0);
+        for _ in 0..3 {
+            let mut t = l.transmitter();
+            for _ in 0..100 {
+                t.send(Packet::new());
+            }
+            drop(t);
+            l.discard();
+            l.rewind();
+            assert_eq!((l.read.get(), l.write.get()), (l.home, l.home));
+        }
+        assert_eq!(counts(&l), (300, 0, 300, 0, 0));
+    }
+
+    /// Each batch path across the end of the ring: the queue starts at slot
+    /// 6 of 8 and runs on into slots 0..3.
+    #[test]
+    fn batches_wrap_round_the_ring() {
+        let fill = |l: &Link| {
+            // Empty packets up to slot 6, taken away again.
+            while l.write.get() & l.mask != 6 {
+                l.transmit(Packet::new());
+            }
+            l.discard();
+            let mut t = l.transmitter();
+            assert_eq!(t.room(), 8);
+            for i in 0..5u8 {
+                t.send(Packet::from_bytes(&[i; 2]));
+            }
+        };
+        let l = Link::new(8);
+        fill(&l);
+        assert_eq!(l.queued().map(|p| p.data()[0]).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+        assert_eq!(l.drain().map(|p| p.data()[0]).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+        assert_eq!(counts(&l), (11, 10, 11, 10, 0));
+        fill(&l);
+        assert_eq!(l.read.get() & l.mask, 6);
+        assert_eq!(l.discard(), (5, 10));
+        assert_eq!(counts(&l), (19, 20, 19, 20, 0));
     }
 }

@@ -479,8 +479,12 @@ impl Freelist {
         // SAFETY: moving free records down inside the reservation; the
         // ranges may overlap, which ptr::copy allows.
         unsafe {
-            ptr::copy(self.slot(b), self.slot(self.lo), left);
-            ptr::copy(self.slot(self.hi), self.slot(self.lo + left), above);
+            if left > 0 && b != self.lo {
+                ptr::copy(self.slot(b), self.slot(self.lo), left);
+            }
+            if above > 0 {
+                ptr::copy(self.slot(self.hi), self.slot(self.lo + left), above);
+            }
         }
         self.top = self.lo + left + above;
         self.lo = 0;

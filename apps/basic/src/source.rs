@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 use snabb_core::ethernet::{self, MacAddr};
+use snabb_core::link::Transmitter;
 use snabb_core::packet::Allocator;
 use snabb_core::{App, AppClass, AppContext, Io, Packet, PULL_NPACKETS};
 
@@ -104,6 +105,16 @@ impl AppClass for Source {
     }
 }
 
+/// `n` copies of `frame` onto `tx`: the loop of a plain Source, in a
+/// function of its own so that its state stays in registers.
+#[inline(never)]
+fn send_copies(tx: &mut Transmitter<'_>, frame: &[u8], n: usize) {
+    let mut alloc = Allocator::new(n);
+    for _ in 0..n {
+        tx.send(alloc.from_bytes(frame));
+    }
+}
+
 impl App for Source {
     fn has_pull(&self) -> bool {
         true
@@ -119,13 +130,7 @@ impl App for Source {
             let mut tx = out.transmitter();
             match (self.templates.len(), self.numbered) {
                 // One size, no numbers: the plain loop.
-                (1, false) => {
-                    let frame = self.templates[0].data();
-                    let mut alloc = Allocator::new(n as usize);
-                    for _ in 0..n {
-                        tx.send(alloc.from_bytes(frame));
-                    }
-                }
+                (1, false) => send_copies(&mut tx, self.templates[0].data(), n as usize),
                 _ => {
                     let (mut next, mut seq) = (self.next, self.seq);
                     for _ in 0..n {
