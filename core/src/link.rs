@@ -13,6 +13,7 @@
 //!                           reference, left on the link
 //!   transmitter()           producer side, a batch: a handle whose `send`
 //!                           keeps the cursor in a register
+//!   transfer(to)            everything queued onto another link, in bulk
 //!   discard() -> (n, bytes) drop everything queued, in bulk
 //!   nreadable() / nwritable() / is_empty() / is_full()
 //!   counters()              rx/tx packets and bytes, drops, bytes copied
@@ -34,6 +35,7 @@
 
 use std::cell::{Cell, UnsafeCell};
 use std::mem::MaybeUninit;
+use std::ptr;
 
 use serde::{Deserialize, Serialize};
 
@@ -263,6 +265,57 @@ impl Link {
         // SAFETY: at + first <= ring.len().
         let (from, stop) = unsafe { (ring.add(at), ring.add(at + first)) };
         Transmitter { link: self, at: from, stop, from, w, wrap: if first == 0 { 0 } else { room - first }, drops: 0 }
+    }
+
+    /// Move every queued packet onto `to`, oldest first, as sending each
+    /// packet from `drain()` to `to` would (packets that do not fit are
+    /// dropped and counted in `to`'s `txdrop`), but in bulk: the ring slots
+    /// are copied run by run. Returns how many packets were moved.
+    pub fn transfer(&self, to: &Link) -> usize {
+        if std::ptr::eq(self, to) || to.copy.get() == CopyMode::Simd {
+            let before = to.txpackets();
+            let mut tx = to.transmitter();
+            for p in self.drain() {
+                tx.send(p);
+            }
+            drop(tx);
+            return (to.txpackets() - before) as usize;
+        }
+        self.check_free(RX_BUSY);
+        to.check_free(TX_BUSY);
+        let (r, w) = (self.read.get(), to.write.get());
+        let n = self.write.get().wrapping_sub(r) as usize;
+        let k = n.min(to.ring.len() - w.wrapping_sub(to.read.get()) as usize);
+        let (from, into) = (self.ring.as_ptr(), to.ring.as_ptr() as *mut Slot);
+        let mut bytes = 0;
+        let mut moved = 0;
+        while moved < k {
+            // The longest run that wraps round neither ring.
+            let i = (r.wrapping_add(moved as u32) & self.mask) as usize;
+            let j = (w.wrapping_add(moved as u32) & to.mask) as usize;
+            let run = (k - moved).min(self.ring.len() - i).min(to.ring.len() - j);
+            // SAFETY: slots i..i+run of `self` lie inside its read..write and
+            // hold packets; slots j..j+run of `to` are free (k is at most its
+            // room). The packets change rings: `self` forgets them when its
+            // read cursor moves past them below, `to` takes them on when its
+            // write cursor does. The rings are different links' (checked
+            // above), so the runs do not overlap.
+            unsafe {
+                for x in 0..run {
+                    bytes += (*(*from.add(i + x)).get()).assume_init_ref().len() as u64;
+                }
+                ptr::copy_nonoverlapping(from.add(i), into.add(j), run);
+            }
+            moved += run;
+        }
+        self.read.set(r.wrapping_add(k as u32));
+        to.write.set(w.wrapping_add(k as u32));
+        self.rxbytes.set(self.rxbytes.get() + bytes);
+        if n > k {
+            let (dropped, _) = self.discard();
+            to.txdrop.set(to.txdrop.get() + dropped);
+        }
+        k
     }
 
     /// Drop every queued packet, in bulk; returns how many and their bytes.
@@ -989,5 +1042,41 @@ mod tests {
         assert_eq!(l.read.get() & l.mask, 6);
         assert_eq!(l.discard(), (5, 10));
         assert_eq!(counts(&l), (19, 20, 19, 20, 0));
+    }
+
+    #[test]
+    fn transfer_moves_in_bulk_across_wraps_and_counts_drops() {
+        let before = packet::stats();
+        {
+            let (a, b) = (Link::new(8), Link::new(4));
+            // Put a's queue at slots 5..8 and 0..2, b's free slots at 3 and 0..2.
+            for _ in 0..5 {
+                a.transmit(Packet::new());
+            }
+            a.discard();
+            for _ in 0..3 {
+                b.transmit(Packet::new());
+            }
+            b.discard();
+            for i in 0..6u8 {
+                a.transmit(Packet::from_bytes(&[i; 3]));
+            }
+            assert_eq!(a.transfer(&b), 4);
+            assert_eq!(counts(&a), (11, 18, 11, 18, 0));
+            assert_eq!(counts(&b), (7, 12, 3, 0, 2));
+            assert_eq!(b.drain().map(|p| p.data()[0]).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+            // Into a link in Simd mode: copies, counted.
+            b.set_copy_mode(CopyMode::Simd);
+            a.transmit(Packet::from_bytes(b"abc"));
+            assert_eq!(a.transfer(&b), 1);
+            assert_eq!(b.counters().copybytes, 3);
+            assert_eq!(b.receive().unwrap().data(), b"abc");
+            // Onto itself: the same packets, in the same order.
+            a.transmit(Packet::from_bytes(&[1]));
+            a.transmit(Packet::from_bytes(&[2]));
+            assert_eq!(a.transfer(&a), 2);
+            assert_eq!(a.drain().map(|p| p.data()[0]).collect::<Vec<_>>(), vec![1, 2]);
+        }
+        assert_eq!(packet::stats().in_use, before.in_use, "every packet freed");
     }
 }

@@ -32,7 +32,7 @@ impl App for Tee {
             for i in 0..n - 1 {
                 send_copies(input, io.output.at(i));
             }
-            send_all(input, io.output.at(n - 1));
+            input.transfer(io.output.at(n - 1));
         }
     }
 }
@@ -44,15 +44,6 @@ fn send_copies(input: &Link, out: &Link) {
     let mut alloc = Allocator::new(input.nreadable());
     for p in input.queued() {
         tx.send(alloc.clone_of(p));
-    }
-}
-
-/// Every packet queued on `input` onto `out`.
-#[inline(never)]
-fn send_all(input: &Link, out: &Link) {
-    let mut tx = out.transmitter();
-    for p in input.drain() {
-        tx.send(p);
     }
 }
 
@@ -76,10 +67,7 @@ impl App for Join {
         for input in io.input.iter() {
             match out {
                 Some(o) => {
-                    let mut tx = o.transmitter();
-                    for p in input.drain() {
-                        tx.send(p);
-                    }
+                    input.transfer(o);
                 }
                 None => {
                     input.discard();
