@@ -367,7 +367,7 @@ impl Link {
         Some(unsafe { (*self.ring[(self.read.get() & self.mask) as usize].get()).assume_init_ref().len() })
     }
 
-    /// Move the cursors of an empty link back to slot 0, so that a link
+    /// Move the cursors of an empty link back to its home slot, so that a link
     /// that is emptied every breath keeps reusing the same few cache lines
     /// of its ring instead of sweeping all of it.
     #[inline]

@@ -57,7 +57,7 @@ pub const BUFFER_SIZE: usize = HEADROOM + PAYLOAD_SIZE;
 /// L1 sets and evict each other.
 const STRIDE: usize = BUFFER_SIZE + 64;
 const BUFFERS_PER_CHUNK: usize = CHUNK_SIZE / STRIDE;
-const _: () = assert!(STRIDE % 64 == 0 && (STRIDE / 64) % 2 == 1);
+const _: () = assert!(STRIDE.is_multiple_of(64) && !(STRIDE / 64).is_multiple_of(2));
 
 /// Owner id of host packets.
 const HOST: u32 = 0;
@@ -472,7 +472,8 @@ impl Freelist {
     /// many.
     fn release(&mut self, cur: *const NonNull<Record>, bottom: *const NonNull<Record>) -> usize {
         // SAFETY: both point into the claim, bottom <= cur.
-        let (c, b) = unsafe { (cur.offset_from(self.slots.as_ptr()) as usize, bottom.offset_from(self.slots.as_ptr()) as usize) };
+        let base = self.slots.as_ptr() as *const NonNull<Record>;
+        let (c, b) = unsafe { (cur.offset_from(base) as usize, bottom.offset_from(base) as usize) };
         debug_assert!(self.lo <= b && b <= c && c <= self.hi && self.hi <= self.top);
         let left = c - b;
         let above = self.top - self.hi;
