@@ -11,12 +11,17 @@
 //!     and on drop the token goes on the owner's return ring, which the owner
 //!     drains on its next breath. It never reaches the host freelist.
 //!
-//! Host buffer layout (one record, 64-byte aligned, never straddling a huge
-//! page):
+//! The handle points to a 32-byte *record* (data pointer, length, start,
+//! device address, owner, capacity). Records are kept apart from the
+//! buffers, packed two to a cache line in one array per chunk, so that a
+//! small packet costs one line of metadata shared with a neighbour plus the
+//! line of its data, and the records of the packets in flight stay close
+//! together in the cache. Host buffers (2 MiB chunks, one buffer every
+//! `STRIDE` bytes):
 //!
 //! ```text
-//!   | record header 64 B | headroom 256 B | payload 10240 B |
-//!                        ^ base           ^ data at base+start (start = 256)
+//!   | headroom 256 B | payload 10240 B | pad 64 B |
+//!   ^ base           ^ data at base+start (start = 256)
 //! ```
 //!
 //! Stripping a header (`shift_left`) or prepending one (`shift_right`,
@@ -31,7 +36,6 @@
 use std::cell::Cell;
 use std::fmt;
 use std::marker::PhantomData;
-use std::mem::MaybeUninit;
 use std::ptr::{self, NonNull};
 use std::rc::Rc;
 
@@ -46,37 +50,51 @@ pub const PAYLOAD_SIZE: usize = 10 * 1024;
 /// Bytes in a host buffer: headroom plus payload.
 pub const BUFFER_SIZE: usize = HEADROOM + PAYLOAD_SIZE;
 
-const HEADER_SIZE: usize = 64;
-const RECORD_SIZE: usize = HEADER_SIZE + BUFFER_SIZE;
-const RECORDS_PER_CHUNK: usize = CHUNK_SIZE / RECORD_SIZE;
+/// Distance from one host buffer to the next in a chunk: the buffer and one
+/// cache line. An odd number of lines, so that the first data lines of
+/// neighbouring buffers fall in different cache sets; with an even stride
+/// (the buffer alone is 164 lines) they would crowd into a sixteenth of the
+/// L1 sets and evict each other.
+const STRIDE: usize = BUFFER_SIZE + 64;
+const BUFFERS_PER_CHUNK: usize = CHUNK_SIZE / STRIDE;
+const _: () = assert!(STRIDE.is_multiple_of(64) && !(STRIDE / 64).is_multiple_of(2));
 
 /// Owner id of host packets.
 const HOST: u32 = 0;
-/// Flag: the data must stay where it is (see [`Packet::has_fixed_start`]).
-const FIXED_START: u32 = 1;
+/// Top bit of `Record::cap`: the data must stay where it is (see
+/// [`Packet::has_fixed_start`]).
+const FIXED_START: u32 = 1 << 31;
+const CAP_MASK: u32 = FIXED_START - 1;
 
-/// The per-packet metadata, at the front of a host record or in a separate
-/// "shell" for a foreign buffer. One cache line.
-#[repr(C, align(64))]
+/// The per-packet metadata: in a chunk's record array for a host buffer, at
+/// the front of a [`Shell`] for a foreign one. Half a cache line.
+///
+/// A host record on the freelist always has `start == HEADROOM` (and `data`
+/// to match), so taking one costs a store of the length only.
+#[repr(C, align(32))]
 struct Record {
-    /// First byte of the buffer.
-    base: *mut u8,
-    /// Device address of `base` (0 when unknown).
-    dma: u64,
-    /// Offset of the first data byte from `base`.
-    start: u32,
+    /// First data byte: `base + start`.
+    data: *mut u8,
     len: u32,
-    /// Bytes of buffer from `base`.
-    cap: u32,
+    /// Offset of the first data byte from the buffer's start.
+    start: u32,
+    /// Device address of the buffer's start (0 when unknown).
+    dma: u64,
     /// HOST, or a foreign owner's id (slot | generation << 16).
     owner: u32,
-    /// The owner's token for this buffer (a descriptor chain head, say).
-    token: u64,
-    flags: u32,
+    /// Bytes of buffer from its start (low 31 bits), and FIXED_START.
+    cap: u32,
 }
 
-const _: () = assert!(std::mem::size_of::<Record>() == HEADER_SIZE);
-const _: () = assert!(RECORD_SIZE % 64 == 0);
+const _: () = assert!(std::mem::size_of::<Record>() == 32);
+
+/// A foreign packet's record and the owner's token for its buffer (a
+/// descriptor chain head, say).
+#[repr(C)]
+struct Shell {
+    rec: Record,
+    token: u64,
+}
 
 /// An owned packet buffer. See the module documentation.
 pub struct Packet {
@@ -124,16 +142,16 @@ impl Packet {
     #[inline]
     pub fn data(&self) -> &[u8] {
         let r = self.rec();
-        // SAFETY: start+len <= cap is an invariant of every record, and the
-        // buffer stays valid while this handle lives.
-        unsafe { std::slice::from_raw_parts(r.base.add(r.start as usize), r.len as usize) }
+        // SAFETY: data = base + start and start + len <= cap are invariants
+        // of every record, and the buffer stays valid while this handle lives.
+        unsafe { std::slice::from_raw_parts(r.data, r.len as usize) }
     }
 
     #[inline]
     pub fn data_mut(&mut self) -> &mut [u8] {
         let r = self.rec_mut();
         // SAFETY: as for data(); &mut self is exclusive.
-        unsafe { std::slice::from_raw_parts_mut(r.base.add(r.start as usize), r.len as usize) }
+        unsafe { std::slice::from_raw_parts_mut(r.data, r.len as usize) }
     }
 
     /// Bytes free in front of the data.
@@ -145,13 +163,13 @@ impl Packet {
     #[inline]
     pub fn tailroom(&self) -> usize {
         let r = self.rec();
-        (r.cap - r.start - r.len) as usize
+        ((r.cap & CAP_MASK) - r.start - r.len) as usize
     }
     /// The largest length the packet can take without moving its start.
     #[inline]
     pub fn capacity(&self) -> usize {
         let r = self.rec();
-        (r.cap - r.start) as usize
+        ((r.cap & CAP_MASK) - r.start) as usize
     }
 
     /// Device address of the first data byte (0 when unknown).
@@ -169,7 +187,7 @@ impl Packet {
     /// True when the data cannot move inside its buffer: header edits move bytes.
     #[inline]
     pub fn has_fixed_start(&self) -> bool {
-        self.rec().flags & FIXED_START != 0
+        self.rec().cap & FIXED_START != 0
     }
 
     /// Set the length; bytes beyond the old length are whatever the buffer
@@ -215,7 +233,10 @@ impl Packet {
             let d = self.data_mut();
             crate::copy::move_within(d, n..len, 0);
         } else {
-            self.rec_mut().start += n as u32;
+            let r = self.rec_mut();
+            // SAFETY: n <= len, so the new start is still inside the buffer.
+            r.data = unsafe { r.data.add(n) };
+            r.start += n as u32;
         }
         self.rec_mut().len -= n as u32;
     }
@@ -228,6 +249,8 @@ impl Packet {
         let len = self.len();
         if !self.has_fixed_start() && n <= self.headroom() {
             let r = self.rec_mut();
+            // SAFETY: n <= start, so the new start is still inside the buffer.
+            r.data = unsafe { r.data.sub(n) };
             r.start -= n as u32;
             r.len += n as u32;
             return;
@@ -249,9 +272,7 @@ impl Packet {
     #[inline]
     pub fn copy_to_host(&self) -> Packet {
         let mut p = allocate_raw();
-        let r = p.rec_mut();
-        r.start = HEADROOM as u32;
-        r.len = self.len() as u32;
+        p.rec_mut().len = self.len() as u32;
         crate::copy::copy(p.data_mut(), self.data());
         p
     }
@@ -259,7 +280,21 @@ impl Packet {
     /// The owner id and token of a foreign packet.
     pub fn foreign_token(&self) -> Option<(u32, u64)> {
         let r = self.rec();
-        (r.owner != HOST).then_some((r.owner, r.token))
+        // SAFETY: a foreign packet's record is the front of a Shell.
+        (r.owner != HOST).then(|| (r.owner, unsafe { (*self.rec.cast::<Shell>().as_ptr()).token }))
+    }
+
+    /// Give a fresh host packet (start HEADROOM) the headroom of `of`, when
+    /// `of` has less: a clone keeps its original's headroom.
+    #[inline(always)]
+    fn match_headroom(&mut self, of: &Packet) {
+        let start = of.rec().start;
+        if start < HEADROOM as u32 {
+            let r = self.rec_mut();
+            // SAFETY: moving the start down inside the headroom.
+            r.data = unsafe { r.data.sub(HEADROOM - start as usize) };
+            r.start = start;
+        }
     }
 }
 
@@ -274,9 +309,8 @@ impl Clone for Packet {
     #[inline]
     fn clone(&self) -> Packet {
         let mut p = allocate_raw();
-        let r = p.rec_mut();
-        r.start = self.headroom().min(HEADROOM) as u32;
-        r.len = self.len() as u32;
+        p.match_headroom(self);
+        p.rec_mut().len = self.len() as u32;
         crate::copy::copy(p.data_mut(), self.data());
         p
     }
@@ -289,7 +323,7 @@ impl fmt::Debug for Packet {
             .field("len", &r.len)
             .field("start", &r.start)
             .field("owner", &r.owner)
-            .field("token", &r.token)
+            .field("token", &self.foreign_token().map_or(0, |t| t.1))
             .finish()
     }
 }
@@ -335,14 +369,167 @@ struct OwnerSlot {
     keepalive: Option<Rc<dyn std::any::Any>>,
 }
 
+/// The freelist: a stack of free host records, used last on top, in a
+/// reservation of address space big enough never to move, so that an
+/// [`Allocator`] can walk its part of the stack with a bare pointer.
+///
+/// Normally the free records are `slots[0..top]`. An allocator *claims* the
+/// top `n` of them, `slots[lo..hi]`, and takes them from the top down
+/// without touching this struct; meanwhile frees go on above the claim
+/// (`slots[hi..top]`) and single allocations take from there, or from below
+/// the claim (lowering `lo`). When the allocator is done, its unused records
+/// and those above are moved down to `lo`, and the stack is whole again.
+/// One allocator holds a claim at a time; one made while another holds it
+/// takes records one by one.
+struct Freelist {
+    slots: NonNull<NonNull<Record>>,
+    top: usize,
+    /// The claim, `lo..hi`; hi == 0 when there is none.
+    lo: usize,
+    hi: usize,
+}
+
+/// Slots reserved for the freelist (address space only; pages are touched
+/// as the pool grows). Records in the claim can be stale, so the stack may
+/// reach twice the pool plus one claim: the pool is limited to half of this.
+const FREE_SLOTS: usize = 1 << 24;
+/// Host records one thread may own at most: 8 Mi buffers, 84 GB.
+const MAX_POOL: usize = (FREE_SLOTS - ALLOC_BATCH) / 2;
+
+impl Freelist {
+    fn new() -> Freelist {
+        let bytes = FREE_SLOTS * std::mem::size_of::<NonNull<Record>>();
+        // SAFETY: a fresh private anonymous mapping; nothing else is affected.
+        let p = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert!(p != libc::MAP_FAILED, "packet freelist: cannot reserve {bytes} bytes of address space");
+        Freelist { slots: NonNull::new(p as *mut NonNull<Record>).unwrap(), top: 0, lo: 0, hi: 0 }
+    }
+
+    /// Free records now.
+    #[inline]
+    fn len(&self) -> usize {
+        self.top - (self.hi - self.lo)
+    }
+
+    #[inline(always)]
+    fn slot(&self, i: usize) -> *mut NonNull<Record> {
+        // SAFETY: callers keep i below FREE_SLOTS (see MAX_POOL).
+        unsafe { self.slots.as_ptr().add(i) }
+    }
+
+    #[inline(always)]
+    fn push(&mut self, rec: NonNull<Record>) {
+        // SAFETY: top stays below FREE_SLOTS: see MAX_POOL.
+        unsafe { self.slot(self.top).write(rec) };
+        self.top += 1;
+    }
+
+    /// Take one free record, or None when there is none.
+    #[inline(always)]
+    fn pop(&mut self) -> Option<NonNull<Record>> {
+        if self.top > self.hi {
+            self.top -= 1;
+            // SAFETY: slots hi..top hold free records.
+            return Some(unsafe { self.slot(self.top).read() });
+        }
+        self.pop_below()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn pop_below(&mut self) -> Option<NonNull<Record>> {
+        if self.lo == 0 {
+            return None;
+        }
+        self.lo -= 1;
+        // SAFETY: slots 0..lo hold free records.
+        Some(unsafe { self.slot(self.lo).read() })
+    }
+
+    /// Claim the top `n` free records (there must be as many): returns the
+    /// claim's top and bottom, for the claimer to take from top down. None
+    /// when a claim is held already.
+    fn claim(&mut self, n: usize) -> Option<(*const NonNull<Record>, *const NonNull<Record>)> {
+        if self.hi != 0 || n == 0 {
+            return None;
+        }
+        debug_assert!(self.top >= n);
+        self.lo = self.top - n;
+        self.hi = self.top;
+        Some((self.slot(self.hi), self.slot(self.lo)))
+    }
+
+    /// End the claim: the claimer left `bottom..cur` untaken. Returns how
+    /// many.
+    fn release(&mut self, cur: *const NonNull<Record>, bottom: *const NonNull<Record>) -> usize {
+        // SAFETY: both point into the claim, bottom <= cur.
+        let base = self.slots.as_ptr() as *const NonNull<Record>;
+        let (c, b) = unsafe { (cur.offset_from(base) as usize, bottom.offset_from(base) as usize) };
+        debug_assert!(self.lo <= b && b <= c && c <= self.hi && self.hi <= self.top);
+        let left = c - b;
+        let above = self.top - self.hi;
+        // SAFETY: moving free records down inside the reservation; the
+        // ranges may overlap, which ptr::copy allows.
+        unsafe {
+            if left > 0 && b != self.lo {
+                ptr::copy(self.slot(b), self.slot(self.lo), left);
+            }
+            if above > 0 {
+                ptr::copy(self.slot(self.hi), self.slot(self.lo + left), above);
+            }
+        }
+        self.top = self.lo + left + above;
+        self.lo = 0;
+        self.hi = 0;
+        left
+    }
+}
+
 struct State {
-    free: Vec<NonNull<Record>>,
+    free: Freelist,
+    /// Host records taken off the freelist so far (frees are derived:
+    /// allocs - in use), counted per batch.
+    allocs: u64,
+    foreign_wrapped: u64,
+    foreign_returned: u64,
+    /// Host records in the pool.
+    total: u64,
     shells: Vec<NonNull<Record>>,
     chunks: Vec<memory::Chunk>,
-    shell_blocks: Vec<Box<[Record]>>,
+    /// Each chunk's records, in a block of their own (from Box::into_raw).
+    records: Vec<NonNull<[Record]>>,
+    /// Blocks of shells for foreign packets (from Box::into_raw).
+    shell_blocks: Vec<NonNull<[Shell]>>,
     owners: Vec<OwnerSlot>,
-    stats: Stats,
     next_step: usize,
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        // Only reached when every packet is home (see Retire): no handle
+        // refers to a record any more.
+        for b in self.records.drain(..).map(|b| b.as_ptr()) {
+            // SAFETY: made by Box::into_raw in grow(), dropped once here.
+            drop(unsafe { Box::from_raw(b) });
+        }
+        for b in self.shell_blocks.drain(..).map(|b| b.as_ptr()) {
+            // SAFETY: made by Box::into_raw in grow_shells(), dropped once here.
+            drop(unsafe { Box::from_raw(b) });
+        }
+        // SAFETY: the reservation made in Freelist::new, unused from here on.
+        unsafe {
+            libc::munmap(self.free.slots.as_ptr() as *mut libc::c_void, FREE_SLOTS * std::mem::size_of::<usize>());
+        }
+    }
 }
 
 thread_local! {
@@ -362,7 +549,7 @@ impl Drop for Retire {
         // SAFETY: the pointer came from Box::into_raw in state() and was
         // just unhooked, so nothing else reaches it.
         let st = unsafe { Box::from_raw(st) };
-        let home = st.free.len() as u64 == st.stats.total && st.owners.iter().all(|o| o.outstanding == 0);
+        let home = st.free.len() as u64 == st.total && st.owners.iter().all(|o| o.outstanding == 0);
         if home {
             for c in &st.chunks {
                 memory::recycle_chunk(*c);
@@ -376,7 +563,7 @@ impl Drop for Retire {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn state() -> *mut State {
     let st = STATE.with(|s| s.get());
     if !st.is_null() {
@@ -386,11 +573,17 @@ fn state() -> *mut State {
 }
 
 #[cold]
+#[inline(never)]
 fn init_state() -> *mut State {
     let st = Box::into_raw(Box::new(State {
-        free: Vec::new(),
+        free: Freelist::new(),
+        allocs: 0,
+        foreign_wrapped: 0,
+        foreign_returned: 0,
+        total: 0,
         shells: Vec::new(),
         chunks: Vec::new(),
+        records: Vec::new(),
         shell_blocks: Vec::new(),
         // Slot 0 stands for the host.
         owners: vec![OwnerSlot {
@@ -401,7 +594,6 @@ fn init_state() -> *mut State {
             returns: Vec::new(),
             keepalive: None,
         }],
-        stats: Stats::default(),
         next_step: 1,
     }));
     STATE.with(|s| s.set(st));
@@ -414,14 +606,11 @@ fn init_state() -> *mut State {
 #[inline]
 pub fn allocate() -> Packet {
     let mut p = allocate_raw();
-    let r = p.rec_mut();
-    r.start = HEADROOM as u32;
-    r.len = 0;
+    p.rec_mut().len = 0;
     p
 }
 
-/// A host packet whose start and length are whatever its last user left:
-/// the caller sets both.
+/// A host packet with start HEADROOM and a length for the caller to set.
 #[inline(always)]
 fn allocate_raw() -> Packet {
     // SAFETY: state() is this thread's State; the reference ends before
@@ -429,9 +618,29 @@ fn allocate_raw() -> Packet {
     let st = unsafe { &mut *state() };
     let rec = match st.free.pop() {
         Some(r) => r,
-        None => grow(st),
+        None => {
+            grow(st);
+            st.free.pop().expect("grow adds records")
+        }
     };
+    st.allocs += 1;
     Packet { rec, _not_send: PhantomData }
+}
+
+/// Put a host record's start back to HEADROOM, as the freelist keeps them.
+///
+/// # Safety
+/// `r` must be a host record no handle refers to any more.
+#[inline(always)]
+unsafe fn rearm(r: *mut Record) {
+    // SAFETY: per the contract, r is ours to write.
+    unsafe {
+        let start = (*r).start;
+        if start != HEADROOM as u32 {
+            (*r).data = (*r).data.sub(start as usize).add(HEADROOM);
+            (*r).start = HEADROOM as u32;
+        }
+    }
 }
 
 #[inline(always)]
@@ -439,11 +648,47 @@ fn free_host(rec: NonNull<Record>) {
     // SAFETY: rec is a host record of this thread (Packet is !Send) that its
     // handle is giving up; State is this thread's, referenced only here.
     unsafe {
-        let st = &mut *state();
-        // Capacity was reserved for every record: this never reallocates.
-        st.free.push(rec);
-        st.stats.frees += 1;
+        rearm(rec.as_ptr());
+        (*state()).free.push(rec);
     }
+}
+
+/// Drop the `n` packets stored at `packets` (moved out: the caller must not
+/// use or drop them again) and return their bytes. While no foreign packet
+/// exists on this thread, all are host packets and go straight onto the
+/// freelist in one pass.
+///
+/// # Safety
+/// `packets` must point to `n` initialised packets that the caller gives up.
+#[inline]
+pub(crate) unsafe fn free_run(packets: *const Packet, n: usize) -> u64 {
+    let st = state();
+    let mut bytes = 0u64;
+    // SAFETY: this thread's State, referenced only inside this block (no
+    // packet is dropped while `free` is borrowed). Every packet of this
+    // thread was counted in foreign_wrapped if foreign, so when no foreign
+    // packet is out these are host records, and the freelist has room for
+    // every host record (see MAX_POOL).
+    unsafe {
+        if (*st).foreign_wrapped == (*st).foreign_returned {
+            let free = &mut (*st).free;
+            let to = free.slot(free.top);
+            for i in 0..n {
+                let rec = (*packets.add(i)).rec;
+                bytes += (*rec.as_ptr()).len as u64;
+                rearm(rec.as_ptr());
+                to.add(i).write(rec);
+            }
+            free.top += n;
+        } else {
+            for i in 0..n {
+                let p = ptr::read(packets.add(i));
+                bytes += p.len() as u64;
+                drop(p);
+            }
+        }
+    }
+    bytes
 }
 
 /// Drop `n` packets that `next` yields, with one look-up of the freelist
@@ -454,91 +699,70 @@ pub fn free_batch(n: usize, mut next: impl FnMut() -> Packet) {
     let st = state();
     let mut left = n;
     while left > 0 {
-        // A run of host packets goes straight into the freelist's spare
-        // capacity; a foreign packet ends the run and goes home on its own.
+        // A run of host packets goes straight onto the freelist; a foreign
+        // packet ends the run and goes home on its own.
         let mut foreign = None;
-        // SAFETY: this thread's State. The capacity of `free` covers every
-        // host record of this thread, so there is room past its length for
-        // every host packet that exists; the slots written are counted into
-        // the length before anything else (the foreign drop) touches `free`.
+        // SAFETY: this thread's State. The freelist has room for every host
+        // record (see MAX_POOL); the records written are counted into `top`
+        // before anything else (the foreign drop) touches the freelist.
         unsafe {
-            let free = &mut (*st).free;
-            let room = free.capacity() - free.len();
-            let base = free.as_mut_ptr().add(free.len());
+            let top = (*st).free.top;
+            let to = (*st).free.slot(top);
             let mut m = 0;
-            while left > 0 && m < room {
+            while left > 0 {
                 let p = next();
                 left -= 1;
                 if p.rec().owner != HOST {
                     foreign = Some(p);
                     break;
                 }
-                base.add(m).write(p.rec);
+                rearm(p.rec.as_ptr());
+                to.add(m).write(p.rec);
                 std::mem::forget(p);
                 m += 1;
             }
-            let free = &mut (*st).free;
-            free.set_len(free.len() + m);
-            if m == room && left > 0 {
-                // Cannot happen while the capacity covers the pool; stay
-                // safe if it ever does.
-                free.reserve(left);
-            }
-            (*st).stats.frees += m as u64;
+            (*st).free.top = top + m;
         }
         drop(foreign);
     }
 }
 
 /// Fresh host packets taken from the freelist in one go, so that a loop
-/// that makes many packets pays for the freelist once.
+/// that makes many packets pays for the freelist once: the allocator claims
+/// the top of the freelist and walks it with a pointer kept in a register.
 pub struct Allocator {
-    recs: [MaybeUninit<NonNull<Record>>; ALLOC_BATCH],
-    next: usize,
-    len: usize,
+    /// Records cur-1 down to bottom are this allocator's; null when it
+    /// holds no claim (another allocator does: it then takes one by one).
+    cur: *const NonNull<Record>,
+    bottom: *const NonNull<Record>,
 }
 
-const ALLOC_BATCH: usize = 64;
+/// Records an allocator claims at a time at most: more than a breath's
+/// worth of packets for one output (`PULL_NPACKETS`).
+const ALLOC_BATCH: usize = 128;
 
 impl Allocator {
-    /// An allocator holding up to `n` (at most 64) packets at a time.
+    /// An allocator holding up to `n` (at most 128) packets at a time.
     #[inline(always)]
     pub fn new(n: usize) -> Allocator {
-        // SAFETY: an array of MaybeUninit needs no initialisation.
-        let recs = unsafe { MaybeUninit::<[MaybeUninit<NonNull<Record>>; ALLOC_BATCH]>::uninit().assume_init() };
-        let mut a = Allocator { recs, next: 0, len: 0 };
-        a.refill(n.clamp(1, ALLOC_BATCH));
-        a
+        let (cur, bottom) = claim(n.clamp(1, ALLOC_BATCH));
+        Allocator { cur, bottom }
     }
 
-    #[inline(always)]
-    fn refill(&mut self, n: usize) {
-        // SAFETY: this thread's State, referenced only within this block.
-        let st = unsafe { &mut *state() };
-        while st.free.len() < n {
-            let r = grow(st);
-            st.free.push(r);
-        }
-        let from = st.free.len() - n;
-        // SAFETY: the records moved here leave the freelist (its length is
-        // cut below), so each is owned by this allocator alone.
-        unsafe {
-            std::ptr::copy_nonoverlapping(st.free.as_ptr().add(from), self.recs.as_mut_ptr() as *mut NonNull<Record>, n);
-            st.free.set_len(from);
-        }
-        self.next = 0;
-        self.len = n;
-    }
-
-    /// A host packet with start and length for the caller to set.
+    /// A host packet (start HEADROOM) with a length for the caller to set.
     #[inline(always)]
     fn take(&mut self) -> Packet {
-        if self.next == self.len {
-            self.refill(ALLOC_BATCH);
+        if self.cur == self.bottom {
+            let (rec, cur, bottom) = reclaim(self.cur, self.bottom);
+            self.cur = cur;
+            self.bottom = bottom;
+            return Packet { rec, _not_send: PhantomData };
         }
-        // SAFETY: slots next..len hold records this allocator owns.
-        let rec = unsafe { self.recs.get_unchecked(self.next).assume_init() };
-        self.next += 1;
+        // SAFETY: cur > bottom, and bottom..cur are this allocator's records.
+        let rec = unsafe {
+            self.cur = self.cur.sub(1);
+            self.cur.read()
+        };
         Packet { rec, _not_send: PhantomData }
     }
 
@@ -546,9 +770,7 @@ impl Allocator {
     #[inline(always)]
     pub fn allocate(&mut self) -> Packet {
         let mut p = self.take();
-        let r = p.rec_mut();
-        r.start = HEADROOM as u32;
-        r.len = 0;
+        p.rec_mut().len = 0;
         p
     }
 
@@ -556,69 +778,147 @@ impl Allocator {
     #[inline(always)]
     pub fn clone_of(&mut self, p: &Packet) -> Packet {
         let mut c = self.take();
+        c.match_headroom(p);
+        let src = p.data();
         let r = c.rec_mut();
-        r.start = p.headroom().min(HEADROOM) as u32;
-        r.len = p.len() as u32;
-        crate::copy::copy(c.data_mut(), p.data());
+        r.len = src.len() as u32;
+        // SAFETY: the fresh buffer has at least the tailroom of `p` from the
+        // same start, so `src.len()` bytes fit.
+        crate::copy::copy(unsafe { std::slice::from_raw_parts_mut(r.data, src.len()) }, src);
+        c
+    }
+
+    /// A new packet holding a copy of `bytes`, as `Packet::from_bytes`.
+    /// Panics when `bytes` is longer than [`PAYLOAD_SIZE`].
+    #[inline(always)]
+    pub fn from_bytes(&mut self, bytes: &[u8]) -> Packet {
+        assert!(bytes.len() <= PAYLOAD_SIZE, "{}-byte packet: more than PAYLOAD_SIZE", bytes.len());
+        let mut c = self.take();
+        let r = c.rec_mut();
+        r.len = bytes.len() as u32;
+        // SAFETY: a fresh host buffer has PAYLOAD_SIZE bytes after its start.
+        crate::copy::copy(unsafe { std::slice::from_raw_parts_mut(r.data, bytes.len()) }, bytes);
         c
     }
 }
 
 impl Drop for Allocator {
+    #[inline(always)]
     fn drop(&mut self) {
-        // SAFETY: this thread's State; the unused records go back to the
-        // freelist, whose capacity covers them.
-        let st = unsafe { &mut *state() };
-        for i in self.next..self.len {
-            // SAFETY: slots next..len are owned and initialised.
-            st.free.push(unsafe { self.recs[i].assume_init() });
+        if !self.cur.is_null() {
+            unclaim(self.cur, self.bottom);
         }
+    }
+}
+
+/// Claim `n` records for a new allocator, growing the pool if needed; null
+/// pointers when another allocator holds the claim.
+#[inline(never)]
+fn claim(n: usize) -> (*const NonNull<Record>, *const NonNull<Record>) {
+    // SAFETY: this thread's State, referenced only within this function.
+    let st = unsafe { &mut *state() };
+    if st.free.hi != 0 {
+        return (ptr::null(), ptr::null());
+    }
+    while st.free.len() < n {
+        grow(st);
+    }
+    st.allocs += n as u64;
+    st.free.claim(n).expect("no claim is held")
+}
+
+/// An allocator ran dry (or holds no claim): end its claim and make a new
+/// one, or take a single record when another allocator holds the claim.
+/// Returns the record and the allocator's new claim.
+#[inline(never)]
+fn reclaim(
+    cur: *const NonNull<Record>,
+    bottom: *const NonNull<Record>,
+) -> (NonNull<Record>, *const NonNull<Record>, *const NonNull<Record>) {
+    if !cur.is_null() {
+        unclaim(cur, bottom);
+    }
+    let (cur, bottom) = claim(ALLOC_BATCH);
+    if cur.is_null() {
+        return (allocate_raw().into_record(), cur, bottom);
+    }
+    // SAFETY: a fresh claim of ALLOC_BATCH records: cur - 1 is in it.
+    unsafe {
+        let cur = cur.sub(1);
+        (cur.read(), cur, bottom)
+    }
+}
+
+#[inline(never)]
+fn unclaim(cur: *const NonNull<Record>, bottom: *const NonNull<Record>) {
+    // SAFETY: this thread's State, referenced only within this function.
+    let st = unsafe { &mut *state() };
+    let left = st.free.release(cur, bottom);
+    st.allocs -= left as u64;
+}
+
+impl Packet {
+    /// The record, giving up the handle without freeing it.
+    #[inline(always)]
+    fn into_record(self) -> NonNull<Record> {
+        let rec = self.rec;
+        std::mem::forget(self);
+        rec
     }
 }
 
 /// Add chunks to the pool: one the first time, then twice as many as the
 /// step before (as Snabb does), so a busy graph stops growing quickly.
 #[cold]
-fn grow(st: &mut State) -> NonNull<Record> {
+#[inline(never)]
+fn grow(st: &mut State) {
     let n = st.next_step;
     st.next_step = (n * 2).min(64);
     for _ in 0..n {
+        assert!(
+            st.total as usize + BUFFERS_PER_CHUNK <= MAX_POOL,
+            "packet memory: more than {MAX_POOL} buffers on one thread"
+        );
         let c = memory::alloc_chunk().expect("packet memory: cannot map a 2 MiB chunk");
         st.chunks.push(c);
-        // The freelist can hold every record of the pool: frees never
-        // reallocate, and `free_batch` relies on it.
-        let total = st.stats.total as usize + RECORDS_PER_CHUNK;
-        st.free.reserve(total - st.free.len());
-        for i in (0..RECORDS_PER_CHUNK).rev() {
-            let off = i * RECORD_SIZE;
-            let rec = (c.virt + off) as *mut Record;
-            let dma = c.dma + (off + HEADER_SIZE) as u64;
-            // SAFETY: the record lies inside the new chunk, which nobody else uses.
-            unsafe {
-                rec.write(Record {
-                    base: (rec as *mut u8).add(HEADER_SIZE),
-                    dma,
-                    start: HEADROOM as u32,
+        let records: Box<[Record]> = (0..BUFFERS_PER_CHUNK)
+            .map(|i| {
+                let base = c.virt + i * STRIDE;
+                Record {
+                    data: (base + HEADROOM) as *mut u8,
                     len: 0,
-                    cap: BUFFER_SIZE as u32,
+                    start: HEADROOM as u32,
+                    dma: c.dma + (i * STRIDE) as u64,
                     owner: HOST,
-                    token: 0,
-                    flags: 0,
-                });
-                st.free.push(NonNull::new_unchecked(rec));
-            }
+                    cap: BUFFER_SIZE as u32,
+                }
+            })
+            .collect();
+        // SAFETY: a fresh allocation; the block is freed only with the State.
+        let records = unsafe { NonNull::new_unchecked(Box::into_raw(records)) };
+        // Pushed last to first, so that the first buffers are used first.
+        for i in (0..BUFFERS_PER_CHUNK).rev() {
+            // SAFETY: i is inside the block.
+            st.free.push(unsafe { records.cast::<Record>().add(i) });
         }
-        st.stats.total += RECORDS_PER_CHUNK as u64;
+        st.records.push(records);
+        st.total += BUFFERS_PER_CHUNK as u64;
     }
-    st.free.pop().unwrap()
 }
 
 /// This thread's packet counters.
 pub fn stats() -> Stats {
     // SAFETY: a read of this thread's State.
     let st = unsafe { &*state() };
-    let in_use = st.stats.total - st.free.len() as u64;
-    Stats { allocs: st.stats.frees + in_use, in_use, total: st.stats.total, ..st.stats }
+    let in_use = st.total - st.free.len() as u64;
+    Stats {
+        allocs: st.allocs,
+        frees: st.allocs - in_use,
+        foreign_wrapped: st.foreign_wrapped,
+        foreign_returned: st.foreign_returned,
+        in_use,
+        total: st.total,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -714,6 +1014,7 @@ impl BufferOwner {
             buf.len,
             buf.cap
         );
+        assert!(buf.cap & FIXED_START == 0, "foreign buffer: cap {} of 2 GiB or more", buf.cap);
         // SAFETY: this thread's State; no other reference is live.
         let st = unsafe { &mut *state() };
         let shell = match st.shells.pop() {
@@ -721,18 +1022,20 @@ impl BufferOwner {
             None => grow_shells(st),
         };
         st.owners[self.slot()].outstanding += 1;
-        st.stats.foreign_wrapped += 1;
-        // SAFETY: shell is a free shell record owned by this thread.
+        st.foreign_wrapped += 1;
+        // SAFETY: shell is a free shell owned by this thread; start <= cap
+        // was checked, so data stays inside the lent buffer.
         unsafe {
-            shell.as_ptr().write(Record {
-                base: buf.base.as_ptr(),
-                dma: buf.dma,
-                start: buf.start,
-                len: buf.len,
-                cap: buf.cap,
-                owner: self.id,
+            shell.cast::<Shell>().as_ptr().write(Shell {
+                rec: Record {
+                    data: buf.base.as_ptr().add(buf.start as usize),
+                    len: buf.len,
+                    start: buf.start,
+                    dma: buf.dma,
+                    owner: self.id,
+                    cap: buf.cap | if buf.fixed_start { FIXED_START } else { 0 },
+                },
                 token: buf.token,
-                flags: if buf.fixed_start { FIXED_START } else { 0 },
             });
         }
         Packet { rec: shell, _not_send: PhantomData }
@@ -746,13 +1049,15 @@ impl BufferOwner {
         if r.owner != self.id {
             return Err(p);
         }
-        let out = Reclaimed { token: r.token, start: r.start, len: r.len };
+        // SAFETY: a foreign packet's record is the front of a Shell.
+        let token = unsafe { (*p.rec.cast::<Shell>().as_ptr()).token };
+        let out = Reclaimed { token, start: r.start, len: r.len };
         let shell = p.rec;
         std::mem::forget(p);
         // SAFETY: this thread's State; the shell's handle was just consumed.
         let st = unsafe { &mut *state() };
         st.owners[self.slot()].outstanding -= 1;
-        st.stats.foreign_returned += 1;
+        st.foreign_returned += 1;
         st.shells.push(shell);
         Ok(out)
     }
@@ -825,21 +1130,17 @@ impl fmt::Debug for BufferOwner {
 
 #[cold]
 fn grow_shells(st: &mut State) -> NonNull<Record> {
-    let block: Box<[Record]> = (0..256)
-        .map(|_| Record {
-            base: ptr::null_mut(),
-            dma: 0,
-            start: 0,
-            len: 0,
-            cap: 0,
-            owner: HOST,
+    let block: Box<[Shell]> = (0..256)
+        .map(|_| Shell {
+            rec: Record { data: ptr::null_mut(), len: 0, start: 0, dma: 0, owner: HOST, cap: 0 },
             token: 0,
-            flags: 0,
         })
         .collect();
-    let mut block = block;
-    for r in block.iter_mut() {
-        st.shells.push(NonNull::from(r));
+    // SAFETY: a fresh allocation; the block is freed only with the State.
+    let block = unsafe { NonNull::new_unchecked(Box::into_raw(block)) };
+    for i in 0..block.len() {
+        // SAFETY: i is inside the block.
+        st.shells.push(unsafe { block.cast::<Shell>().add(i).cast() });
     }
     st.shell_blocks.push(block);
     st.shells.pop().unwrap()
@@ -851,10 +1152,10 @@ fn return_foreign(shell: NonNull<Record>) {
         // SAFETY: this thread's State; shell is the dropped packet's record,
         // now unreachable from any handle. The borrow ends in this block.
         let st = unsafe { &mut *state() };
-        let (owner, token) = unsafe { ((*shell.as_ptr()).owner, (*shell.as_ptr()).token) };
+        let (owner, token) = unsafe { ((*shell.as_ptr()).owner, (*shell.cast::<Shell>().as_ptr()).token) };
         let slot = (owner & 0xffff) as usize;
         st.shells.push(shell);
-        st.stats.foreign_returned += 1;
+        st.foreign_returned += 1;
         let o = &mut st.owners[slot];
         o.outstanding -= 1;
         if o.open {
@@ -1049,5 +1350,141 @@ mod tests {
         // The slot can be reused with a new generation.
         let o2 = BufferOwner::register("next", None);
         assert_eq!(o2.outstanding(), 0);
+    }
+
+    /// Runs `f` on a fresh thread: a pool of its own, counted from zero.
+    fn on_fresh_thread(f: impl FnOnce() + Send + 'static) {
+        std::thread::spawn(f).join().unwrap();
+    }
+
+    #[test]
+    fn allocator_hands_out_distinct_fresh_packets_and_returns_the_rest() {
+        on_fresh_thread(|| {
+            let mut a = Allocator::new(10);
+            let mut ps: Vec<Packet> = (0..300).map(|i| a.from_bytes(&[i as u8; 60])).collect();
+            ps.push(a.allocate());
+            assert_eq!(ps.last().unwrap().headroom(), HEADROOM);
+            let mut addrs: Vec<*const u8> = ps.iter().map(|p| p.data().as_ptr()).collect();
+            addrs.sort();
+            addrs.dedup();
+            assert_eq!(addrs.len(), 301, "no buffer handed out twice");
+            // Claims of 10, then 128 at a time: 394 taken, 93 still held.
+            assert_eq!(stats().in_use, 10 + 3 * 128, "the rest of the claim is held");
+            drop(a);
+            assert_eq!(stats().in_use, 301);
+            drop(ps);
+            let s = stats();
+            assert_eq!((s.in_use, s.allocs, s.frees), (0, 301, 301));
+        });
+    }
+
+    #[test]
+    fn frees_and_single_allocations_during_a_claim() {
+        on_fresh_thread(|| {
+            let keep: Vec<Packet> = (0..150).map(|_| Packet::new()).collect();
+            let mut a = Allocator::new(100);
+            let mut held = Vec::new();
+            for i in 0..1000 {
+                // Frees land above the claim, single allocations take from
+                // there or from below it; none may touch the claim.
+                held.push(a.from_bytes(&[i as u8; 20]));
+                held.push(Packet::from_bytes(&[1; 5]));
+                if i % 3 == 0 {
+                    held.swap_remove(i % held.len());
+                    held.swap_remove(0);
+                }
+            }
+            let mut addrs: Vec<*const u8> = held.iter().chain(&keep).map(|p| p.data().as_ptr()).collect();
+            addrs.sort();
+            addrs.dedup();
+            assert_eq!(addrs.len(), held.len() + keep.len(), "no buffer handed out twice");
+            drop(a);
+            drop(held);
+            drop(keep);
+            let s = stats();
+            assert_eq!(s.in_use, 0);
+            assert_eq!(s.allocs, s.frees);
+            // The freelist is whole again: every record can be had once.
+            let all: Vec<Packet> = (0..s.total).map(|_| Packet::new()).collect();
+            assert_eq!(stats().total, s.total, "no growth needed");
+            let mut addrs: Vec<*const u8> = all.iter().map(|p| p.data().as_ptr()).collect();
+            addrs.sort();
+            addrs.dedup();
+            assert_eq!(addrs.len() as u64, s.total);
+        });
+    }
+
+    #[test]
+    fn nested_allocators_take_one_by_one() {
+        on_fresh_thread(|| {
+            let mut a = Allocator::new(64);
+            let mut b = Allocator::new(64);
+            let mut ps = Vec::new();
+            for i in 0..500 {
+                ps.push(a.from_bytes(&[1; 60]));
+                ps.push(b.from_bytes(&[2; 60]));
+                if i == 250 {
+                    // Dropped out of order: b takes over the claim.
+                    drop(std::mem::replace(&mut a, Allocator::new(1)));
+                }
+            }
+            let mut addrs: Vec<*const u8> = ps.iter().map(|p| p.data().as_ptr()).collect();
+            addrs.sort();
+            addrs.dedup();
+            assert_eq!(addrs.len(), 1000);
+            assert!(ps.iter().enumerate().all(|(i, p)| p.data()[0] == 1 + (i % 2) as u8));
+            drop(a);
+            drop(b);
+            drop(ps);
+            assert_eq!(stats().in_use, 0);
+        });
+    }
+
+    #[test]
+    fn clone_of_keeps_headroom_and_copies_foreign_data() {
+        let mut a = Allocator::new(4);
+        let mut p = Packet::from_bytes(&[7; 100]);
+        p.prepend(&[1; 200]);
+        let q = a.clone_of(&p);
+        assert_eq!((q.headroom(), q.data()), (HEADROOM - 200, p.data()));
+        p.shift_left(250);
+        let q = a.clone_of(&p);
+        assert_eq!((q.headroom(), q.data()), (HEADROOM, p.data()));
+        let mut t = TestOwner::new(1);
+        let f = t.lend(0, false);
+        let h = a.clone_of(&f);
+        assert!(!h.is_foreign());
+        assert_eq!((h.headroom(), h.data()), (12, &[0xaa, 0xbb, 0xcc, 0xdd][..]));
+    }
+
+    #[test]
+    fn buffers_freed_with_moved_starts_come_back_fresh() {
+        on_fresh_thread(|| {
+            let l = crate::Link::new(64);
+            for i in 0..50 {
+                let mut p = Packet::from_bytes(&[0; 100]);
+                if i % 2 == 0 {
+                    p.shift_left(30);
+                } else {
+                    p.prepend(&[0; 40]);
+                }
+                l.transmit(p);
+            }
+            l.discard();
+            let mut a = Allocator::new(50);
+            for _ in 0..50 {
+                let p = a.allocate();
+                assert_eq!((p.headroom(), p.capacity()), (HEADROOM, PAYLOAD_SIZE));
+                assert_eq!(memory::virt_to_dma(p.data().as_ptr()), Some(p.dma_addr()));
+            }
+        });
+    }
+
+    #[test]
+    fn buffers_do_not_crowd_cache_sets() {
+        // The first data lines of 64 consecutive buffers hit 64 different
+        // L1 sets (64-byte lines, 4 KiB per way).
+        let sets: std::collections::BTreeSet<usize> = (0..64).map(|i| (i * STRIDE + HEADROOM) / 64 % 64).collect();
+        assert_eq!(sets.len(), 64);
     }
 }

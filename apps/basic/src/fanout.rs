@@ -1,7 +1,7 @@
 //! TEE, JOIN and SPLIT: fan packets out and in.
 
 use snabb_core::packet::Allocator;
-use snabb_core::{App, AppClass, AppContext, Io};
+use snabb_core::{App, AppClass, AppContext, Io, Link};
 
 /// Every packet on any input goes to every output: copies to all but the
 /// last output, which gets the original buffer.
@@ -23,30 +23,27 @@ impl App for Tee {
     fn push(&mut self, io: &Io) {
         let n = io.output.len();
         for input in io.input.iter() {
-            match n {
-                0 => {
-                    input.discard();
-                }
-                // The common case, with both senders batched.
-                2 => {
-                    let (mut a, mut b) = (io.output.at(0).transmitter(), io.output.at(1).transmitter());
-                    let mut alloc = Allocator::new(input.nreadable());
-                    for p in input.drain() {
-                        a.send(alloc.clone_of(&p));
-                        b.send(p);
-                    }
-                }
-                _ => {
-                    let last = io.output.at(n - 1);
-                    for p in input.drain() {
-                        for i in 0..n - 1 {
-                            io.output.at(i).transmit(p.clone());
-                        }
-                        last.transmit(p);
-                    }
-                }
+            if n == 0 {
+                input.discard();
+                continue;
             }
+            // Copies for all outputs but the last, one output at a time,
+            // then the originals for the last: each loop keeps little state.
+            for i in 0..n - 1 {
+                send_copies(input, io.output.at(i));
+            }
+            input.transfer(io.output.at(n - 1));
         }
+    }
+}
+
+/// A copy of every packet queued on `input` onto `out`.
+#[inline(never)]
+fn send_copies(input: &Link, out: &Link) {
+    let mut tx = out.transmitter();
+    let mut alloc = Allocator::new(input.nreadable());
+    for p in input.queued() {
+        tx.send(alloc.clone_of(p));
     }
 }
 
@@ -70,10 +67,7 @@ impl App for Join {
         for input in io.input.iter() {
             match out {
                 Some(o) => {
-                    let mut tx = o.transmitter();
-                    for p in input.drain() {
-                        tx.send(p);
-                    }
+                    input.transfer(o);
                 }
                 None => {
                     input.discard();

@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 use snabb_core::ethernet::{self, MacAddr};
 use snabb_core::packet::Allocator;
-use snabb_core::{App, AppClass, AppContext, Io, Packet, PULL_NPACKETS};
+use snabb_core::{App, AppClass, AppContext, Io, Link, Packet, PULL_NPACKETS};
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields, default)]
@@ -104,6 +104,17 @@ impl AppClass for Source {
     }
 }
 
+/// `n` copies of `frame` onto `out`: the loop of a plain Source, in a
+/// function of its own so that its state stays in registers.
+#[inline(never)]
+fn send_copies(out: &Link, frame: &[u8], n: usize) {
+    let mut tx = out.transmitter();
+    let mut alloc = Allocator::new(n);
+    for _ in 0..n {
+        tx.send(alloc.from_bytes(frame));
+    }
+}
+
 impl App for Source {
     fn has_pull(&self) -> bool {
         true
@@ -114,33 +125,11 @@ impl App for Source {
         if let Some(c) = self.count {
             n = n.min(c - self.sent);
         }
-        let at = self.seq_at;
         for out in io.output.iter() {
-            let mut tx = out.transmitter();
             match (self.templates.len(), self.numbered) {
                 // One size, no numbers: the plain loop.
-                (1, false) => {
-                    let t = &self.templates[0];
-                    let mut alloc = Allocator::new(n as usize);
-                    for _ in 0..n {
-                        tx.send(alloc.clone_of(t));
-                    }
-                }
-                _ => {
-                    let (mut next, mut seq) = (self.next, self.seq);
-                    for _ in 0..n {
-                        let mut p = self.templates[next].clone();
-                        if self.numbered {
-                            p.data_mut()[at..at + 4].copy_from_slice(&seq.to_be_bytes());
-                        }
-                        tx.send(p);
-                        seq = seq.wrapping_add(1);
-                        next += 1;
-                        if next == self.templates.len() {
-                            next = 0;
-                        }
-                    }
-                }
+                (1, false) => send_copies(out, self.templates[0].data(), n as usize),
+                _ => self.send_mix(out, n as usize),
             }
         }
         self.seq = self.seq.wrapping_add(n as u32);
@@ -154,6 +143,26 @@ impl App for Source {
 }
 
 impl Source {
+    /// `n` frames onto `out`, cycling through the templates from `next`,
+    /// numbered from `seq` if asked.
+    fn send_mix(&self, out: &Link, n: usize) {
+        let (mut next, mut seq, at) = (self.next, self.seq, self.seq_at);
+        let mut tx = out.transmitter();
+        let mut alloc = Allocator::new(n);
+        for _ in 0..n {
+            let mut p = alloc.clone_of(&self.templates[next]);
+            if self.numbered {
+                p.data_mut()[at..at + 4].copy_from_slice(&seq.to_be_bytes());
+            }
+            tx.send(p);
+            seq = seq.wrapping_add(1);
+            next += 1;
+            if next == self.templates.len() {
+                next = 0;
+            }
+        }
+    }
+
     /// Frames sent per output so far.
     pub fn sent(&self) -> u64 {
         self.sent
