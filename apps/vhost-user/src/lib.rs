@@ -1,0 +1,13 @@
+//! VHOST-USER: the switch side of virtio-net, for QEMU guests and DPDK.
+
+// Data path (guest memory, split virtqueues, the virtio-net header).
+pub mod memory;
+pub mod virtio;
+pub mod virtq;
+pub mod driver;
+
+// Control path (the vhost-user protocol, the device, the app).
+pub mod protocol;
+pub mod device;
+pub mod app;
+pub mod frontend;
