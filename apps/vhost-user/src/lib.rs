@@ -8,6 +8,7 @@ pub mod driver;
 
 // Control path (the vhost-user protocol, the device, the app).
 pub mod protocol;
+pub mod channel;
 pub mod device;
 pub mod app;
 pub mod frontend;
