@@ -1,1 +1,434 @@
-//! (being written)
+//! The `VhostUser` app: a switch port whose other end is a virtio-net
+//! frontend (a QEMU guest, DPDK virtio-user) on a vhost-user socket.
+//!
+//! | class       | ports                                                  | does                          |
+//! |-------------|--------------------------------------------------------|-------------------------------|
+//! | `VhostUser` | in: `input` (to the guest); out: `output` (from it)    | one virtio-net device         |
+//!
+//! Args: `(socket: "/path", server: true, queues: 1, mtu: 1500, mac: None)`;
+//! `queues` is the number of queue pairs offered, `mac` (e.g.
+//! `Some("52:54:00:12:34:56")`) is offered as VIRTIO_NET_F_MAC and used for
+//! nothing else.
+//!
+//! The socket is served from `tick` (1 kHz): one non-blocking receive per
+//! tick when no message waits, so the breath loop itself makes no system
+//! call for the control path. The data path runs in `pull` (guest TX queues
+//! to `output`) and `push` (`input` to the guest's RX queues, a different
+//! queue first each breath). With `server: true` the app listens (a stale
+//! socket file is removed) and serves one frontend at a time; with
+//! `server: false` it connects, and reconnects with back-off (10 ms doubling
+//! to 1 s) whenever the frontend goes away. A frontend that disconnects or
+//! sends a malformed message loses its connection: its queues stop, its
+//! memory is unmapped, and the app waits for the next one.
+//!
+//! Counters (over all connections): `rx_*` is what came from the guest,
+//! `tx_*` what went to it. `tx_no_guest`: packets on `input` discarded while
+//! no receive queue ran. `connections`, `disconnects`, `protocol_errors`
+//! (malformed messages), `request_errors` (requests refused), `broken_queues`,
+//! `rarp_sent`, and the queue drops by reason.
+
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use snabb_core::{App, AppClass, AppContext, Io, Packet, Registry};
+
+use crate::channel::Channel;
+use crate::device::{Device, DeviceConfig, add_stats, rarp_frame};
+use crate::protocol::{FLAG_REPLY, Header, ProtocolError, VERSION};
+use crate::virtq::QueueStats;
+
+/// Messages served per tick at most (the rest wait for the next tick).
+const MESSAGES_PER_TICK: usize = 64;
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+fn yes() -> bool {
+    true
+}
+fn one() -> u16 {
+    1
+}
+fn default_mtu() -> u16 {
+    1500
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VhostUserArgs {
+    /// The vhost-user unix socket.
+    pub socket: PathBuf,
+    /// Listen (true) or connect (false).
+    #[serde(default = "yes")]
+    pub server: bool,
+    /// Queue pairs offered (1..=128).
+    #[serde(default = "one")]
+    pub queues: u16,
+    /// MTU offered in the config space (68..=9000).
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    /// The guest's MAC, "xx:xx:xx:xx:xx:xx".
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+impl VhostUserArgs {
+    pub fn new(socket: impl Into<PathBuf>) -> VhostUserArgs {
+        VhostUserArgs { socket: socket.into(), server: true, queues: 1, mtu: 1500, mac: None }
+    }
+}
+
+pub fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
+    let parts: Vec<&str> = s.split(':').collect();
+    anyhow::ensure!(parts.len() == 6, "mac `{s}`: expected six hex bytes separated by `:`");
+    let mut mac = [0; 6];
+    for (m, p) in mac.iter_mut().zip(parts) {
+        *m = u8::from_str_radix(p, 16).map_err(|_| anyhow::anyhow!("mac `{s}`: `{p}` is not a hex byte"))?;
+    }
+    Ok(mac)
+}
+
+/// How the app finds its frontend.
+enum Endpoint {
+    Server(Listener),
+    Client { next_try: Instant, backoff: Duration, failures: u64 },
+}
+
+/// A listening socket that removes its file when dropped.
+struct Listener {
+    sock: UnixListener,
+    path: PathBuf,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn listen(path: &Path) -> anyhow::Result<Listener> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        anyhow::ensure!(meta.file_type().is_socket(), "socket `{}`: exists and is not a socket", path.display());
+        anyhow::ensure!(
+            UnixStream::connect(path).is_err(),
+            "socket `{}`: another process is listening on it",
+            path.display()
+        );
+        std::fs::remove_file(path).map_err(|e| anyhow::anyhow!("socket `{}`: removing the stale file: {e}", path.display()))?;
+    }
+    let sock = UnixListener::bind(path).map_err(|e| anyhow::anyhow!("socket `{}`: {e}", path.display()))?;
+    sock.set_nonblocking(true)?;
+    Ok(Listener { sock, path: path.to_path_buf() })
+}
+
+struct Connection {
+    chan: Channel,
+    dev: Device,
+}
+
+/// Counts kept over connections.
+#[derive(Default, Clone, Debug)]
+struct Totals {
+    to_guest: QueueStats,
+    from_guest: QueueStats,
+    tx_no_guest: u64,
+    rx_no_output: u64,
+    connections: u64,
+    disconnects: u64,
+    protocol_errors: u64,
+    request_errors: u64,
+    broken_queues: u64,
+    rarp_sent: u64,
+}
+
+pub struct VhostUser {
+    name: String,
+    args: VhostUserArgs,
+    cfg: DeviceConfig,
+    endpoint: Endpoint,
+    conn: Option<Connection>,
+    /// Counts of connections that ended.
+    past: Totals,
+}
+
+impl AppClass for VhostUser {
+    type Args = VhostUserArgs;
+    fn new(args: VhostUserArgs, ctx: &AppContext) -> anyhow::Result<VhostUser> {
+        anyhow::ensure!((1..=128).contains(&args.queues), "queues {}: must be 1..=128 queue pairs", args.queues);
+        anyhow::ensure!((68..=9000).contains(&args.mtu), "mtu {}: must be 68..=9000", args.mtu);
+        let mac = args.mac.as_deref().map(parse_mac).transpose()?;
+        let cfg = DeviceConfig { queue_pairs: args.queues, mtu: args.mtu, mac };
+        let endpoint = if args.server {
+            Endpoint::Server(listen(&args.socket)?)
+        } else {
+            Endpoint::Client { next_try: Instant::now(), backoff: BACKOFF_MIN, failures: 0 }
+        };
+        Ok(VhostUser { name: ctx.name.to_string(), args, cfg, endpoint, conn: None, past: Totals::default() })
+    }
+}
+
+impl VhostUser {
+    /// Find a frontend if there is none: accept one, or try to connect.
+    fn attach(&mut self) {
+        let stream = match &mut self.endpoint {
+            Endpoint::Server(l) => match l.sock.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log::warn!("{}: accept on {}: {e}", self.name, self.args.socket.display());
+                    return;
+                }
+            },
+            Endpoint::Client { next_try, backoff, failures } => {
+                let now = Instant::now();
+                if now < *next_try {
+                    return;
+                }
+                match UnixStream::connect(&self.args.socket) {
+                    Ok(s) => {
+                        *backoff = BACKOFF_MIN;
+                        *failures = 0;
+                        s
+                    }
+                    Err(e) => {
+                        if *failures == 0 {
+                            log::info!("{}: connecting to {}: {e}; retrying", self.name, self.args.socket.display());
+                        }
+                        *failures += 1;
+                        *next_try = now + *backoff;
+                        *backoff = (*backoff * 2).min(BACKOFF_MAX);
+                        return;
+                    }
+                }
+            }
+        };
+        match Channel::new(stream) {
+            Ok(chan) => {
+                log::info!("{}: frontend connected on {}", self.name, self.args.socket.display());
+                self.past.connections += 1;
+                self.conn = Some(Connection { chan, dev: Device::new(self.cfg.clone()) });
+            }
+            Err(e) => log::warn!("{}: new connection: {e}", self.name),
+        }
+    }
+
+    /// Serve the messages that wait on the socket (a bounded number).
+    fn serve(&mut self) {
+        let Some(c) = &mut self.conn else { return };
+        let mut result = Ok(());
+        for _ in 0..MESSAGES_PER_TICK {
+            let msg = match c.chan.try_recv() {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            };
+            let code = msg.header.request;
+            match c.dev.handle(msg) {
+                Ok(Some((code, payload))) => {
+                    let h = Header { request: code, flags: VERSION | FLAG_REPLY, size: payload.len() as u32 };
+                    if let Err(e) = c.chan.send(h, &payload, &[]) {
+                        result = Err(e);
+                        break;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    log::warn!("{}: malformed {} message: {e}", self.name, crate::protocol::request_name(code));
+                    self.past.protocol_errors += 1;
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if let Err(e) = result {
+            match e {
+                ProtocolError::Closed => log::info!("{}: frontend disconnected", self.name),
+                e => log::warn!("{}: dropping the connection: {e}", self.name),
+            }
+            self.disconnect();
+        }
+    }
+
+    /// Forget the frontend: stop its queues, unmap its memory, keep counts.
+    fn disconnect(&mut self) {
+        if let Some(c) = self.conn.take() {
+            let (to, from) = c.dev.totals();
+            add_stats(&mut self.past.to_guest, &to);
+            add_stats(&mut self.past.from_guest, &from);
+            self.past.request_errors += c.dev.errors;
+            self.past.broken_queues += c.dev.broken_count() as u64;
+            self.past.disconnects += 1;
+            if let Endpoint::Client { next_try, .. } = &mut self.endpoint {
+                *next_try = Instant::now() + BACKOFF_MIN;
+            }
+        }
+    }
+
+    fn totals(&self) -> Totals {
+        let mut t = self.past.clone();
+        if let Some(c) = &self.conn {
+            let (to, from) = c.dev.totals();
+            add_stats(&mut t.to_guest, &to);
+            add_stats(&mut t.from_guest, &from);
+            t.request_errors += c.dev.errors;
+            t.broken_queues += c.dev.broken_count() as u64;
+        }
+        t
+    }
+
+    /// True while a frontend is connected.
+    pub fn connected(&self) -> bool {
+        self.conn.is_some()
+    }
+    /// The connected frontend's device state.
+    pub fn device(&self) -> Option<&Device> {
+        self.conn.as_ref().map(|c| &c.dev)
+    }
+    /// Queues running now: (to guest, from guest).
+    pub fn running(&self) -> (usize, usize) {
+        self.device().map_or((0, 0), Device::running)
+    }
+    /// One counter by name (see the module doc), for tests.
+    pub fn counter(&self, name: &str) -> Option<u64> {
+        let mut v = None;
+        self.counters(&mut |k, x| {
+            if k == name {
+                v = Some(x)
+            }
+        });
+        v
+    }
+}
+
+impl App for VhostUser {
+    fn has_pull(&self) -> bool {
+        true
+    }
+
+    fn pull(&mut self, io: &Io) {
+        let Some(c) = &mut self.conn else { return };
+        match io.output.get("output") {
+            Some(out) => {
+                let room = out.nwritable();
+                if room > 0 {
+                    let mut tx = out.transmitter();
+                    c.dev.from_guest(room, |p| tx.send(p));
+                }
+            }
+            None => {
+                let dropped = &mut self.past.rx_no_output;
+                c.dev.from_guest(usize::MAX, |p: Packet| {
+                    *dropped += 1;
+                    drop(p)
+                });
+            }
+        }
+    }
+
+    fn push(&mut self, io: &Io) {
+        let Some(input) = io.input.get("input") else { return };
+        if input.is_empty() {
+            return;
+        }
+        match &mut self.conn {
+            Some(c) if c.dev.running().0 > 0 => {
+                c.dev.to_guest(input);
+            }
+            _ => self.past.tx_no_guest += input.discard().0,
+        }
+    }
+
+    fn tick(&mut self, io: &Io) {
+        if self.conn.is_none() {
+            self.attach();
+        }
+        self.serve();
+        if let Some(c) = &mut self.conn {
+            c.dev.check_broken();
+            let rarp = c.dev.take_rarp();
+            if !rarp.is_empty() {
+                if let Some(out) = io.output.get("output") {
+                    for mac in rarp {
+                        out.transmit(Packet::from_bytes(&rarp_frame(mac)));
+                        self.past.rarp_sent += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        self.disconnect();
+    }
+
+    fn counters(&self, emit: &mut dyn FnMut(&str, u64)) {
+        let t = self.totals();
+        emit("rx_packets", t.from_guest.packets);
+        emit("rx_bytes", t.from_guest.bytes);
+        emit("tx_packets", t.to_guest.packets);
+        emit("tx_bytes", t.to_guest.bytes);
+        emit("tx_no_buffer", t.to_guest.no_buffer);
+        emit("tx_no_guest", t.tx_no_guest);
+        emit("rx_no_output", t.rx_no_output);
+        emit("bad_descriptor", t.to_guest.bad_descriptor + t.from_guest.bad_descriptor);
+        emit("too_short", t.to_guest.too_short + t.from_guest.too_short);
+        emit("too_long", t.to_guest.too_long + t.from_guest.too_long);
+        emit("bad_index", t.to_guest.bad_index + t.from_guest.bad_index);
+        emit("broken_queues", t.broken_queues);
+        emit("connections", t.connections);
+        emit("disconnects", t.disconnects);
+        emit("protocol_errors", t.protocol_errors);
+        emit("request_errors", t.request_errors);
+        emit("rarp_sent", t.rarp_sent);
+    }
+
+    fn report(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let t = self.totals();
+        let mode = if self.args.server { "server" } else { "client" };
+        let _ = write!(out, "{} ({mode}): ", self.args.socket.display());
+        match &self.conn {
+            None => out.push_str("no frontend\n"),
+            Some(c) => {
+                let (rx, tx) = c.dev.running();
+                let _ = writeln!(
+                    out,
+                    "frontend connected, features {:#x}, protocol features {:#x}, {rx} RX + {tx} TX queues running{}",
+                    c.dev.features(),
+                    c.dev.protocol_features(),
+                    if c.dev.logging() { ", dirty logging" } else { "" }
+                );
+                for i in 0..c.dev.ring_count() {
+                    if let Some(why) = c.dev.ring_failure(i) {
+                        let _ = writeln!(out, "  queue {i}: {why}");
+                    }
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "  to guest {} packets {} bytes ({} no buffer, {} no guest); from guest {} packets {} bytes",
+            t.to_guest.packets, t.to_guest.bytes, t.to_guest.no_buffer, t.tx_no_guest, t.from_guest.packets, t.from_guest.bytes
+        );
+        let _ = writeln!(
+            out,
+            "  {} connections, {} disconnects, {} protocol errors, {} refused requests, {} broken queues",
+            t.connections, t.disconnects, t.protocol_errors, t.request_errors, t.broken_queues
+        );
+    }
+}
+
+/// Add this crate's classes to a registry.
+pub fn register(r: &mut Registry) {
+    r.register::<VhostUser>("VhostUser", "a virtio-net device on a vhost-user socket: `input` to the guest, `output` from it");
+}
+
+/// Each app's selftest, by class name.
+pub fn selftests() -> Vec<(&'static str, snabb_core::selftest::Selftest)> {
+    vec![("VhostUser", crate::frontend::selftest)]
+}

@@ -1,1 +1,649 @@
-//! (being written)
+//! The device side of one vhost-user connection: what the frontend set up
+//! (features, memory, rings, eventfds, dirty log) and the virtqueues started
+//! from it.
+//!
+//! Messages arrive in whatever order a frontend likes (QEMU 7.2 enables
+//! rings before SET_FEATURES and before the memory table; DPDK after the
+//! kick), so a ring is started whenever all it needs is known: its size,
+//! its addresses, a kick (a descriptor or "poll"), a memory table, and
+//! enabled (implicitly, unless VHOST_USER_F_PROTOCOL_FEATURES was acked).
+//! Anything that changes what a running ring was started with (a new memory
+//! table, new addresses, new features) stops it at its current avail index
+//! and starts it again, so rings are always translated against the memory
+//! that is mapped now. GET_VRING_BASE stops a ring until its next kick.
+//!
+//! A request the device cannot honour (a queue index out of range, a ring
+//! outside memory, a mapping that fails) is an error for that request: it
+//! is logged, answered with a non-zero ack when the frontend asked for one,
+//! and the rest of the device keeps going. Only a message that does not
+//! parse ends the connection (see [`crate::protocol`]).
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use snabb_core::{Link, Packet};
+
+use crate::memory::{DirtyLog, GuestMemory, RegionSpec};
+use crate::protocol::{
+    ConfigSpace, FLAG_NEED_REPLY, MAX_CONFIG, Message, ProtocolError, Reply, Request, VringState, has_reply, pf, req,
+    request_name,
+};
+use crate::virtio::{self, bit, has};
+use crate::virtq::{QueueStats, VringAddr, Virtqueue};
+
+/// The virtio-net config space status bit "link up".
+pub const VIRTIO_NET_S_LINK_UP: u16 = 1;
+
+/// What the app was configured with.
+#[derive(Clone, Debug)]
+pub struct DeviceConfig {
+    /// Queue pairs offered (GET_QUEUE_NUM, MQ).
+    pub queue_pairs: u16,
+    /// The MTU offered in the config space (VIRTIO_NET_F_MTU).
+    pub mtu: u16,
+    /// A MAC for the guest (VIRTIO_NET_F_MAC is offered only with one).
+    pub mac: Option<[u8; 6]>,
+}
+
+impl DeviceConfig {
+    /// The virtio feature bits we offer.
+    pub fn features(&self) -> u64 {
+        let mut f = [
+            virtio::VIRTIO_F_VERSION_1,
+            virtio::VIRTIO_NET_F_MRG_RXBUF,
+            virtio::VIRTIO_RING_F_INDIRECT_DESC,
+            virtio::VIRTIO_RING_F_EVENT_IDX,
+            virtio::VIRTIO_F_ANY_LAYOUT,
+            virtio::VIRTIO_NET_F_CSUM,
+            virtio::VIRTIO_NET_F_GUEST_CSUM,
+            virtio::VIRTIO_NET_F_MTU,
+            virtio::VIRTIO_NET_F_STATUS,
+            virtio::VHOST_USER_F_PROTOCOL_FEATURES,
+            virtio::VHOST_F_LOG_ALL,
+        ]
+        .iter()
+        .fold(0, |a, b| a | bit(*b));
+        if self.queue_pairs > 1 {
+            f |= bit(virtio::VIRTIO_NET_F_MQ);
+        }
+        if self.mac.is_some() {
+            f |= bit(virtio::VIRTIO_NET_F_MAC);
+        }
+        f
+    }
+
+    /// The protocol feature bits we offer.
+    pub fn protocol_features(&self) -> u64 {
+        pf::MQ | pf::REPLY_ACK | pf::LOG_SHMFD | pf::RARP | pf::NET_MTU | pf::STATUS | pf::CONFIG
+    }
+}
+
+/// Why a request could not be honoured (the connection stays up).
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("queue index {0} out of range (this port has {1} queues)")]
+    QueueIndex(u32, usize),
+    #[error("SET_VRING_NUM {0}: not a power of two in 1..=32768")]
+    QueueSize(u32),
+    #[error("SET_VRING_BASE {0}: not a split-ring index")]
+    Base(u32),
+    #[error("features {0:#x} were not offered")]
+    Features(u64),
+    #[error("memory table: {0}")]
+    Memory(#[from] crate::memory::MemoryError),
+    #[error("SET_LOG_BASE without a file descriptor")]
+    NoLogFd,
+    #[error("MTU {0} out of range (68..=9000)")]
+    Mtu(u64),
+    #[error("config space: {0}")]
+    Config(&'static str),
+    #[error("{0} is not supported")]
+    Unsupported(&'static str),
+}
+
+/// One ring as the frontend described it.
+#[derive(Default)]
+struct Vring {
+    num: Option<u16>,
+    addr: Option<VringAddr>,
+    /// Next avail index to read when (re)started.
+    base: u16,
+    /// SET_VRING_KICK seen since the last stop (with or without a descriptor).
+    kicked: bool,
+    kick: Option<OwnedFd>,
+    call: Option<OwnedFd>,
+    err: Option<OwnedFd>,
+    enabled: bool,
+    queue: Option<Virtqueue>,
+    /// Counts of queues of this ring that were stopped.
+    retired: QueueStats,
+    /// The broken queue was reported (log line, err eventfd).
+    broken_reported: bool,
+    /// The last reason the ring could not start, for the report.
+    failed: Option<String>,
+}
+
+/// Add the counts of `b` to `a`.
+pub fn add_stats(a: &mut QueueStats, b: &QueueStats) {
+    a.packets += b.packets;
+    a.bytes += b.bytes;
+    a.no_buffer += b.no_buffer;
+    a.bad_descriptor += b.bad_descriptor;
+    a.too_short += b.too_short;
+    a.too_long += b.too_long;
+    a.bad_index += b.bad_index;
+    a.broken += b.broken;
+}
+
+impl Vring {
+    fn stop(&mut self) {
+        if let Some(q) = self.queue.take() {
+            self.base = q.next_avail();
+            add_stats(&mut self.retired, q.stats());
+        }
+    }
+    fn stats(&self) -> QueueStats {
+        let mut s = self.retired.clone();
+        if let Some(q) = &self.queue {
+            add_stats(&mut s, q.stats());
+        }
+        s
+    }
+}
+
+/// Write 1 to an eventfd (a call or err notification). A full counter or a
+/// closed peer is not our problem: the guest just misses a wakeup.
+fn signal(fd: &OwnedFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a local to a descriptor we own.
+    unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+}
+
+/// The state of one connection.
+pub struct Device {
+    cfg: DeviceConfig,
+    features: u64,
+    protocol_features: u64,
+    owner: bool,
+    mem: GuestMemory,
+    log: Option<DirtyLog>,
+    vrings: Vec<Vring>,
+    status: u64,
+    mtu: Option<u64>,
+    /// Indexes of running, enabled rings, by direction (rebuilt on changes).
+    to_guest: Vec<usize>,
+    from_guest: Vec<usize>,
+    /// Rotates which RX queue is offered packets first.
+    next_rx: usize,
+    rarp: Vec<[u8; 6]>,
+    /// Requests that failed (logged, nacked).
+    pub errors: u64,
+}
+
+impl Device {
+    pub fn new(cfg: DeviceConfig) -> Device {
+        let n = 2 * cfg.queue_pairs.max(1) as usize;
+        Device {
+            cfg,
+            features: 0,
+            protocol_features: 0,
+            owner: false,
+            mem: GuestMemory::empty(),
+            log: None,
+            vrings: (0..n).map(|_| Vring::default()).collect(),
+            status: 0,
+            mtu: None,
+            to_guest: Vec::new(),
+            from_guest: Vec::new(),
+            next_rx: 0,
+            rarp: Vec::new(),
+            errors: 0,
+        }
+    }
+
+    pub fn features(&self) -> u64 {
+        self.features
+    }
+    pub fn protocol_features(&self) -> u64 {
+        self.protocol_features
+    }
+    pub fn owner(&self) -> bool {
+        self.owner
+    }
+    pub fn status(&self) -> u64 {
+        self.status
+    }
+    pub fn mtu(&self) -> Option<u64> {
+        self.mtu
+    }
+    pub fn memory(&self) -> &GuestMemory {
+        &self.mem
+    }
+    pub fn logging(&self) -> bool {
+        has(self.features, virtio::VHOST_F_LOG_ALL) && self.log.is_some()
+    }
+    /// Rings that are running now (started and enabled), by direction.
+    pub fn running(&self) -> (usize, usize) {
+        (self.to_guest.len(), self.from_guest.len())
+    }
+    pub fn ring_count(&self) -> usize {
+        self.vrings.len()
+    }
+    /// A ring's counters (including queues of it that were stopped).
+    pub fn ring_stats(&self, i: usize) -> QueueStats {
+        self.vrings.get(i).map(Vring::stats).unwrap_or_default()
+    }
+    /// Why a ring is not running, if it tried and failed.
+    pub fn ring_failure(&self, i: usize) -> Option<&str> {
+        self.vrings.get(i).and_then(|v| v.failed.as_deref())
+    }
+    /// The next avail index of ring `i` (running or stopped).
+    pub fn ring_base(&self, i: usize) -> Option<u16> {
+        self.vrings.get(i).map(|v| v.queue.as_ref().map_or(v.base, Virtqueue::next_avail))
+    }
+    /// MACs the frontend asked us to announce (SEND_RARP) since last taken.
+    pub fn take_rarp(&mut self) -> Vec<[u8; 6]> {
+        std::mem::take(&mut self.rarp)
+    }
+
+    /// Handle one message; returns the reply to send, if any (request code
+    /// and payload). An Err is a malformed message: drop the connection.
+    pub fn handle(&mut self, msg: Message) -> Result<Option<(u32, Vec<u8>)>, ProtocolError> {
+        let code = msg.header.request;
+        let need_reply = msg.header.flags & FLAG_NEED_REPLY != 0;
+        let request = Request::parse(msg)?;
+        log::debug!("vhost-user: {}", request_name(code));
+        let result = self.execute(request);
+        let reply = match result {
+            Ok(Some(r)) => Some(r.encode()),
+            Ok(None) if need_reply => Some(Reply::U64(0).encode()),
+            Ok(None) => None,
+            Err(e) => {
+                self.errors += 1;
+                log::warn!("vhost-user: {} failed: {e}", request_name(code));
+                if code == req::GET_CONFIG {
+                    // An empty config reply is the protocol's "error".
+                    Some(Vec::new())
+                } else if need_reply || has_reply(code) || self.log_base_reply(code) {
+                    Some(Reply::U64(1).encode())
+                } else {
+                    None
+                }
+            }
+        };
+        Ok(reply.map(|r| (code, r)))
+    }
+
+    /// SET_LOG_BASE is answered when LOG_SHMFD was negotiated (QEMU waits).
+    fn log_base_reply(&self, code: u32) -> bool {
+        code == req::SET_LOG_BASE && self.protocol_features & pf::LOG_SHMFD != 0
+    }
+
+    fn ring(&mut self, index: u32) -> Result<usize, DeviceError> {
+        let i = index as usize;
+        if i >= self.vrings.len() {
+            return Err(DeviceError::QueueIndex(index, self.vrings.len()));
+        }
+        Ok(i)
+    }
+
+    fn execute(&mut self, request: Request) -> Result<Option<Reply>, DeviceError> {
+        match request {
+            Request::GetFeatures => return Ok(Some(Reply::U64(self.cfg.features()))),
+            Request::SetFeatures(f) => {
+                let offered = self.cfg.features();
+                if f & !offered != 0 {
+                    return Err(DeviceError::Features(f & !offered));
+                }
+                // LOG_ALL comes and goes during migration with rings running;
+                // any other change restarts them with the new features.
+                let changed = (f ^ self.features) & !bit(virtio::VHOST_F_LOG_ALL);
+                self.features = f;
+                if changed != 0 {
+                    self.restart_all();
+                }
+                self.refresh();
+            }
+            Request::SetOwner => self.owner = true,
+            Request::ResetOwner => {
+                // Deprecated; the spec suggests disabling every ring.
+                for v in &mut self.vrings {
+                    v.stop();
+                    v.kicked = false;
+                }
+                self.refresh();
+            }
+            Request::SetMemTable { regions, fds } => {
+                let specs: Vec<RegionSpec> = regions
+                    .iter()
+                    .map(|r| RegionSpec {
+                        guest_phys_addr: r.guest_phys_addr,
+                        memory_size: r.memory_size,
+                        userspace_addr: r.userspace_addr,
+                        mmap_offset: r.mmap_offset,
+                    })
+                    .collect();
+                // Rings point into the old memory: stop them before it goes
+                // (start_ready restarts them, translated against the new one).
+                for v in &mut self.vrings {
+                    v.stop();
+                }
+                self.to_guest.clear();
+                self.from_guest.clear();
+                self.mem = GuestMemory::empty();
+                let mapped = GuestMemory::map(&specs, fds);
+                match mapped {
+                    Ok(m) => self.mem = m,
+                    Err(e) => {
+                        self.refresh();
+                        return Err(e.into());
+                    }
+                }
+                self.start_ready();
+            }
+            Request::SetLogBase { area, fd } => {
+                let fd = fd.ok_or(DeviceError::NoLogFd)?;
+                self.log = None;
+                self.log = Some(DirtyLog::map(fd, area.mmap_size, area.mmap_offset)?);
+                if self.log_base_reply(req::SET_LOG_BASE) {
+                    return Ok(Some(Reply::U64(0)));
+                }
+            }
+            Request::SetLogFd(_fd) => {
+                // The log-done eventfd: we log synchronously, nothing to signal.
+            }
+            Request::SetVringNum(s) => {
+                let i = self.ring(s.index)?;
+                if s.num == 0 || s.num > virtio::MAX_QUEUE_SIZE as u32 || !s.num.is_power_of_two() {
+                    return Err(DeviceError::QueueSize(s.num));
+                }
+                self.vrings[i].stop();
+                self.vrings[i].num = Some(s.num as u16);
+                self.try_start(i);
+            }
+            Request::SetVringAddr(a) => {
+                let i = self.ring(a.index)?;
+                self.vrings[i].stop();
+                self.vrings[i].addr = Some(VringAddr {
+                    flags: a.flags,
+                    desc_user_addr: a.desc_user_addr,
+                    used_user_addr: a.used_user_addr,
+                    avail_user_addr: a.avail_user_addr,
+                    log_guest_addr: a.log_guest_addr,
+                });
+                self.try_start(i);
+            }
+            Request::SetVringBase(s) => {
+                let i = self.ring(s.index)?;
+                if s.num > u16::MAX as u32 {
+                    return Err(DeviceError::Base(s.num));
+                }
+                self.vrings[i].stop();
+                self.vrings[i].base = s.num as u16;
+                self.try_start(i);
+            }
+            Request::GetVringBase(s) => {
+                let Ok(i) = self.ring(s.index) else {
+                    self.errors += 1;
+                    log::warn!("vhost-user: GET_VRING_BASE of queue {} (out of range)", s.index);
+                    return Ok(Some(Reply::VringState(VringState { index: s.index, num: 0 })));
+                };
+                let v = &mut self.vrings[i];
+                v.stop();
+                // Stopped until the next SET_VRING_KICK.
+                v.kicked = false;
+                v.kick = None;
+                let num = v.base as u32;
+                self.refresh();
+                return Ok(Some(Reply::VringState(VringState { index: s.index, num })));
+            }
+            Request::SetVringKick(index, fd) => {
+                let i = self.ring(index)?;
+                let v = &mut self.vrings[i];
+                v.kick = fd;
+                v.kicked = true;
+                self.try_start(i);
+            }
+            Request::SetVringCall(index, fd) => {
+                let i = self.ring(index)?;
+                self.vrings[i].call = fd;
+            }
+            Request::SetVringErr(index, fd) => {
+                let i = self.ring(index)?;
+                self.vrings[i].err = fd;
+            }
+            Request::GetProtocolFeatures => return Ok(Some(Reply::U64(self.cfg.protocol_features()))),
+            Request::SetProtocolFeatures(f) => {
+                let offered = self.cfg.protocol_features();
+                if f & !offered != 0 {
+                    // Keep what we know; the rest is the frontend's mistake.
+                    log::warn!("vhost-user: protocol features {:#x} were not offered; ignored", f & !offered);
+                }
+                self.protocol_features = f & offered;
+            }
+            Request::GetQueueNum => return Ok(Some(Reply::U64(self.cfg.queue_pairs as u64))),
+            Request::SetVringEnable(s) => {
+                let i = self.ring(s.index)?;
+                self.vrings[i].enabled = s.num != 0;
+                if s.num == 0 {
+                    // Keep the queue (and its avail index); just stop serving it.
+                    self.refresh();
+                } else {
+                    self.try_start(i);
+                }
+            }
+            Request::SendRarp(mac) => {
+                if self.rarp.len() < 16 {
+                    self.rarp.push(mac);
+                }
+            }
+            Request::NetSetMtu(mtu) => {
+                if !(68..=9000).contains(&mtu) {
+                    return Err(DeviceError::Mtu(mtu));
+                }
+                self.mtu = Some(mtu);
+            }
+            Request::SetBackendReqFd(_) => {
+                // Not offered (no BACKEND_REQ); the descriptor is closed.
+                return Err(DeviceError::Unsupported("SET_BACKEND_REQ_FD"));
+            }
+            Request::GetConfig(c) => return self.get_config(c).map(|c| Some(Reply::Config(c))),
+            Request::SetConfig(c) => {
+                // The guest may write the MAC only when the config lets it
+                // (it does not: no CTRL_MAC_ADDR); accept and ignore.
+                log::debug!("vhost-user: SET_CONFIG offset {} size {} ignored", c.offset, c.size);
+            }
+            Request::SetStatus(s) => self.status = s,
+            Request::GetStatus => return Ok(Some(Reply::U64(self.status))),
+            Request::Other(code) => {
+                log::warn!("vhost-user: request {code} ({}) not supported", request_name(code));
+                return Err(DeviceError::Unsupported(request_name(code)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The virtio-net config space: mac, status, max_virtqueue_pairs, mtu.
+    fn config_space(&self) -> [u8; 12] {
+        let mut b = [0; 12];
+        b[0..6].copy_from_slice(&self.cfg.mac.unwrap_or_default());
+        b[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
+        b[8..10].copy_from_slice(&self.cfg.queue_pairs.to_le_bytes());
+        b[10..12].copy_from_slice(&self.cfg.mtu.to_le_bytes());
+        b
+    }
+
+    fn get_config(&self, c: ConfigSpace) -> Result<ConfigSpace, DeviceError> {
+        let (off, size) = (c.offset as usize, c.size as usize);
+        if off + size > MAX_CONFIG {
+            return Err(DeviceError::Config("window beyond the config space"));
+        }
+        let space = self.config_space();
+        let payload = (off..off + size).map(|i| space.get(i).copied().unwrap_or(0)).collect();
+        Ok(ConfigSpace { offset: c.offset, size: c.size, flags: c.flags, payload })
+    }
+
+    /// Stop every running ring and start again what can start (new features).
+    fn restart_all(&mut self) {
+        for v in &mut self.vrings {
+            v.stop();
+        }
+        self.start_ready();
+    }
+
+    fn start_ready(&mut self) {
+        for i in 0..self.vrings.len() {
+            self.try_start(i);
+        }
+        self.refresh();
+    }
+
+    /// Start ring `i` if all it needs is known and it is not running yet.
+    fn try_start(&mut self, i: usize) {
+        let implicit_enable = !has(self.features, virtio::VHOST_USER_F_PROTOCOL_FEATURES);
+        let features = self.features;
+        let v = &mut self.vrings[i];
+        if v.queue.is_none() && v.kicked && (v.enabled || implicit_enable) && !self.mem.is_empty() {
+            if let (Some(num), Some(addr)) = (v.num, v.addr) {
+                match Virtqueue::start(num, &addr, v.base, features, &self.mem) {
+                    Ok(mut q) => {
+                        // We poll: the guest need not kick.
+                        q.suppress_kicks();
+                        v.queue = Some(q);
+                        v.failed = None;
+                        v.broken_reported = false;
+                        log::debug!("vhost-user: queue {i} started (size {num}, base {})", v.base);
+                    }
+                    Err(e) => {
+                        self.errors += 1;
+                        log::warn!("vhost-user: queue {i} cannot start: {e}");
+                        v.failed = Some(e.to_string());
+                    }
+                }
+            }
+        }
+        self.refresh();
+    }
+
+    /// Rebuild the lists of rings to serve.
+    fn refresh(&mut self) {
+        let implicit_enable = !has(self.features, virtio::VHOST_USER_F_PROTOCOL_FEATURES);
+        self.to_guest.clear();
+        self.from_guest.clear();
+        for (i, v) in self.vrings.iter().enumerate() {
+            if v.queue.is_some() && (v.enabled || implicit_enable) {
+                if i % 2 == 0 { self.to_guest.push(i) } else { self.from_guest.push(i) }
+            }
+        }
+    }
+
+    /// Switch to guest: offer the packets on `input` to the running RX
+    /// queues, a different one first each time (spreading the load over
+    /// queue pairs). Returns packets delivered.
+    pub fn to_guest(&mut self, input: &Link) -> usize {
+        let n = self.to_guest.len();
+        if n == 0 {
+            return 0;
+        }
+        let log = if has(self.features, virtio::VHOST_F_LOG_ALL) { self.log.as_ref() } else { None };
+        let first = self.next_rx % n;
+        self.next_rx = self.next_rx.wrapping_add(1);
+        let mut sent = 0;
+        for k in 0..n {
+            if input.is_empty() {
+                break;
+            }
+            let v = &mut self.vrings[self.to_guest[(first + k) % n]];
+            if let Some(q) = &mut v.queue {
+                sent += q.transmit_to_guest(&self.mem, log, input);
+                if q.take_signal() {
+                    if let Some(c) = &v.call {
+                        signal(c);
+                    }
+                }
+            }
+        }
+        sent
+    }
+
+    /// Guest to switch: take up to `max` packets from the running TX queues.
+    pub fn from_guest(&mut self, max: usize, mut out: impl FnMut(Packet)) -> usize {
+        let log = if has(self.features, virtio::VHOST_F_LOG_ALL) { self.log.as_ref() } else { None };
+        let mut got = 0;
+        for &i in &self.from_guest {
+            if got >= max {
+                break;
+            }
+            let v = &mut self.vrings[i];
+            if let Some(q) = &mut v.queue {
+                got += q.receive_from_guest(&self.mem, log, max - got, &mut out);
+                if q.take_signal() {
+                    if let Some(c) = &v.call {
+                        signal(c);
+                    }
+                }
+            }
+        }
+        got
+    }
+
+    /// Look for queues the guest broke (at tick rate): report each once, on
+    /// the log and the err eventfd, and stop serving it. Returns how many
+    /// broke since the last call.
+    pub fn check_broken(&mut self) -> usize {
+        let mut newly = 0;
+        for (i, v) in self.vrings.iter_mut().enumerate() {
+            if v.broken_reported {
+                continue;
+            }
+            if let Some(why) = v.queue.as_ref().and_then(Virtqueue::broken) {
+                v.broken_reported = true;
+                newly += 1;
+                log::warn!("vhost-user: queue {i} stopped: {why}");
+                if let Some(e) = &v.err {
+                    signal(e);
+                }
+            }
+        }
+        if newly > 0 {
+            self.refresh_broken();
+        }
+        newly
+    }
+
+    fn refresh_broken(&mut self) {
+        let vr = &self.vrings;
+        self.to_guest.retain(|&i| vr[i].queue.as_ref().is_some_and(|q| q.broken().is_none()));
+        self.from_guest.retain(|&i| vr[i].queue.as_ref().is_some_and(|q| q.broken().is_none()));
+    }
+
+    /// Counters over all rings: (to guest, from guest).
+    pub fn totals(&self) -> (QueueStats, QueueStats) {
+        let (mut to, mut from) = (QueueStats::default(), QueueStats::default());
+        for (i, v) in self.vrings.iter().enumerate() {
+            add_stats(if i % 2 == 0 { &mut to } else { &mut from }, &v.stats());
+        }
+        (to, from)
+    }
+
+    /// Rings that broke.
+    pub fn broken_count(&self) -> usize {
+        self.vrings.iter().filter(|v| v.broken_reported).count()
+    }
+}
+
+/// A RARP "reverse request" announcing `mac` (what QEMU sends for a guest
+/// without GUEST_ANNOUNCE after migration), padded to the minimum frame.
+pub fn rarp_frame(mac: [u8; 6]) -> [u8; 60] {
+    let mut f = [0u8; 60];
+    f[0..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&mac);
+    f[12..14].copy_from_slice(&0x8035u16.to_be_bytes());
+    f[14..16].copy_from_slice(&1u16.to_be_bytes()); // Ethernet
+    f[16..18].copy_from_slice(&0x0800u16.to_be_bytes()); // IPv4
+    f[18] = 6;
+    f[19] = 4;
+    f[20..22].copy_from_slice(&3u16.to_be_bytes()); // reverse request
+    f[22..28].copy_from_slice(&mac);
+    f[32..38].copy_from_slice(&mac);
+    f
+}

@@ -1,1 +1,1 @@
-//! (being written)
+pub fn selftest() -> anyhow::Result<()> { Ok(()) }

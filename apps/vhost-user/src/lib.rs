@@ -12,3 +12,5 @@ pub mod channel;
 pub mod device;
 pub mod app;
 pub mod frontend;
+
+pub use app::{VhostUser, VhostUserArgs, register, selftests};
