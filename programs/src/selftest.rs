@@ -12,6 +12,7 @@ pub fn all() -> Vec<(&'static str, Selftest)> {
     v.extend(snabb_apps_decap::selftests());
     v.extend(snabb_apps_vmdq_splitter::selftests());
     v.extend(snabb_apps_rawsocket::selftests());
+    v.extend(snabb_apps_vhost_user::selftests());
     v
 }
 
