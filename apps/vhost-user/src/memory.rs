@@ -71,7 +71,12 @@ pub struct GuestMemory {
     specs: Vec<RegionSpec>,
     /// Index into `regions` of the last hit (a hint: relaxed is enough).
     last: AtomicUsize,
+    /// Unique per GuestMemory made in this process: a queue that translated
+    /// its rings against one memory can tell when it is handed another.
+    id: u64,
 }
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 // SAFETY: GuestMemory owns its mappings; the raw pointers are addresses of
 // shared memory valid wherever the value lives, with no thread affinity.
@@ -109,7 +114,12 @@ fn offset_in(addr: u64, len: usize, base: u64, size: u64) -> Option<u64> {
 
 impl GuestMemory {
     pub fn empty() -> GuestMemory {
-        GuestMemory { regions: Vec::new(), specs: Vec::new(), last: AtomicUsize::new(0) }
+        GuestMemory {
+            regions: Vec::new(),
+            specs: Vec::new(),
+            last: AtomicUsize::new(0),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        }
     }
 
     /// Map each region from its fd (the fds are closed once mapped). Rejects
@@ -181,6 +191,35 @@ impl GuestMemory {
         self.last.store(i, Ordering::Relaxed);
         // SAFETY: off < memory_size: inside the mapping.
         NonNull::new(unsafe { r.host.add(off as usize) })
+    }
+
+    /// The first part of [gpa, gpa+len): a host pointer to gpa and how many
+    /// bytes from there lie in gpa's region (at most `len`, at least 1 unless
+    /// `len` is 0). A buffer that crosses into a neighbouring region is
+    /// walked piece by piece this way.
+    #[inline]
+    pub fn translate_prefix(&self, gpa: u64, len: u64) -> Option<(NonNull<u8>, u64)> {
+        let last = self.last.load(Ordering::Relaxed);
+        let r = match self.regions.get(last) {
+            Some(r) if gpa.wrapping_sub(r.spec.guest_phys_addr) < r.spec.memory_size => r,
+            _ => {
+                let i = self.regions.partition_point(|r| r.spec.guest_phys_addr <= gpa).checked_sub(1)?;
+                self.last.store(i, Ordering::Relaxed);
+                &self.regions[i]
+            }
+        };
+        let off = gpa.wrapping_sub(r.spec.guest_phys_addr);
+        if off >= r.spec.memory_size {
+            return None;
+        }
+        let n = len.min(r.spec.memory_size - off);
+        // SAFETY: off < memory_size: inside the mapping.
+        Some((NonNull::new(unsafe { r.host.add(off as usize) })?, n))
+    }
+
+    /// Identity of this memory (unique in the process).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Host pointer for [uva, uva+len) of the frontend's address space (ring
@@ -362,6 +401,23 @@ mod tests {
         // SAFETY: inside the region.
         unsafe { a.as_ptr().write(0xab) };
         assert_eq!(m.regions().len(), 2);
+        assert_eq!(m.translate_prefix(0x13ff0, 0x100).map(|x| x.1), Some(0x10));
+        assert_eq!(m.translate_prefix(0x101000, 0x100).map(|x| x.1), Some(0x100));
+        assert!(m.translate_prefix(0x14000, 1).is_none());
+    }
+
+    #[test]
+    fn adjacent_regions_split() {
+        let m = GuestMemory::map(
+            &[spec(0, 0x1000, 0x10_0000, 0), spec(0x1000, 0x1000, 0x20_0000, 0)],
+            vec![memfd(0x1000), memfd(0x1000)],
+        )
+        .unwrap();
+        assert!(m.translate(0xff0, 0x20).is_none());
+        let (_, n) = m.translate_prefix(0xff0, 0x20).unwrap();
+        assert_eq!(n, 0x10);
+        let (_, n) = m.translate_prefix(0x1000, 0x10).unwrap();
+        assert_eq!(n, 0x10);
     }
 
     #[test]

@@ -1,8 +1,39 @@
-//! SPLIT VIRTQUEUE, DEVICE SIDE (first cut: API only; the data path follows).
+//! SPLIT VIRTQUEUE, DEVICE SIDE
+//!
+//! One virtqueue as the virtio 1.x spec lays it out ("split" rings): a
+//! descriptor table, the driver's avail ring and our used ring, all in guest
+//! memory. The guest is untrusted and runs concurrently, so:
+//!
+//!   * every index and descriptor is read once into a local, then checked;
+//!     nothing is read twice and trusted twice;
+//!   * every buffer address goes through `GuestMemory::translate_prefix`
+//!     (a buffer crossing into an adjacent region is walked in pieces and
+//!     counted in `split_buffers`; one reaching outside memory is a bad
+//!     descriptor);
+//!   * chains are bounded: at most `size` descriptors in the table, at most
+//!     MAX_CHAIN descriptors in all (indirect entries included), one level
+//!     of indirection, indirect tables a non-zero multiple of 16 bytes;
+//!   * a bad chain is a counted drop (its head goes back on the used ring
+//!     with length 0); only an avail index that jumps ahead by more than the
+//!     ring size, or a head outside the table, stops the queue (`broken`):
+//!     then nothing sensible can be said about the ring any more.
+//!
+//! Memory ordering follows the spec: the avail index is loaded with Acquire
+//! before the ring entries and descriptors it covers are read; used entries
+//! and buffer bytes are written before the used index is stored with
+//! Release; a SeqCst fence separates that store from reading the driver's
+//! interrupt suppression (used_event or avail flags), as Linux's vhost does.
+//!
+//! The used index is stored once per call (a batch), and the caller asks
+//! `take_signal` afterwards whether the guest wants an interrupt.
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU16, Ordering, fence};
 
 use snabb_core::{Link, Packet};
 
 use crate::memory::{DirtyLog, GuestMemory};
+use crate::virtio::*;
 
 /// SET_VRING_ADDR's payload (frontend virtual addresses).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -12,64 +43,805 @@ pub struct VringAddr {
     pub desc_user_addr: u64,
     pub used_user_addr: u64,
     pub avail_user_addr: u64,
+    /// Guest-physical address of the used ring, for the dirty log.
     pub log_guest_addr: u64,
 }
 
-/// Counters of one queue.
+/// Most descriptors one chain may have, indirect entries included. Linux
+/// guests use at most MAX_SKB_FRAGS + 2 (19); 256 leaves room for any sane
+/// driver and bounds the work a hostile one can cause per chain.
+pub const MAX_CHAIN: u32 = 256;
+/// Most chains one received packet may be merged from (MRG_RXBUF).
+pub const MAX_MERGE: usize = 1024;
+/// Most buffer pieces one received packet may be scattered over.
+pub const MAX_SEGS: usize = 2048;
+
+/// Counters of one queue. Drops are per packet (or per chain where no
+/// packet could be made of it).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct QueueStats {
+    /// Packets moved (either direction) and their bytes (net header excluded).
     pub packets: u64,
     pub bytes: u64,
+    /// Used-ring entries written.
+    pub used: u64,
+    /// Switch -> guest: times a call stopped with packets waiting because
+    /// the guest had no (more) receive buffers. The packets stay on the link.
     pub no_buffer: u64,
+    /// Chains dropped: address outside memory, overflowing address + length,
+    /// chain too long or looping, bad indirect table, wrong direction.
     pub bad_descriptor: u64,
+    /// Guest -> switch: chains shorter than the net header.
     pub too_short: u64,
+    /// Guest -> switch: frames larger than a host packet.
     pub too_long: u64,
+    /// Switch -> guest: packets dropped because they fit no buffer the
+    /// guest offers (one chain without MRG_RXBUF; the whole ring, or
+    /// MAX_MERGE chains / MAX_SEGS pieces, with it).
+    pub no_room: u64,
+    /// Guest -> switch: NEEDS_CSUM with csum_start/csum_offset outside the frame (dropped).
+    pub bad_csum: u64,
+    /// Guest -> switch: partial checksums completed in software.
+    pub csum_completed: u64,
+    /// Buffers that crossed from one memory region into the next.
+    pub split_buffers: u64,
+    /// The avail index jumped ahead by more than the ring size.
     pub bad_index: u64,
+    /// 1 once the queue is stopped (see `Virtqueue::broken`).
     pub broken: u64,
+}
+
+impl QueueStats {
+    /// Counter names and values, for reports and shm.
+    pub fn named(&self) -> [(&'static str, u64); 13] {
+        [
+            ("packets", self.packets),
+            ("bytes", self.bytes),
+            ("used", self.used),
+            ("no_buffer", self.no_buffer),
+            ("bad_descriptor", self.bad_descriptor),
+            ("too_short", self.too_short),
+            ("too_long", self.too_long),
+            ("no_room", self.no_room),
+            ("bad_csum", self.bad_csum),
+            ("csum_completed", self.csum_completed),
+            ("split_buffers", self.split_buffers),
+            ("bad_index", self.bad_index),
+            ("broken", self.broken),
+        ]
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum VirtqError {
     #[error("queue size {0}: must be a power of two in 1..=32768")]
     BadSize(u16),
-    #[error("{ring} ring at {addr:#x}: misaligned or not wholly inside guest memory")]
+    #[error("{ring} ring at uva {addr:#x}: misaligned or not wholly inside guest memory")]
     BadRing { ring: &'static str, addr: u64 },
+    #[error("packed rings are not supported")]
+    Packed,
+}
+
+/// Why a chain was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ChainError {
+    /// A buffer or indirect table outside guest memory, or addr + len overflows.
+    Outside,
+    /// More than `size` table descriptors or MAX_CHAIN in all (loops end here).
+    TooLong,
+    /// `next` beyond the table.
+    BadNext,
+    /// Nested indirect, INDIRECT with NEXT, indirect not negotiated, bad table length.
+    BadIndirect,
+    /// A device-writable buffer in a chain for the device to read, or the reverse.
+    Direction,
+}
+
+/// One piece of a buffer, translated.
+#[derive(Clone, Copy)]
+struct Seg {
+    ptr: NonNull<u8>,
+    gpa: u64,
+    len: u32,
+}
+
+/// A descriptor as read from guest memory (little-endian on the wire).
+#[derive(Clone, Copy, Debug)]
+struct Desc {
+    addr: u64,
+    len: u32,
+    flags: u16,
+    next: u16,
+}
+
+/// Read descriptor `i` of the table at `table`.
+///
+/// # Safety
+/// `table` must point to at least `i + 1` descriptors of mapped memory.
+#[inline(always)]
+unsafe fn read_desc(table: *const u8, i: u32) -> Desc {
+    // SAFETY: per the contract. A byte array has alignment 1, so indirect
+    // tables need no alignment; volatile because the guest may be writing:
+    // we take one snapshot and check only that.
+    let b: [u8; 16] = unsafe { std::ptr::read_volatile(table.add(i as usize * DESC_SIZE) as *const [u8; 16]) };
+    Desc {
+        addr: u64::from_le_bytes(b[0..8].try_into().unwrap()),
+        len: u32::from_le_bytes(b[8..12].try_into().unwrap()),
+        flags: u16::from_le_bytes(b[12..14].try_into().unwrap()),
+        next: u16::from_le_bytes(b[14..16].try_into().unwrap()),
+    }
+}
+
+/// Host pointers of a started ring (checked once, in `start`).
+#[derive(Clone, Copy)]
+struct Ring {
+    desc: *const u8,
+    /// avail: flags u16, idx u16, ring[size] u16, used_event u16.
+    avail: *const u8,
+    /// used: flags u16, idx u16, ring[size] {id u32, len u32}, avail_event u16.
+    used: *mut u8,
+    size: u16,
+    indirect: bool,
+}
+
+impl Ring {
+    #[inline(always)]
+    fn avail_idx(&self) -> &AtomicU16 {
+        // SAFETY: avail is 2-aligned and holds at least 4 bytes (start).
+        unsafe { &*(self.avail.add(2) as *const AtomicU16) }
+    }
+    #[inline(always)]
+    fn avail_flags(&self) -> &AtomicU16 {
+        // SAFETY: as above.
+        unsafe { &*(self.avail as *const AtomicU16) }
+    }
+    #[inline(always)]
+    fn avail_entry(&self, i: u16) -> u16 {
+        let at = 4 + 2 * (i & (self.size - 1)) as usize;
+        // SAFETY: at + 2 <= 4 + 2 * size: inside the avail ring; 2-aligned.
+        u16::from_le(unsafe { std::ptr::read_volatile(self.avail.add(at) as *const u16) })
+    }
+    /// used_event, at the end of the avail ring (EVENT_IDX only).
+    #[inline(always)]
+    fn used_event(&self) -> &AtomicU16 {
+        // SAFETY: start checked 6 + 2 * size bytes with EVENT_IDX, 2-aligned.
+        unsafe { &*(self.avail.add(4 + 2 * self.size as usize) as *const AtomicU16) }
+    }
+    #[inline(always)]
+    fn used_flags(&self) -> &AtomicU16 {
+        // SAFETY: used is 4-aligned and holds at least 4 bytes.
+        unsafe { &*(self.used as *const AtomicU16) }
+    }
+    #[inline(always)]
+    fn used_idx(&self) -> &AtomicU16 {
+        // SAFETY: as above.
+        unsafe { &*(self.used.add(2) as *const AtomicU16) }
+    }
+    /// avail_event, at the end of the used ring (EVENT_IDX only).
+    #[inline(always)]
+    fn avail_event(&self) -> &AtomicU16 {
+        // SAFETY: start checked 6 + 8 * size bytes with EVENT_IDX, 2-aligned.
+        unsafe { &*(self.used.add(4 + 8 * self.size as usize) as *const AtomicU16) }
+    }
+    /// Byte offset of used element `i` (for the dirty log).
+    #[inline(always)]
+    fn used_elem_offset(&self, i: u16) -> usize {
+        4 + 8 * (i & (self.size - 1)) as usize
+    }
+    #[inline(always)]
+    fn write_used_elem(&self, i: u16, id: u32, len: u32) {
+        let at = self.used_elem_offset(i);
+        // SAFETY: at + 8 <= 4 + 8 * size: inside the used ring; 4-aligned.
+        unsafe {
+            std::ptr::write_volatile(self.used.add(at) as *mut u32, id.to_le());
+            std::ptr::write_volatile(self.used.add(at + 4) as *mut u32, len.to_le());
+        }
+    }
+
+    /// Walk the chain at `head`, handing `f` each piece of each buffer in
+    /// order; `f` returns false to stop early. `write` is the direction the
+    /// buffers must have (device-writable for receive buffers).
+    #[inline]
+    fn walk(
+        &self,
+        mem: &GuestMemory,
+        head: u16,
+        write: bool,
+        splits: &mut u64,
+        f: &mut impl FnMut(Seg) -> bool,
+    ) -> Result<(), ChainError> {
+        let mut table = self.desc;
+        let mut table_len = self.size as u32;
+        let mut i = head as u32;
+        let mut in_table = 0u32; // descriptors read from the current table
+        let mut total = 0u32;
+        let mut indirect = false;
+        loop {
+            total += 1;
+            in_table += 1;
+            if total > MAX_CHAIN || in_table > table_len {
+                return Err(ChainError::TooLong);
+            }
+            // SAFETY: i < table_len: the ring's table (checked in start) or
+            // an indirect table translated below with table_len entries.
+            let d = unsafe { read_desc(table, i) };
+            if d.flags & VIRTQ_DESC_F_INDIRECT != 0 {
+                if indirect || !self.indirect || d.flags & VIRTQ_DESC_F_NEXT != 0 {
+                    return Err(ChainError::BadIndirect);
+                }
+                if d.len == 0 || d.len % DESC_SIZE as u32 != 0 {
+                    return Err(ChainError::BadIndirect);
+                }
+                let n = d.len / DESC_SIZE as u32;
+                if n > MAX_CHAIN {
+                    return Err(ChainError::TooLong);
+                }
+                let t = mem.translate(d.addr, d.len as usize).ok_or(ChainError::Outside)?;
+                table = t.as_ptr();
+                table_len = n;
+                i = 0;
+                in_table = 0;
+                indirect = true;
+                continue;
+            }
+            if (d.flags & VIRTQ_DESC_F_WRITE != 0) != write {
+                return Err(ChainError::Direction);
+            }
+            let mut addr = d.addr;
+            let mut left = d.len as u64;
+            if addr.checked_add(left).is_none() {
+                return Err(ChainError::Outside);
+            }
+            let mut first = true;
+            while left > 0 {
+                let (ptr, n) = mem.translate_prefix(addr, left).ok_or(ChainError::Outside)?;
+                if first && n < left {
+                    *splits += 1;
+                }
+                first = false;
+                if !f(Seg { ptr, gpa: addr, len: n as u32 }) {
+                    return Ok(());
+                }
+                addr += n;
+                left -= n;
+            }
+            if d.flags & VIRTQ_DESC_F_NEXT == 0 {
+                return Ok(());
+            }
+            if d.next as u32 >= table_len {
+                return Err(ChainError::BadNext);
+            }
+            i = d.next as u32;
+        }
+    }
+}
+
+/// A chain gathered for a received packet: its head and its room (its
+/// pieces are in `Virtqueue::segs`, in order).
+#[derive(Clone, Copy)]
+struct Gathered {
+    head: u16,
+    cap: u32,
+}
+
+/// How gathering buffers for one packet ended.
+enum Gather {
+    Fits,
+    /// The avail ring is empty: wait for the guest.
+    Empty,
+    /// The packet can never fit: drop it (chains stay for the next one).
+    NoRoom,
+    /// A bad chain after good ones, with too little room before it: give
+    /// all of them back empty and drop the packet.
+    Bad,
 }
 
 pub struct Virtqueue {
-    size: u16,
+    ring: Ring,
+    addr: VringAddr,
+    /// GuestMemory::id the ring pointers were translated against.
+    mem_id: u64,
+    features: u64,
+    hdr_len: usize,
+    mrg_rxbuf: bool,
+    event_idx: bool,
+    /// Guest-physical address of the used ring when its writes are logged.
+    log_used: Option<u64>,
+    /// Next avail entry to read (last_avail_idx).
     next_avail: u16,
+    /// Our used index, stored to the ring by `publish`.
+    used_idx: u16,
+    published: u16,
+    /// Used index at the last interrupt decision (EVENT_IDX's "old").
+    signalled: u16,
+    signalled_valid: bool,
+    kicks_suppressed: bool,
+    /// Scratch for gathering receive buffers: allocated once.
+    segs: Vec<Seg>,
+    chains: Vec<Gathered>,
     stats: QueueStats,
     broken: Option<&'static str>,
 }
 
+// SAFETY: the raw pointers point into guest memory whose owner (the
+// GuestMemory, checked by id on every call) is passed in by reference;
+// nothing here is tied to a thread.
+unsafe impl Send for Virtqueue {}
+
+impl std::fmt::Debug for Virtqueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Virtqueue")
+            .field("size", &self.ring.size)
+            .field("next_avail", &self.next_avail)
+            .field("used_idx", &self.used_idx)
+            .field("broken", &self.broken)
+            .finish()
+    }
+}
+
+/// Translate one ring: aligned both as a frontend address and as a host pointer.
+fn ring_ptr(mem: &GuestMemory, ring: &'static str, uva: u64, len: usize, align: usize) -> Result<*mut u8, VirtqError> {
+    let bad = VirtqError::BadRing { ring, addr: uva };
+    if !uva.is_multiple_of(align as u64) {
+        return Err(bad);
+    }
+    let p = mem.translate_uva(uva, len).ok_or(bad)?;
+    if !(p.as_ptr() as usize).is_multiple_of(align) {
+        return Err(VirtqError::BadRing { ring, addr: uva });
+    }
+    Ok(p.as_ptr())
+}
+
+fn translate_ring(size: u16, addr: &VringAddr, features: u64, mem: &GuestMemory) -> Result<Ring, VirtqError> {
+    let n = size as usize;
+    let event = has(features, VIRTIO_RING_F_EVENT_IDX) as usize;
+    let desc = ring_ptr(mem, "descriptor", addr.desc_user_addr, n * DESC_SIZE, 16)?;
+    let avail = ring_ptr(mem, "avail", addr.avail_user_addr, 4 + 2 * n + 2 * event, 2)?;
+    let used = ring_ptr(mem, "used", addr.used_user_addr, 4 + 8 * n + 2 * event, 4)?;
+    Ok(Ring { desc, avail, used, size, indirect: has(features, VIRTIO_RING_F_INDIRECT_DESC) })
+}
+
 impl Virtqueue {
-    pub fn start(size: u16, _addr: &VringAddr, base: u16, _features: u64, _mem: &GuestMemory) -> Result<Virtqueue, VirtqError> {
-        if size == 0 || !size.is_power_of_two() || size > 32768 {
+    /// Validate and start: size a power of two <= 32768; rings aligned
+    /// (desc 16, avail 2, used 4) and wholly inside `mem` (translated once
+    /// here). `base` is the next avail index to read; the used index is
+    /// read from the ring. `features` are the negotiated virtio features.
+    pub fn start(size: u16, addr: &VringAddr, base: u16, features: u64, mem: &GuestMemory) -> Result<Virtqueue, VirtqError> {
+        if size == 0 || !size.is_power_of_two() || size > MAX_QUEUE_SIZE {
             return Err(VirtqError::BadSize(size));
         }
-        Ok(Virtqueue { size, next_avail: base, stats: QueueStats::default(), broken: None })
+        if has(features, VIRTIO_F_RING_PACKED) {
+            return Err(VirtqError::Packed);
+        }
+        let ring = translate_ring(size, addr, features, mem)?;
+        let used_idx = ring.used_idx().load(Ordering::Acquire);
+        Ok(Virtqueue {
+            ring,
+            addr: *addr,
+            mem_id: mem.id(),
+            features,
+            hdr_len: net_hdr_len(features),
+            mrg_rxbuf: has(features, VIRTIO_NET_F_MRG_RXBUF),
+            event_idx: has(features, VIRTIO_RING_F_EVENT_IDX),
+            log_used: (addr.flags & VHOST_VRING_F_LOG != 0).then_some(addr.log_guest_addr),
+            next_avail: base,
+            used_idx,
+            published: used_idx,
+            signalled: used_idx,
+            signalled_valid: false,
+            kicks_suppressed: false,
+            segs: Vec::with_capacity(MAX_SEGS),
+            chains: Vec::with_capacity(MAX_MERGE),
+            stats: QueueStats::default(),
+            broken: None,
+        })
     }
+
+    /// Translate the rings again against new memory (SET_MEM_TABLE while
+    /// the queue runs, as QEMU does on memory hotplug). The data-path calls
+    /// do this by themselves when handed a different GuestMemory.
+    pub fn remap(&mut self, mem: &GuestMemory) -> Result<(), VirtqError> {
+        self.ring = translate_ring(self.ring.size, &self.addr, self.features, mem)?;
+        self.mem_id = mem.id();
+        Ok(())
+    }
+
     pub fn size(&self) -> u16 {
-        self.size
+        self.ring.size
     }
+    /// GET_VRING_BASE's answer: the next avail index this queue would read.
     pub fn next_avail(&self) -> u16 {
         self.next_avail
     }
+    /// The used index as last stored to the ring.
+    pub fn used_idx(&self) -> u16 {
+        self.published
+    }
+    /// Some(reason) once the guest did something that makes no sense.
     pub fn broken(&self) -> Option<&'static str> {
         self.broken
     }
     pub fn stats(&self) -> &QueueStats {
         &self.stats
     }
-    pub fn receive_from_guest(&mut self, _mem: &GuestMemory, _log: Option<&DirtyLog>, _max: usize, _out: impl FnMut(Packet)) -> usize {
-        0
+    /// The net header length in use (10 or 12).
+    pub fn hdr_len(&self) -> usize {
+        self.hdr_len
     }
-    pub fn transmit_to_guest(&mut self, _mem: &GuestMemory, _log: Option<&DirtyLog>, _input: &Link) -> usize {
-        0
+
+    #[cold]
+    fn break_queue(&mut self, why: &'static str) {
+        if self.broken.is_none() {
+            log::warn!("vhost-user: virtqueue stopped: {why}");
+            self.broken = Some(why);
+            self.stats.broken = 1;
+        }
     }
+
+    #[cold]
+    fn count_bad(&mut self, e: ChainError) {
+        if self.stats.bad_descriptor == 0 {
+            log::warn!("vhost-user: guest gave a bad descriptor chain ({e:?}); dropping such chains and counting them");
+        }
+        self.stats.bad_descriptor += 1;
+    }
+
+    /// Ready for a data-path call with `mem`: not broken, rings translated against it.
+    #[inline]
+    fn ready(&mut self, mem: &GuestMemory) -> bool {
+        if self.broken.is_some() {
+            return false;
+        }
+        if mem.id() != self.mem_id && self.remap(mem).is_err() {
+            self.break_queue("rings not inside the new guest memory");
+            return false;
+        }
+        true
+    }
+
+    /// The avail index, Acquire, checked against our position.
+    #[inline]
+    fn avail_idx(&mut self) -> Option<u16> {
+        let idx = self.ring.avail_idx().load(Ordering::Acquire);
+        if idx.wrapping_sub(self.next_avail) > self.ring.size {
+            self.stats.bad_index += 1;
+            self.break_queue("avail index ahead of the device by more than the ring size");
+            return None;
+        }
+        Some(idx)
+    }
+
+    /// The avail entry at `i`, checked: a head outside the table stops the queue.
+    #[inline]
+    fn head_at(&mut self, i: u16) -> Option<u16> {
+        let head = self.ring.avail_entry(i);
+        if head >= self.ring.size {
+            self.stats.bad_descriptor += 1;
+            self.break_queue("avail ring names a descriptor beyond the table");
+            return None;
+        }
+        Some(head)
+    }
+
+    #[inline]
+    fn push_used(&mut self, log: Option<&DirtyLog>, head: u16, len: u32) {
+        let i = self.used_idx;
+        self.ring.write_used_elem(i, head as u32, len);
+        if let (Some(log), Some(gpa)) = (log, self.log_used) {
+            log.mark(gpa + self.ring.used_elem_offset(i) as u64, 8);
+        }
+        self.used_idx = i.wrapping_add(1);
+        self.stats.used += 1;
+    }
+
+    /// Store the used index (Release: the entries and buffers before it are visible first).
+    #[inline]
+    fn publish(&mut self, log: Option<&DirtyLog>) {
+        if self.kicks_suppressed {
+            self.write_avail_event(log);
+        }
+        if self.used_idx == self.published {
+            return;
+        }
+        self.ring.used_idx().store(self.used_idx, Ordering::Release);
+        self.published = self.used_idx;
+        if let (Some(log), Some(gpa)) = (log, self.log_used) {
+            log.mark(gpa + 2, 2);
+        }
+    }
+
+    /// With EVENT_IDX the driver kicks when its avail index passes
+    /// avail_event; one behind our position is as far away as it can be.
+    #[inline]
+    fn write_avail_event(&mut self, log: Option<&DirtyLog>) {
+        if !self.event_idx {
+            return;
+        }
+        self.ring.avail_event().store(self.next_avail.wrapping_sub(1), Ordering::Relaxed);
+        if let (Some(log), Some(gpa)) = (log, self.log_used) {
+            log.mark(gpa + 4 + 8 * self.ring.size as u64, 2);
+        }
+    }
+
+    /// Guest -> switch (a guest TX queue). Take up to `max` chains, copy each
+    /// frame (after the net header) into a fresh host packet, completing a
+    /// partial checksum when the header asks for it, hand it to `out`, and
+    /// put the chain on the used ring. Returns the chains taken.
+    pub fn receive_from_guest(&mut self, mem: &GuestMemory, log: Option<&DirtyLog>, max: usize, mut out: impl FnMut(Packet)) -> usize {
+        if !self.ready(mem) {
+            return 0;
+        }
+        let Some(avail) = self.avail_idx() else { return 0 };
+        let n = (avail.wrapping_sub(self.next_avail) as usize).min(max);
+        let hdr_len = self.hdr_len;
+        let ring = self.ring;
+        let mut taken = 0;
+        while taken < n {
+            let Some(head) = self.head_at(self.next_avail) else { break };
+            self.next_avail = self.next_avail.wrapping_add(1);
+            taken += 1;
+
+            let mut p = Packet::new();
+            let mut hdr = [0u8; NetHdr::MAX_LEN];
+            let mut got = 0usize;
+            let mut too_long = false;
+            let r = ring.walk(mem, head, false, &mut self.stats.split_buffers, &mut |s| {
+                // SAFETY: s.ptr is valid for s.len bytes (translated). The
+                // guest may change them meanwhile: each byte is read once,
+                // into our packet, and any value is a valid u8.
+                let mut b = unsafe { std::slice::from_raw_parts(s.ptr.as_ptr(), s.len as usize) };
+                if got < hdr_len {
+                    let k = (hdr_len - got).min(b.len());
+                    hdr[got..got + k].copy_from_slice(&b[..k]);
+                    got += k;
+                    b = &b[k..];
+                }
+                if b.len() > p.tailroom() {
+                    too_long = true;
+                    return false;
+                }
+                if !b.is_empty() {
+                    p.append(b);
+                }
+                true
+            });
+            self.push_used(log, head, 0);
+            if let Err(e) = r {
+                self.count_bad(e);
+                continue;
+            }
+            if too_long {
+                self.stats.too_long += 1;
+                continue;
+            }
+            if got < hdr_len {
+                self.stats.too_short += 1;
+                continue;
+            }
+            let h = NetHdr::parse(&hdr[..hdr_len]);
+            if h.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
+                if !complete_checksum(p.data_mut(), h.csum_start, h.csum_offset) {
+                    self.stats.bad_csum += 1;
+                    continue;
+                }
+                self.stats.csum_completed += 1;
+            }
+            self.stats.packets += 1;
+            self.stats.bytes += p.len() as u64;
+            out(p);
+        }
+        self.publish(log);
+        taken
+    }
+
+    /// Gather receive buffers for a packet of `need` bytes (header included)
+    /// into `segs`/`chains`, reading avail entries from `next_avail` without
+    /// consuming them (bad chains in front excepted: those are given back).
+    fn gather(&mut self, mem: &GuestMemory, log: Option<&DirtyLog>, need: usize, avail: &mut u16) -> Option<Gather> {
+        self.segs.clear();
+        self.chains.clear();
+        let ring = self.ring;
+        let mut peek = self.next_avail;
+        let mut cap = 0usize;
+        loop {
+            if cap >= need {
+                return Some(Gather::Fits);
+            }
+            if !self.mrg_rxbuf && !self.chains.is_empty() {
+                return Some(Gather::NoRoom);
+            }
+            if peek == *avail {
+                *avail = self.avail_idx()?;
+                if peek == *avail {
+                    return Some(Gather::Empty);
+                }
+            }
+            if self.chains.len() == MAX_MERGE || peek.wrapping_sub(self.next_avail) == ring.size {
+                return Some(Gather::NoRoom);
+            }
+            let head = self.head_at(peek)?;
+            peek = peek.wrapping_add(1);
+            let first = self.segs.len();
+            let mut chain_cap = 0u64;
+            let mut full = false;
+            let segs = &mut self.segs;
+            let r = ring.walk(mem, head, true, &mut self.stats.split_buffers, &mut |s| {
+                if segs.len() == segs.capacity() {
+                    full = true;
+                    return false;
+                }
+                chain_cap += s.len as u64;
+                segs.push(s);
+                true
+            });
+            // A first chain too small for the header, or an empty one, is
+            // as useless as a bad one: drivers put the header in the first.
+            let small = chain_cap == 0 || (self.chains.is_empty() && chain_cap < self.hdr_len as u64);
+            if full {
+                self.segs.truncate(first);
+                return Some(Gather::NoRoom);
+            }
+            if r.is_err() || small || chain_cap > u32::MAX as u64 {
+                self.segs.truncate(first);
+                self.count_bad(r.err().unwrap_or(ChainError::Outside));
+                if self.chains.is_empty() {
+                    // Nothing gathered yet: give this chain back and go on.
+                    self.push_used(log, head, 0);
+                    self.next_avail = peek;
+                    continue;
+                }
+                self.chains.push(Gathered { head, cap: 0 });
+                return Some(Gather::Bad);
+            }
+            cap += chain_cap as usize;
+            self.chains.push(Gathered { head, cap: chain_cap as u32 });
+        }
+    }
+
+    /// Switch -> guest (a guest RX queue). Deliver packets from `input`
+    /// while the guest has buffers; see QueueStats for what is dropped.
+    /// Returns the packets delivered.
+    pub fn transmit_to_guest(&mut self, mem: &GuestMemory, log: Option<&DirtyLog>, input: &Link) -> usize {
+        if !self.ready(mem) {
+            return 0;
+        }
+        let Some(mut avail) = self.avail_idx() else { return 0 };
+        let mut sent = 0;
+        while let Some(len) = input.front_len() {
+            let need = self.hdr_len + len;
+            match self.gather(mem, log, need, &mut avail) {
+                None => break, // broken
+                Some(Gather::Empty) => {
+                    self.stats.no_buffer += 1;
+                    break;
+                }
+                Some(Gather::NoRoom) => {
+                    drop(input.receive());
+                    self.stats.no_room += 1;
+                }
+                Some(Gather::Bad) => {
+                    drop(input.receive());
+                    for i in 0..self.chains.len() {
+                        let head = self.chains[i].head;
+                        self.push_used(log, head, 0);
+                    }
+                    self.next_avail = self.next_avail.wrapping_add(self.chains.len() as u16);
+                }
+                Some(Gather::Fits) => {
+                    let p = input.receive().expect("front_len saw a packet");
+                    self.deliver(log, &p);
+                    sent += 1;
+                }
+            }
+        }
+        self.publish(log);
+        sent
+    }
+
+    /// Write header and frame into the gathered buffers and put the chains
+    /// that hold them on the used ring.
+    fn deliver(&mut self, log: Option<&DirtyLog>, p: &Packet) {
+        let hdr = NetHdr {
+            num_buffers: if self.mrg_rxbuf { self.chains.len() as u16 } else { 1 },
+            ..NetHdr::default()
+        }
+        .to_bytes();
+        let mut w = Scatter { segs: &self.segs, i: 0, off: 0, log };
+        w.write(&hdr[..self.hdr_len]);
+        w.write(p.data());
+        let mut left = (self.hdr_len + p.len()) as u32;
+        for i in 0..self.chains.len() {
+            let c = self.chains[i];
+            let n = c.cap.min(left);
+            left -= n;
+            self.push_used(log, c.head, n);
+        }
+        self.next_avail = self.next_avail.wrapping_add(self.chains.len() as u16);
+        self.stats.packets += 1;
+        self.stats.bytes += p.len() as u64;
+    }
+
+    /// After receive/transmit: true when the guest asked for an interrupt
+    /// for what was put on the used ring since the last call (EVENT_IDX:
+    /// used_event crossed; else unless VRING_AVAIL_F_NO_INTERRUPT).
     pub fn take_signal(&mut self) -> bool {
-        false
+        if self.broken.is_some() {
+            return false;
+        }
+        let new = self.published;
+        let old = self.signalled;
+        if new == old && self.signalled_valid {
+            return false;
+        }
+        // Our used index store must be visible before we read what the
+        // driver wants, or we could miss an interrupt it asked for.
+        fence(Ordering::SeqCst);
+        let valid = self.signalled_valid;
+        self.signalled = new;
+        self.signalled_valid = true;
+        if self.event_idx {
+            let event = self.ring.used_event().load(Ordering::Relaxed);
+            // vring_need_event: did used move past `event` in (old, new]?
+            !valid || new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+        } else {
+            self.ring.avail_flags().load(Ordering::Relaxed) & VRING_AVAIL_F_NO_INTERRUPT == 0
+        }
     }
-    pub fn suppress_kicks(&mut self) {}
+
+    /// Tell the guest not to kick us (we poll): VRING_USED_F_NO_NOTIFY, and
+    /// with EVENT_IDX an avail_event kept behind our position (refreshed on
+    /// every call).
+    pub fn suppress_kicks(&mut self) {
+        self.kicks_suppressed = true;
+        if self.broken.is_some() {
+            return;
+        }
+        self.ring.used_flags().store(VRING_USED_F_NO_NOTIFY, Ordering::Relaxed);
+        self.write_avail_event(None);
+    }
+
+    /// Like suppress_kicks, logging the writes (during migration).
+    pub fn suppress_kicks_logged(&mut self, log: Option<&DirtyLog>) {
+        self.suppress_kicks();
+        if let (Some(log), Some(gpa)) = (log, self.log_used) {
+            log.mark(gpa, 2);
+            if self.event_idx {
+                log.mark(gpa + 4 + 8 * self.ring.size as u64, 2);
+            }
+        }
+    }
+}
+
+/// A cursor writing bytes across gathered buffer pieces, logging each write.
+struct Scatter<'a> {
+    segs: &'a [Seg],
+    i: usize,
+    off: usize,
+    log: Option<&'a DirtyLog>,
+}
+
+impl Scatter<'_> {
+    /// Write `src` at the cursor. The caller made sure the pieces hold it all.
+    #[inline]
+    fn write(&mut self, mut src: &[u8]) {
+        while !src.is_empty() && self.i < self.segs.len() {
+            let s = self.segs[self.i];
+            let room = s.len as usize - self.off;
+            let n = room.min(src.len());
+            // SAFETY: s.ptr is valid for s.len bytes (translated) and
+            // off + n <= s.len. The guest should not touch a buffer it gave
+            // us; if it does, it only garbles its own packet.
+            let dst = unsafe { std::slice::from_raw_parts_mut(s.ptr.as_ptr().add(self.off), n) };
+            snabb_core::copy::copy(dst, &src[..n]);
+            if let Some(log) = self.log {
+                log.mark(s.gpa + self.off as u64, n as u64);
+            }
+            src = &src[n..];
+            self.off += n;
+            if self.off == s.len as usize {
+                self.i += 1;
+                self.off = 0;
+            }
+        }
+    }
 }
