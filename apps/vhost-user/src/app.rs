@@ -151,6 +151,8 @@ pub struct VhostUser {
     conn: Option<Connection>,
     /// Counts of connections that ended.
     past: Totals,
+    /// MACs to announce (SEND_RARP) on the output.
+    rarp: Vec<[u8; 6]>,
 }
 
 impl AppClass for VhostUser {
@@ -165,7 +167,7 @@ impl AppClass for VhostUser {
         } else {
             Endpoint::Client { next_try: Instant::now(), backoff: BACKOFF_MIN, failures: 0 }
         };
-        Ok(VhostUser { name: ctx.name.to_string(), args, cfg, endpoint, conn: None, past: Totals::default() })
+        Ok(VhostUser { name: ctx.name.to_string(), args, cfg, endpoint, conn: None, past: Totals::default(), rarp: Vec::new() })
     }
 }
 
@@ -245,6 +247,8 @@ impl VhostUser {
                 }
             }
         }
+        // Announcements asked for are sent even if the frontend left since.
+        self.rarp.extend(c.dev.take_rarp());
         if let Err(e) = result {
             match e {
                 ProtocolError::Closed => log::info!("{}: frontend disconnected", self.name),
@@ -350,15 +354,15 @@ impl App for VhostUser {
         self.serve();
         if let Some(c) = &mut self.conn {
             c.dev.check_broken();
-            let rarp = c.dev.take_rarp();
-            if !rarp.is_empty() {
-                if let Some(out) = io.output.get("output") {
-                    for mac in rarp {
-                        out.transmit(Packet::from_bytes(&rarp_frame(mac)));
-                        self.past.rarp_sent += 1;
-                    }
+        }
+        if !self.rarp.is_empty() {
+            if let Some(out) = io.output.get("output") {
+                for mac in self.rarp.drain(..) {
+                    out.transmit(Packet::from_bytes(&rarp_frame(mac)));
+                    self.past.rarp_sent += 1;
                 }
             }
+            self.rarp.clear();
         }
     }
 

@@ -13,6 +13,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -461,21 +463,47 @@ impl Rig {
     }
 }
 
-/// Run `f` (a frontend) in a thread while stepping `rig`, putting on its
-/// input whatever frames `f` sends through the channel it is given; returns
-/// what `f` returns. Fails if `f` runs longer than `timeout` (the thread is
-/// then left to its own reply timeouts).
-pub fn serve_while<T: Send + 'static>(
-    rig: &mut Rig,
-    timeout: Duration,
-    f: impl FnOnce(mpsc::Sender<Vec<Vec<u8>>>) -> T + Send + 'static,
-) -> anyhow::Result<T> {
-    let (tx, rx) = mpsc::channel::<Vec<Vec<u8>>>();
-    let h = std::thread::spawn(move || f(tx));
-    let end = Instant::now() + timeout;
-    while !h.is_finished() {
-        anyhow::ensure!(Instant::now() < end, "the frontend did not finish within {timeout:?}");
-        while let Ok(frames) = rx.try_recv() {
+/// What a frontend thread is given: a way to put frames on the app's input,
+/// and to park (hold its connection while the test looks at the app).
+pub struct Ctl {
+    inject: mpsc::Sender<Vec<Vec<u8>>>,
+    parked: Arc<AtomicBool>,
+    release: mpsc::Receiver<()>,
+}
+
+impl Ctl {
+    /// Frames for the guest, transmitted on the rig's input by the stepping thread.
+    pub fn inject(&self, frames: Vec<Vec<u8>>) {
+        let _ = self.inject.send(frames);
+    }
+    /// Wait (up to a minute) until the stepping thread releases us.
+    pub fn park(&self) {
+        self.parked.store(true, Ordering::SeqCst);
+        let _ = self.release.recv_timeout(Duration::from_secs(60));
+        self.parked.store(false, Ordering::SeqCst);
+    }
+}
+
+/// A frontend running in its own thread.
+pub struct Session<T> {
+    handle: std::thread::JoinHandle<T>,
+    inject: mpsc::Receiver<Vec<Vec<u8>>>,
+    parked: Arc<AtomicBool>,
+    release: mpsc::Sender<()>,
+}
+
+/// Start `f` (a frontend) in a thread; step a rig with [`Session::serve`].
+pub fn spawn_frontend<T: Send + 'static>(f: impl FnOnce(Ctl) -> T + Send + 'static) -> Session<T> {
+    let (itx, irx) = mpsc::channel();
+    let (rtx, rrx) = mpsc::channel();
+    let parked = Arc::new(AtomicBool::new(false));
+    let ctl = Ctl { inject: itx, parked: parked.clone(), release: rrx };
+    Session { handle: std::thread::spawn(move || f(ctl)), inject: irx, parked, release: rtx }
+}
+
+impl<T> Session<T> {
+    fn step(&self, rig: &mut Rig) {
+        while let Ok(frames) = self.inject.try_recv() {
             for f in frames {
                 rig.input.transmit(Packet::from_bytes(&f));
             }
@@ -483,8 +511,42 @@ pub fn serve_while<T: Send + 'static>(
         rig.step();
         std::thread::sleep(Duration::from_micros(20));
     }
-    rig.step();
-    h.join().map_err(|_| anyhow::anyhow!("the frontend thread panicked"))
+
+    /// Step `rig` until the frontend parks or ends.
+    pub fn serve(&self, rig: &mut Rig, timeout: Duration) -> anyhow::Result<()> {
+        let end = Instant::now() + timeout;
+        while !self.handle.is_finished() && !self.parked.load(Ordering::SeqCst) {
+            anyhow::ensure!(Instant::now() < end, "the frontend did not finish within {timeout:?}");
+            self.step(rig);
+        }
+        Ok(())
+    }
+
+    /// Release the frontend whenever it parks, step until it ends, and
+    /// return what it returned.
+    pub fn finish(self, rig: &mut Rig, timeout: Duration) -> anyhow::Result<T> {
+        let end = Instant::now() + timeout;
+        while !self.handle.is_finished() {
+            anyhow::ensure!(Instant::now() < end, "the frontend did not finish within {timeout:?}");
+            if self.parked.load(Ordering::SeqCst) {
+                let _ = self.release.send(());
+            }
+            self.step(rig);
+        }
+        self.step(rig);
+        self.handle.join().map_err(|_| anyhow::anyhow!("the frontend thread panicked"))
+    }
+}
+
+/// Run `f` (a frontend) in a thread while stepping `rig`; returns what `f`
+/// returns. Fails if `f` runs longer than `timeout` (the thread is then
+/// left to its own reply timeouts).
+pub fn serve_while<T: Send + 'static>(
+    rig: &mut Rig,
+    timeout: Duration,
+    f: impl FnOnce(Ctl) -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    spawn_frontend(f).finish(rig, timeout)
 }
 
 /// A socket path of its own for a test.
@@ -532,7 +594,7 @@ pub fn selftest() -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_micros(100));
         }
         ensure!(sent == fg.len(), "the guest sent {sent} of {} frames", fg.len());
-        inject.send(tg.clone())?;
+        inject.inject(tg.clone());
         let mut got = Vec::new();
         while got.len() < tg.len() && Instant::now() < end {
             fe.receive(0, &mut got);
@@ -563,11 +625,16 @@ pub fn selftest() -> anyhow::Result<()> {
     // The frontend went away: the app notices and takes the next one.
     ensure!(rig.step_until(|r| !r.app.connected(), Duration::from_secs(5)), "disconnect not noticed");
     let p = path.clone();
-    serve_while(&mut rig, Duration::from_secs(10), move |_| -> anyhow::Result<()> {
+    let session = spawn_frontend(move |ctl| -> anyhow::Result<()> {
         let mut fe = Frontend::connect(&p, FrontendOptions { order: Order::Dpdk, ..Default::default() }, Duration::from_secs(5))?;
-        fe.setup()
-    })??;
-    ensure!(rig.app.running() == (1, 1), "second frontend: queues running {:?}", rig.app.running());
+        fe.setup()?;
+        ctl.park();
+        Ok(())
+    });
+    session.serve(&mut rig, Duration::from_secs(10))?;
+    let running = rig.app.running();
+    session.finish(&mut rig, Duration::from_secs(10))??;
+    ensure!(running == (1, 1), "second frontend: queues running {running:?}");
     let c = |n: &str| rig.counter(n);
     ensure!(c("connections") == 2 && c("protocol_errors") == 0, "connections {}", c("connections"));
     Ok(())
