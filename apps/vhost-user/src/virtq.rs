@@ -596,9 +596,11 @@ impl Virtqueue {
                     got += k;
                     b = &b[k..];
                 }
-                if b.len() > p.tailroom() {
+                // Past a host packet's size: keep walking (a looping chain is
+                // a bad descriptor, not a long frame), stop copying.
+                if too_long || b.len() > p.tailroom() {
                     too_long = true;
-                    return false;
+                    return true;
                 }
                 if !b.is_empty() {
                     p.append(b);
@@ -647,7 +649,8 @@ impl Virtqueue {
             if cap >= need {
                 return Some(Gather::Fits);
             }
-            if !self.mrg_rxbuf && !self.chains.is_empty() {
+            let whole_ring = peek.wrapping_sub(self.next_avail) == ring.size;
+            if (!self.mrg_rxbuf && !self.chains.is_empty()) || self.chains.len() == MAX_MERGE || whole_ring {
                 return Some(Gather::NoRoom);
             }
             if peek == *avail {
@@ -655,9 +658,6 @@ impl Virtqueue {
                 if peek == *avail {
                     return Some(Gather::Empty);
                 }
-            }
-            if self.chains.len() == MAX_MERGE || peek.wrapping_sub(self.next_avail) == ring.size {
-                return Some(Gather::NoRoom);
             }
             let head = self.head_at(peek)?;
             peek = peek.wrapping_add(1);
@@ -770,7 +770,7 @@ impl Virtqueue {
         }
         let new = self.published;
         let old = self.signalled;
-        if new == old && self.signalled_valid {
+        if new == old {
             return false;
         }
         // Our used index store must be visible before we read what the
