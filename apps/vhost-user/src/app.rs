@@ -207,7 +207,8 @@ impl VhostUser {
             }
         };
         match Channel::new(stream) {
-            Ok(chan) => {
+            Ok(mut chan) => {
+                chan.set_send_timeout(Duration::ZERO);
                 log::info!("{}: frontend connected on {}", self.name, self.args.socket.display());
                 self.past.connections += 1;
                 self.conn = Some(Connection { chan, dev: Device::new(self.cfg.clone()) });

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use crate::protocol::{FLAG_REPLY, HEADER_SIZE, Header, MAX_FDS, Message, ProtocolError, VERSION};
 
-/// How long a send may wait for the peer to make room in the socket.
+/// How long a send may wait for the peer to make room in the socket, by
+/// default (the frontend's side; the app waits not at all).
 const SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One end of a vhost-user connection.
@@ -28,6 +29,7 @@ pub struct Channel {
     /// Known once the header is in.
     size: Option<usize>,
     fds: Vec<OwnedFd>,
+    send_timeout: Duration,
 }
 
 fn cmsg_space(bytes: usize) -> usize {
@@ -39,7 +41,14 @@ impl Channel {
     /// Wrap a connected socket (made non-blocking here).
     pub fn new(sock: UnixStream) -> io::Result<Channel> {
         sock.set_nonblocking(true)?;
-        Ok(Channel { sock, header: [0; HEADER_SIZE], header_got: 0, payload: Vec::new(), payload_got: 0, size: None, fds: Vec::new() })
+        Ok(Channel { sock, header: [0; HEADER_SIZE], header_got: 0, payload: Vec::new(), payload_got: 0, size: None, fds: Vec::new(), send_timeout: SEND_TIMEOUT })
+    }
+
+    /// How long `send` waits for room. Zero: a peer that does not read
+    /// what we send (its socket buffer full) is an error at once, so a
+    /// frontend cannot stall the engine by not reading its replies.
+    pub fn set_send_timeout(&mut self, d: Duration) {
+        self.send_timeout = d;
     }
 
     pub fn socket(&self) -> &UnixStream {
@@ -176,7 +185,7 @@ impl Channel {
         let mut bytes = Vec::with_capacity(HEADER_SIZE + payload.len());
         bytes.extend_from_slice(&header.to_bytes());
         bytes.extend_from_slice(payload);
-        let end = Instant::now() + SEND_TIMEOUT;
+        let end = Instant::now() + self.send_timeout;
         let mut sent = 0;
         while sent < bytes.len() {
             let with_fds = if sent == 0 { fds } else { &[] };

@@ -90,6 +90,8 @@ pub enum DeviceError {
     Features(u64),
     #[error("memory table: {0}")]
     Memory(#[from] crate::memory::MemoryError),
+    #[error("mapping of {size} bytes at offset {offset} in a file of {have} bytes")]
+    Unbacked { offset: u64, size: u64, have: u64 },
     #[error("SET_LOG_BASE without a file descriptor")]
     NoLogFd,
     #[error("MTU {0} out of range (68..=9000)")]
@@ -147,6 +149,24 @@ impl Vring {
             add_stats(&mut s, q.stats());
         }
         s
+    }
+}
+
+/// The size of the file behind `fd` (memfd, hugetlbfs, regular file).
+fn file_size(fd: &OwnedFd) -> Option<u64> {
+    // SAFETY: an all-zero stat is valid; fstat fills it from a descriptor we own.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    (unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } == 0).then_some(st.st_size as u64)
+}
+
+/// A mapping past the end of its file faults (SIGBUS) when touched, and would
+/// take the whole switch down: refuse what the file cannot back.
+fn check_backed(fd: &OwnedFd, offset: u64, size: u64) -> Result<(), DeviceError> {
+    let have = file_size(fd).unwrap_or(0);
+    match offset.checked_add(size) {
+        Some(end) if end <= have => Ok(()),
+        _ => Err(DeviceError::Unbacked { offset, size, have }),
     }
 }
 
@@ -322,6 +342,9 @@ impl Device {
                         mmap_offset: r.mmap_offset,
                     })
                     .collect();
+                for (r, fd) in regions.iter().zip(&fds) {
+                    check_backed(fd, r.mmap_offset, r.memory_size)?;
+                }
                 // Rings point into the old memory: stop them before it goes
                 // (start_ready restarts them, translated against the new one).
                 for v in &mut self.vrings {
@@ -342,6 +365,7 @@ impl Device {
             }
             Request::SetLogBase { area, fd } => {
                 let fd = fd.ok_or(DeviceError::NoLogFd)?;
+                check_backed(&fd, area.mmap_offset, area.mmap_size)?;
                 self.log = None;
                 self.log = Some(DirtyLog::map(fd, area.mmap_size, area.mmap_offset)?);
                 if self.log_base_reply(req::SET_LOG_BASE) {
