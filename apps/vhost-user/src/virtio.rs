@@ -129,7 +129,7 @@ pub fn complete_checksum(frame: &mut [u8], csum_start: u16, csum_offset: u16) ->
         return false;
     }
     let sum = ones_sum(&frame[start..]);
-    let csum = !fold(sum) as u16;
+    let csum = !fold(sum);
     frame[at..at + 2].copy_from_slice(&csum.to_be_bytes());
     true
 }

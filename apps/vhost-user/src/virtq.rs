@@ -350,7 +350,7 @@ pub struct Virtqueue {
     /// Next avail entry to read (last_avail_idx).
     next_avail: u16,
     /// Our used index, stored to the ring by `publish`.
-    used_idx: u16,
+    next_used: u16,
     published: u16,
     /// Used index at the last interrupt decision (EVENT_IDX's "old").
     signalled: u16,
@@ -373,7 +373,7 @@ impl std::fmt::Debug for Virtqueue {
         f.debug_struct("Virtqueue")
             .field("size", &self.ring.size)
             .field("next_avail", &self.next_avail)
-            .field("used_idx", &self.used_idx)
+            .field("used_idx", &self.published)
             .field("broken", &self.broken)
             .finish()
     }
@@ -425,7 +425,7 @@ impl Virtqueue {
             event_idx: has(features, VIRTIO_RING_F_EVENT_IDX),
             log_used: (addr.flags & VHOST_VRING_F_LOG != 0).then_some(addr.log_guest_addr),
             next_avail: base,
-            used_idx,
+            next_used: used_idx,
             published: used_idx,
             signalled: used_idx,
             signalled_valid: false,
@@ -525,12 +525,12 @@ impl Virtqueue {
 
     #[inline]
     fn push_used(&mut self, log: Option<&DirtyLog>, head: u16, len: u32) {
-        let i = self.used_idx;
+        let i = self.next_used;
         self.ring.write_used_elem(i, head as u32, len);
         if let (Some(log), Some(gpa)) = (log, self.log_used) {
             log.mark(gpa + self.ring.used_elem_offset(i) as u64, 8);
         }
-        self.used_idx = i.wrapping_add(1);
+        self.next_used = i.wrapping_add(1);
         self.stats.used += 1;
     }
 
@@ -540,11 +540,11 @@ impl Virtqueue {
         if self.kicks_suppressed {
             self.write_avail_event(log);
         }
-        if self.used_idx == self.published {
+        if self.next_used == self.published {
             return;
         }
-        self.ring.used_idx().store(self.used_idx, Ordering::Release);
-        self.published = self.used_idx;
+        self.ring.used_idx().store(self.next_used, Ordering::Release);
+        self.published = self.next_used;
         if let (Some(log), Some(gpa)) = (log, self.log_used) {
             log.mark(gpa + 2, 2);
         }

@@ -439,7 +439,8 @@ fn ind() -> u64 {
 #[test]
 fn hostile_tx_descriptors_are_counted_drops() {
     let v1 = bit(VIRTIO_F_VERSION_1);
-    let cases: Vec<(&str, u64, Box<dyn Fn(&mut DriverQueue, &DriverMemory)>)> = vec![
+    type Setup = Box<dyn Fn(&mut DriverQueue, &DriverMemory)>;
+    let cases: Vec<(&str, u64, Setup)> = vec![
         ("outside memory", v1, Box::new(|q, _| {
             q.write_desc(0, MEM as u64 - 10, 100, 0, 0);
             q.push_avail_raw(0);
