@@ -51,6 +51,10 @@ pub enum MemoryError {
     Mmap { len: u64, err: std::io::Error },
     #[error("dirty log: size {size} + offset {offset} is empty or overflows")]
     BadLog { size: u64, offset: u64 },
+    #[error("file of {size} bytes is shorter than the {need} bytes to map (mmap_offset + size)")]
+    ShortFile { need: u64, size: u64 },
+    #[error("fstat failed: {0}")]
+    Stat(std::io::Error),
 }
 
 /// One mapped region.
@@ -91,7 +95,24 @@ impl std::fmt::Debug for GuestMemory {
 }
 
 /// mmap `len` bytes of `fd` from offset 0, read-write, shared.
+///
+/// The file must hold all `len` bytes: touching a page of a mapping beyond
+/// the end of its file raises SIGBUS, which would take the whole switch
+/// down on a frontend's say-so. (A frontend could still shrink the file
+/// later unless it sealed it with F_SEAL_SHRINK; memfds from QEMU and our
+/// frontend are not shrunk, and guarding against that would take a SIGBUS
+/// handler.)
 fn map_shared(fd: &OwnedFd, len: u64) -> Result<*mut u8, MemoryError> {
+    // SAFETY: fstat writes into the zeroed struct we own.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid fd and a valid out pointer.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(MemoryError::Stat(std::io::Error::last_os_error()));
+    }
+    let size = st.st_size.max(0) as u64;
+    if size < len {
+        return Err(MemoryError::ShortFile { need: len, size });
+    }
     let ulen = usize::try_from(len).map_err(|_| MemoryError::Mmap { len, err: std::io::ErrorKind::InvalidInput.into() })?;
     // SAFETY: a fresh mapping chosen by the kernel; nothing else is affected.
     let p = unsafe {
@@ -432,6 +453,13 @@ mod tests {
         assert!(matches!(e, Err(MemoryError::Overflow(0))));
         let e = GuestMemory::map(&[spec(0, 0x1000, 0, 0)], vec![]);
         assert!(matches!(e, Err(MemoryError::FdCount { .. })));
+        // A file shorter than the region (SIGBUS if mapped and touched).
+        let e = GuestMemory::map(&[spec(0, 1 << 30, 0, 0)], vec![memfd(0x1000)]);
+        assert!(matches!(e, Err(MemoryError::ShortFile { .. })));
+        let e = GuestMemory::map(&[spec(0, 0x1000, 0, 0x1000)], vec![memfd(0x1000)]);
+        assert!(matches!(e, Err(MemoryError::ShortFile { .. })));
+        assert!(GuestMemory::map(&[spec(0, 0x1000, 0, 0x1000)], vec![memfd(0x2000)]).is_ok());
+        assert!(matches!(DirtyLog::map(memfd(0x1000), 0x1000, 8), Err(MemoryError::ShortFile { .. })));
     }
 
     #[test]
