@@ -66,7 +66,7 @@ pub struct VhostUserArgs {
     /// Queue pairs offered (1..=128).
     #[serde(default = "one")]
     pub queues: u16,
-    /// MTU offered in the config space (68..=9000).
+    /// MTU offered in the config space (68..=9216).
     #[serde(default = "default_mtu")]
     pub mtu: u16,
     /// The guest's MAC, "xx:xx:xx:xx:xx:xx".
@@ -141,6 +141,7 @@ struct Totals {
     request_errors: u64,
     broken_queues: u64,
     rarp_sent: u64,
+    refused: u64,
 }
 
 pub struct VhostUser {
@@ -153,22 +154,59 @@ pub struct VhostUser {
     past: Totals,
     /// MACs to announce (SEND_RARP) on the output.
     rarp: Vec<[u8; 6]>,
+    /// Positions of the `input` and `output` ports (resolved in `link`).
+    ports: (Option<usize>, Option<usize>),
 }
 
 impl AppClass for VhostUser {
     type Args = VhostUserArgs;
     fn new(args: VhostUserArgs, ctx: &AppContext) -> anyhow::Result<VhostUser> {
-        anyhow::ensure!((1..=128).contains(&args.queues), "queues {}: must be 1..=128 queue pairs", args.queues);
-        anyhow::ensure!((68..=9000).contains(&args.mtu), "mtu {}: must be 68..=9000", args.mtu);
-        let mac = args.mac.as_deref().map(parse_mac).transpose()?;
-        let cfg = DeviceConfig { queue_pairs: args.queues, mtu: args.mtu, mac };
-        let endpoint = if args.server {
-            Endpoint::Server(listen(&args.socket)?)
-        } else {
-            Endpoint::Client { next_try: Instant::now(), backoff: BACKOFF_MIN, failures: 0 }
-        };
-        Ok(VhostUser { name: ctx.name.to_string(), args, cfg, endpoint, conn: None, past: Totals::default(), rarp: Vec::new() })
+        let cfg = device_config(&args)?;
+        let endpoint = endpoint(&args)?;
+        Ok(VhostUser {
+            name: ctx.name.to_string(),
+            args,
+            cfg,
+            endpoint,
+            conn: None,
+            past: Totals::default(),
+            rarp: Vec::new(),
+            ports: (None, None),
+        })
     }
+
+    /// New arguments in place: a new socket (or mode) drops the frontend and
+    /// starts over on the new one; new queues, MTU or MAC apply from the
+    /// next connection (a running guest keeps what it negotiated).
+    fn reconfigure(&mut self, args: VhostUserArgs, _ctx: &AppContext) -> anyhow::Result<bool> {
+        let cfg = device_config(&args)?;
+        if args.socket != self.args.socket || args.server != self.args.server {
+            self.disconnect();
+            // The old listener goes first, so that the same path can be bound again.
+            self.endpoint = Endpoint::Client { next_try: Instant::now(), backoff: BACKOFF_MIN, failures: 0 };
+            self.endpoint = endpoint(&args)?;
+        } else if self.conn.is_some() && (cfg.queue_pairs, cfg.mtu, cfg.mac) != (self.cfg.queue_pairs, self.cfg.mtu, self.cfg.mac) {
+            log::info!("{}: new queues/mtu/mac apply from the next connection", self.name);
+        }
+        self.cfg = cfg;
+        self.args = args;
+        Ok(true)
+    }
+}
+
+fn device_config(args: &VhostUserArgs) -> anyhow::Result<DeviceConfig> {
+    anyhow::ensure!((1..=128).contains(&args.queues), "queues {}: must be 1..=128 queue pairs", args.queues);
+    anyhow::ensure!((68..=9216).contains(&args.mtu), "mtu {}: must be 68..=9216", args.mtu);
+    let mac = args.mac.as_deref().map(parse_mac).transpose()?;
+    Ok(DeviceConfig { queue_pairs: args.queues, mtu: args.mtu, mac })
+}
+
+fn endpoint(args: &VhostUserArgs) -> anyhow::Result<Endpoint> {
+    Ok(if args.server {
+        Endpoint::Server(listen(&args.socket)?)
+    } else {
+        Endpoint::Client { next_try: Instant::now(), backoff: BACKOFF_MIN, failures: 0 }
+    })
 }
 
 impl VhostUser {
@@ -214,6 +252,18 @@ impl VhostUser {
                 self.conn = Some(Connection { chan, dev: Device::new(self.cfg.clone()) });
             }
             Err(e) => log::warn!("{}: new connection: {e}", self.name),
+        }
+    }
+
+    /// A second frontend while one is served is turned away (it sees the
+    /// connection close) rather than left waiting for replies.
+    fn turn_away(&mut self) {
+        if let Endpoint::Server(l) = &self.endpoint {
+            while let Ok((s, _)) = l.sock.accept() {
+                log::warn!("{}: a second frontend on {}: refused (one at a time)", self.name, self.args.socket.display());
+                self.past.refused += 1;
+                drop(s);
+            }
         }
     }
 
@@ -315,9 +365,13 @@ impl App for VhostUser {
         true
     }
 
+    fn link(&mut self, io: &Io) {
+        self.ports = (io.input.index_of("input"), io.output.index_of("output"));
+    }
+
     fn pull(&mut self, io: &Io) {
         let Some(c) = &mut self.conn else { return };
-        match io.output.get("output") {
+        match self.ports.1.map(|i| io.output.at(i)) {
             Some(out) => {
                 let room = out.nwritable();
                 if room > 0 {
@@ -336,7 +390,7 @@ impl App for VhostUser {
     }
 
     fn push(&mut self, io: &Io) {
-        let Some(input) = io.input.get("input") else { return };
+        let Some(input) = self.ports.0.map(|i| io.input.at(i)) else { return };
         if input.is_empty() {
             return;
         }
@@ -349,10 +403,14 @@ impl App for VhostUser {
     }
 
     fn tick(&mut self, io: &Io) {
+        // Serve first: a frontend that left is noticed before a new one is taken.
+        self.serve();
         if self.conn.is_none() {
             self.attach();
+            self.serve();
+        } else {
+            self.turn_away();
         }
-        self.serve();
         if let Some(c) = &mut self.conn {
             c.dev.check_broken();
         }
@@ -390,6 +448,7 @@ impl App for VhostUser {
         emit("protocol_errors", t.protocol_errors);
         emit("request_errors", t.request_errors);
         emit("rarp_sent", t.rarp_sent);
+        emit("refused_connections", t.refused);
     }
 
     fn report(&self, out: &mut String) {

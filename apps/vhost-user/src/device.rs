@@ -94,7 +94,7 @@ pub enum DeviceError {
     Unbacked { offset: u64, size: u64, have: u64 },
     #[error("SET_LOG_BASE without a file descriptor")]
     NoLogFd,
-    #[error("MTU {0} out of range (68..=9000)")]
+    #[error("MTU {0} out of range (68..=9216)")]
     Mtu(u64),
     #[error("config space: {0}")]
     Config(&'static str),
@@ -461,7 +461,7 @@ impl Device {
                 }
             }
             Request::NetSetMtu(mtu) => {
-                if !(68..=9000).contains(&mtu) {
+                if !(68..=9216).contains(&mtu) {
                     return Err(DeviceError::Mtu(mtu));
                 }
                 self.mtu = Some(mtu);

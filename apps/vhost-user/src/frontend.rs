@@ -430,6 +430,8 @@ impl Rig {
             input: Ports::new(vec![Port { name: "input".into(), link: input.clone() }]),
             output: Ports::new(vec![Port { name: "output".into(), link: output.clone() }]),
         };
+        let mut app = app;
+        app.link(&io);
         Ok(Rig { app, input, output, io })
     }
 
@@ -525,16 +527,42 @@ impl<T> Session<T> {
     /// Release the frontend whenever it parks, step until it ends, and
     /// return what it returned.
     pub fn finish(self, rig: &mut Rig, timeout: Duration) -> anyhow::Result<T> {
-        let end = Instant::now() + timeout;
-        while !self.handle.is_finished() {
-            anyhow::ensure!(Instant::now() < end, "the frontend did not finish within {timeout:?}");
-            if self.parked.load(Ordering::SeqCst) {
-                let _ = self.release.send(());
-            }
-            self.step(rig);
-        }
-        self.step(rig);
+        let this = &self;
+        let mut steps = || this.step(rig);
+        let r = Session::finish_inner(&self.handle, &self.parked, &self.release, &mut steps, timeout);
+        r?;
         self.handle.join().map_err(|_| anyhow::anyhow!("the frontend thread panicked"))
+    }
+
+    /// The same, for a frontend serving something other than a rig (an
+    /// engine): `step` runs one step of it (injected frames are ignored).
+    pub fn finish_with(self, mut step: impl FnMut(), timeout: Duration) -> anyhow::Result<T> {
+        Session::finish_inner(&self.handle, &self.parked, &self.release, &mut step, timeout)?;
+        self.handle.join().map_err(|_| anyhow::anyhow!("the frontend thread panicked"))
+    }
+
+    fn finish_inner(
+        handle: &std::thread::JoinHandle<T>,
+        parked: &AtomicBool,
+        release: &mpsc::Sender<()>,
+        step: &mut dyn FnMut(),
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let end = Instant::now() + timeout;
+        while !handle.is_finished() {
+            anyhow::ensure!(Instant::now() < end, "the frontend did not finish within {timeout:?}");
+            if parked.load(Ordering::SeqCst) {
+                let _ = release.send(());
+            }
+            step();
+        }
+        step();
+        Ok(())
+    }
+
+    /// The frontend is parked or has ended.
+    pub fn is_parked_or_done(&self) -> bool {
+        self.parked.load(Ordering::SeqCst) || self.handle.is_finished()
     }
 }
 

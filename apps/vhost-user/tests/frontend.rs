@@ -413,3 +413,103 @@ fn dirty_log_marks_pages_the_device_wrote() {
     assert!(dirty > 0, "no page marked dirty");
     assert!(logging);
 }
+
+#[test]
+fn args_parse_with_defaults_and_unknown_fields_are_refused() {
+    use snabb_core::Args;
+    let a: VhostUserArgs = Args::from_ron(r#"(socket: "/tmp/x.sock")"#).unwrap().parse().unwrap();
+    assert_eq!(a, VhostUserArgs::new("/tmp/x.sock"));
+    let a: VhostUserArgs =
+        Args::from_ron(r#"(socket: "/s", server: false, queues: 4, mtu: 9000, mac: Some("52:54:00:12:34:56"))"#).unwrap().parse().unwrap();
+    assert_eq!((a.server, a.queues, a.mtu, a.mac.as_deref()), (false, 4, 9000, Some("52:54:00:12:34:56")));
+    assert!(Args::from_ron(r#"(socket: "/s", queue: 2)"#).unwrap().parse::<VhostUserArgs>().is_err());
+    // Values out of range fail when the app is made.
+    for bad in [r#"(socket: "/tmp/snabb-vhost-bad.sock", queues: 0)"#, r#"(socket: "/tmp/snabb-vhost-bad.sock", mtu: 20)"#, r#"(socket: "/tmp/snabb-vhost-bad.sock", mac: Some("52:54"))"#] {
+        let a: VhostUserArgs = Args::from_ron(bad).unwrap().parse().unwrap();
+        assert!(Rig::new(a).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn a_stale_socket_file_is_replaced_and_a_live_one_refused() {
+    let path = temp_socket("stale");
+    drop(UnixListener::bind(&path).unwrap()); // leaves the file, nobody listening
+    let rig = Rig::new(VhostUserArgs::new(&path)).unwrap();
+    // Another app on the same path while this one listens: refused.
+    let e = Rig::new(VhostUserArgs::new(&path)).err().unwrap();
+    assert!(format!("{e:#}").contains("another process is listening"), "{e:#}");
+    drop(rig);
+    assert!(!path.exists(), "socket file left behind");
+    // Not a socket: refused, and left alone.
+    std::fs::write(&path, b"data").unwrap();
+    assert!(Rig::new(VhostUserArgs::new(&path)).is_err());
+    assert_eq!(std::fs::read(&path).unwrap(), b"data");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn a_second_frontend_is_turned_away_not_left_waiting() {
+    let path = temp_socket("second");
+    let mut rig = Rig::new(VhostUserArgs::new(&path)).unwrap();
+    let p = path.clone();
+    run(
+        &mut rig,
+        move |ctl| -> Result<()> {
+            let mut fe = Frontend::connect(&p, FrontendOptions::default(), T)?;
+            fe.setup()?;
+            // A second one gets no answer but a closed connection.
+            let mut second = Frontend::connect(&p, FrontendOptions::default(), T)?;
+            ensure!(second.request(Request::GetFeatures).is_err(), "the second frontend was served");
+            // The first is still served.
+            ensure!(fe.request(Request::GetStatus)? == Some(Reply::U64(0x0f)));
+            ctl.park();
+            Ok(())
+        },
+        |rig| assert_eq!(rig.app.running(), (1, 1)),
+    );
+    assert_eq!(rig.counter("refused_connections"), 1);
+    assert_eq!(rig.counter("connections"), 1);
+}
+
+#[test]
+fn in_an_engine_from_a_config() {
+    use snabb_core::{Args, Config, Engine, Limit};
+    let path = temp_socket("engine");
+    let mut r = snabb_core::Registry::new();
+    snabb_apps_basic::register(&mut r);
+    snabb_apps_vhost_user::register(&mut r);
+    let mut c = Config::new();
+    c.app_args("src", "Source", Args::from_ron("(size: 100)").unwrap())
+        .app_args("vm", "VhostUser", Args::from_ron(&format!("(socket: {:?}, queues: 2)", path.to_str().unwrap())).unwrap())
+        .app("sink", "Sink", &())
+        .link("src.output -> vm.input")
+        .link("vm.output -> sink.input");
+    r.check(&c).unwrap();
+    let mut e = Engine::new(r);
+    e.configure(&c).unwrap();
+    let frames = test_frames(120, 9);
+    let p = path.clone();
+    let s = spawn_frontend(move |ctl| -> Result<usize> {
+        let mut fe = Frontend::connect(&p, FrontendOptions { queue_pairs: 2, ..Default::default() }, T)?;
+        fe.setup()?;
+        send_all(&mut fe, 1, &frames)?;
+        fe.post_rx(0, 100, 2048);
+        fe.post_rx(1, 100, 2048);
+        ctl.park();
+        let mut got = Vec::new();
+        fe.receive(0, &mut got);
+        fe.receive(1, &mut got);
+        Ok(got.len())
+    });
+    // The engine serves the socket from its ticks; the Source floods the
+    // guest, which takes exactly the 200 buffers it posted.
+    let ok = e.run_until(
+        |e| e.app_counters("sink").get("packets") == Some(&120) && e.app_counters("vm").get("tx_packets") == Some(&200),
+        T,
+    );
+    assert!(ok, "sink: {:?}, vm: {:?}", e.app_counters("sink"), e.app_counters("vm"));
+    assert_eq!(e.app_counters("vm")["rx_packets"], 120);
+    let received = s.finish_with(|| e.run(Limit::Breaths(10)), T).unwrap().unwrap();
+    assert_eq!(received, 200);
+    assert!(e.app_counters("vm")["tx_no_guest"] > 0, "frames before the guest came are counted");
+}
