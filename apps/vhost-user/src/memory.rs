@@ -102,7 +102,7 @@ impl std::fmt::Debug for GuestMemory {
 /// later unless it sealed it with F_SEAL_SHRINK; memfds from QEMU and our
 /// frontend are not shrunk, and guarding against that would take a SIGBUS
 /// handler.)
-fn map_shared(fd: &OwnedFd, len: u64) -> Result<*mut u8, MemoryError> {
+fn map_shared(fd: &OwnedFd, len: u64) -> Result<(*mut u8, usize), MemoryError> {
     // SAFETY: fstat writes into the zeroed struct we own.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: a valid fd and a valid out pointer.
@@ -113,6 +113,10 @@ fn map_shared(fd: &OwnedFd, len: u64) -> Result<*mut u8, MemoryError> {
     if size < len {
         return Err(MemoryError::ShortFile { need: len, size });
     }
+    // hugetlbfs refuses lengths that are not a whole number of its pages
+    // (st_blksize); the file holds whole pages, so rounding up stays in it.
+    let blk = st.st_blksize as u64;
+    let len = if blk.is_power_of_two() && len.next_multiple_of(blk) <= size { len.next_multiple_of(blk) } else { len };
     let ulen = usize::try_from(len).map_err(|_| MemoryError::Mmap { len, err: std::io::ErrorKind::InvalidInput.into() })?;
     // SAFETY: a fresh mapping chosen by the kernel; nothing else is affected.
     let p = unsafe {
@@ -121,7 +125,7 @@ fn map_shared(fd: &OwnedFd, len: u64) -> Result<*mut u8, MemoryError> {
     if p == libc::MAP_FAILED {
         return Err(MemoryError::Mmap { len, err: std::io::Error::last_os_error() });
     }
-    Ok(p as *mut u8)
+    Ok((p as *mut u8, ulen))
 }
 
 /// Offset of `addr` in [base, base+size) when [addr, addr+len) lies inside.
@@ -179,10 +183,10 @@ impl GuestMemory {
         for (spec, fd) in regions.iter().zip(fds) {
             let len = spec.mmap_offset + spec.memory_size;
             // On failure `mem` drops and unmaps what was mapped so far.
-            let map = map_shared(&fd, len)?;
+            let (map, map_len) = map_shared(&fd, len)?;
             // SAFETY: mmap_offset < len, inside the mapping.
             let host = unsafe { map.add(spec.mmap_offset as usize) };
-            mem.regions.push(Region { spec: *spec, host, map, map_len: len as usize });
+            mem.regions.push(Region { spec: *spec, host, map, map_len });
             // fd drops here: the mapping keeps the file alive.
         }
         mem.regions.sort_by_key(|r| r.spec.guest_phys_addr);
@@ -315,10 +319,10 @@ impl DirtyLog {
         let Some(len) = mmap_size.checked_add(mmap_offset).filter(|&n| mmap_size > 0 && n <= isize::MAX as u64) else {
             return Err(bad);
         };
-        let map = map_shared(&fd, len)?;
+        let (map, map_len) = map_shared(&fd, len)?;
         // SAFETY: mmap_offset < len, inside the mapping.
         let log = unsafe { map.add(mmap_offset as usize) } as *const AtomicU8;
-        Ok(DirtyLog { map, map_len: len as usize, log, bytes: mmap_size, beyond: AtomicU64::new(0) })
+        Ok(DirtyLog { map, map_len, log, bytes: mmap_size, beyond: AtomicU64::new(0) })
     }
 
     /// Mark [gpa, gpa+len) dirty. Pages beyond the log's size are ignored
