@@ -22,10 +22,14 @@
 //! memory is unmapped, and the app waits for the next one.
 //!
 //! Counters (over all connections): `rx_*` is what came from the guest,
-//! `tx_*` what went to it. `tx_no_guest`: packets on `input` discarded while
-//! no receive queue ran. `connections`, `disconnects`, `protocol_errors`
-//! (malformed messages), `request_errors` (requests refused), `broken_queues`,
-//! `rarp_sent`, and the queue drops by reason.
+//! `tx_*` what went to it, each queue counter of [`QueueStats`] summed over
+//! the queues of that direction (`rx_packets`, `tx_bytes`, `tx_no_room`,
+//! `rx_bad_descriptor` ...). `tx_no_guest`: packets on `input` discarded
+//! while no receive queue ran; `rx_no_output`: guest packets dropped for
+//! want of an `output` link. `connections`, `disconnects`,
+//! `refused_connections` (a second frontend), `protocol_errors` (malformed
+//! messages), `request_errors` (requests refused), `broken_queues`,
+//! `rarp_sent`.
 
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -431,17 +435,15 @@ impl App for VhostUser {
 
     fn counters(&self, emit: &mut dyn FnMut(&str, u64)) {
         let t = self.totals();
-        emit("rx_packets", t.from_guest.packets);
-        emit("rx_bytes", t.from_guest.bytes);
-        emit("tx_packets", t.to_guest.packets);
-        emit("tx_bytes", t.to_guest.bytes);
-        emit("tx_no_buffer", t.to_guest.no_buffer);
+        // Each queue counter per direction: rx_* from the guest, tx_* to it.
+        for (name, v) in t.from_guest.named() {
+            emit(&format!("rx_{name}"), v);
+        }
+        for (name, v) in t.to_guest.named() {
+            emit(&format!("tx_{name}"), v);
+        }
         emit("tx_no_guest", t.tx_no_guest);
         emit("rx_no_output", t.rx_no_output);
-        emit("bad_descriptor", t.to_guest.bad_descriptor + t.from_guest.bad_descriptor);
-        emit("too_short", t.to_guest.too_short + t.from_guest.too_short);
-        emit("too_long", t.to_guest.too_long + t.from_guest.too_long);
-        emit("bad_index", t.to_guest.bad_index + t.from_guest.bad_index);
         emit("broken_queues", t.broken_queues);
         emit("connections", t.connections);
         emit("disconnects", t.disconnects);
@@ -476,8 +478,16 @@ impl App for VhostUser {
         }
         let _ = writeln!(
             out,
-            "  to guest {} packets {} bytes ({} no buffer, {} no guest); from guest {} packets {} bytes",
-            t.to_guest.packets, t.to_guest.bytes, t.to_guest.no_buffer, t.tx_no_guest, t.from_guest.packets, t.from_guest.bytes
+            "  to guest {} packets {} bytes ({} dropped: no room; {} dropped: no guest; out of buffers {} times); \
+             from guest {} packets {} bytes ({} bad descriptors)",
+            t.to_guest.packets,
+            t.to_guest.bytes,
+            t.to_guest.no_room,
+            t.tx_no_guest,
+            t.to_guest.no_buffer,
+            t.from_guest.packets,
+            t.from_guest.bytes,
+            t.from_guest.bad_descriptor
         );
         let _ = writeln!(
             out,

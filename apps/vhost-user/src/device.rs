@@ -90,8 +90,6 @@ pub enum DeviceError {
     Features(u64),
     #[error("memory table: {0}")]
     Memory(#[from] crate::memory::MemoryError),
-    #[error("mapping of {size} bytes at offset {offset} in a file of {have} bytes")]
-    Unbacked { offset: u64, size: u64, have: u64 },
     #[error("SET_LOG_BASE without a file descriptor")]
     NoLogFd,
     #[error("MTU {0} out of range (68..=9216)")]
@@ -126,14 +124,34 @@ struct Vring {
 
 /// Add the counts of `b` to `a`.
 pub fn add_stats(a: &mut QueueStats, b: &QueueStats) {
-    a.packets += b.packets;
-    a.bytes += b.bytes;
-    a.no_buffer += b.no_buffer;
-    a.bad_descriptor += b.bad_descriptor;
-    a.too_short += b.too_short;
-    a.too_long += b.too_long;
-    a.bad_index += b.bad_index;
-    a.broken += b.broken;
+    let QueueStats {
+        packets,
+        bytes,
+        used,
+        no_buffer,
+        bad_descriptor,
+        too_short,
+        too_long,
+        no_room,
+        bad_csum,
+        csum_completed,
+        split_buffers,
+        bad_index,
+        broken,
+    } = b;
+    a.packets += packets;
+    a.bytes += bytes;
+    a.used += used;
+    a.no_buffer += no_buffer;
+    a.bad_descriptor += bad_descriptor;
+    a.too_short += too_short;
+    a.too_long += too_long;
+    a.no_room += no_room;
+    a.bad_csum += bad_csum;
+    a.csum_completed += csum_completed;
+    a.split_buffers += split_buffers;
+    a.bad_index += bad_index;
+    a.broken += broken;
 }
 
 impl Vring {
@@ -149,24 +167,6 @@ impl Vring {
             add_stats(&mut s, q.stats());
         }
         s
-    }
-}
-
-/// The size of the file behind `fd` (memfd, hugetlbfs, regular file).
-fn file_size(fd: &OwnedFd) -> Option<u64> {
-    // SAFETY: an all-zero stat is valid; fstat fills it from a descriptor we own.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    (unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } == 0).then_some(st.st_size as u64)
-}
-
-/// A mapping past the end of its file faults (SIGBUS) when touched, and would
-/// take the whole switch down: refuse what the file cannot back.
-fn check_backed(fd: &OwnedFd, offset: u64, size: u64) -> Result<(), DeviceError> {
-    let have = file_size(fd).unwrap_or(0);
-    match offset.checked_add(size) {
-        Some(end) if end <= have => Ok(()),
-        _ => Err(DeviceError::Unbacked { offset, size, have }),
     }
 }
 
@@ -342,9 +342,6 @@ impl Device {
                         mmap_offset: r.mmap_offset,
                     })
                     .collect();
-                for (r, fd) in regions.iter().zip(&fds) {
-                    check_backed(fd, r.mmap_offset, r.memory_size)?;
-                }
                 // Rings point into the old memory: stop them before it goes
                 // (start_ready restarts them, translated against the new one).
                 for v in &mut self.vrings {
@@ -365,7 +362,6 @@ impl Device {
             }
             Request::SetLogBase { area, fd } => {
                 let fd = fd.ok_or(DeviceError::NoLogFd)?;
-                check_backed(&fd, area.mmap_offset, area.mmap_size)?;
                 self.log = None;
                 self.log = Some(DirtyLog::map(fd, area.mmap_size, area.mmap_offset)?);
                 if self.log_base_reply(req::SET_LOG_BASE) {
@@ -525,13 +521,14 @@ impl Device {
     fn try_start(&mut self, i: usize) {
         let implicit_enable = !has(self.features, virtio::VHOST_USER_F_PROTOCOL_FEATURES);
         let features = self.features;
+        let log = if has(features, virtio::VHOST_F_LOG_ALL) { self.log.as_ref() } else { None };
         let v = &mut self.vrings[i];
         if v.queue.is_none() && v.kicked && (v.enabled || implicit_enable) && !self.mem.is_empty() {
             if let (Some(num), Some(addr)) = (v.num, v.addr) {
                 match Virtqueue::start(num, &addr, v.base, features, &self.mem) {
                     Ok(mut q) => {
                         // We poll: the guest need not kick.
-                        q.suppress_kicks();
+                        q.suppress_kicks_logged(log);
                         v.queue = Some(q);
                         v.failed = None;
                         v.broken_reported = false;

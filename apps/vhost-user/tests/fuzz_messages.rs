@@ -86,9 +86,9 @@ impl World {
             2 => Request::GetProtocolFeatures,
             3 => Request::SetProtocolFeatures(r.next() & 0x1_ffff),
             4 => {
-                // Offset and size kept inside the memfd (see the SIGBUS request in vhost-api.md).
+                // Mostly inside the memfd; sometimes past its end (must be refused, not SIGBUS).
                 let off = if r.chance(70) { 0 } else { r.below(MEM as u64 / 4096) * 4096 };
-                let size = 1 + r.below(MEM as u64 - off);
+                let size = if r.chance(90) { 1 + r.below(MEM as u64 - off) } else { r.next() >> r.below(64) };
                 let region = MemoryRegion {
                     guest_phys_addr: if r.chance(70) { 0 } else { r.next() >> r.below(64) },
                     memory_size: size,
@@ -125,7 +125,7 @@ impl World {
             12 => {
                 let size = 1 + r.below(8192);
                 let fd = memfd(4096).unwrap();
-                Request::SetLogBase { area: LogArea { mmap_size: size.min(4096), mmap_offset: 0 }, fd: Some(fd) }
+                Request::SetLogBase { area: LogArea { mmap_size: size, mmap_offset: r.below(2) * 4096 }, fd: Some(fd) }
             }
             13 => Request::SendRarp([r.next() as u8; 6]),
             14 => Request::GetConfig(ConfigSpace { offset: r.below(300) as u32, size: r.below(300) as u32, flags: 0, payload: vec![] }),
