@@ -71,9 +71,11 @@ impl DeviceConfig {
         f
     }
 
-    /// The protocol feature bits we offer.
+    /// The protocol feature bits we offer. Not CONFIG: QEMU's virtio-net
+    /// keeps its own config space and warns about a backend offering it
+    /// (GET_CONFIG is answered all the same).
     pub fn protocol_features(&self) -> u64 {
-        pf::MQ | pf::REPLY_ACK | pf::LOG_SHMFD | pf::RARP | pf::NET_MTU | pf::STATUS | pf::CONFIG
+        pf::MQ | pf::REPLY_ACK | pf::LOG_SHMFD | pf::RARP | pf::NET_MTU | pf::STATUS
     }
 }
 
