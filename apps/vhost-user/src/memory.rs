@@ -401,9 +401,11 @@ mod tests {
 
     #[test]
     fn translate_bounds() {
+        let second = memfd(0x3000);
+        let probe = second.try_clone().unwrap();
         let m = GuestMemory::map(
             &[spec(0x10000, 0x4000, 0x7000_0000, 0), spec(0x100000, 0x2000, 0x8000_0000, 0x1000)],
-            vec![memfd(0x4000), memfd(0x3000)],
+            vec![memfd(0x4000), second],
         )
         .unwrap();
         assert!(m.translate(0x10000, 0x4000).is_some());
@@ -422,9 +424,13 @@ mod tests {
         let a = m.translate(0x100008, 8).unwrap();
         let b = m.translate_uva(0x8000_0008, 8).unwrap();
         assert_eq!(a, b);
-        // mmap_offset respected: write through the region, read the fd's page 1.
+        // mmap_offset respected: gpa 0x100008 is byte 0x1008 of the file.
         // SAFETY: inside the region.
         unsafe { a.as_ptr().write(0xab) };
+        let mut b = [0u8; 1];
+        // SAFETY: reading one byte of our memfd into our buffer.
+        assert_eq!(unsafe { libc::pread(probe.as_raw_fd(), b.as_mut_ptr().cast(), 1, 0x1008) }, 1);
+        assert_eq!(b[0], 0xab);
         assert_eq!(m.regions().len(), 2);
         assert_eq!(m.translate_prefix(0x13ff0, 0x100).map(|x| x.1), Some(0x10));
         assert_eq!(m.translate_prefix(0x101000, 0x100).map(|x| x.1), Some(0x100));

@@ -816,6 +816,15 @@ fn dirty_log_marks_written_pages() {
     assert!(log.is_dirty(tx.used_gpa()));
     assert!(!log.is_dirty(tx.slot_gpa(0)), "the device only read that buffer");
     assert_eq!(log.beyond(), 0);
+
+    // Without VHOST_VRING_F_LOG the used ring is not logged; buffers still are.
+    let mut rx2 = DriverQueue::new(&mem, 64, 0x30_0000, 0x140_0000, 64 * 8192, features);
+    let mut vrx2 = Virtqueue::start(64, &rx2.addr(), 0, features, &gm).unwrap();
+    rx2.post_rx(1, 4096);
+    link.transmit(Packet::from_bytes(&frame(100, 4)));
+    assert_eq!(vrx2.transmit_to_guest(&gm, Some(&log), &link), 1);
+    assert!(log.is_dirty(rx2.slot_gpa(0)));
+    assert!(!log.is_dirty(rx2.used_gpa()));
     drop(link);
     assert_no_leak();
 }
