@@ -513,3 +513,44 @@ fn in_an_engine_from_a_config() {
     assert_eq!(received, 200);
     assert!(e.app_counters("vm")["tx_no_guest"] > 0, "frames before the guest came are counted");
 }
+
+#[test]
+fn reconfigure_in_place() {
+    use snabb_core::{AppClass, AppContext};
+    let (a, b) = (temp_socket("reconf-a"), temp_socket("reconf-b"));
+    let mut rig = Rig::new(VhostUserArgs::new(&a)).unwrap();
+    let ctx = AppContext { name: "vhost", class: "VhostUser" };
+    let p = a.clone();
+    run(
+        &mut rig,
+        move |ctl| -> Result<()> {
+            let mut fe = Frontend::connect(&p, FrontendOptions::default(), T)?;
+            fe.setup()?;
+            ctl.park();
+            // The app moved to another socket meanwhile: this connection ends.
+            ensure!(fe.request(Request::GetStatus).is_err(), "still served after the socket changed");
+            Ok(())
+        },
+        |rig| {
+            // Same socket, new MTU: the guest keeps its connection.
+            let mut args = VhostUserArgs::new(&a);
+            args.mtu = 9000;
+            assert!(rig.app.reconfigure(args, &ctx).unwrap());
+            assert!(rig.app.connected());
+            assert!(rig.app.reconfigure(VhostUserArgs::new(&b), &ctx).unwrap());
+            assert!(!rig.app.connected());
+        },
+    );
+    assert!(!a.exists(), "the old socket file is left behind");
+    let p = b.clone();
+    run(
+        &mut rig,
+        move |ctl| -> Result<()> {
+            let mut fe = Frontend::connect(&p, FrontendOptions::default(), T)?;
+            fe.setup()?;
+            ctl.park();
+            Ok(())
+        },
+        |rig| assert_eq!(rig.app.running(), (1, 1)),
+    );
+}
