@@ -170,6 +170,13 @@ switch_report() { # the final report of the snabb-rs just stopped
     if grep -q -E 'panicked|^Error' "$(switch_log)"; then
         fail "snabb-rs reported: $(grep -m1 -E 'panicked|^Error' "$(switch_log)")"
     fi
+    if grep -q -E ' [1-9][0-9]* protocol errors|, [1-9][0-9]* broken queues' "$(switch_log)"; then
+        fail "snabb-rs counted protocol errors or broken queues: $(grep -m1 -E ' [1-9][0-9]* protocol errors|, [1-9][0-9]* broken queues' "$(switch_log)" | tr -s ' ')"
+    fi
+}
+# What the app APP of the last snabb-rs run delivered to its guest (from its report).
+to_guest() { # APP
+    sed -n "/^  $1:\$/,/connections/p" "$(switch_log)" | sed -n 's/.*to guest \([0-9]*\) packets.*/\1/p' | head -1
 }
 
 gstart() { # NAME ARGS...: guest.sh start, one line of evidence
@@ -275,9 +282,10 @@ if step 5; then
         check "5. guests boot once the switch connected, guest 2 pings guest 1, $(since "$t0") s: $line" grep -q PING_OK <<<"$line"
         line=$(gwait g2 PING_OK --nth 3 --timeout 20)
         check "5. pings keep coming: $line" grep -q PING_OK <<<"$line"
+        nl=$(tr -d '\r' <"$W/g2.log" | grep -a -c 'PING_LOST')
         echo "  $(stop_switch)"
         switch_report
-        line=$(gwait g2 PING_LOST --timeout 20)
+        line=$(gwait g2 PING_LOST --nth $((nl + 1)) --timeout 20)
         check "5. with the switch stopped, pings are lost: $line" grep -q PING_LOST <<<"$line"
         lost_seq=$(field "$line" seq)
         check "5. both guests keep running" "$G" status g1 >/dev/null
@@ -311,7 +319,7 @@ monitor_until() { # NAME PATTERN TIMEOUT HMP: poll an HMP command until its answ
     for ((i = 0; i < $3 * 2; i++)); do
         out=$("$G" monitor "$1" "$4" 2>&1)
         grep -q -E "$2" <<<"$out" && { echo "$out"; return 0; }
-        grep -q -E 'failed|cancelled|error' <<<"$out" && { echo "$out"; return 1; }
+        grep -q -E 'Migration status: (failed|cancelled)' <<<"$out" && { echo "$out"; return 1; }
         sleep 0.5
     done
     echo "$out"; return 1
@@ -336,6 +344,7 @@ if step 6; then
         setsid "${args[@]}" -incoming "unix:$W/mig.sock" </dev/null >"$W/g1m.qemu.log" 2>&1 &
         echo $! >"$W/g1m.pid"
         wait_socket "$W/mig.sock" 20 || fail "6. the target QEMU listens for the migration"
+        sleep 1
         n=$(tr -d '\r' <"$W/g2.log" | grep -a -c 'PING_OK')
         out=$("$G" monitor g1 "migrate -d unix:$W/mig.sock" 2>&1)
         if grep -q -i -E 'vhost.*log|migration.*disabled|blocked|not supported' <<<"$out"; then
@@ -344,6 +353,7 @@ if step 6; then
         else
             t0=$(date +%s.%N)
             if out=$(monitor_until g1 'Migration status: completed' 120 "info migrate"); then
+                MIG="migration completed"
                 pass "6. migration completed in $(since "$t0") s: $(grep -E 'total time|transferred ram|dirty sync count' <<<"$out" | tr -s ' \n' ' ')"
                 sleep 1
                 m=$("$G" monitor g1m "info status" 2>&1)
@@ -359,6 +369,10 @@ if step 6; then
         for g in g1 g1m g2; do "$G" stop "$g" >/dev/null; done
         echo "  $(stop_switch)"
         switch_report
+        if grep -q 'migration completed' <<<"$(printf '%s\n' "${MIG:-}")"; then
+            n=$(to_guest vm1m)
+            check "6. after the migration the switch delivered to guest 1 through vm1m ($n packets)" test "${n:-0}" -gt 0
+        fi
     fi
 fi
 

@@ -116,17 +116,7 @@ shm_dir() { ls -d "$SNABB_RS_SHM_ROOT"/[0-9]* 2>/dev/null | head -1; }
 ctr() { # FILE: a u64 counter, 0 when absent
     [ -f "$1" ] && od -An -t u8 "$1" | tr -d ' \n' || echo 0
 }
-# The app's own drop counters (names with drop, no_buffer, too_long, too_short, bad_, broken), summed.
-app_drops() { # APP
-    local d s=0 f
-    d=$(shm_dir)/apps/$1
-    for f in "$d"/*.counter; do
-        [ -e "$f" ] || continue
-        case $(basename "$f" .counter) in *drop*|*no_buffer*|*too_long*|*too_short*|*bad_*|*invalid*|*error*)
-            s=$((s + $(ctr "$f")));; esac
-    done
-    echo "$s"
-}
+app_ctr() { ctr "$(shm_dir)/apps/$1/$2.counter"; } # APP NAME
 app_counters() { # APP: name=value ... (nonzero ones)
     local d f v out=""
     d=$(shm_dir)/apps/$1
@@ -136,11 +126,13 @@ app_counters() { # APP: name=value ... (nonzero ones)
     done
     echo "${out# }"
 }
-# switch_path FROM TO: what the switch took from guest FROM (1|2) for TO, what it
-# delivered to TO, and the drops it counted on the way: "took delivered drops".
-# snabb-rs: the link's counters (took = txpackets + txdrop, as the link
-# drops when full) and the receiving app's drop counters; the sending app's
-# drops happen before the link and are added to "took".
+# switch_path FROM TO: what the switch took from guest FROM (1|2), what it
+# delivered to guest TO, and what it dropped or still holds on the way:
+# "took delivered dropped".
+# snabb-rs: took = vmFROM's rx_packets, delivered = vmTO's tx_packets; on the
+# way: vmFROM's rx_no_output, the link's drops (full) and what is left on it,
+# vmTO's drops (tx_no_guest, too_long, bad_descriptor: summed over both of
+# its directions, so they must be 0 for a clean frontend anyway).
 # testpmd: port FROM-1 rx, port TO-1 tx, and its tx drops.
 switch_path() {
     local from=$1 to=$2
@@ -150,14 +142,12 @@ switch_path() {
         echo "$(( $(field "$a" rx_packets) + $(field "$a" rx_dropped) )) $(field "$b" tx_packets) $(field "$b" tx_dropped)"
         return
     fi
-    local l d tx txdrop rx
-    d=$(shm_dir)
-    l="$d/links/vm$from.output -> vm$to.input"
+    local l tx txdrop rx f=vm$from t=vm$to
+    l="$(shm_dir)/links/$f.output -> $t.input"
     tx=$(ctr "$l/txpackets.counter") txdrop=$(ctr "$l/txdrop.counter") rx=$(ctr "$l/rxpackets.counter")
-    local sd rd; sd=$(app_drops "vm$from") rd=$(app_drops "vm$to")
-    # took from guest FROM: on the link, dropped by the full link, or dropped by vmFROM before it.
-    # The receiving app's drops count against what it pulled off the link.
-    echo "$((tx + txdrop + sd)) $((rx - rd)) $((txdrop + sd + rd + tx - rx))"
+    local drops=$(( $(app_ctr $f rx_no_output) + txdrop + (tx - rx) + $(app_ctr $t tx_no_guest) + $(app_ctr $t too_long) + $(app_ctr $t bad_descriptor) ))
+    echo "$(app_ctr $f rx_packets) $(app_ctr $t tx_packets) $drops"
+    echo "  link $f.output -> $t.input: txpackets=$tx txdrop=$txdrop rxpackets=$rx left=$((tx - rx))" >&2
 }
 
 # --- the frontends -------------------------------------------------------------------
@@ -211,11 +201,12 @@ run_case() { # TITLE MODE LEN QUEUES FE_EXTRA...
     read -r rx1 tx1 miss1 err1 <<<"$(port_stats fe1)"
     read -r rx2 tx2 miss2 err2 <<<"$(port_stats fe2)"
     if [ "$SWITCH" = testpmd ]; then "$T" stop sw >/dev/null; fi
-    p12=$(switch_path 1 2) p21=$(switch_path 2 1)
+    p12=$(switch_path 1 2 2>>"$W/paths") p21=$(switch_path 2 1 2>>"$W/paths")
     echo "  fe1 port: rx=$rx1 tx=$tx1 rx_missed=$miss1 tx_errors=$err1    fe2 port: rx=$rx2 tx=$tx2 rx_missed=$miss2 tx_errors=$err2"
     echo "  switch 1->2: took=$(cut -d' ' -f1 <<<"$p12") delivered=$(cut -d' ' -f2 <<<"$p12") dropped=$(cut -d' ' -f3 <<<"$p12")" \
         "  2->1: took=$(cut -d' ' -f1 <<<"$p21") delivered=$(cut -d' ' -f2 <<<"$p21") dropped=$(cut -d' ' -f3 <<<"$p21")"
     if [ "$SWITCH" = snabb-rs ]; then
+        cat "$W/paths"; rm -f "$W/paths"
         echo "  vm1 counters: $(app_counters vm1)"
         echo "  vm2 counters: $(app_counters vm2)"
     fi
