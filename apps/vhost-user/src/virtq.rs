@@ -677,13 +677,15 @@ impl Virtqueue {
             // A first chain too small for the header, or an empty one, is
             // as useless as a bad one: drivers put the header in the first.
             let small = chain_cap == 0 || (self.chains.is_empty() && chain_cap < self.hdr_len as u64);
-            if full {
+            if full && !self.chains.is_empty() {
+                // Too many pieces for this packet; the chain stays for the next one.
                 self.segs.truncate(first);
                 return Some(Gather::NoRoom);
             }
-            if r.is_err() || small || chain_cap > u32::MAX as u64 {
+            // A first chain of more than MAX_SEGS pieces can never be used.
+            if full || r.is_err() || small || chain_cap > u32::MAX as u64 {
                 self.segs.truncate(first);
-                self.count_bad(r.err().unwrap_or(ChainError::Outside));
+                self.count_bad(r.err().unwrap_or(ChainError::TooLong));
                 if self.chains.is_empty() {
                     // Nothing gathered yet: give this chain back and go on.
                     self.push_used(log, head, 0);

@@ -853,3 +853,20 @@ fn ring_wraps_many_times() {
     }
     assert_no_leak();
 }
+
+#[test]
+fn too_many_pieces_for_one_packet() {
+    // MRG_RXBUF chains of 200 one-byte buffers each (indirect): a packet
+    // needing more than MAX_SEGS pieces is dropped, a smaller one fits.
+    let features = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_NET_F_MRG_RXBUF) | bit(VIRTIO_RING_F_INDIRECT_DESC);
+    let mut r = rig(features);
+    r.rx.rx_indirect = true;
+    r.rx.rx_pieces = 200;
+    assert_eq!(r.rx.post_rx(20, 200), 20);
+    let got = r.push(&[frame(3000, 1), frame(1000, 2)]);
+    assert_eq!(r.vrx.stats().no_room, 1);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1, frame(1000, 2));
+    assert_eq!(got[0].0.num_buffers, 6);
+    assert_no_leak();
+}
