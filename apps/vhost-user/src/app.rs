@@ -29,7 +29,8 @@
 //! want of an `output` link. `connections`, `disconnects`,
 //! `refused_connections` (a second frontend), `protocol_errors` (malformed
 //! messages), `request_errors` (requests refused), `broken_queues`,
-//! `rarp_sent`.
+//! `rarp_sent`, and `link_up` (1 while a guest has queues running; the
+//! guest itself always sees its link up in the config space).
 
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -120,7 +121,8 @@ fn listen(path: &Path) -> anyhow::Result<Listener> {
             "socket `{}`: another process is listening on it",
             path.display()
         );
-        std::fs::remove_file(path).map_err(|e| anyhow::anyhow!("socket `{}`: removing the stale file: {e}", path.display()))?;
+        std::fs::remove_file(path)
+            .map_err(|e| anyhow::anyhow!("socket `{}`: removing the stale file: {e}", path.display()))?;
     }
     let sock = UnixListener::bind(path).map_err(|e| anyhow::anyhow!("socket `{}`: {e}", path.display()))?;
     sock.set_nonblocking(true)?;
@@ -189,7 +191,9 @@ impl AppClass for VhostUser {
             // The old listener goes first, so that the same path can be bound again.
             self.endpoint = Endpoint::Client { next_try: Instant::now(), backoff: BACKOFF_MIN, failures: 0 };
             self.endpoint = endpoint(&args)?;
-        } else if self.conn.is_some() && (cfg.queue_pairs, cfg.mtu, cfg.mac) != (self.cfg.queue_pairs, self.cfg.mtu, self.cfg.mac) {
+        } else if self.conn.is_some()
+            && (cfg.queue_pairs, cfg.mtu, cfg.mac) != (self.cfg.queue_pairs, self.cfg.mtu, self.cfg.mac)
+        {
             log::info!("{}: new queues/mtu/mac apply from the next connection", self.name);
         }
         self.cfg = cfg;
@@ -264,7 +268,11 @@ impl VhostUser {
     fn turn_away(&mut self) {
         if let Endpoint::Server(l) = &self.endpoint {
             while let Ok((s, _)) = l.sock.accept() {
-                log::warn!("{}: a second frontend on {}: refused (one at a time)", self.name, self.args.socket.display());
+                log::warn!(
+                    "{}: a second frontend on {}: refused (one at a time)",
+                    self.name,
+                    self.args.socket.display()
+                );
                 self.past.refused += 1;
                 drop(s);
             }
@@ -445,6 +453,8 @@ impl App for VhostUser {
         emit("tx_no_guest", t.tx_no_guest);
         emit("rx_no_output", t.rx_no_output);
         emit("broken_queues", t.broken_queues);
+        // 1 while a guest has queues running (what a NIC's carrier would say).
+        emit("link_up", self.conn.as_ref().is_some_and(|c| c.dev.running() != (0, 0)) as u64);
         emit("connections", t.connections);
         emit("disconnects", t.disconnects);
         emit("protocol_errors", t.protocol_errors);
@@ -499,7 +509,10 @@ impl App for VhostUser {
 
 /// Add this crate's classes to a registry.
 pub fn register(r: &mut Registry) {
-    r.register::<VhostUser>("VhostUser", "a virtio-net device on a vhost-user socket: `input` to the guest, `output` from it");
+    r.register::<VhostUser>(
+        "VhostUser",
+        "a virtio-net device on a vhost-user socket: `input` to the guest, `output` from it",
+    );
 }
 
 /// Each app's selftest, by class name.

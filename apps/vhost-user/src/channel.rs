@@ -41,7 +41,16 @@ impl Channel {
     /// Wrap a connected socket (made non-blocking here).
     pub fn new(sock: UnixStream) -> io::Result<Channel> {
         sock.set_nonblocking(true)?;
-        Ok(Channel { sock, header: [0; HEADER_SIZE], header_got: 0, payload: Vec::new(), payload_got: 0, size: None, fds: Vec::new(), send_timeout: SEND_TIMEOUT })
+        Ok(Channel {
+            sock,
+            header: [0; HEADER_SIZE],
+            header_got: 0,
+            payload: Vec::new(),
+            payload_got: 0,
+            size: None,
+            fds: Vec::new(),
+            send_timeout: SEND_TIMEOUT,
+        })
     }
 
     /// How long `send` waits for room. Zero: a peer that does not read
@@ -99,7 +108,8 @@ impl Channel {
                 continue;
             }
             let header = Header::from_bytes(&self.header);
-            let msg = Message { header, payload: std::mem::take(&mut self.payload), fds: std::mem::take(&mut self.fds) };
+            let msg =
+                Message { header, payload: std::mem::take(&mut self.payload), fds: std::mem::take(&mut self.fds) };
             self.header_got = 0;
             self.size = None;
             self.payload_got = 0;

@@ -28,7 +28,7 @@ use crate::protocol::{
     request_name,
 };
 use crate::virtio::{self, bit, has};
-use crate::virtq::{QueueStats, VringAddr, Virtqueue};
+use crate::virtq::{QueueStats, Virtqueue, VringAddr};
 
 /// The virtio-net config space status bit "link up".
 pub const VIRTIO_NET_S_LINK_UP: u16 = 1;
@@ -525,22 +525,25 @@ impl Device {
         let features = self.features;
         let log = if has(features, virtio::VHOST_F_LOG_ALL) { self.log.as_ref() } else { None };
         let v = &mut self.vrings[i];
-        if v.queue.is_none() && v.kicked && (v.enabled || implicit_enable) && !self.mem.is_empty() {
-            if let (Some(num), Some(addr)) = (v.num, v.addr) {
-                match Virtqueue::start(num, &addr, v.base, features, &self.mem) {
-                    Ok(mut q) => {
-                        // We poll: the guest need not kick.
-                        q.suppress_kicks_logged(log);
-                        v.queue = Some(q);
-                        v.failed = None;
-                        v.broken_reported = false;
-                        log::debug!("vhost-user: queue {i} started (size {num}, base {})", v.base);
-                    }
-                    Err(e) => {
-                        self.errors += 1;
-                        log::warn!("vhost-user: queue {i} cannot start: {e}");
-                        v.failed = Some(e.to_string());
-                    }
+        if v.queue.is_none()
+            && v.kicked
+            && (v.enabled || implicit_enable)
+            && !self.mem.is_empty()
+            && let (Some(num), Some(addr)) = (v.num, v.addr)
+        {
+            match Virtqueue::start(num, &addr, v.base, features, &self.mem) {
+                Ok(mut q) => {
+                    // We poll: the guest need not kick.
+                    q.suppress_kicks_logged(log);
+                    v.queue = Some(q);
+                    v.failed = None;
+                    v.broken_reported = false;
+                    log::debug!("vhost-user: queue {i} started (size {num}, base {})", v.base);
+                }
+                Err(e) => {
+                    self.errors += 1;
+                    log::warn!("vhost-user: queue {i} cannot start: {e}");
+                    v.failed = Some(e.to_string());
                 }
             }
         }
@@ -578,10 +581,10 @@ impl Device {
             let v = &mut self.vrings[self.to_guest[(first + k) % n]];
             if let Some(q) = &mut v.queue {
                 sent += q.transmit_to_guest(&self.mem, log, input);
-                if q.take_signal() {
-                    if let Some(c) = &v.call {
-                        signal(c);
-                    }
+                if q.take_signal()
+                    && let Some(c) = &v.call
+                {
+                    signal(c);
                 }
             }
         }
@@ -599,10 +602,10 @@ impl Device {
             let v = &mut self.vrings[i];
             if let Some(q) = &mut v.queue {
                 got += q.receive_from_guest(&self.mem, log, max - got, &mut out);
-                if q.take_signal() {
-                    if let Some(c) = &v.call {
-                        signal(c);
-                    }
+                if q.take_signal()
+                    && let Some(c) = &v.call
+                {
+                    signal(c);
                 }
             }
         }

@@ -145,7 +145,10 @@ impl Frontend {
         let n = 2 * opts.queue_pairs as usize;
         let queues = Frontend::make_queues(&mem, &opts, 0);
         let mk = || -> anyhow::Result<Vec<Option<OwnedFd>>> {
-            (0..n).map(|_| if opts.eventfds { eventfd().map(Some) } else { Ok(None) }).collect::<Result<_, _>>().map_err(Into::into)
+            (0..n)
+                .map(|_| if opts.eventfds { eventfd().map(Some) } else { Ok(None) })
+                .collect::<Result<_, _>>()
+                .map_err(Into::into)
         };
         let (kicks, calls) = (mk()?, mk()?);
         Ok(Frontend {
@@ -172,7 +175,13 @@ impl Frontend {
 
     /// Send a message as is (header fields, payload, descriptors): for
     /// tests of malformed input.
-    pub fn send_raw(&self, request: u32, flags: u32, payload: &[u8], fds: &[std::os::fd::RawFd]) -> Result<(), ProtocolError> {
+    pub fn send_raw(
+        &self,
+        request: u32,
+        flags: u32,
+        payload: &[u8],
+        fds: &[std::os::fd::RawFd],
+    ) -> Result<(), ProtocolError> {
         self.chan.send(Header { request, flags, size: payload.len() as u32 }, payload, fds)
     }
 
@@ -581,7 +590,11 @@ pub fn serve_while<T: Send + 'static>(
 pub fn temp_socket(tag: &str) -> std::path::PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    std::env::temp_dir().join(format!("snabb-vhost-{}-{tag}-{}.sock", std::process::id(), N.fetch_add(1, Ordering::Relaxed)))
+    std::env::temp_dir().join(format!(
+        "snabb-vhost-{}-{tag}-{}.sock",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
 }
 
 /// Test frames: numbered, of a few sizes, local experimental ethertype.
@@ -643,7 +656,8 @@ pub fn selftest() -> anyhow::Result<()> {
     let bytes = |v: &[Vec<u8>]| v.iter().map(|f| f.len() as u64).sum::<u64>();
     let c = |n: &str| rig.counter(n);
     ensure!(
-        (c("rx_packets"), c("rx_bytes"), c("tx_packets"), c("tx_bytes")) == (300, bytes(&from_guest), 200, bytes(&to_guest)),
+        (c("rx_packets"), c("rx_bytes"), c("tx_packets"), c("tx_bytes"))
+            == (300, bytes(&from_guest), 200, bytes(&to_guest)),
         "counters rx {} {} tx {} {}",
         c("rx_packets"),
         c("rx_bytes"),
@@ -654,7 +668,11 @@ pub fn selftest() -> anyhow::Result<()> {
     ensure!(rig.step_until(|r| !r.app.connected(), Duration::from_secs(5)), "disconnect not noticed");
     let p = path.clone();
     let session = spawn_frontend(move |ctl| -> anyhow::Result<()> {
-        let mut fe = Frontend::connect(&p, FrontendOptions { order: Order::Dpdk, ..Default::default() }, Duration::from_secs(5))?;
+        let mut fe = Frontend::connect(
+            &p,
+            FrontendOptions { order: Order::Dpdk, ..Default::default() },
+            Duration::from_secs(5),
+        )?;
         fe.setup()?;
         ctl.park();
         Ok(())

@@ -291,8 +291,14 @@ pub enum Request {
     SetFeatures(u64),
     SetOwner,
     ResetOwner,
-    SetMemTable { regions: Vec<MemoryRegion>, fds: Vec<OwnedFd> },
-    SetLogBase { area: LogArea, fd: Option<OwnedFd> },
+    SetMemTable {
+        regions: Vec<MemoryRegion>,
+        fds: Vec<OwnedFd>,
+    },
+    SetLogBase {
+        area: LogArea,
+        fd: Option<OwnedFd>,
+    },
     SetLogFd(Option<OwnedFd>),
     SetVringNum(VringState),
     SetVringAddr(VringAddress),
@@ -531,9 +537,10 @@ impl Request {
             | Request::GetQueueNum
             | Request::GetStatus
             | Request::Other(_) => {}
-            Request::SetFeatures(v) | Request::SetProtocolFeatures(v) | Request::NetSetMtu(v) | Request::SetStatus(v) => {
-                u64(&mut b, *v)
-            }
+            Request::SetFeatures(v)
+            | Request::SetProtocolFeatures(v)
+            | Request::NetSetMtu(v)
+            | Request::SetStatus(v) => u64(&mut b, *v),
             Request::SetMemTable { regions, fds: f } => {
                 u32(&mut b, regions.len() as u32);
                 u32(&mut b, 0);
@@ -550,7 +557,10 @@ impl Request {
                 fds.extend(fd.iter().map(|f| f.as_raw_fd()));
             }
             Request::SetLogFd(fd) | Request::SetBackendReqFd(fd) => fds.extend(fd.iter().map(|f| f.as_raw_fd())),
-            Request::SetVringNum(s) | Request::SetVringBase(s) | Request::GetVringBase(s) | Request::SetVringEnable(s) => {
+            Request::SetVringNum(s)
+            | Request::SetVringBase(s)
+            | Request::GetVringBase(s)
+            | Request::SetVringEnable(s) => {
                 u32(&mut b, s.index);
                 u32(&mut b, s.num);
             }
@@ -608,7 +618,8 @@ impl Reply {
     pub fn parse(request: u32, msg: &Message) -> Result<Reply, ProtocolError> {
         let name = request_name(request);
         let h = msg.header;
-        let bad = || ProtocolError::BadReply { expected: name, got: h.request, flags: h.flags, size: msg.payload.len() };
+        let bad =
+            || ProtocolError::BadReply { expected: name, got: h.request, flags: h.flags, size: msg.payload.len() };
         if h.request != request || !h.is_reply() || h.flags & VERSION_MASK != VERSION {
             return Err(bad());
         }

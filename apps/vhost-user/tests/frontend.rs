@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use snabb_apps_vhost_user::VhostUserArgs;
-use snabb_apps_vhost_user::frontend::{Ctl, Frontend, FrontendOptions, Order, Rig, serve_while, spawn_frontend, temp_socket, test_frames};
+use snabb_apps_vhost_user::frontend::{
+    Ctl, Frontend, FrontendOptions, Order, Rig, serve_while, spawn_frontend, temp_socket, test_frames,
+};
 use snabb_apps_vhost_user::protocol::{FLAG_NEED_REPLY, Reply, Request, VERSION, VringState, pf, req};
 use snabb_apps_vhost_user::virtio::{self, bit};
 
@@ -56,7 +58,11 @@ fn receive_n(fe: &mut Frontend, p: usize, n: usize) -> Result<Vec<Vec<u8>>> {
 
 /// Run frontend `f` while stepping `rig`; when `f` parks, `check` looks at
 /// the app (the frontend still connected); then `f` finishes.
-fn run<R: Send + 'static>(rig: &mut Rig, f: impl FnOnce(Ctl) -> Result<R> + Send + 'static, check: impl FnOnce(&mut Rig)) -> R {
+fn run<R: Send + 'static>(
+    rig: &mut Rig,
+    f: impl FnOnce(Ctl) -> Result<R> + Send + 'static,
+    check: impl FnOnce(&mut Rig),
+) -> R {
     let s = spawn_frontend(f);
     s.serve(rig, T).unwrap();
     check(rig);
@@ -109,14 +115,19 @@ fn frames_both_ways_with_mrg_rxbuf() {
 
 #[test]
 fn frames_both_ways_without_mrg_rxbuf_in_dpdk_order() {
-    both_ways(FrontendOptions { refuse: bit(virtio::VIRTIO_NET_F_MRG_RXBUF), order: Order::Dpdk, ..Default::default() })
-        .unwrap();
+    both_ways(FrontendOptions {
+        refuse: bit(virtio::VIRTIO_NET_F_MRG_RXBUF),
+        order: Order::Dpdk,
+        ..Default::default()
+    })
+    .unwrap();
 }
 
 #[test]
 fn frames_both_ways_legacy_header_polling() {
     // No VERSION_1, no MRG_RXBUF: the 10-byte header; no eventfds at all.
-    let refuse = bit(virtio::VIRTIO_NET_F_MRG_RXBUF) | bit(virtio::VIRTIO_F_VERSION_1) | bit(virtio::VIRTIO_RING_F_EVENT_IDX);
+    let refuse =
+        bit(virtio::VIRTIO_NET_F_MRG_RXBUF) | bit(virtio::VIRTIO_F_VERSION_1) | bit(virtio::VIRTIO_RING_F_EVENT_IDX);
     both_ways(FrontendOptions { refuse, eventfds: false, ..Default::default() }).unwrap();
 }
 
@@ -129,33 +140,37 @@ fn two_queue_pairs() {
     let frames = test_frames(400, 3);
     let (f, p) = (frames.clone(), path.clone());
     let mut running = (0, 0);
-    let per_pair = run(&mut rig, move |ctl| -> Result<[usize; 2]> {
-        let mut fe = Frontend::connect(&p, FrontendOptions { queue_pairs: 2, ..Default::default() }, T)?;
-        fe.setup()?;
-        // Both TX queues send half.
-        send_all(&mut fe, 0, &f[..200])?;
-        send_all(&mut fe, 1, &f[200..])?;
-        fe.post_rx(0, 128, 2048);
-        fe.post_rx(1, 128, 2048);
-        ctl.inject(f.clone());
-        let mut got = [Vec::new(), Vec::new()];
-        ensure!(
-            wait(|| {
-                for q in 0..2 {
-                    fe.receive(q, &mut got[q]);
-                    if fe.queues[2 * q].num_free() > 64 {
-                        fe.post_rx(q, 64, 2048);
+    let per_pair = run(
+        &mut rig,
+        move |ctl| -> Result<[usize; 2]> {
+            let mut fe = Frontend::connect(&p, FrontendOptions { queue_pairs: 2, ..Default::default() }, T)?;
+            fe.setup()?;
+            // Both TX queues send half.
+            send_all(&mut fe, 0, &f[..200])?;
+            send_all(&mut fe, 1, &f[200..])?;
+            fe.post_rx(0, 128, 2048);
+            fe.post_rx(1, 128, 2048);
+            ctl.inject(f.clone());
+            let mut got = [Vec::new(), Vec::new()];
+            ensure!(
+                wait(|| {
+                    for (q, got) in got.iter_mut().enumerate() {
+                        fe.receive(q, got);
+                        if fe.queues[2 * q].num_free() > 64 {
+                            fe.post_rx(q, 64, 2048);
+                        }
                     }
-                }
-                got[0].len() + got[1].len() >= f.len()
-            }),
-            "received {} + {}",
-            got[0].len(),
-            got[1].len()
-        );
-        ctl.park();
-        Ok([got[0].len(), got[1].len()])
-    }, |rig| running = rig.app.running());
+                    got[0].len() + got[1].len() >= f.len()
+                }),
+                "received {} + {}",
+                got[0].len(),
+                got[1].len()
+            );
+            ctl.park();
+            Ok([got[0].len(), got[1].len()])
+        },
+        |rig| running = rig.app.running(),
+    );
     assert_eq!(running, (2, 2));
     assert_eq!(per_pair[0] + per_pair[1], 400);
     let mut out = rig.take_output();
@@ -201,17 +216,21 @@ fn a_new_memory_table_while_running() {
     let frames = test_frames(300, 5);
     let (f, p) = (frames.clone(), path.clone());
     let mut running = (0, 0);
-    run(&mut rig, move |ctl| -> Result<()> {
-        let mut fe = Frontend::connect(&p, FrontendOptions::default(), T)?;
-        fe.setup()?;
-        send_all(&mut fe, 0, &f[..100])?;
-        fe.set_mem_table()?;
-        send_all(&mut fe, 0, &f[100..200])?;
-        fe.set_mem_table()?;
-        send_all(&mut fe, 0, &f[200..])?;
-        ctl.park();
-        Ok(())
-    }, |rig| running = rig.app.running());
+    run(
+        &mut rig,
+        move |ctl| -> Result<()> {
+            let mut fe = Frontend::connect(&p, FrontendOptions::default(), T)?;
+            fe.setup()?;
+            send_all(&mut fe, 0, &f[..100])?;
+            fe.set_mem_table()?;
+            send_all(&mut fe, 0, &f[100..200])?;
+            fe.set_mem_table()?;
+            send_all(&mut fe, 0, &f[200..])?;
+            ctl.park();
+            Ok(())
+        },
+        |rig| running = rig.app.running(),
+    );
     assert_eq!(rig.take_output(), frames);
     assert_eq!(running, (1, 1));
 }
@@ -293,45 +312,57 @@ fn unknown_and_refused_requests_get_replies() {
     let mut rig = Rig::new(VhostUserArgs::new(&path)).unwrap();
     let p = path.clone();
     let mut connected = false;
-    run(&mut rig, move |ctl| -> Result<()> {
-        let mut fe = Frontend::connect(&p, FrontendOptions::default(), T)?;
-        fe.negotiate()?;
-        // An unknown request with need_reply: a non-zero ack.
-        let r = fe.request_with(Request::Other(200), true)?;
-        ensure!(r == Some(Reply::U64(1)), "unknown with need_reply: {r:?}");
-        // One that has a reply by itself (GET_MAX_MEM_SLOTS, not offered).
-        let r = fe.request_with(Request::Other(req::GET_MAX_MEM_SLOTS), false)?;
-        ensure!(r == Some(Reply::U64(1)), "GET_MAX_MEM_SLOTS: {r:?}");
-        // A queue out of range, acked: refused, the connection stays.
-        let r = fe.request_with(Request::SetVringNum(VringState { index: 9, num: 256 }), true)?;
-        ensure!(r == Some(Reply::U64(1)), "queue 9: {r:?}");
-        let r = fe.request_with(Request::SetVringNum(VringState { index: 0, num: 300 }), true)?;
-        ensure!(r == Some(Reply::U64(1)), "size 300: {r:?}");
-        // GET_VRING_BASE out of range still answers.
-        let r = fe.request_with(Request::GetVringBase(VringState { index: 77, num: 0 }), false)?;
-        ensure!(matches!(r, Some(Reply::VringState(VringState { index: 77, .. }))), "{r:?}");
-        // Config space: link up, max queue pairs, MTU.
-        let r = fe.request_with(Request::GetConfig(snabb_apps_vhost_user::protocol::ConfigSpace { offset: 6, size: 6, flags: 0, payload: vec![] }), false)?;
-        match r {
-            Some(Reply::Config(c)) => ensure!(c.payload == [1, 0, 1, 0, 0xdc, 0x05], "config {:?}", c.payload),
-            r => anyhow::bail!("GET_CONFIG: {r:?}"),
-        }
-        // Status and MTU.
-        fe.request(Request::SetStatus(7))?;
-        ensure!(fe.request(Request::GetStatus)? == Some(Reply::U64(7)));
-        fe.request(Request::NetSetMtu(9000))?;
-        ensure!(fe.request_with(Request::NetSetMtu(10), true)? == Some(Reply::U64(1)));
-        // Without need_reply nothing comes back for an unknown request: the
-        // next request's reply is the next message.
-        fe.send_raw(201, VERSION, &[1, 2, 3], &[])?;
-        ensure!(fe.request(Request::GetQueueNum)? == Some(Reply::U64(1)));
-        ensure!(fe.protocol_features & pf::REPLY_ACK != 0);
-        fe.send_raw(req::SET_OWNER, VERSION | FLAG_NEED_REPLY, &[], &[])?;
-        let m = fe.chan.recv_timeout(Duration::from_secs(5))?;
-        ensure!(Reply::parse(req::SET_OWNER, &m)? == Reply::U64(0));
-        ctl.park();
-        Ok(())
-    }, |rig| connected = rig.app.connected());
+    run(
+        &mut rig,
+        move |ctl| -> Result<()> {
+            let mut fe = Frontend::connect(&p, FrontendOptions::default(), T)?;
+            fe.negotiate()?;
+            // An unknown request with need_reply: a non-zero ack.
+            let r = fe.request_with(Request::Other(200), true)?;
+            ensure!(r == Some(Reply::U64(1)), "unknown with need_reply: {r:?}");
+            // One that has a reply by itself (GET_MAX_MEM_SLOTS, not offered).
+            let r = fe.request_with(Request::Other(req::GET_MAX_MEM_SLOTS), false)?;
+            ensure!(r == Some(Reply::U64(1)), "GET_MAX_MEM_SLOTS: {r:?}");
+            // A queue out of range, acked: refused, the connection stays.
+            let r = fe.request_with(Request::SetVringNum(VringState { index: 9, num: 256 }), true)?;
+            ensure!(r == Some(Reply::U64(1)), "queue 9: {r:?}");
+            let r = fe.request_with(Request::SetVringNum(VringState { index: 0, num: 300 }), true)?;
+            ensure!(r == Some(Reply::U64(1)), "size 300: {r:?}");
+            // GET_VRING_BASE out of range still answers.
+            let r = fe.request_with(Request::GetVringBase(VringState { index: 77, num: 0 }), false)?;
+            ensure!(matches!(r, Some(Reply::VringState(VringState { index: 77, .. }))), "{r:?}");
+            // Config space: link up, max queue pairs, MTU.
+            let r = fe.request_with(
+                Request::GetConfig(snabb_apps_vhost_user::protocol::ConfigSpace {
+                    offset: 6,
+                    size: 6,
+                    flags: 0,
+                    payload: vec![],
+                }),
+                false,
+            )?;
+            match r {
+                Some(Reply::Config(c)) => ensure!(c.payload == [1, 0, 1, 0, 0xdc, 0x05], "config {:?}", c.payload),
+                r => anyhow::bail!("GET_CONFIG: {r:?}"),
+            }
+            // Status and MTU.
+            fe.request(Request::SetStatus(7))?;
+            ensure!(fe.request(Request::GetStatus)? == Some(Reply::U64(7)));
+            fe.request(Request::NetSetMtu(9000))?;
+            ensure!(fe.request_with(Request::NetSetMtu(10), true)? == Some(Reply::U64(1)));
+            // Without need_reply nothing comes back for an unknown request: the
+            // next request's reply is the next message.
+            fe.send_raw(201, VERSION, &[1, 2, 3], &[])?;
+            ensure!(fe.request(Request::GetQueueNum)? == Some(Reply::U64(1)));
+            ensure!(fe.protocol_features & pf::REPLY_ACK != 0);
+            fe.send_raw(req::SET_OWNER, VERSION | FLAG_NEED_REPLY, &[], &[])?;
+            let m = fe.chan.recv_timeout(Duration::from_secs(5))?;
+            ensure!(Reply::parse(req::SET_OWNER, &m)? == Reply::U64(0));
+            ctl.park();
+            Ok(())
+        },
+        |rig| connected = rig.app.connected(),
+    );
     assert!(connected, "refused requests must not drop the connection");
     assert_eq!(rig.counter("protocol_errors"), 0);
     assert!(rig.counter("request_errors") >= 5);
@@ -357,12 +388,16 @@ fn a_malformed_message_drops_the_connection_only() {
     // The next frontend is served.
     let p = path.clone();
     let mut running = (0, 0);
-    run(&mut rig, move |ctl| -> Result<()> {
-        let mut fe = Frontend::connect(&p, FrontendOptions::default(), T)?;
-        fe.setup()?;
-        ctl.park();
-        Ok(())
-    }, |rig| running = rig.app.running());
+    run(
+        &mut rig,
+        move |ctl| -> Result<()> {
+            let mut fe = Frontend::connect(&p, FrontendOptions::default(), T)?;
+            fe.setup()?;
+            ctl.park();
+            Ok(())
+        },
+        |rig| running = rig.app.running(),
+    );
     assert_eq!(running, (1, 1));
 }
 
@@ -396,20 +431,25 @@ fn dirty_log_marks_pages_the_device_wrote() {
     let p = path.clone();
     let (f, tg) = (frames.clone(), frames.clone());
     let mut logging = false;
-    let dirty = run(&mut rig, move |ctl| -> Result<u64> {
-        let mut fe = Frontend::connect(&p, FrontendOptions::default(), T)?;
-        fe.setup()?;
-        let log = fe.start_logging()?;
-        fe.post_rx(0, 64, 2048);
-        ctl.inject(tg);
-        receive_n(&mut fe, 0, f.len())?;
-        // Count the bits set in the log.
-        let mut buf = vec![0u8; 4096];
-        let n = unsafe { libc::pread(std::os::fd::AsRawFd::as_raw_fd(&log), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        ensure!(n > 0);
-        ctl.park();
-        Ok(buf.iter().map(|b| b.count_ones() as u64).sum())
-    }, |rig| logging = rig.app.device().unwrap().logging());
+    let dirty = run(
+        &mut rig,
+        move |ctl| -> Result<u64> {
+            let mut fe = Frontend::connect(&p, FrontendOptions::default(), T)?;
+            fe.setup()?;
+            let log = fe.start_logging()?;
+            fe.post_rx(0, 64, 2048);
+            ctl.inject(tg);
+            receive_n(&mut fe, 0, f.len())?;
+            // Count the bits set in the log.
+            let mut buf = vec![0u8; 4096];
+            let n =
+                unsafe { libc::pread(std::os::fd::AsRawFd::as_raw_fd(&log), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            ensure!(n > 0);
+            ctl.park();
+            Ok(buf.iter().map(|b| b.count_ones() as u64).sum())
+        },
+        |rig| logging = rig.app.device().unwrap().logging(),
+    );
     assert!(dirty > 0, "no page marked dirty");
     assert!(logging);
 }
@@ -420,11 +460,18 @@ fn args_parse_with_defaults_and_unknown_fields_are_refused() {
     let a: VhostUserArgs = Args::from_ron(r#"(socket: "/tmp/x.sock")"#).unwrap().parse().unwrap();
     assert_eq!(a, VhostUserArgs::new("/tmp/x.sock"));
     let a: VhostUserArgs =
-        Args::from_ron(r#"(socket: "/s", server: false, queues: 4, mtu: 9000, mac: Some("52:54:00:12:34:56"))"#).unwrap().parse().unwrap();
+        Args::from_ron(r#"(socket: "/s", server: false, queues: 4, mtu: 9000, mac: Some("52:54:00:12:34:56"))"#)
+            .unwrap()
+            .parse()
+            .unwrap();
     assert_eq!((a.server, a.queues, a.mtu, a.mac.as_deref()), (false, 4, 9000, Some("52:54:00:12:34:56")));
     assert!(Args::from_ron(r#"(socket: "/s", queue: 2)"#).unwrap().parse::<VhostUserArgs>().is_err());
     // Values out of range fail when the app is made.
-    for bad in [r#"(socket: "/tmp/snabb-vhost-bad.sock", queues: 0)"#, r#"(socket: "/tmp/snabb-vhost-bad.sock", mtu: 20)"#, r#"(socket: "/tmp/snabb-vhost-bad.sock", mac: Some("52:54"))"#] {
+    for bad in [
+        r#"(socket: "/tmp/snabb-vhost-bad.sock", queues: 0)"#,
+        r#"(socket: "/tmp/snabb-vhost-bad.sock", mtu: 20)"#,
+        r#"(socket: "/tmp/snabb-vhost-bad.sock", mac: Some("52:54"))"#,
+    ] {
         let a: VhostUserArgs = Args::from_ron(bad).unwrap().parse().unwrap();
         assert!(Rig::new(a).is_err(), "{bad}");
     }
@@ -480,7 +527,11 @@ fn in_an_engine_from_a_config() {
     snabb_apps_vhost_user::register(&mut r);
     let mut c = Config::new();
     c.app_args("src", "Source", Args::from_ron("(size: 100)").unwrap())
-        .app_args("vm", "VhostUser", Args::from_ron(&format!("(socket: {:?}, queues: 2)", path.to_str().unwrap())).unwrap())
+        .app_args(
+            "vm",
+            "VhostUser",
+            Args::from_ron(&format!("(socket: {:?}, queues: 2)", path.to_str().unwrap())).unwrap(),
+        )
         .app("sink", "Sink", &())
         .link("src.output -> vm.input")
         .link("vm.output -> sink.input");

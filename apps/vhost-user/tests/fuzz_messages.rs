@@ -97,7 +97,10 @@ impl World {
                 };
                 Request::SetMemTable { regions: vec![region], fds: vec![self.mem.fd().try_clone_to_owned().unwrap()] }
             }
-            5 => Request::SetVringNum(VringState { index, num: if r.chance(80) { 64 } else { r.next() as u32 >> r.below(32) } }),
+            5 => Request::SetVringNum(VringState {
+                index,
+                num: if r.chance(80) { 64 } else { r.next() as u32 >> r.below(32) },
+            }),
             6 => {
                 let q = &self.queues[index as usize % 4];
                 let a = q.addr();
@@ -128,7 +131,12 @@ impl World {
                 Request::SetLogBase { area: LogArea { mmap_size: size, mmap_offset: r.below(2) * 4096 }, fd: Some(fd) }
             }
             13 => Request::SendRarp([r.next() as u8; 6]),
-            14 => Request::GetConfig(ConfigSpace { offset: r.below(300) as u32, size: r.below(300) as u32, flags: 0, payload: vec![] }),
+            14 => Request::GetConfig(ConfigSpace {
+                offset: r.below(300) as u32,
+                size: r.below(300) as u32,
+                flags: 0,
+                payload: vec![],
+            }),
             15 => Request::SetStatus(r.next()),
             _ => Request::Other(r.below(64) as u32),
         }
@@ -136,7 +144,8 @@ impl World {
 
     /// A message: plausible, plausible with bytes flipped, or noise.
     fn message(&self, r: &mut Rng) -> Message {
-        let flags = if r.chance(90) { VERSION } else { r.next() as u32 } | if r.chance(30) { FLAG_NEED_REPLY } else { 0 };
+        let flags =
+            if r.chance(90) { VERSION } else { r.next() as u32 } | if r.chance(30) { FLAG_NEED_REPLY } else { 0 };
         if r.chance(60) {
             let req = self.plausible(r);
             let (mut payload, _) = req.encode();
@@ -243,9 +252,10 @@ fn random_bytes_at_the_socket() {
             let read_replies = r.chance(80);
             for _ in 0..r.below(60) {
                 let m = world.message(&mut r);
-                let mut bytes = Header { request: m.header.request, flags: m.header.flags, size: m.payload.len() as u32 }
-                    .to_bytes()
-                    .to_vec();
+                let mut bytes =
+                    Header { request: m.header.request, flags: m.header.flags, size: m.payload.len() as u32 }
+                        .to_bytes()
+                        .to_vec();
                 if r.chance(3) {
                     // A lying size field.
                     let size = r.next() as u32 >> r.below(32);

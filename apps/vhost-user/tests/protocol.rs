@@ -43,7 +43,12 @@ fn every_request_round_trips() {
     };
     let regions = vec![
         MemoryRegion { guest_phys_addr: 0, memory_size: 0xa0000, userspace_addr: 0x7f00_0000_0000, mmap_offset: 0 },
-        MemoryRegion { guest_phys_addr: 0xc0000, memory_size: 0x1ff40000, userspace_addr: 0x7f00_000c_0000, mmap_offset: 0xc0000 },
+        MemoryRegion {
+            guest_phys_addr: 0xc0000,
+            memory_size: 0x1ff40000,
+            userspace_addr: 0x7f00_000c_0000,
+            mmap_offset: 0xc0000,
+        },
     ];
     let config = ConfigSpace { offset: 0, size: 6, flags: 0, payload: vec![] };
     let set_config = ConfigSpace { offset: 6, size: 2, flags: 1, payload: vec![1, 0] };
@@ -85,7 +90,10 @@ fn every_request_round_trips() {
         assert_eq!(back.code(), code, "{before}");
         // Descriptors arrive as new numbers; everything else is equal.
         let strip = |s: String| {
-            s.split("OwnedFd").map(|p| p.trim_start_matches(|c: char| c != '}').to_string()).collect::<Vec<_>>().join("Fd")
+            s.split("OwnedFd")
+                .map(|p| p.trim_start_matches(|c: char| c != '}').to_string())
+                .collect::<Vec<_>>()
+                .join("Fd")
         };
         assert_eq!(strip(format!("{back:?}")), strip(before.clone()), "round trip of {before}");
         let (_, fds) = back.encode();
@@ -144,7 +152,10 @@ fn short_payloads_and_wrong_fd_counts_are_errors() {
     t.extend_from_slice(&[0; 4 + 9 * 32]);
     assert!(matches!(Request::parse(msg(req::SET_MEM_TABLE, t, vec![])), Err(ProtocolError::Regions(9))));
     // A kick without a descriptor and without the "no fd" bit.
-    assert!(matches!(Request::parse(msg(req::SET_VRING_KICK, 0u64.to_le_bytes().to_vec(), vec![])), Err(ProtocolError::Fds { .. })));
+    assert!(matches!(
+        Request::parse(msg(req::SET_VRING_KICK, 0u64.to_le_bytes().to_vec(), vec![])),
+        Err(ProtocolError::Fds { .. })
+    ));
     // A config window larger than any config space.
     let mut c = 0u32.to_le_bytes().to_vec();
     c.extend_from_slice(&4096u32.to_le_bytes());
@@ -175,7 +186,10 @@ fn a_message_trickling_in_byte_by_byte_is_framed() {
     a.write_all(&bytes).unwrap();
     for _ in 0..2 {
         let m = b.recv_timeout(Duration::from_secs(2)).unwrap();
-        assert!(matches!(Request::parse(m).unwrap(), Request::SetVringAddr(VringAddress { index: 1, desc_user_addr: 7, .. })));
+        assert!(matches!(
+            Request::parse(m).unwrap(),
+            Request::SetVringAddr(VringAddress { index: 1, desc_user_addr: 7, .. })
+        ));
     }
     assert!(b.try_recv().unwrap().is_none());
 }
