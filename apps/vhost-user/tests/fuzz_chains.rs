@@ -19,7 +19,8 @@
 //! memory, overflowing, crossing its end). After every device call the
 //! canaries, the read-only area, the descriptor tables and the avail rings
 //! must be as they were, and nothing may have panicked. Seeds are printed
-//! so that a failure can be replayed with SNABB_FUZZ_SEED.
+//! so that a failure can be replayed with SNABB_FUZZ_SEED (hex); a run can
+//! start from another seed with SNABB_FUZZ_BASE (hex).
 
 use std::time::{Duration, Instant};
 
@@ -310,10 +311,9 @@ fn run_case(seed: u64) -> (u64, u64) {
 #[test]
 fn fuzz_chain_walking() {
     let secs: f64 = std::env::var("SNABB_FUZZ_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(2.0);
-    let base: u64 = std::env::var("SNABB_FUZZ_SEED")
-        .ok()
-        .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
-        .unwrap_or(0x5eed_0000_0000);
+    let hex = |name: &str| std::env::var(name).ok().and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok());
+    // SNABB_FUZZ_SEED replays one case; SNABB_FUZZ_BASE starts a run elsewhere.
+    let base: u64 = hex("SNABB_FUZZ_SEED").or(hex("SNABB_FUZZ_BASE")).unwrap_or(0x5eed_0000_0000);
     let until = Instant::now() + Duration::from_secs_f64(secs);
     let (mut cases, mut moved, mut restarts) = (0u64, 0u64, 0u64);
     loop {
