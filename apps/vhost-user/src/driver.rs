@@ -26,6 +26,14 @@ pub struct DriverMemory {
     size: usize,
 }
 
+// SAFETY: the mapping is owned and not tied to a thread. Sharing it lets a
+// test run the guest in one thread and the device in another, as they run
+// for real; bytes written through `write` while the device reads them are
+// the race a real guest could make, which the device must survive anyway.
+unsafe impl Send for DriverMemory {}
+// SAFETY: as above.
+unsafe impl Sync for DriverMemory {}
+
 impl std::fmt::Debug for DriverMemory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DriverMemory").field("base", &self.base).field("size", &self.size).finish()
@@ -170,6 +178,10 @@ pub struct DriverQueue {
     /// a header, or MRG_RXBUF packets whose num_buffers made no sense.
     pub bad_used: u64,
 }
+
+// SAFETY: the base pointer is into a DriverMemory (Send + Sync) that the
+// user keeps alive; nothing is tied to a thread.
+unsafe impl Send for DriverQueue {}
 
 impl std::fmt::Debug for DriverQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
