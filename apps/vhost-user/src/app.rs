@@ -383,6 +383,9 @@ impl App for VhostUser {
 
     fn pull(&mut self, io: &Io) {
         let Some(c) = &mut self.conn else { return };
+        if c.dev.running().1 == 0 {
+            return;
+        }
         match self.ports.1.map(|i| io.output.at(i)) {
             Some(out) => {
                 let room = out.nwritable();
