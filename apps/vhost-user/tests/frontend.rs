@@ -605,3 +605,45 @@ fn reconfigure_in_place() {
         |rig| assert_eq!(rig.app.running(), (1, 1)),
     );
 }
+
+#[test]
+fn a_broken_queue_is_reported_on_its_err_eventfd_and_the_rest_runs() {
+    use snabb_apps_vhost_user::frontend::eventfd_take;
+    let path = temp_socket("broken");
+    let mut rig = Rig::new(VhostUserArgs::new(&path)).unwrap();
+    let frames = test_frames(10, 7);
+    let p = path.clone();
+    let mut seen = (0, (0, 0));
+    let (signalled, got) = run(
+        &mut rig,
+        move |ctl| -> Result<(u64, usize)> {
+            let mut fe = Frontend::connect(&p, FrontendOptions::default(), T)?;
+            fe.setup()?;
+            let err = new_eventfd()?;
+            fe.request(Request::SetVringErr(1, Some(err.try_clone()?)))?;
+            // The guest's TX avail index leaps past the ring: nonsense.
+            let idx = fe.queues[1].avail_idx().wrapping_add(1000);
+            fe.queues[1].set_avail_idx(idx);
+            ensure!(wait(|| { eventfd_take(&err) > 0 }), "no error signalled");
+            // Its RX queue still works.
+            fe.post_rx(0, 16, 2048);
+            ctl.inject(frames.clone());
+            let got = receive_n(&mut fe, 0, frames.len())?;
+            ctl.park();
+            Ok((1, got.len()))
+        },
+        |rig| seen = (rig.counter("broken_queues"), rig.app.running()),
+    );
+    assert_eq!((signalled, got), (1, 10));
+    assert_eq!(seen, (1, (1, 0)), "broken_queues, running queues");
+    assert!(rig.counter("rx_bad_index") >= 1);
+}
+
+fn new_eventfd() -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
