@@ -182,13 +182,14 @@ fn signal(fd: &OwnedFd) {
 
 /// The state of one connection.
 pub struct Device {
+    // Declared (so dropped) before the memory their rings point into.
+    vrings: Vec<Vring>,
     cfg: DeviceConfig,
     features: u64,
     protocol_features: u64,
     owner: bool,
     mem: GuestMemory,
     log: Option<DirtyLog>,
-    vrings: Vec<Vring>,
     status: u64,
     mtu: Option<u64>,
     /// Indexes of running, enabled rings, by direction (rebuilt on changes).
@@ -205,13 +206,13 @@ impl Device {
     pub fn new(cfg: DeviceConfig) -> Device {
         let n = 2 * cfg.queue_pairs.max(1) as usize;
         Device {
+            vrings: (0..n).map(|_| Vring::default()).collect(),
             cfg,
             features: 0,
             protocol_features: 0,
             owner: false,
             mem: GuestMemory::empty(),
             log: None,
-            vrings: (0..n).map(|_| Vring::default()).collect(),
             status: 0,
             mtu: None,
             to_guest: Vec::new(),
