@@ -30,6 +30,7 @@
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering, fence};
 
+use snabb_core::packet;
 use snabb_core::{Link, Packet};
 
 use crate::memory::{DirtyLog, GuestMemory};
@@ -576,12 +577,14 @@ impl Virtqueue {
         let hdr_len = self.hdr_len;
         let ring = self.ring;
         let mut taken = 0;
+        // Fresh packets for the batch, from the freelist in one go.
+        let mut alloc = packet::Allocator::new(n);
         while taken < n {
             let Some(head) = self.head_at(self.next_avail) else { break };
             self.next_avail = self.next_avail.wrapping_add(1);
             taken += 1;
 
-            let mut p = Packet::new();
+            let mut p = alloc.allocate();
             let mut hdr = [0u8; NetHdr::MAX_LEN];
             let mut got = 0usize;
             let mut too_long = false;
