@@ -1,6 +1,8 @@
 //! Fuzzing the chain walker: a seeded random guest writes random
 //! descriptors, indirect tables, avail entries and indices, and the device
-//! runs both directions over them. For SNABB_FUZZ_SECS seconds (default 2).
+//! runs both directions over them. For SNABB_FUZZ_SECS seconds (default 2)
+//! per test; `fuzz_concurrent_scribbling` does the same from a second
+//! thread while the device runs.
 //!
 //! Guest memory is laid out so that what the device may write is known:
 //!
@@ -329,5 +331,87 @@ fn fuzz_chain_walking() {
     }
     eprintln!("fuzz_chains: {cases} cases from seed {base:#x}: {moved} packets moved, {restarts} queue restarts");
     assert!(moved > 0, "the fuzzer never produced a valid chain: it tests nothing");
+    assert_eq!(packet::stats().in_use, 0, "host packets leaked: {:?}", packet::stats());
+}
+
+/// The guest scribbles on its rings from another thread while the device
+/// runs: descriptors and indices change under the device's feet (between
+/// its reads of one chain, say). Only the canaries can be checked here (the
+/// guest itself writes the rest), and nothing may panic.
+#[test]
+fn fuzz_concurrent_scribbling() {
+    let secs: f64 = std::env::var("SNABB_FUZZ_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(2.0);
+    let mut rng = Rng(0xc0c0_5eed);
+    let mem = DriverMemory::new(DEV as usize).unwrap();
+    for (lo, hi) in CANARIES {
+        let c: Vec<u8> = (lo..hi).map(canary_byte).collect();
+        mem.write(lo, &c);
+    }
+    let canaries: Vec<Vec<u8>> = CANARIES.iter().map(|&(lo, hi)| mem.slice(lo, (hi - lo) as usize).to_vec()).collect();
+    let features = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_NET_F_MRG_RXBUF) | bit(VIRTIO_RING_F_INDIRECT_DESC) | bit(VIRTIO_RING_F_EVENT_IDX);
+    let size = 64u16;
+    let mut tx = DriverQueue::new(&mem, size, TX_RING, RO.0, RO.1 - RO.0, features);
+    let mut rx = DriverQueue::new(&mem, size, RX_RING, RX_ARENA.0, RX_ARENA.1 - RX_ARENA.0, features);
+    let (tx_addr, rx_addr) = (tx.addr(), rx.addr());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (mut moved, mut restarts, mut calls) = (0u64, 0u64, 0u64);
+    std::thread::scope(|s| {
+        let (mem, stop) = (&mem, &stop);
+        s.spawn(move || {
+            let mut rng = Rng(0x5c21_bb1e);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let rxq = rng.chance(50);
+                let q = if rxq { &mut rx } else { &mut tx };
+                match rng.below(10) {
+                    0..=6 => random_desc(&mut rng, mem, q, rxq, true),
+                    7 | 8 => {
+                        // Mostly honest: at most `size` ahead of what the device used.
+                        let i = q.avail_idx();
+                        let head = if rng.below(1000) == 0 { size } else { rng.below(size as u64) as u16 };
+                        q.write_avail_entry(i, head);
+                        if i.wrapping_sub(q.used_idx()) < size || rng.below(1000) == 0 {
+                            q.set_avail_idx(i.wrapping_add(1));
+                        }
+                    }
+                    9 if rng.chance(50) => q.write_avail_entry(rng.next() as u16, rng.below(size as u64) as u16),
+                    _ => q.set_used_event(rng.next() as u16),
+                }
+            }
+        });
+        let gm = mem.guest_memory();
+        let mut vtx = Virtqueue::start(size, &tx_addr, 0, features, &gm).unwrap();
+        let mut vrx = Virtqueue::start(size, &rx_addr, 0, features, &gm).unwrap();
+        let link = Link::new(256);
+        let until = Instant::now() + Duration::from_secs_f64(secs);
+        while Instant::now() < until || calls < 1000 {
+            for _ in 0..16 {
+                if link.is_full() {
+                    break;
+                }
+                let mut p = Packet::new();
+                p.resize(rng.below(9100) as usize);
+                link.transmit(p);
+            }
+            vtx.receive_from_guest(&gm, None, 64, |_| moved += 1);
+            moved += vrx.transmit_to_guest(&gm, None, &link) as u64;
+            vtx.take_signal();
+            vrx.take_signal();
+            calls += 1;
+            for (k, &(lo, hi)) in CANARIES.iter().enumerate() {
+                assert!(mem.slice(lo, (hi - lo) as usize) == canaries[k].as_slice(), "canary at {lo:#x} overwritten");
+            }
+            for (addr, dev) in [(&tx_addr, &mut vtx), (&rx_addr, &mut vrx)] {
+                if dev.broken().is_some() {
+                    // Past the entry that broke it, or it would break again at once.
+                    let base = dev.next_avail().wrapping_add(1);
+                    *dev = Virtqueue::start(size, addr, base, features, &gm).unwrap();
+                    restarts += 1;
+                }
+            }
+        }
+        link.discard();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    eprintln!("fuzz_concurrent_scribbling: {calls} rounds, {moved} packets moved, {restarts} queue restarts");
     assert_eq!(packet::stats().in_use, 0, "host packets leaked: {:?}", packet::stats());
 }
