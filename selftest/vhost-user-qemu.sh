@@ -17,7 +17,10 @@
 #      while both guests keep running, and the pings come back;
 #   6. live migration of guest 1 between two QEMUs, each on its own
 #      VhostUser port (the dirty log path): guest 2 keeps pinging through it.
-#      Skipped with the reason when QEMU refuses to migrate (no VHOST_F_LOG_ALL).
+#      Skipped with the reason when QEMU refuses to migrate (no VHOST_F_LOG_ALL);
+#   7. the same while guest 1 receives an iperf3 stream from guest 2 (the
+#      switch writes guest memory during the migration: dirty log under load);
+#      the stream must finish, its server side now on the target.
 # Each step prints PASS/FAIL with the marker lines as evidence. Every wait
 # is bounded; the suite too ($VHOST_QEMU_LIMIT, default 720 s). Every process
 # is stopped on exit, pass or fail.
@@ -35,7 +38,7 @@ G=$P/guest.sh T=$P/testpmd.sh
 
 LIMIT=${VHOST_QEMU_LIMIT:-720}
 SWITCH=${VHOST_SWITCH:-snabb-rs}
-STEPS=${VHOST_QEMU_STEPS:-1 2 3 4 5 6}
+STEPS=${VHOST_QEMU_STEPS:-1 2 3 4 5 6 7}
 ci() { [ -n "${SNABB_RS_CI:-}" ] && [ "${SNABB_RS_CI}" != 0 ]; }
 skip() { if ci; then echo "FAIL (under CI, not a skip): $*"; exit 1; fi; echo "SKIP $*"; exit 43; }
 PASSED=0 FAILED=0 SKIPPED=()
@@ -324,57 +327,92 @@ monitor_until() { # NAME PATTERN TIMEOUT HMP: poll an HMP command until its answ
     done
     echo "$out"; return 1
 }
-if step 6; then
-    echo "--- 6. live migration of guest 1 between two QEMUs (vm1 -> vm1m), guest 2 pinging it"
-    if [ "$SWITCH" != snabb-rs ]; then
-        SKIPPED+=("6. migration: only with snabb-rs as the switch (needs a third port and a Tee)")
-        echo "SKIP 6. migration needs snabb-rs as the switch"
-    elif ! start_switch server migration; then
-        fail "6. the switch with a migration target port starts"
+# migrate_g1 STEP TARGET_ARGS...: start guest 1's target QEMU (g1m, on vm1m's socket,
+# the same machine as g1: TARGET_ARGS repeat g1's guest.sh options) waiting for
+# the state, migrate g1 to it, wait until done. 0 = completed and running,
+# 1 = failed, 2 = QEMU refused to migrate (recorded as skipped).
+migrate_g1() {
+    local st=$1; shift
+    local cmd out m t0
+    cmd=$("$G" start g1m --sock "$W/v1m.sock" "$@" --dry-run)
+    eval "args=($cmd)"
+    : >"$W/g1m.log"
+    printf 'log=%s\npid=%s\n' "$W/g1m.log" "$W/g1m.pid" >"$W/g1m.where"
+    rm -f "$W/mig.sock"
+    setsid "${args[@]}" -incoming "unix:$W/mig.sock" </dev/null >"$W/g1m.qemu.log" 2>&1 &
+    echo $! >"$W/g1m.pid"
+    wait_socket "$W/mig.sock" 20 || { fail "$st. the target QEMU listens for the migration"; return 1; }
+    sleep 1
+    out=$("$G" monitor g1 "migrate -d unix:$W/mig.sock" 2>&1)
+    if grep -q -i -E 'vhost.*log|migration.*disabled|blocked|not supported' <<<"$out"; then
+        SKIPPED+=("$st. migration: QEMU refused: $(tr '\n' ' ' <<<"$out" | cut -c1-200)")
+        echo "SKIP $st. QEMU refuses to migrate: $out"
+        return 2
+    fi
+    t0=$(date +%s.%N)
+    if ! out=$(monitor_until g1 'Migration status: completed' 120 "info migrate"); then
+        fail "$st. migration: $(tr '\n' ' ' <<<"$out" | cut -c1-300)"
+        return 1
+    fi
+    pass "$st. migration completed in $(since "$t0") s: $(grep -E 'total time|transferred ram|dirty sync count|dirty pages rate' <<<"$out" | tr -s ' \n' ' ')"
+    sleep 1
+    m=$("$G" monitor g1m "info status" 2>&1)
+    check "$st. the target runs: $m" grep -q 'running' <<<"$m"
+    grep -q running <<<"$m"
+}
+for st in 6 7; do
+    step $st || continue
+    MIG=""
+    if [ $st = 6 ]; then
+        echo "--- 6. live migration of guest 1 between two QEMUs (vm1 -> vm1m), guest 2 pinging it"
     else
-        gstart g1 --sock "$W/v1.sock" --mode idle --ip $V4_1/16 --mac 52:54:00:00:00:01
+        echo "--- 7. live migration of guest 1 while it receives an iperf3 stream (the dirty log under load)"
+    fi
+    if [ "$SWITCH" != snabb-rs ]; then
+        SKIPPED+=("$st. migration: only with snabb-rs as the switch (needs a third port and a Tee)")
+        echo "SKIP $st. migration needs snabb-rs as the switch"
+        continue
+    fi
+    if ! start_switch server migration; then
+        fail "$st. the switch with a migration target port starts"
+        continue
+    fi
+    if [ $st = 6 ]; then
+        g1args=(--mode idle --ip $V4_1/16 --mac 52:54:00:00:00:01)
+        gstart g1 --sock "$W/v1.sock" "${g1args[@]}"
         gstart g2 --sock "$W/v2.sock" --mode ping-watch --count 0 --ip $V4_2/16 --peer $V4_1
         line=$(gwait g2 PING_OK --timeout 150)
         check "6. guest 2 pings guest 1 before the migration: $line" grep -q PING_OK <<<"$line"
-        # The target: the same machine, on vm1m's socket, waiting for the state.
-        cmd=$("$G" start g1m --sock "$W/v1m.sock" --mode idle --ip $V4_1/16 --mac 52:54:00:00:00:01 --dry-run)
-        eval "args=($cmd)"
-        : >"$W/g1m.log"
-        printf 'log=%s\npid=%s\n' "$W/g1m.log" "$W/g1m.pid" >"$W/g1m.where"
-        setsid "${args[@]}" -incoming "unix:$W/mig.sock" </dev/null >"$W/g1m.qemu.log" 2>&1 &
-        echo $! >"$W/g1m.pid"
-        wait_socket "$W/mig.sock" 20 || fail "6. the target QEMU listens for the migration"
-        sleep 1
         n=$(tr -d '\r' <"$W/g2.log" | grep -a -c 'PING_OK')
-        out=$("$G" monitor g1 "migrate -d unix:$W/mig.sock" 2>&1)
-        if grep -q -i -E 'vhost.*log|migration.*disabled|blocked|not supported' <<<"$out"; then
-            SKIPPED+=("6. migration: QEMU refused: $(tr '\n' ' ' <<<"$out" | cut -c1-200)")
-            echo "SKIP 6. QEMU refuses to migrate: $out"
-        else
-            t0=$(date +%s.%N)
-            if out=$(monitor_until g1 'Migration status: completed' 120 "info migrate"); then
-                MIG="migration completed"
-                pass "6. migration completed in $(since "$t0") s: $(grep -E 'total time|transferred ram|dirty sync count' <<<"$out" | tr -s ' \n' ' ')"
-                sleep 1
-                m=$("$G" monitor g1m "info status" 2>&1)
-                check "6. the target runs: $m" grep -q 'running' <<<"$m"
-                line=$(gwait g2 PING_OK --nth $((n + 5)) --timeout 60)
-                check "6. guest 2 keeps pinging guest 1 (now on vm1m): $line" grep -q PING_OK <<<"$line"
-                lost=$(tr -d '\r' <"$W/g2.log" | grep -a -c PING_LOST)
-                echo "  pings lost over the whole step: $lost"
-            else
-                fail "6. migration: $(tr '\n' ' ' <<<"$out" | cut -c1-300)"
-            fi
+        if migrate_g1 6 "${g1args[@]}"; then
+            MIG=done
+            line=$(gwait g2 PING_OK --nth $((n + 5)) --timeout 60)
+            check "6. guest 2 keeps pinging guest 1 (now on vm1m): $line" grep -q PING_OK <<<"$line"
+            echo "  pings lost over the whole step: $(tr -d '\r' <"$W/g2.log" | grep -a -c PING_LOST)"
         fi
-        for g in g1 g1m g2; do "$G" stop "$g" >/dev/null; done
-        echo "  $(stop_switch)"
-        switch_report
-        if grep -q 'migration completed' <<<"$(printf '%s\n' "${MIG:-}")"; then
-            n=$(to_guest vm1m)
-            check "6. after the migration the switch delivered to guest 1 through vm1m ($n packets)" test "${n:-0}" -gt 0
+    else
+        g1args=(--mode iperf-server --after idle --wait 150 --ip $V4_1/16 --mac 52:54:00:00:00:01)
+        gstart g1 --sock "$W/v1.sock" "${g1args[@]}"
+        gstart g2 --sock "$W/v2.sock" --mode iperf-client --secs 12 --count 3 --ip $V4_2/16 --peer $V4_1
+        line=$(gwait g2 PING_RESULT --timeout 150)
+        check "7. guest 2 pings guest 1 before the migration: $line" test "$(field "$line" received)" = 3
+        sleep 4 # iperf3 is under way
+        if migrate_g1 7 "${g1args[@]}"; then
+            MIG=done
+            line=$(gwait g2 IPERF_RESULT --timeout 90)
+            check "7. the iperf3 stream survives the migration: $line" test "$(field "$line" bits_per_second)0" -gt 10000000
+            line=$(gwait g1m IPERF_SERVER_DONE --timeout 30)
+            check "7. the server, now on the target, finished the test: $line" grep -q IPERF_SERVER_DONE <<<"$line"
         fi
     fi
-fi
+    for g in g1 g1m g2; do "$G" stop "$g" >/dev/null; done
+    echo "  $(stop_switch)"
+    switch_report
+    if [ "$MIG" = done ]; then
+        n=$(to_guest vm1m)
+        check "$st. after the migration the switch delivered to guest 1 through vm1m ($n packets)" test "${n:-0}" -gt 0
+    fi
+done
 
 echo "vhost-user-qemu ($SWITCH): $PASSED passed, $FAILED failed, ${#SKIPPED[@]} skipped in $(( $(date +%s) - START )) s"
 for s in "${SKIPPED[@]}"; do echo "  skipped: $s"; done
