@@ -7,7 +7,9 @@
 #   1. fe1 txonly -> fe2 rxonly, 64 B, then 1500 B the other way;
 #   2. both ways at once, with io forwarding, then mac forwarding (packets
 #      injected with `start tx_first` keep circulating);
-#   3. one way with mrg_rxbuf=0 on the frontends;
+#   3. one way with the receiver not polling for its first 2 s (its ring
+#      full: what the switch cannot deliver is held or counted as dropped);
+#      one way with mrg_rxbuf=0 on the frontends;
 #   4. one way with 2 queue pairs (queues=2 on testpmd's vdev and the app),
 #      skipped with a reason when the app takes no `queues` argument.
 # Each run ends by draining: the senders stop, the receivers read what is
@@ -21,7 +23,7 @@
 # Environment: SNABB_RS (the binary; default $CARGO_TARGET_DIR/release/snabb-rs),
 # VHOST_SWITCH=testpmd (testpmd's net_vhost with io forwarding plays the
 # switch instead: proves the harness), VHOST_TESTPMD_LIMIT (seconds, default 300),
-# VHOST_TESTPMD_CASES (default "oneway back io mac mrg mq").
+# VHOST_TESTPMD_CASES (default "oneway back io mac stall mrg mq").
 # Exit 0 pass, 43 skip (a SKIP line), 1 fail. Every process, socket and huge
 # page file made here is removed on exit.
 set -uo pipefail
@@ -33,7 +35,7 @@ T=$P/testpmd.sh
 
 LIMIT=${VHOST_TESTPMD_LIMIT:-300}
 SWITCH=${VHOST_SWITCH:-snabb-rs}
-CASES=${VHOST_TESTPMD_CASES:-oneway back io mac mrg mq}
+CASES=${VHOST_TESTPMD_CASES:-oneway back io mac stall mrg mq}
 ci() { [ -n "${SNABB_RS_CI:-}" ] && [ "${SNABB_RS_CI}" != 0 ]; }
 skip() { if ci; then echo "FAIL (under CI, not a skip): $*"; exit 1; fi; echo "SKIP $*"; exit 43; }
 PASSED=0 FAILED=0 SKIPPED=()
@@ -186,13 +188,15 @@ run_case() { # TITLE MODE LEN QUEUES FE_EXTRA...
     sleep 1
     case $mode in
     oneway) "$T" cmd fe2 start >/dev/null; "$T" cmd fe1 start >/dev/null;;
+    stall) # the receiver polls nothing for 2 s: its ring fills, the switch must hold or count what it cannot deliver
+        "$T" cmd fe1 start >/dev/null; sleep 2; "$T" cmd fe2 start >/dev/null;;
     back) "$T" cmd fe1 start >/dev/null; "$T" cmd fe2 start >/dev/null;;
     *) "$T" cmd fe2 "start tx_first 4" >/dev/null; "$T" cmd fe1 "start tx_first 4" >/dev/null;;
     esac
     sleep 3
     # Drain: the sender(s) stop; what is in flight reaches the receiver.
     case $mode in
-    oneway) "$T" cmd fe1 stop >/dev/null; sleep 1; "$T" cmd fe2 stop >/dev/null;;
+    oneway|stall) "$T" cmd fe1 stop >/dev/null; sleep 1; "$T" cmd fe2 stop >/dev/null;;
     back) "$T" cmd fe2 stop >/dev/null; sleep 1; "$T" cmd fe1 stop >/dev/null;;
     *)  # fe1 stops; fe2 receives the rest for 1 s and sends it back; then
         # fe2 stops and fe1, now rxonly, takes what fe2 sent.
@@ -222,7 +226,7 @@ run_case() { # TITLE MODE LEN QUEUES FE_EXTRA...
         moved=$((moved + $2))
     }
     case $mode in
-    oneway) check_dir "$tx1" "$rx2" "$p12" "1->2"
+    oneway|stall) check_dir "$tx1" "$rx2" "$p12" "1->2"
             [ "$tx2" = 0 ] && [ "$rx1" = 0 ] || { ok=0; why+=" traffic the other way (fe2 tx $tx2, fe1 rx $rx1);"; };;
     back) check_dir "$tx2" "$rx1" "$p21" "2->1"
             [ "$tx1" = 0 ] && [ "$rx2" = 0 ] || { ok=0; why+=" traffic the other way (fe1 tx $tx1, fe2 rx $rx2);"; };;
@@ -258,6 +262,7 @@ want oneway && run_case "fe1 txonly -> fe2 rxonly, 64 B" oneway 64 1
 want back && run_case "fe2 txonly -> fe1 rxonly, 1500 B" back 1500 1
 want io && run_case "both ways, io forwarding (tx_first), 64 B" io 64 1
 want mac && run_case "both ways, mac forwarding (tx_first), 1500 B" mac 1500 1
+want stall && run_case "fe1 txonly -> fe2 rxonly, fe2 not polling for its first 2 s, 64 B" stall 64 1
 want mrg && run_case "mrg_rxbuf=0: fe1 txonly -> fe2 rxonly, 1500 B" oneway 1500 1 --mrg-rxbuf 0
 mq=yes
 want mq || mq=skip
