@@ -20,7 +20,9 @@
 #      Skipped with the reason when QEMU refuses to migrate (no VHOST_F_LOG_ALL);
 #   7. the same while guest 1 receives an iperf3 stream from guest 2 (the
 #      switch writes guest memory during the migration: dirty log under load);
-#      the stream must finish, its server side now on the target.
+#      the stream must finish, its server side now on the target;
+#   8. two queue pairs per guest (mq=on; the app with queues: 2), guest 2
+#      with mrg_rxbuf=off: ping and iperf3 with 4 streams.
 # Each step prints PASS/FAIL with the marker lines as evidence. Every wait
 # is bounded; the suite too ($VHOST_QEMU_LIMIT, default 720 s). Every process
 # is stopped on exit, pass or fail.
@@ -38,7 +40,7 @@ G=$P/guest.sh T=$P/testpmd.sh
 
 LIMIT=${VHOST_QEMU_LIMIT:-720}
 SWITCH=${VHOST_SWITCH:-snabb-rs}
-STEPS=${VHOST_QEMU_STEPS:-1 2 3 4 5 6 7}
+STEPS=${VHOST_QEMU_STEPS:-1 2 3 4 5 6 7 8}
 ci() { [ -n "${SNABB_RS_CI:-}" ] && [ "${SNABB_RS_CI}" != 0 ]; }
 skip() { if ci; then echo "FAIL (under CI, not a skip): $*"; exit 1; fi; echo "SKIP $*"; exit 43; }
 PASSED=0 FAILED=0 SKIPPED=()
@@ -116,13 +118,14 @@ start_switch() {
     if [ "$SWITCH" = testpmd ]; then
         local c=(); [ "$role" = client ] && c=(--vhost-client)
         [ "$role" = server ] && rm -f "$W/v1.sock" "$W/v2.sock"
-        "$T" start sw --vhost "$W/v1.sock" --vhost "$W/v2.sock" "${c[@]}" --cpu 0 --fwd io --stats-period 0 >/dev/null &&
+        "$T" start sw --vhost "$W/v1.sock" --vhost "$W/v2.sock" "${c[@]}" --cpu 0 --fwd io --queues "${SW_QUEUES:-1}" --stats-period 0 >/dev/null &&
             "$T" wait-ready sw --timeout 30 >/dev/null
         return
     fi
     local apps links
-    apps="\"vm1\": (class: \"VhostUser\", args: (socket: \"$W/v1.sock\", server: $server)),
-        \"vm2\": (class: \"VhostUser\", args: (socket: \"$W/v2.sock\", server: $server)),"
+    local qa=""; [ "${SW_QUEUES:-1}" -gt 1 ] && qa=", queues: $SW_QUEUES"
+    apps="\"vm1\": (class: \"VhostUser\", args: (socket: \"$W/v1.sock\", server: $server$qa)),
+        \"vm2\": (class: \"VhostUser\", args: (socket: \"$W/v2.sock\", server: $server$qa)),"
     links='"vm1.output -> vm2.input", "vm2.output -> vm1.input"'
     if [ "$topo" = migration ]; then
         apps+="
@@ -413,6 +416,33 @@ for st in 6 7; do
         check "$st. after the migration the switch delivered to guest 1 through vm1m ($n packets)" test "${n:-0}" -gt 0
     fi
 done
+
+# --- 8: two queue pairs, and mergeable rx buffers off -------------------------------------
+if step 8; then
+    echo "--- 8. two queue pairs per guest (mq=on, queues: 2), guest 2 with mrg_rxbuf=off: ping, iperf3 to guest 2 with 4 streams"
+    if ! SW_QUEUES=2 start_switch server; then
+        fail "8. the switch with queues: 2 starts"
+    else
+        # Guest 2 receives the stream, into buffers without MRG_RXBUF.
+        gstart g2 --sock "$W/v2.sock" --queues 2 --device-opts mrg_rxbuf=off --mode iperf-server --ip $V4_2/16 --after idle --wait 150
+        gstart g1 --sock "$W/v1.sock" --queues 2 --mode iperf-client --ip $V4_1/16 --peer $V4_2 \
+            --secs 5 --streams 4 --count 5 --after idle
+        for g in g1 g2; do
+            line=$(gwait $g GUEST_READY --timeout 150)
+            check "8. guest ${g#g} has 2 queue pairs: $(cut -d' ' -f1-7 <<<"$line")" test "$(field "$line" queues)" = 2
+        done
+        line=$(gwait g1 PING_RESULT --timeout 150)
+        check "8. ping guest 1 -> guest 2: $line" test "$(field "$line" received)" = 5
+        line=$(gwait g1 IPERF_RESULT --timeout 90)
+        check "8. iperf3 guest 1 -> guest 2 (mrg_rxbuf=off), 4 streams: $line" test "$(field "$line" bits_per_second)0" -gt 10000000
+        # Stop the switch first: its report then shows the guests' queues still running.
+        echo "  $(stop_switch)"
+        switch_report
+        n=$(grep -c '2 RX + 2 TX queues running' "$(switch_log)")
+        check "8. both ports ran 2 RX + 2 TX queues ($n of 2 in the report)" test "$n" = 2
+        for g in g1 g2; do "$G" stop "$g" >/dev/null; done
+    fi
+fi
 
 echo "vhost-user-qemu ($SWITCH): $PASSED passed, $FAILED failed, ${#SKIPPED[@]} skipped in $(( $(date +%s) - START )) s"
 for s in "${SKIPPED[@]}"; do echo "  skipped: $s"; done
