@@ -237,7 +237,7 @@ pub(super) unsafe fn move_blocks<B: Block>(d: *mut u8, s: *const u8, n: usize, f
     }
 }
 
-/// Copy `n > 2 * B::SIZE` bytes between regions that do not overlap. Up
+/// Copy `n >= B::SIZE` bytes between regions that do not overlap. Up
 /// to eight blocks, each half is loaded and stored in turn (nothing needs
 /// to be held back, as for a move); longer copies run `forward`.
 ///
@@ -246,11 +246,13 @@ pub(super) unsafe fn move_blocks<B: Block>(d: *mut u8, s: *const u8, n: usize, f
 #[inline(always)]
 pub(super) unsafe fn copy_long<B: Block>(d: *mut u8, s: *const u8, n: usize) {
     let k = B::SIZE;
-    debug_assert!(n > 2 * k);
+    debug_assert!(n >= k);
     // SAFETY: every block lies at an offset in 0..=n-k; without overlap,
     // stores cannot change bytes still to be loaded.
     unsafe {
-        if n <= 4 * k {
+        if n <= 2 * k {
+            move_upto8::<B>(d, s, n)
+        } else if n <= 4 * k {
             let a = B::load(s);
             let b = B::load(s.add(k));
             B::store(d, a);

@@ -149,8 +149,8 @@ macro_rules! long_copy {
         #[doc = concat!("no overlap, and the CPU has ", $feature, ".")]
         #[target_feature(enable = $feature)]
         pub(super) unsafe fn $name(d: *mut u8, s: *const u8, n: usize) {
-            // SAFETY: passed on from the caller, who promises n > 128, so
-            // that the block sizes below are at most n.
+            // SAFETY: passed on from the caller, who promises n > INLINE_MAX
+            // (64), so that the block sizes below (at most 64) are at most n.
             unsafe {
                 std::hint::assert_unchecked(n > super::INLINE_MAX);
                 blocks::copy_long::<$block>(d, s, n)
