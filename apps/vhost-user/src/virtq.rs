@@ -48,6 +48,11 @@ pub struct VringAddr {
     pub log_guest_addr: u64,
 }
 
+/// Entries we take between rewrites of avail_event (see
+/// `write_avail_event`): with at most 32768 entries in a ring, the driver's
+/// index stays more than 0x4000 short of the stale value.
+const AVAIL_EVENT_REFRESH: u16 = 0x2000;
+
 /// Most descriptors one chain may have, indirect entries included. Linux
 /// guests use at most MAX_SKB_FRAGS + 2 (19); 256 leaves room for any sane
 /// driver and bounds the work a hostile one can cause per chain.
@@ -357,6 +362,8 @@ pub struct Virtqueue {
     signalled: u16,
     signalled_valid: bool,
     kicks_suppressed: bool,
+    /// Where `next_avail` was when avail_event was last written.
+    avail_event_at: Option<u16>,
     /// Scratch for gathering receive buffers: allocated once.
     segs: Vec<Seg>,
     chains: Vec<Gathered>,
@@ -431,6 +438,7 @@ impl Virtqueue {
             signalled: used_idx,
             signalled_valid: false,
             kicks_suppressed: false,
+            avail_event_at: None,
             segs: Vec::with_capacity(MAX_SEGS),
             chains: Vec::with_capacity(MAX_MERGE),
             stats: QueueStats::default(),
@@ -553,11 +561,22 @@ impl Virtqueue {
 
     /// With EVENT_IDX the driver kicks when its avail index passes
     /// avail_event; one behind our position is as far away as it can be.
+    /// The driver reads that word on every refill, so it is written again
+    /// only after AVAIL_EVENT_REFRESH entries, not on every call: the
+    /// driver's index stays within `size` of ours and cannot reach the
+    /// stale value in between (a stray kick would cost it a wakeup, nothing
+    /// more: we poll).
     #[inline]
     fn write_avail_event(&mut self, log: Option<&DirtyLog>) {
         if !self.event_idx {
             return;
         }
+        if let Some(at) = self.avail_event_at {
+            if self.next_avail.wrapping_sub(at) < AVAIL_EVENT_REFRESH {
+                return;
+            }
+        }
+        self.avail_event_at = Some(self.next_avail);
         self.ring.avail_event().store(self.next_avail.wrapping_sub(1), Ordering::Relaxed);
         if let (Some(log), Some(gpa)) = (log, self.log_used) {
             log.mark(gpa + 4 + 8 * self.ring.size as u64, 2);
