@@ -53,6 +53,7 @@ impl DeviceConfig {
             virtio::VIRTIO_RING_F_INDIRECT_DESC,
             virtio::VIRTIO_RING_F_EVENT_IDX,
             virtio::VIRTIO_F_ANY_LAYOUT,
+            virtio::VIRTIO_F_IN_ORDER,
             virtio::VIRTIO_NET_F_CSUM,
             virtio::VIRTIO_NET_F_GUEST_CSUM,
             virtio::VIRTIO_NET_F_MTU,
