@@ -122,7 +122,7 @@ grep -E "packets transmitted|rtt" "$TMP/ping.log" | sed 's/^/  /'
 iperf() { # direction flag ("" or -R), seconds
     ip netns exec "$NS2" timeout 30 iperf3 -s -1 -B 10.77.0.2 >"$TMP/iperf-server.log" 2>&1 &
     local server=$!
-    for _ in $(seq 50); do ip netns exec "$NS2" ss -ltn | grep -q 10.77.0.2:5201 && break; sleep 0.1; done
+    for _ in $(seq 50); do ip netns exec "$NS2" ss -ltn | grep 10.77.0.2:5201 >/dev/null && break; sleep 0.1; done
     ip netns exec "$NS1" timeout 30 iperf3 -c 10.77.0.2 $1 -t "$2" -f m >"$TMP/iperf.log" 2>&1 || {
         cat "$TMP/iperf.log" "$TMP/iperf-server.log"
         fail "iperf3 $1"

@@ -60,7 +60,7 @@ if [ "$SWITCH" = snabb-rs ]; then
         echo "--- building snabb-rs"
         timeout 1800 cargo build --release -p snabb-rs >/dev/null 2>&1 || { echo "FAIL cargo build"; exit 1; }
     fi
-    "$B" apps 2>/dev/null | grep -qw VhostUser || skip "this snabb-rs ($B) has no VhostUser app class"
+    "$B" apps 2>/dev/null | grep -w VhostUser >/dev/null || skip "this snabb-rs ($B) has no VhostUser app class"
 else
     command -v dpdk-testpmd >/dev/null || skip "dpdk-testpmd is missing"
 fi

@@ -51,7 +51,7 @@ if [ "$SWITCH" = snabb-rs ]; then
         echo "--- building snabb-rs"
         timeout 1800 cargo build --release -p snabb-rs >/dev/null 2>&1 || { echo "FAIL cargo build"; exit 1; }
     fi
-    "$B" apps 2>/dev/null | grep -qw VhostUser || skip "this snabb-rs ($B) has no VhostUser app class"
+    "$B" apps 2>/dev/null | grep -w VhostUser >/dev/null || skip "this snabb-rs ($B) has no VhostUser app class"
 fi
 
 W=$(mktemp -d "${TMPDIR:-/tmp}/vhost-testpmd.XXXXXX")
@@ -170,7 +170,7 @@ start_fe() { # NAME SOCK CPU FWD LEN EXTRA...
 }
 # Does a frontend's link come up with the switch? testpmd prints the port's link state.
 fe_link_up() { # NAME
-    "$T" cmd "$1" "show port info 0" | grep -q 'Link status: up'
+    "$T" cmd "$1" "show port info 0" | grep 'Link status: up' >/dev/null
 }
 
 # One run. MODE: oneway (fe1 txonly -> fe2 rxonly) | back (fe2 -> fe1) | io | mac (both ways).

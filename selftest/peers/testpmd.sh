@@ -316,7 +316,7 @@ cmd_cmd() { # NAME [--dir DIR] COMMAND...
     local i
     for ((i = 0; i < 50; i++)); do
         sleep 0.1
-        tail -c +"$((before + 1))" "$log" | grep -q 'testpmd> ' && break
+        tail -c +"$((before + 1))" "$log" | grep 'testpmd> ' >/dev/null && break
     done
     tail -c +"$((before + 1))" "$log" | tr -d '\r' | grep -v '^testpmd> $' | sed 's/^testpmd> //'
 }
