@@ -362,6 +362,8 @@ pub struct Virtqueue {
     signalled: u16,
     signalled_valid: bool,
     kicks_suppressed: bool,
+    /// Used entries not yet written to the ring (see `push_used`).
+    shadow: Vec<(u16, u32)>,
     /// Where `next_avail` was when avail_event was last written.
     avail_event_at: Option<u16>,
     /// Scratch for gathering receive buffers: allocated once.
@@ -439,6 +441,7 @@ impl Virtqueue {
             signalled_valid: false,
             kicks_suppressed: false,
             avail_event_at: None,
+            shadow: Vec::with_capacity(size as usize),
             segs: Vec::with_capacity(MAX_SEGS),
             chains: Vec::with_capacity(MAX_MERGE),
             stats: QueueStats::default(),
@@ -532,20 +535,34 @@ impl Virtqueue {
         Some(head)
     }
 
+    /// Note a chain as used. The entries are written to the ring together in
+    /// `publish`, not one by one between packet copies: the driver may still
+    /// be reading the previous batch's entries in the same cache line.
     #[inline]
     fn push_used(&mut self, log: Option<&DirtyLog>, head: u16, len: u32) {
-        let i = self.next_used;
-        self.ring.write_used_elem(i, head as u32, len);
-        if let (Some(log), Some(gpa)) = (log, self.log_used) {
-            log.mark(gpa + self.ring.used_elem_offset(i) as u64, 8);
+        if self.shadow.len() == self.shadow.capacity() {
+            self.flush_used(log);
         }
-        self.next_used = i.wrapping_add(1);
+        self.shadow.push((head, len));
         self.stats.used += 1;
+    }
+
+    fn flush_used(&mut self, log: Option<&DirtyLog>) {
+        for &(head, len) in &self.shadow {
+            let i = self.next_used;
+            self.ring.write_used_elem(i, head as u32, len);
+            if let (Some(log), Some(gpa)) = (log, self.log_used) {
+                log.mark(gpa + self.ring.used_elem_offset(i) as u64, 8);
+            }
+            self.next_used = i.wrapping_add(1);
+        }
+        self.shadow.clear();
     }
 
     /// Store the used index (Release: the entries and buffers before it are visible first).
     #[inline]
     fn publish(&mut self, log: Option<&DirtyLog>) {
+        self.flush_used(log);
         if self.kicks_suppressed {
             self.write_avail_event(log);
         }
