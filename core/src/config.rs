@@ -336,7 +336,11 @@ impl Config {
         for (name, app) in raw.apps.0 {
             let name_pos = origin.pos_of(offset(name) - 1);
             if !valid_name(name) {
-                return Err(ConfigError::at(&origin, Some(name_pos), format!("app name `{name}`: letters, digits, `_`, `-` only")));
+                return Err(ConfigError::at(
+                    &origin,
+                    Some(name_pos),
+                    format!("app name `{name}`: letters, digits, `_`, `-` only"),
+                ));
             }
             let args = match app.args {
                 Some(raw) => Args {

@@ -571,8 +571,14 @@ impl Engine {
     pub fn commit(&mut self) {
         let Some(dir) = &self.shm else { return };
         let ps = packet::stats();
-        let values =
-            [self.stats.breaths, self.stats.configs, self.stats.reconfig_drops, self.stats.idle_breaths, ps.in_use, ps.total];
+        let values = [
+            self.stats.breaths,
+            self.stats.configs,
+            self.stats.reconfig_drops,
+            self.stats.idle_breaths,
+            ps.in_use,
+            ps.total,
+        ];
         for ((_, c), v) in self.engine_counters.iter().zip(values) {
             c.set(v);
         }

@@ -704,7 +704,11 @@ fn send_copy(l: &Link, w: u32, p: Packet) -> bool {
 #[cold]
 #[inline(never)]
 fn busy_panic(side: u8) -> ! {
-    let what = if side == RX_BUSY { "receive on a link while a Drain of it lives" } else { "transmit on a link while a Transmitter of it lives" };
+    let what = if side == RX_BUSY {
+        "receive on a link while a Drain of it lives"
+    } else {
+        "transmit on a link while a Transmitter of it lives"
+    };
     panic!("{what}")
 }
 

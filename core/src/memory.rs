@@ -73,22 +73,12 @@ pub fn generation() -> u64 {
 /// The device address of a byte in any chunk.
 pub fn virt_to_dma(virt: *const u8) -> Option<u64> {
     let v = virt as usize;
-    CHUNKS
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|c| c.contains_virt(v))
-        .map(|c| c.dma + (v - c.virt) as u64)
+    CHUNKS.lock().unwrap().iter().find(|c| c.contains_virt(v)).map(|c| c.dma + (v - c.virt) as u64)
 }
 
 /// The virtual address of a device address in any chunk.
 pub fn dma_to_virt(dma: u64) -> Option<*mut u8> {
-    CHUNKS
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|c| c.contains_dma(dma))
-        .map(|c| (c.virt + (dma - c.dma) as usize) as *mut u8)
+    CHUNKS.lock().unwrap().iter().find(|c| c.contains_dma(dma)).map(|c| (c.virt + (dma - c.dma) as usize) as *mut u8)
 }
 
 /// Whether huge pages are refused by configuration (`SNABB_RS_NO_HUGEPAGES=1`).
@@ -106,9 +96,7 @@ pub fn alloc_chunk() -> io::Result<Chunk> {
         None => map_ordinary()?,
     };
     LOG_BACKING.call_once(|| match chunk.backing {
-        Backing::Huge => log::info!(
-            "packet memory: 2 MiB huge pages, physical addresses from /proc/self/pagemap"
-        ),
+        Backing::Huge => log::info!("packet memory: 2 MiB huge pages, physical addresses from /proc/self/pagemap"),
         Backing::Ordinary => log::info!(
             "packet memory: ordinary pages (no huge pages available{}); device addresses are \
              virtual (IOVA = VA): a real NIC needs VFIO",

@@ -1257,7 +1257,10 @@ mod tests {
     }
     impl TestOwner {
         fn new(n: usize) -> TestOwner {
-            TestOwner { bufs: (0..n).map(|_| Box::new([0u8; 2048])).collect(), owner: BufferOwner::register("test", None) }
+            TestOwner {
+                bufs: (0..n).map(|_| Box::new([0u8; 2048])).collect(),
+                owner: BufferOwner::register("test", None),
+            }
         }
         fn lend(&mut self, i: usize, fixed: bool) -> Packet {
             let b = &mut self.bufs[i];

@@ -39,7 +39,8 @@ pub fn basic1(packets: u64) -> Result<f64> {
     let counters = |spec: &str| e.link(spec).map(|l| l.counters()).unwrap_or_default();
     let (a, b, s) = (counters("tee.tx1 -> sink.rx1"), counters("tee.tx2 -> sink.rx2"), counters(spec));
     let lost = a.txdrop + b.txdrop + s.txdrop;
-    let short = |c: &snabb_core::LinkCounters| s.txpackets.saturating_sub(c.txpackets) > 2 * snabb_core::PULL_NPACKETS as u64;
+    let short =
+        |c: &snabb_core::LinkCounters| s.txpackets.saturating_sub(c.txpackets) > 2 * snabb_core::PULL_NPACKETS as u64;
     anyhow::ensure!(lost == 0 && !short(&a) && !short(&b), "basic1: packets went missing: {s:?} {a:?} {b:?}");
     Ok(mpps)
 }

@@ -32,7 +32,8 @@ fn every_example_config_checks() {
 fn bad_config_names_file_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("bad.ron");
-    std::fs::write(&f, "(\n  apps: {\n    \"src\": (class: \"Source\", args: (size: 60, colour: 3)),\n  },\n)\n").unwrap();
+    std::fs::write(&f, "(\n  apps: {\n    \"src\": (class: \"Source\", args: (size: 60, colour: 3)),\n  },\n)\n")
+        .unwrap();
     let out = bin().args(["config", "check"]).arg(&f).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

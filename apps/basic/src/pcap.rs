@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use snabb_core::packet::PAYLOAD_SIZE;
-use snabb_core::{App, AppClass, AppContext, Io, Packet, PULL_NPACKETS};
+use snabb_core::{App, AppClass, AppContext, Io, PULL_NPACKETS, Packet};
 
 const MAGIC_US: u32 = 0xa1b2_c3d4;
 const MAGIC_NS: u32 = 0xa1b2_3c4d;
@@ -78,7 +78,12 @@ impl<R: Read> PcapFileReader<R> {
         }
         let mut data = vec![0u8; incl as usize];
         self.r.read_exact(&mut data).map_err(|e| io::Error::new(e.kind(), "truncated record"))?;
-        Ok(Some(Record { ts_sec: self.u32(&h[0..4]), ts_frac: self.u32(&h[4..8]), orig_len: self.u32(&h[12..16]), data }))
+        Ok(Some(Record {
+            ts_sec: self.u32(&h[0..4]),
+            ts_frac: self.u32(&h[4..8]),
+            orig_len: self.u32(&h[12..16]),
+            data,
+        }))
     }
 }
 

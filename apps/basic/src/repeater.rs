@@ -2,7 +2,7 @@
 //! forever, `PULL_NPACKETS` per breath, in the order it arrived.
 
 use serde::{Deserialize, Serialize};
-use snabb_core::{App, AppClass, AppContext, Io, Packet, PULL_NPACKETS};
+use snabb_core::{App, AppClass, AppContext, Io, PULL_NPACKETS, Packet};
 
 #[derive(Serialize, Deserialize, Debug)]
 #[serde(deny_unknown_fields, default)]

@@ -45,7 +45,7 @@ impl Sink {
 }
 
 pub fn selftest() -> anyhow::Result<()> {
-    use snabb_core::{packet, Config, Engine};
+    use snabb_core::{Config, Engine, packet};
     let before = packet::stats();
     {
         let mut c = Config::new();

@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 use snabb_core::ethernet::{self, MacAddr};
 use snabb_core::packet::Allocator;
-use snabb_core::{App, AppClass, AppContext, Io, Link, Packet, PULL_NPACKETS};
+use snabb_core::{App, AppClass, AppContext, Io, Link, PULL_NPACKETS, Packet};
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields, default)]
@@ -90,7 +90,11 @@ impl AppClass for Source {
             anyhow::ensure!(v < 4096, "vlan {v}: must be below 4096");
         }
         if args.numbered {
-            anyhow::ensure!(sizes.iter().all(|&s| s >= header + 4), "numbered frames need {} bytes at least", header + 4);
+            anyhow::ensure!(
+                sizes.iter().all(|&s| s >= header + 4),
+                "numbered frames need {} bytes at least",
+                header + 4
+            );
         }
         Ok(Source {
             templates: sizes.iter().map(|&s| frame(&args, s)).collect(),

@@ -56,7 +56,14 @@ impl DriverMemory {
         }
         // SAFETY: a fresh shared mapping of our fd, chosen by the kernel.
         let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), size, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd.as_raw_fd(), 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
         };
         if p == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
@@ -71,7 +78,12 @@ impl DriverMemory {
 
     /// The one region: gpa 0, uva = our mapping's address, mmap_offset 0.
     pub fn region(&self) -> RegionSpec {
-        RegionSpec { guest_phys_addr: 0, memory_size: self.size as u64, userspace_addr: self.base as u64, mmap_offset: 0 }
+        RegionSpec {
+            guest_phys_addr: 0,
+            memory_size: self.size as u64,
+            userspace_addr: self.base as u64,
+            mmap_offset: 0,
+        }
     }
 
     /// The device-side view (a second mapping of a dup of the fd), for tests without a socket.
@@ -96,7 +108,11 @@ impl DriverMemory {
 
     /// Write `bytes` at `gpa` (panics outside memory: test code).
     pub fn write(&self, gpa: u64, bytes: &[u8]) {
-        assert!(gpa as usize <= self.size && bytes.len() <= self.size - gpa as usize, "{gpa:#x}+{} outside guest memory", bytes.len());
+        assert!(
+            gpa as usize <= self.size && bytes.len() <= self.size - gpa as usize,
+            "{gpa:#x}+{} outside guest memory",
+            bytes.len()
+        );
         // SAFETY: inside our mapping (checked); the device may read these
         // bytes concurrently only in tests that race on purpose.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.base.add(gpa as usize), bytes.len()) };
@@ -198,7 +214,14 @@ impl DriverQueue {
     /// Lay out a ring of `size` at `ring_gpa` (16-aligned) with buffers in
     /// [data_gpa, data_gpa + data_len). The rings are zeroed. Panics on a
     /// layout outside memory (test code).
-    pub fn new(mem: &DriverMemory, size: u16, ring_gpa: u64, data_gpa: u64, data_len: u64, features: u64) -> DriverQueue {
+    pub fn new(
+        mem: &DriverMemory,
+        size: u16,
+        ring_gpa: u64,
+        data_gpa: u64,
+        data_len: u64,
+        features: u64,
+    ) -> DriverQueue {
         assert!(size.is_power_of_two() && ring_gpa.is_multiple_of(16));
         let (d, a, u) = ring_offsets(size);
         assert!(ring_gpa + ring_bytes(size) <= mem.size() as u64, "ring outside memory");

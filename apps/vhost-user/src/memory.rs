@@ -17,7 +17,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 /// One region of a SET_MEM_TABLE message (field names as in the vhost-user spec).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -117,7 +117,8 @@ fn map_shared(fd: &OwnedFd, len: u64) -> Result<(*mut u8, usize), MemoryError> {
     // (st_blksize); the file holds whole pages, so rounding up stays in it.
     let blk = st.st_blksize as u64;
     let len = if blk.is_power_of_two() && len.next_multiple_of(blk) <= size { len.next_multiple_of(blk) } else { len };
-    let ulen = usize::try_from(len).map_err(|_| MemoryError::Mmap { len, err: std::io::ErrorKind::InvalidInput.into() })?;
+    let ulen =
+        usize::try_from(len).map_err(|_| MemoryError::Mmap { len, err: std::io::ErrorKind::InvalidInput.into() })?;
     // SAFETY: a fresh mapping chosen by the kernel; nothing else is affected.
     let p = unsafe {
         libc::mmap(std::ptr::null_mut(), ulen, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd.as_raw_fd(), 0)
@@ -453,9 +454,15 @@ mod tests {
 
     #[test]
     fn rejects_bad_tables() {
-        let e = GuestMemory::map(&[spec(0, 0x1000, 0, 0), spec(0x800, 0x1000, 0x10000, 0)], vec![memfd(0x1000), memfd(0x1000)]);
+        let e = GuestMemory::map(
+            &[spec(0, 0x1000, 0, 0), spec(0x800, 0x1000, 0x10000, 0)],
+            vec![memfd(0x1000), memfd(0x1000)],
+        );
         assert!(matches!(e, Err(MemoryError::Overlap(0, 1))));
-        let e = GuestMemory::map(&[spec(0, 0x1000, 0, 0), spec(0x1000, 0x1000, 0x800, 0)], vec![memfd(0x1000), memfd(0x1000)]);
+        let e = GuestMemory::map(
+            &[spec(0, 0x1000, 0, 0), spec(0x1000, 0x1000, 0x800, 0)],
+            vec![memfd(0x1000), memfd(0x1000)],
+        );
         assert!(matches!(e, Err(MemoryError::Overlap(0, 1))));
         let e = GuestMemory::map(&[spec(0, 0, 0, 0)], vec![memfd(0x1000)]);
         assert!(matches!(e, Err(MemoryError::EmptyRegion(0))));

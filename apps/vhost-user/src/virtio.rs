@@ -174,7 +174,8 @@ mod tests {
 
     #[test]
     fn header_round_trip() {
-        let h = NetHdr { flags: 1, gso_type: 0, hdr_len: 54, gso_size: 0, csum_start: 34, csum_offset: 16, num_buffers: 3 };
+        let h =
+            NetHdr { flags: 1, gso_type: 0, hdr_len: 54, gso_size: 0, csum_start: 34, csum_offset: 16, num_buffers: 3 };
         let b = h.to_bytes();
         assert_eq!(NetHdr::parse(&b), h);
         assert_eq!(NetHdr::parse(&b[..10]).num_buffers, 0);

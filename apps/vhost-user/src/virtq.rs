@@ -416,7 +416,13 @@ impl Virtqueue {
     /// (desc 16, avail 2, used 4) and wholly inside `mem` (translated once
     /// here). `base` is the next avail index to read; the used index is
     /// read from the ring. `features` are the negotiated virtio features.
-    pub fn start(size: u16, addr: &VringAddr, base: u16, features: u64, mem: &GuestMemory) -> Result<Virtqueue, VirtqError> {
+    pub fn start(
+        size: u16,
+        addr: &VringAddr,
+        base: u16,
+        features: u64,
+        mem: &GuestMemory,
+    ) -> Result<Virtqueue, VirtqError> {
         if size == 0 || !size.is_power_of_two() || size > MAX_QUEUE_SIZE {
             return Err(VirtqError::BadSize(size));
         }
@@ -604,7 +610,13 @@ impl Virtqueue {
     /// frame (after the net header) into a fresh host packet, completing a
     /// partial checksum when the header asks for it, hand it to `out`, and
     /// put the chain on the used ring. Returns the chains taken.
-    pub fn receive_from_guest(&mut self, mem: &GuestMemory, log: Option<&DirtyLog>, max: usize, mut out: impl FnMut(Packet)) -> usize {
+    pub fn receive_from_guest(
+        &mut self,
+        mem: &GuestMemory,
+        log: Option<&DirtyLog>,
+        max: usize,
+        mut out: impl FnMut(Packet),
+    ) -> usize {
         if !self.ready(mem) {
             return 0;
         }
@@ -782,11 +794,9 @@ impl Virtqueue {
     /// Write header and frame into the gathered buffers and put the chains
     /// that hold them on the used ring.
     fn deliver(&mut self, log: Option<&DirtyLog>, p: &Packet) {
-        let hdr = NetHdr {
-            num_buffers: if self.mrg_rxbuf { self.chains.len() as u16 } else { 1 },
-            ..NetHdr::default()
-        }
-        .to_bytes();
+        let hdr =
+            NetHdr { num_buffers: if self.mrg_rxbuf { self.chains.len() as u16 } else { 1 }, ..NetHdr::default() }
+                .to_bytes();
         let mut w = Scatter { segs: &self.segs, i: 0, off: 0, log };
         w.write(&hdr[..self.hdr_len]);
         w.write(p.data());

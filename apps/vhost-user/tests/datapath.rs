@@ -4,7 +4,7 @@
 use snabb_apps_vhost_user::driver::{DriverMemory, DriverQueue, SendLayout};
 use snabb_apps_vhost_user::memory::{DirtyLog, GuestMemory, RegionSpec};
 use snabb_apps_vhost_user::virtio::*;
-use snabb_apps_vhost_user::virtq::{QueueStats, VringAddr, Virtqueue};
+use snabb_apps_vhost_user::virtq::{QueueStats, Virtqueue, VringAddr};
 use snabb_core::packet;
 use snabb_core::{Link, Packet};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -64,7 +64,8 @@ fn frame(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
 }
 
-const SIZES: &[usize] = &[0, 1, 13, 14, 60, 61, 64, 127, 128, 129, 1500, 1514, 2048, 4000, 4097, 8192, 9000, 9216, 10240];
+const SIZES: &[usize] =
+    &[0, 1, 13, 14, 60, 61, 64, 127, 128, 129, 1500, 1514, 2048, 4000, 4097, 8192, 9000, 9216, 10240];
 
 fn feature_sets() -> Vec<(&'static str, u64)> {
     let v1 = bit(VIRTIO_F_VERSION_1);
@@ -141,7 +142,13 @@ fn switch_to_guest_all_sizes_and_layouts() {
             for ((h, g), f) in got.iter().zip(&frames) {
                 assert!(g == f, "{name}: frame of {} bytes came out as {} bytes", f.len(), g.len());
                 let hlen = net_hdr_len(features);
-                let expect = if mrg { (hlen + f.len()).div_ceil(buf as usize) as u16 } else if hlen == 12 { 1 } else { 0 };
+                let expect = if mrg {
+                    (hlen + f.len()).div_ceil(buf as usize) as u16
+                } else if hlen == 12 {
+                    1
+                } else {
+                    0
+                };
                 assert_eq!(h.num_buffers, expect, "{name}: num_buffers for {} bytes", f.len());
                 assert_eq!(h.flags, 0);
             }
@@ -451,97 +458,161 @@ fn hostile_tx_descriptors_are_counted_drops() {
     let v1 = bit(VIRTIO_F_VERSION_1);
     type Setup = Box<dyn Fn(&mut DriverQueue, &DriverMemory)>;
     let cases: Vec<(&str, u64, Setup)> = vec![
-        ("outside memory", v1, Box::new(|q, _| {
-            q.write_desc(0, MEM as u64 - 10, 100, 0, 0);
-            q.push_avail_raw(0);
-        })),
-        ("far outside", v1, Box::new(|q, _| {
-            q.write_desc(0, 1 << 60, 100, 0, 0);
-            q.push_avail_raw(0);
-        })),
-        ("addr + len overflows", v1, Box::new(|q, _| {
-            q.write_desc(0, u64::MAX - 50, 100, 0, 0);
-            q.push_avail_raw(0);
-        })),
-        ("loop to itself", v1, Box::new(|q, _| {
-            let a = q.slot_gpa(0);
-            q.write_desc(0, a, 100, VIRTQ_DESC_F_NEXT, 0);
-            q.push_avail_raw(0);
-        })),
-        ("loop of two", v1, Box::new(|q, _| {
-            let a = q.slot_gpa(0);
-            q.write_desc(0, a, 100, VIRTQ_DESC_F_NEXT, 1);
-            q.write_desc(1, a, 100, VIRTQ_DESC_F_NEXT, 0);
-            q.push_avail_raw(0);
-        })),
-        ("next beyond the table", v1, Box::new(|q, _| {
-            let a = q.slot_gpa(0);
-            q.write_desc(0, a, 100, VIRTQ_DESC_F_NEXT, QSIZE);
-            q.push_avail_raw(0);
-        })),
-        ("writable buffer to read", v1, Box::new(|q, _| {
-            let a = q.slot_gpa(0);
-            q.write_desc(0, a, 100, VIRTQ_DESC_F_WRITE, 0);
-            q.push_avail_raw(0);
-        })),
-        ("indirect not negotiated", v1, Box::new(|q, _| {
-            let a = q.slot_gpa(0);
-            q.write_desc_at(a, a + 64, 100, 0, 0);
-            q.write_desc(0, a, 16, VIRTQ_DESC_F_INDIRECT, 0);
-            q.push_avail_raw(0);
-        })),
-        ("nested indirect", ind(), Box::new(|q, _| {
-            let a = q.slot_gpa(0);
-            q.write_desc_at(a, a + 64, 16, VIRTQ_DESC_F_INDIRECT, 0);
-            q.write_desc_at(a + 64, a + 128, 100, 0, 0);
-            q.write_desc(0, a, 16, VIRTQ_DESC_F_INDIRECT, 0);
-            q.push_avail_raw(0);
-        })),
-        ("indirect table length not a multiple of 16", ind(), Box::new(|q, _| {
-            let a = q.slot_gpa(0);
-            q.write_desc_at(a, a + 64, 100, 0, 0);
-            q.write_desc(0, a, 17, VIRTQ_DESC_F_INDIRECT, 0);
-            q.push_avail_raw(0);
-        })),
-        ("empty indirect table", ind(), Box::new(|q, _| {
-            let a = q.slot_gpa(0);
-            q.write_desc(0, a, 0, VIRTQ_DESC_F_INDIRECT, 0);
-            q.push_avail_raw(0);
-        })),
-        ("indirect table outside memory", ind(), Box::new(|q, _| {
-            q.write_desc(0, MEM as u64 - 16, 32, VIRTQ_DESC_F_INDIRECT, 0);
-            q.push_avail_raw(0);
-        })),
-        ("indirect with next", ind(), Box::new(|q, _| {
-            let a = q.slot_gpa(0);
-            q.write_desc_at(a, a + 64, 100, 0, 0);
-            q.write_desc(0, a, 16, VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_NEXT, 1);
-            q.write_desc(1, a, 100, 0, 0);
-            q.push_avail_raw(0);
-        })),
-        ("loop inside an indirect table", ind(), Box::new(|q, _| {
-            let a = q.slot_gpa(0);
-            q.write_desc_at(a, a + 64, 10, VIRTQ_DESC_F_NEXT, 1);
-            q.write_desc_at(a + 16, a + 64, 10, VIRTQ_DESC_F_NEXT, 0);
-            q.write_desc(0, a, 32, VIRTQ_DESC_F_INDIRECT, 0);
-            q.push_avail_raw(0);
-        })),
-        ("indirect table longer than MAX_CHAIN", ind(), Box::new(|q, _| {
-            let a = q.slot_gpa(0);
-            let n = 300u16;
-            for j in 0..n {
-                let flags = if j + 1 < n { VIRTQ_DESC_F_NEXT } else { 0 };
-                q.write_desc_at(a + 16 * j as u64, a + 8192, 1, flags, j + 1);
-            }
-            q.write_desc(0, a, 16 * n as u32, VIRTQ_DESC_F_INDIRECT, 0);
-            q.push_avail_raw(0);
-        })),
-        ("indirect chain next beyond its table", ind(), Box::new(|q, _| {
-            let a = q.slot_gpa(0);
-            q.write_desc_at(a, a + 64, 20, VIRTQ_DESC_F_NEXT, 2);
-            q.write_desc(0, a, 32, VIRTQ_DESC_F_INDIRECT, 0);
-            q.push_avail_raw(0);
-        })),
+        (
+            "outside memory",
+            v1,
+            Box::new(|q, _| {
+                q.write_desc(0, MEM as u64 - 10, 100, 0, 0);
+                q.push_avail_raw(0);
+            }),
+        ),
+        (
+            "far outside",
+            v1,
+            Box::new(|q, _| {
+                q.write_desc(0, 1 << 60, 100, 0, 0);
+                q.push_avail_raw(0);
+            }),
+        ),
+        (
+            "addr + len overflows",
+            v1,
+            Box::new(|q, _| {
+                q.write_desc(0, u64::MAX - 50, 100, 0, 0);
+                q.push_avail_raw(0);
+            }),
+        ),
+        (
+            "loop to itself",
+            v1,
+            Box::new(|q, _| {
+                let a = q.slot_gpa(0);
+                q.write_desc(0, a, 100, VIRTQ_DESC_F_NEXT, 0);
+                q.push_avail_raw(0);
+            }),
+        ),
+        (
+            "loop of two",
+            v1,
+            Box::new(|q, _| {
+                let a = q.slot_gpa(0);
+                q.write_desc(0, a, 100, VIRTQ_DESC_F_NEXT, 1);
+                q.write_desc(1, a, 100, VIRTQ_DESC_F_NEXT, 0);
+                q.push_avail_raw(0);
+            }),
+        ),
+        (
+            "next beyond the table",
+            v1,
+            Box::new(|q, _| {
+                let a = q.slot_gpa(0);
+                q.write_desc(0, a, 100, VIRTQ_DESC_F_NEXT, QSIZE);
+                q.push_avail_raw(0);
+            }),
+        ),
+        (
+            "writable buffer to read",
+            v1,
+            Box::new(|q, _| {
+                let a = q.slot_gpa(0);
+                q.write_desc(0, a, 100, VIRTQ_DESC_F_WRITE, 0);
+                q.push_avail_raw(0);
+            }),
+        ),
+        (
+            "indirect not negotiated",
+            v1,
+            Box::new(|q, _| {
+                let a = q.slot_gpa(0);
+                q.write_desc_at(a, a + 64, 100, 0, 0);
+                q.write_desc(0, a, 16, VIRTQ_DESC_F_INDIRECT, 0);
+                q.push_avail_raw(0);
+            }),
+        ),
+        (
+            "nested indirect",
+            ind(),
+            Box::new(|q, _| {
+                let a = q.slot_gpa(0);
+                q.write_desc_at(a, a + 64, 16, VIRTQ_DESC_F_INDIRECT, 0);
+                q.write_desc_at(a + 64, a + 128, 100, 0, 0);
+                q.write_desc(0, a, 16, VIRTQ_DESC_F_INDIRECT, 0);
+                q.push_avail_raw(0);
+            }),
+        ),
+        (
+            "indirect table length not a multiple of 16",
+            ind(),
+            Box::new(|q, _| {
+                let a = q.slot_gpa(0);
+                q.write_desc_at(a, a + 64, 100, 0, 0);
+                q.write_desc(0, a, 17, VIRTQ_DESC_F_INDIRECT, 0);
+                q.push_avail_raw(0);
+            }),
+        ),
+        (
+            "empty indirect table",
+            ind(),
+            Box::new(|q, _| {
+                let a = q.slot_gpa(0);
+                q.write_desc(0, a, 0, VIRTQ_DESC_F_INDIRECT, 0);
+                q.push_avail_raw(0);
+            }),
+        ),
+        (
+            "indirect table outside memory",
+            ind(),
+            Box::new(|q, _| {
+                q.write_desc(0, MEM as u64 - 16, 32, VIRTQ_DESC_F_INDIRECT, 0);
+                q.push_avail_raw(0);
+            }),
+        ),
+        (
+            "indirect with next",
+            ind(),
+            Box::new(|q, _| {
+                let a = q.slot_gpa(0);
+                q.write_desc_at(a, a + 64, 100, 0, 0);
+                q.write_desc(0, a, 16, VIRTQ_DESC_F_INDIRECT | VIRTQ_DESC_F_NEXT, 1);
+                q.write_desc(1, a, 100, 0, 0);
+                q.push_avail_raw(0);
+            }),
+        ),
+        (
+            "loop inside an indirect table",
+            ind(),
+            Box::new(|q, _| {
+                let a = q.slot_gpa(0);
+                q.write_desc_at(a, a + 64, 10, VIRTQ_DESC_F_NEXT, 1);
+                q.write_desc_at(a + 16, a + 64, 10, VIRTQ_DESC_F_NEXT, 0);
+                q.write_desc(0, a, 32, VIRTQ_DESC_F_INDIRECT, 0);
+                q.push_avail_raw(0);
+            }),
+        ),
+        (
+            "indirect table longer than MAX_CHAIN",
+            ind(),
+            Box::new(|q, _| {
+                let a = q.slot_gpa(0);
+                let n = 300u16;
+                for j in 0..n {
+                    let flags = if j + 1 < n { VIRTQ_DESC_F_NEXT } else { 0 };
+                    q.write_desc_at(a + 16 * j as u64, a + 8192, 1, flags, j + 1);
+                }
+                q.write_desc(0, a, 16 * n as u32, VIRTQ_DESC_F_INDIRECT, 0);
+                q.push_avail_raw(0);
+            }),
+        ),
+        (
+            "indirect chain next beyond its table",
+            ind(),
+            Box::new(|q, _| {
+                let a = q.slot_gpa(0);
+                q.write_desc_at(a, a + 64, 20, VIRTQ_DESC_F_NEXT, 2);
+                q.write_desc(0, a, 32, VIRTQ_DESC_F_INDIRECT, 0);
+                q.push_avail_raw(0);
+            }),
+        ),
     ];
     for (name, features, setup) in cases {
         let (s, got, used) = tx_hostile(features, |q, m| setup(q, m));
@@ -846,7 +917,8 @@ fn ring_wraps_many_times() {
         let mut n = 0u32;
         for round in 0..3000u32 {
             let k = (round % 7 + 1) as usize;
-            let frames: Vec<Vec<u8>> = (0..k).map(|i| frame(60 + (round as usize * 13 + i) % 1400, round as u8)).collect();
+            let frames: Vec<Vec<u8>> =
+                (0..k).map(|i| frame(60 + (round as usize * 13 + i) % 1400, round as u8)).collect();
             for f in &frames {
                 assert!(r.tx.send(f));
             }

@@ -70,7 +70,11 @@ fn bench_device_side() {
             n += v.transmit_to_guest(&gm, None, &link) as u64;
         }
         let s = t.elapsed().as_secs_f64();
-        eprintln!("switch->guest {frame:5} B: {:.2} Mpps ({:.1} ns/packet, packet clone included)", n as f64 / s / 1e6, s * 1e9 / n as f64);
+        eprintln!(
+            "switch->guest {frame:5} B: {:.2} Mpps ({:.1} ns/packet, packet clone included)",
+            n as f64 / s / 1e6,
+            s * 1e9 / n as f64
+        );
         drop(link);
     }
 }

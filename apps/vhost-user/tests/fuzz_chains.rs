@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use snabb_apps_vhost_user::driver::{DriverMemory, DriverQueue, ring_bytes};
 use snabb_apps_vhost_user::memory::{DirtyLog, GuestMemory};
 use snabb_apps_vhost_user::virtio::*;
-use snabb_apps_vhost_user::virtq::{VringAddr, Virtqueue};
+use snabb_apps_vhost_user::virtq::{Virtqueue, VringAddr};
 use snabb_core::{Link, Packet, packet};
 
 const DEV: u64 = 0x30_0000;
@@ -313,7 +313,8 @@ fn run_case(seed: u64) -> (u64, u64) {
 #[test]
 fn fuzz_chain_walking() {
     let secs: f64 = std::env::var("SNABB_FUZZ_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(2.0);
-    let hex = |name: &str| std::env::var(name).ok().and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok());
+    let hex =
+        |name: &str| std::env::var(name).ok().and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok());
     // SNABB_FUZZ_SEED replays one case; SNABB_FUZZ_BASE starts a run elsewhere.
     let base: u64 = hex("SNABB_FUZZ_SEED").or(hex("SNABB_FUZZ_BASE")).unwrap_or(0x5eed_0000_0000);
     let until = Instant::now() + Duration::from_secs_f64(secs);
@@ -348,7 +349,10 @@ fn fuzz_concurrent_scribbling() {
         mem.write(lo, &c);
     }
     let canaries: Vec<Vec<u8>> = CANARIES.iter().map(|&(lo, hi)| mem.slice(lo, (hi - lo) as usize).to_vec()).collect();
-    let features = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_NET_F_MRG_RXBUF) | bit(VIRTIO_RING_F_INDIRECT_DESC) | bit(VIRTIO_RING_F_EVENT_IDX);
+    let features = bit(VIRTIO_F_VERSION_1)
+        | bit(VIRTIO_NET_F_MRG_RXBUF)
+        | bit(VIRTIO_RING_F_INDIRECT_DESC)
+        | bit(VIRTIO_RING_F_EVENT_IDX);
     let size = 64u16;
     let mut tx = DriverQueue::new(&mem, size, TX_RING, RO.0, RO.1 - RO.0, features);
     let mut rx = DriverQueue::new(&mem, size, RX_RING, RX_ARENA.0, RX_ARENA.1 - RX_ARENA.0, features);
