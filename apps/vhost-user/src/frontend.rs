@@ -71,7 +71,8 @@ impl Default for FrontendOptions {
     }
 }
 
-fn eventfd() -> std::io::Result<OwnedFd> {
+/// A non-blocking eventfd (for kick, call and err).
+pub fn eventfd() -> std::io::Result<OwnedFd> {
     // SAFETY: a plain syscall; the descriptor is owned from here on.
     let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
     if fd < 0 {

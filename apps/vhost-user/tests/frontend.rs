@@ -444,6 +444,7 @@ fn dirty_log_marks_pages_the_device_wrote() {
             receive_n(&mut fe, 0, f.len())?;
             // Count the bits set in the log.
             let mut buf = vec![0u8; 4096];
+            // SAFETY: reads at most buf.len() bytes into buf from a descriptor we hold.
             let n =
                 unsafe { libc::pread(std::os::fd::AsRawFd::as_raw_fd(&log), buf.as_mut_ptr().cast(), buf.len(), 0) };
             ensure!(n > 0);
@@ -642,10 +643,5 @@ fn a_broken_queue_is_reported_on_its_err_eventfd_and_the_rest_runs() {
 }
 
 fn new_eventfd() -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+    snabb_apps_vhost_user::frontend::eventfd()
 }

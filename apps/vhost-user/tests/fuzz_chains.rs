@@ -24,6 +24,9 @@
 //! so that a failure can be replayed with SNABB_FUZZ_SEED (hex); a run can
 //! start from another seed with SNABB_FUZZ_BASE (hex).
 
+mod common;
+use common::*;
+
 use std::time::{Duration, Instant};
 
 use snabb_apps_vhost_user::driver::{DriverMemory, DriverQueue, ring_bytes};
@@ -41,23 +44,6 @@ const RO_TX: (u64, u64) = (0x1_0000, 0x9_0000);
 const RO_RX_TABLES: (u64, u64) = (0x9_0000, 0x11_0000);
 const RX_ARENA: (u64, u64) = (0x12_0000, 0x22_0000);
 const CANARIES: [(u64, u64); 3] = [(0x8000, 0x1_0000), (0x11_0000, 0x12_0000), (0x22_0000, DEV)];
-
-/// xorshift64*: small, seedable, good enough to pick test cases.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 fn canary_byte(gpa: u64) -> u8 {
     (gpa.wrapping_mul(0x9e37_79b9) >> 24) as u8 | 1

@@ -4,8 +4,11 @@
 //! panic or hang, descriptors must not leak, and afterwards a well-behaved
 //! frontend must still be served.
 
+mod common;
+use common::*;
+
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -24,23 +27,6 @@ fn fuzz_time() -> Duration {
     Duration::from_secs_f64(secs.max(0.0))
 }
 
-/// xorshift64*: reproducible from the seed printed at the start.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
 fn seed() -> u64 {
     let s = std::env::var("SNABB_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64) | 1
@@ -50,9 +36,7 @@ fn seed() -> u64 {
 }
 
 fn eventfd() -> OwnedFd {
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    assert!(fd >= 0);
-    unsafe { OwnedFd::from_raw_fd(fd) }
+    snabb_apps_vhost_user::frontend::eventfd().unwrap()
 }
 
 /// Descriptors open in this process (to see leaks).
@@ -207,6 +191,7 @@ fn random_messages_at_the_device() {
             // The guest scribbles over its rings now and then.
             if r.chance(10) {
                 let at = r.below(MEM as u64 - 8) as usize;
+                // SAFETY: at + 8 <= MEM, the size of the guest memory mapping.
                 unsafe { std::ptr::write_unaligned(world.mem.bytes().add(at) as *mut u64, r.next()) };
             }
             if r.chance(30) {
@@ -266,7 +251,11 @@ fn random_bytes_at_the_socket() {
                     bytes.truncate(r.below(bytes.len() as u64) as usize);
                 }
                 let fds: Vec<i32> = m.fds.iter().map(|f| f.as_raw_fd()).collect();
-                let ok = if fds.is_empty() { s.write_all(&bytes).is_ok() } else { send_with_fds(&s, &bytes, &fds) };
+                let ok = if fds.is_empty() {
+                    s.write_all(&bytes).is_ok()
+                } else {
+                    bytes.is_empty() || send_with_fds(&s, &bytes, &fds)
+                };
                 if !ok {
                     break;
                 }
@@ -307,26 +296,4 @@ fn random_bytes_at_the_socket() {
     drop(rig);
     let after = open_fds();
     assert!(after <= fds_before, "descriptors leaked: {fds_before} before, {after} after");
-}
-
-fn send_with_fds(s: &UnixStream, bytes: &[u8], fds: &[i32]) -> bool {
-    if bytes.is_empty() {
-        return true;
-    }
-    let mut cbuf = [0u64; 32];
-    let len = std::mem::size_of_val(fds);
-    let mut iov = libc::iovec { iov_base: bytes.as_ptr() as *mut _, iov_len: bytes.len() };
-    unsafe {
-        let mut mh: libc::msghdr = std::mem::zeroed();
-        mh.msg_iov = &mut iov;
-        mh.msg_iovlen = 1;
-        mh.msg_control = cbuf.as_mut_ptr().cast();
-        mh.msg_controllen = libc::CMSG_SPACE(len as u32) as _;
-        let c = libc::CMSG_FIRSTHDR(&mh);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(len as u32) as _;
-        std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c) as *mut i32, fds.len());
-        libc::sendmsg(s.as_raw_fd(), &mh, libc::MSG_NOSIGNAL) == bytes.len() as isize
-    }
 }

@@ -2,6 +2,9 @@
 //! its fields and descriptors; bad headers and payloads are errors, never
 //! panics; framing copes with messages arriving a byte at a time.
 
+mod common;
+use common::*;
+
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -220,26 +223,7 @@ fn too_many_descriptors_are_refused_and_closed() {
     let (x, y) = UnixStream::pair().unwrap();
     let mut y = Channel::new(y).unwrap();
     let h = Header { request: req::SET_OWNER, flags: VERSION, size: 0 }.to_bytes();
-    send_with_fds(&x, &h, &raw);
+    assert!(send_with_fds(&x, &h, &raw));
     assert!(matches!(y.recv_timeout(Duration::from_secs(2)), Err(ProtocolError::TooManyFds)));
     drop((b.try_recv(), a));
-}
-
-fn send_with_fds(s: &UnixStream, bytes: &[u8], fds: &[i32]) {
-    let mut cbuf = [0u64; 32];
-    let len = std::mem::size_of_val(fds);
-    let mut iov = libc::iovec { iov_base: bytes.as_ptr() as *mut _, iov_len: bytes.len() };
-    unsafe {
-        let mut mh: libc::msghdr = std::mem::zeroed();
-        mh.msg_iov = &mut iov;
-        mh.msg_iovlen = 1;
-        mh.msg_control = cbuf.as_mut_ptr().cast();
-        mh.msg_controllen = libc::CMSG_SPACE(len as u32) as _;
-        let c = libc::CMSG_FIRSTHDR(&mh);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(len as u32) as _;
-        std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c) as *mut i32, fds.len());
-        assert_eq!(libc::sendmsg(s.as_raw_fd(), &mh, 0), bytes.len() as isize);
-    }
 }
