@@ -181,6 +181,9 @@ fn signal(fd: &OwnedFd) {
     unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
 }
 
+/// Packets one RX queue is offered per turn when a device has several.
+const RX_QUEUE_BURST: usize = 32;
+
 /// The state of one connection.
 pub struct Device {
     // Declared (so dropped) before the memory their rings point into.
@@ -575,22 +578,30 @@ impl Device {
         let log = if has(self.features, virtio::VHOST_F_LOG_ALL) { self.log.as_ref() } else { None };
         let first = self.next_rx % n;
         self.next_rx = self.next_rx.wrapping_add(1);
+        // One queue takes all it can; several take turns, a burst each, so
+        // that one whose guest refills fast does not starve the others.
+        let burst = if n == 1 { usize::MAX } else { RX_QUEUE_BURST };
         let mut sent = 0;
-        for k in 0..n {
-            if input.is_empty() {
-                break;
-            }
-            let v = &mut self.vrings[self.to_guest[(first + k) % n]];
-            if let Some(q) = &mut v.queue {
-                sent += q.transmit_to_guest(&self.mem, log, input);
-                if q.take_signal()
-                    && let Some(c) = &v.call
-                {
-                    signal(c);
+        loop {
+            let before = sent;
+            for k in 0..n {
+                if input.is_empty() {
+                    return sent;
+                }
+                let v = &mut self.vrings[self.to_guest[(first + k) % n]];
+                if let Some(q) = &mut v.queue {
+                    sent += q.transmit_to_guest_upto(&self.mem, log, input, burst);
+                    if q.take_signal()
+                        && let Some(c) = &v.call
+                    {
+                        signal(c);
+                    }
                 }
             }
+            if sent == before || n == 1 {
+                return sent;
+            }
         }
-        sent
     }
 
     /// Guest to switch: take up to `max` packets from the running TX queues.
