@@ -967,11 +967,7 @@ impl Scatter<'_> {
             // its own bytes, in a buffer it gave us.
             let same = (0..src.len()).all(|k| unsafe { std::ptr::read_volatile(s.ptr.as_ptr().add(k)) } == src[k]);
             if same {
-                self.off = src.len();
-                if self.off == s.len as usize {
-                    self.i = 1;
-                    self.off = 0;
-                }
+                self.advance(src.len());
                 return;
             }
         }
@@ -994,11 +990,17 @@ impl Scatter<'_> {
                 log.mark(s.gpa + self.off as u64, n as u64);
             }
             src = &src[n..];
-            self.off += n;
-            if self.off == s.len as usize {
-                self.i += 1;
-                self.off = 0;
-            }
+            self.advance(n);
+        }
+    }
+
+    /// Move the cursor `n` bytes on, within the current piece.
+    #[inline]
+    fn advance(&mut self, n: usize) {
+        self.off += n;
+        if self.off == self.segs[self.i].len as usize {
+            self.i += 1;
+            self.off = 0;
         }
     }
 }
