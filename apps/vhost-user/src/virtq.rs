@@ -24,7 +24,8 @@
 //! Release; a SeqCst fence separates that store from reading the driver's
 //! interrupt suppression (used_event or avail flags), as Linux's vhost does.
 //!
-//! The used index is stored once per call (a batch), and the caller asks
+//! The used index is stored once per batch (BATCH packets at most: all
+//! their buffers gathered, then all their bytes copied), and the caller asks
 //! `take_signal` afterwards whether the guest wants an interrupt.
 
 use std::ptr::NonNull;
@@ -54,8 +55,12 @@ pub struct VringAddr {
 const AVAIL_EVENT_REFRESH: u16 = 0x2000;
 /// How many avail entries ahead of use their descriptors are prefetched.
 const PREFETCH_AHEAD: u16 = 16;
-/// Packets delivered to a guest between stores of the used index.
-const PUBLISH_EVERY: usize = 32;
+/// Packets given buffers together before their bytes are copied, and
+/// delivered to a guest between stores of the used index.
+const BATCH: usize = 32;
+/// How much of a packet's first buffer, past the net header, is fetched
+/// for writing while the rest of its batch is gathered.
+const PREFETCH_WRITE_BYTES: usize = 128;
 
 /// Most descriptors one chain may have, indirect entries included. Linux
 /// guests use at most MAX_SKB_FRAGS + 2 (19); 256 leaves room for any sane
@@ -170,10 +175,21 @@ struct Desc {
 /// `table` must point to at least `i + 1` descriptors of mapped memory.
 #[inline(always)]
 unsafe fn read_desc(table: *const u8, i: u32) -> Desc {
-    // SAFETY: per the contract. A byte array has alignment 1, so indirect
-    // tables need no alignment; volatile because the guest may be writing:
-    // we take one snapshot and check only that.
-    let b: [u8; 16] = unsafe { std::ptr::read_volatile(table.add(i as usize * DESC_SIZE) as *const [u8; 16]) };
+    let p = table.wrapping_add(i as usize * DESC_SIZE);
+    // Volatile because the guest may be writing: we take one snapshot and
+    // check only that. The ring's table is 16-aligned (start checks it);
+    // an indirect table may be anywhere, so it is read byte by byte.
+    let b: [u8; 16] = if (p as usize).is_multiple_of(8) {
+        // SAFETY: per the contract, and 8-aligned.
+        let w: [u64; 2] = unsafe { std::ptr::read_volatile(p as *const [u64; 2]) };
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&w[0].to_ne_bytes());
+        b[8..].copy_from_slice(&w[1].to_ne_bytes());
+        b
+    } else {
+        // SAFETY: per the contract; a byte array has alignment 1.
+        unsafe { std::ptr::read_volatile(p as *const [u8; 16]) }
+    };
     Desc {
         addr: u64::from_le_bytes(b[0..8].try_into().unwrap()),
         len: u32::from_le_bytes(b[8..12].try_into().unwrap()),
@@ -193,6 +209,47 @@ fn prefetch(p: *const u8) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
+}
+
+/// Ask the CPU to bring `p`'s cache line in, owned, ready for a store:
+/// the driver has read the line (DPDK looks at each frame's address), and
+/// a plain store would wait for it to be taken back, packet after packet.
+/// Only a hint, like `prefetch`.
+#[inline(always)]
+fn prefetch_write(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_prefetchw() {
+            // SAFETY: PREFETCHW (the CPU has it) reads no memory
+            // architecturally and never faults.
+            unsafe { std::arch::asm!("prefetchw [{0}]", in(reg) p, options(nostack, readonly, preserves_flags)) }
+        } else {
+            prefetch(p);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Whether the CPU has PREFETCHW (CPUID 8000_0001h, ECX bit 8, on AMD
+/// and Intel alike); std's feature detection does not name it. Asked once.
+#[cfg(target_arch = "x86_64")]
+fn has_prefetchw() -> bool {
+    use std::sync::atomic::AtomicU8;
+    static KNOWN: AtomicU8 = AtomicU8::new(0); // 0 not asked, 1 no, 2 yes
+    match KNOWN.load(Ordering::Relaxed) {
+        0 => {
+            #[allow(unused_unsafe)]
+            // SAFETY: CPUID is present on every x86_64 CPU.
+            let max = unsafe { std::arch::x86_64::__cpuid(0x8000_0000) }.eax;
+            #[allow(unused_unsafe)]
+            // SAFETY: as above; leaf 8000_0001h exists when max reaches it.
+            let yes = max >= 0x8000_0001 && unsafe { std::arch::x86_64::__cpuid(0x8000_0001) }.ecx & (1 << 8) != 0;
+            KNOWN.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+            yes
+        }
+        k => k == 2,
+    }
 }
 
 /// Host pointers of a started ring (checked once, in `start`).
@@ -367,6 +424,14 @@ struct Gathered {
     cap: u32,
 }
 
+/// A packet given its buffers, waiting for its bytes to be copied: its
+/// pieces are `Virtqueue::segs[segs.0..segs.1]`, merged from `chains` chains.
+struct Reserved {
+    p: Packet,
+    segs: (u32, u32),
+    chains: u16,
+}
+
 /// How gathering buffers for one packet ended.
 enum Gather {
     Fits,
@@ -403,9 +468,12 @@ pub struct Virtqueue {
     shadow: Vec<(u16, u32)>,
     /// Where `next_avail` was when avail_event was last written.
     avail_event_at: Option<u16>,
-    /// Scratch for gathering receive buffers: allocated once.
+    /// Scratch for gathering receive buffers for a batch: allocated once,
+    /// room for MAX_SEGS / MAX_MERGE more past the batch's first half.
     segs: Vec<Seg>,
     chains: Vec<Gathered>,
+    /// The batch being delivered (at most BATCH).
+    batch: Vec<Reserved>,
     stats: QueueStats,
     broken: Option<&'static str>,
     /// Avail entries up to here have had their descriptors prefetched.
@@ -487,8 +555,9 @@ impl Virtqueue {
             kicks_suppressed: false,
             avail_event_at: None,
             shadow: Vec::with_capacity(size as usize),
-            segs: Vec::with_capacity(MAX_SEGS),
-            chains: Vec::with_capacity(MAX_MERGE),
+            segs: Vec::with_capacity(2 * MAX_SEGS),
+            chains: Vec::with_capacity(2 * MAX_MERGE),
+            batch: Vec::with_capacity(BATCH),
             stats: QueueStats::default(),
             broken: None,
             prefetched: base,
@@ -747,21 +816,23 @@ impl Virtqueue {
         self.prefetched = end;
     }
 
-    /// Gather receive buffers for a packet of `need` bytes (header included)
-    /// into `segs`/`chains`, reading avail entries from `next_avail` without
-    /// consuming them (bad chains in front excepted: those are given back).
+    /// Gather receive buffers for a packet of `need` bytes (header included),
+    /// appending to `segs`/`chains` (a batch's earlier packets stay there),
+    /// reading avail entries from `next_avail` without consuming them (bad
+    /// chains in front excepted: those are given back).
     fn gather(&mut self, mem: &GuestMemory, log: Option<&DirtyLog>, need: usize, avail: &mut u16) -> Option<Gather> {
-        self.segs.clear();
-        self.chains.clear();
         let ring = self.ring;
+        let first_seg = self.segs.len();
+        let first_chain = self.chains.len();
         let mut peek = self.next_avail;
         let mut cap = 0usize;
         loop {
             if cap >= need {
                 return Some(Gather::Fits);
             }
+            let merged = self.chains.len() - first_chain;
             let whole_ring = peek.wrapping_sub(self.next_avail) == ring.size;
-            if (!self.mrg_rxbuf && !self.chains.is_empty()) || self.chains.len() == MAX_MERGE || whole_ring {
+            if (!self.mrg_rxbuf && merged > 0) || merged == MAX_MERGE || whole_ring {
                 return Some(Gather::NoRoom);
             }
             if peek == *avail {
@@ -778,7 +849,7 @@ impl Virtqueue {
             let mut full = false;
             let segs = &mut self.segs;
             let r = ring.walk(mem, head, true, &mut self.stats.split_buffers, &mut |s| {
-                if segs.len() == segs.capacity() {
+                if segs.len() - first_seg == MAX_SEGS {
                     full = true;
                     return false;
                 }
@@ -788,8 +859,8 @@ impl Virtqueue {
             });
             // A first chain too small for the header, or an empty one, is
             // as useless as a bad one: drivers put the header in the first.
-            let small = chain_cap == 0 || (self.chains.is_empty() && chain_cap < self.hdr_len as u64);
-            if full && !self.chains.is_empty() {
+            let small = chain_cap == 0 || (merged == 0 && chain_cap < self.hdr_len as u64);
+            if full && merged > 0 {
                 // Too many pieces for this packet; the chain stays for the next one.
                 self.segs.truncate(first);
                 return Some(Gather::NoRoom);
@@ -798,7 +869,7 @@ impl Virtqueue {
             if full || r.is_err() || small || chain_cap > u32::MAX as u64 {
                 self.segs.truncate(first);
                 self.count_bad(r.err().unwrap_or(ChainError::TooLong));
-                if self.chains.is_empty() {
+                if merged == 0 {
                     // Nothing gathered yet: give this chain back and go on.
                     self.push_used(log, head, 0);
                     self.next_avail = peek;
@@ -821,6 +892,11 @@ impl Virtqueue {
 
     /// As `transmit_to_guest`, stopping after `max` packets delivered (a
     /// device with several RX queues gives each its turn).
+    ///
+    /// In batches: buffers for up to BATCH packets are gathered first, each
+    /// packet's first lines fetched for writing as soon as its buffer is
+    /// known, then the batch's bytes are copied and the used index stored.
+    /// Copying right after gathering would wait for each line in turn.
     pub fn transmit_to_guest_upto(
         &mut self,
         mem: &GuestMemory,
@@ -833,61 +909,115 @@ impl Virtqueue {
         }
         let Some(mut avail) = self.avail_idx() else { return 0 };
         let mut sent = 0;
-        while sent < max
-            && let Some(len) = input.front_len()
-        {
+        loop {
+            let more = self.reserve(mem, log, input, max - sent, &mut avail);
+            sent += self.batch.len();
+            self.copy_batch(log);
+            self.publish(log);
+            if !more || sent >= max {
+                return sent;
+            }
+        }
+    }
+
+    /// Fill `batch` with up to `max` (at most BATCH) packets from `input`
+    /// and the buffers for each, their chains put on the used ring in order
+    /// (stored there, not yet published). Packets that fit no buffer are
+    /// dropped here. False when delivery stops: the link is empty, the
+    /// guest has no buffers, or the queue broke.
+    fn reserve(
+        &mut self,
+        mem: &GuestMemory,
+        log: Option<&DirtyLog>,
+        input: &Link,
+        max: usize,
+        avail: &mut u16,
+    ) -> bool {
+        self.segs.clear();
+        self.chains.clear();
+        let max = max.min(BATCH);
+        while self.batch.len() < max {
+            // Room for one more packet's worst case (see the capacities).
+            if self.segs.len() >= MAX_SEGS || self.chains.len() >= MAX_MERGE {
+                return true;
+            }
+            let Some(len) = input.front_len() else { return false };
             let need = self.hdr_len + len;
-            match self.gather(mem, log, need, &mut avail) {
-                None => break, // broken
-                Some(Gather::Empty) => {
-                    self.stats.no_buffer += 1;
-                    break;
-                }
+            let (first_seg, first_chain) = (self.segs.len(), self.chains.len());
+            let g = self.gather(mem, log, need, avail);
+            let fits = matches!(g, Some(Gather::Fits));
+            match g {
+                None => {} // broken
+                Some(Gather::Empty) => self.stats.no_buffer += 1,
                 Some(Gather::NoRoom) => {
                     drop(input.receive());
                     self.stats.no_room += 1;
                 }
                 Some(Gather::Bad) => {
                     drop(input.receive());
-                    for i in 0..self.chains.len() {
+                    for i in first_chain..self.chains.len() {
                         let head = self.chains[i].head;
                         self.push_used(log, head, 0);
                     }
-                    self.next_avail = self.next_avail.wrapping_add(self.chains.len() as u16);
+                    self.next_avail = self.next_avail.wrapping_add((self.chains.len() - first_chain) as u16);
                 }
                 Some(Gather::Fits) => {
                     let p = input.receive().expect("front_len saw a packet");
-                    self.deliver(log, &p);
-                    sent += 1;
-                    if sent % PUBLISH_EVERY == 0 {
-                        self.publish(log);
+                    let mut left = need as u32;
+                    for i in first_chain..self.chains.len() {
+                        let c = self.chains[i];
+                        let n = c.cap.min(left);
+                        left -= n;
+                        self.push_used(log, c.head, n);
                     }
+                    let chains = self.chains.len() - first_chain;
+                    self.next_avail = self.next_avail.wrapping_add(chains as u16);
+                    self.prefetch_frame(first_seg, need);
+                    let segs = (first_seg as u32, self.segs.len() as u32);
+                    self.batch.push(Reserved { p, segs, chains: chains as u16 });
+                }
+            }
+            if !fits {
+                self.segs.truncate(first_seg);
+                self.chains.truncate(first_chain);
+                if matches!(g, None | Some(Gather::Empty)) {
+                    return false;
                 }
             }
         }
-        self.publish(log);
-        sent
+        true
     }
 
-    /// Write header and frame into the gathered buffers and put the chains
-    /// that hold them on the used ring.
-    fn deliver(&mut self, log: Option<&DirtyLog>, p: &Packet) {
-        let hdr =
-            NetHdr { num_buffers: if self.mrg_rxbuf { self.chains.len() as u16 } else { 1 }, ..NetHdr::default() }
-                .to_bytes();
-        let mut w = Scatter { segs: &self.segs, i: 0, off: 0, log };
-        w.write_unless_equal(&hdr[..self.hdr_len]);
-        w.write(p.data());
-        let mut left = (self.hdr_len + p.len()) as u32;
-        for i in 0..self.chains.len() {
-            let c = self.chains[i];
-            let n = c.cap.min(left);
-            left -= n;
-            self.push_used(log, c.head, n);
+    /// Start fetching the lines a frame of `need` bytes (header included)
+    /// will be written to in its first piece: for writing past the header,
+    /// for reading the header's own line when it is apart (it is compared
+    /// first, and left in the driver's cache when it holds the same bytes).
+    #[inline]
+    fn prefetch_frame(&self, first_seg: usize, need: usize) {
+        let s = self.segs[first_seg];
+        let start = s.ptr.as_ptr() as usize;
+        let data = start + self.hdr_len;
+        let end = start + need.min(s.len as usize).min(self.hdr_len + PREFETCH_WRITE_BYTES);
+        if start & !63 != data & !63 {
+            prefetch(start as *const u8);
         }
-        self.next_avail = self.next_avail.wrapping_add(self.chains.len() as u16);
-        self.stats.packets += 1;
-        self.stats.bytes += p.len() as u64;
+        let mut line = data & !63;
+        while line < end {
+            prefetch_write(line as *const u8);
+            line += 64;
+        }
+    }
+
+    /// Write each batched packet's header and frame into its buffers.
+    fn copy_batch(&mut self, log: Option<&DirtyLog>) {
+        for r in self.batch.drain(..) {
+            let hdr = NetHdr { num_buffers: if self.mrg_rxbuf { r.chains } else { 1 }, ..NetHdr::default() }.to_bytes();
+            let mut w = Scatter { segs: &self.segs[r.segs.0 as usize..r.segs.1 as usize], i: 0, off: 0, log };
+            w.write_unless_equal(&hdr[..self.hdr_len]);
+            w.write(r.p.data());
+            self.stats.packets += 1;
+            self.stats.bytes += r.p.len() as u64;
+        }
     }
 
     /// After receive/transmit: true when the guest asked for an interrupt
