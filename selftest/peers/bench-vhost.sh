@@ -14,7 +14,8 @@
 # run's figure is the median of the per-second samples (warm-up and the last
 # sample dropped); a case's figure the median of --runs runs, (a) and (b)
 # alternating. An idle check runs before each run and watches during it; a
-# figure from runs on a busy machine is marked "busy".
+# case takes only the runs on an idle machine when every backend had some,
+# and otherwise all runs of every backend, marked "busy".
 #
 # BACKEND_CMD is a template, run per run in its own process group and stopped
 # with SIGINT (then TERM, KILL). It must listen on {sock} (vhost-user server)
@@ -189,11 +190,17 @@ mpps() { awk -v p="$1" 'BEGIN { printf "%.2f", p / 1e6 }'; }
 summary=()
 for size in $SIZES; do
     for dir in $DIRS; do
+        # Clean runs when every backend has some; all runs otherwise, for
+        # every backend alike (marked busy): one backend's lucky clean run
+        # against the other's busy ones would be no comparison.
+        everyclean=yes
+        for backend in "${BACKENDS[@]}"; do
+            [ "$(wc -w <<<"${CLEAN[$backend $dir $size]:-}")" -gt 0 ] || everyclean=no
+        done
         for backend in "${BACKENDS[@]}"; do
             k="$backend $dir $size"
             clean=$(wc -w <<<"${CLEAN[$k]:-}")
-            # Clean runs when there are any; all runs otherwise, marked busy.
-            if [ "$clean" -gt 0 ]; then set -- ${CLEAN[$k]}; busy=no; else set -- ${ALL[$k]}; busy=yes; fi
+            if [ "$everyclean" = yes ]; then set -- ${CLEAN[$k]}; busy=no; else set -- ${ALL[$k]}; busy=yes; fi
             med=$(printf '%s\n' "$@" | median)
             RES[$k]=$med
             RES[$k busy]=$busy
