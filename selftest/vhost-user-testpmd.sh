@@ -60,7 +60,8 @@ export SNABB_RS_PEERS_DIR=$W SNABB_RS_SHM_ROOT=$W/shm
 SW_PGID="" WATCHDOG=""
 cleanup() {
     trap - EXIT INT TERM
-    [ -n "$WATCHDOG" ] && kill "$WATCHDOG" 2>/dev/null
+    # The watchdog's sleep too, or it lingers holding inherited fds.
+    [ -n "$WATCHDOG" ] && pkill -P "$WATCHDOG" sleep 2>/dev/null; [ -n "$WATCHDOG" ] && kill "$WATCHDOG" 2>/dev/null
     for t in fe1 fe2 sw; do "$T" stop "$t" --timeout 3 >/dev/null 2>&1; "$T" cleanup "$t" >/dev/null 2>&1; done
     stop_switch >/dev/null 2>&1
     rm -f "$W"/*.sock
