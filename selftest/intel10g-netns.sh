@@ -52,14 +52,20 @@ cleanup() {
         ip netns del "$NS"
     fi
     ip link del "$V" 2>/dev/null
-    # The watchdog's sleep first: left running, it would hold the caller's
-    # pipe open (scripts/test.sh reads our output to its end) for LIMIT s.
-    [ -n "$WATCHDOG" ] && pkill -P "$WATCHDOG" sleep 2>/dev/null; [ -n "$WATCHDOG" ] && kill "$WATCHDOG" 2>/dev/null
+    [ -n "$WATCHDOG" ] && kill "$WATCHDOG" 2>/dev/null
     [ -n "${KEEP:-}" ] && echo "kept $TMP" || rm -rf "$TMP"
 }
 trap cleanup EXIT
 trap 'echo "FAIL: interrupted"; exit 1' INT TERM
-( sleep "$LIMIT" >/dev/null 2>&1; echo "FAIL: time limit of ${LIMIT}s"; kill -TERM $$ ) 2>/dev/null &
+# The sleep is the watchdog's child, killed with it (its trap): left
+# behind, it would hold inherited fds open until the limit.
+(
+    sleep "$LIMIT" >/dev/null 2>&1 &
+    trap 'kill $! 2>/dev/null; exit 0' TERM
+    wait $!
+    echo "FAIL: time limit of ${LIMIT}s"
+    kill -TERM $$
+) 2>/dev/null &
 WATCHDOG=$!
 
 say "namespace $NS, veth $V (model side) - $P (namespace side)"

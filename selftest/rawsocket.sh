@@ -55,14 +55,20 @@ cleanup() {
     done
     ip link del "$V1" 2>/dev/null
     ip link del "$V2" 2>/dev/null
-    # The watchdog's sleep first: left running, it would hold the caller's
-    # pipe open (scripts/test.sh reads our output to its end) for LIMIT s.
-    [ -n "$WATCHDOG" ] && pkill -P "$WATCHDOG" sleep 2>/dev/null; [ -n "$WATCHDOG" ] && kill "$WATCHDOG" 2>/dev/null
+    [ -n "$WATCHDOG" ] && kill "$WATCHDOG" 2>/dev/null
     rm -rf "$TMP"
 }
 trap cleanup EXIT
 trap 'echo "FAIL: interrupted"; exit 1' INT TERM
-( sleep "$LIMIT" >/dev/null 2>&1; echo "FAIL: time limit of ${LIMIT}s"; kill -TERM $$ ) 2>/dev/null &
+# The sleep is the watchdog's child, killed with it (its trap): left
+# behind, it would hold inherited fds open until the limit.
+(
+    sleep "$LIMIT" >/dev/null 2>&1 &
+    trap 'kill $! 2>/dev/null; exit 0' TERM
+    wait $!
+    echo "FAIL: time limit of ${LIMIT}s"
+    kill -TERM $$
+) 2>/dev/null &
 WATCHDOG=$!
 
 say "namespaces $NS1 and $NS2, veth pairs $V1-$P1 and $V2-$P2"

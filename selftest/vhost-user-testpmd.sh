@@ -60,8 +60,7 @@ export SNABB_RS_PEERS_DIR=$W SNABB_RS_SHM_ROOT=$W/shm
 SW_PGID="" WATCHDOG=""
 cleanup() {
     trap - EXIT INT TERM
-    # The watchdog's sleep too, or it lingers holding inherited fds.
-    [ -n "$WATCHDOG" ] && pkill -P "$WATCHDOG" sleep 2>/dev/null; [ -n "$WATCHDOG" ] && kill "$WATCHDOG" 2>/dev/null
+    [ -n "$WATCHDOG" ] && kill "$WATCHDOG" 2>/dev/null
     for t in fe1 fe2 sw; do "$T" stop "$t" --timeout 3 >/dev/null 2>&1; "$T" cleanup "$t" >/dev/null 2>&1; done
     stop_switch >/dev/null 2>&1
     rm -f "$W"/*.sock
@@ -74,7 +73,13 @@ cleanup() {
 trap 'cleanup $?' EXIT
 trap 'echo "FAIL interrupted"; FAILED=$((FAILED + 1)); exit 1' INT TERM
 # Bounded: past the limit the watchdog ends the suite (the trap cleans up).
-( sleep "$LIMIT" >/dev/null 2>&1; echo "FAIL the suite ran past ${LIMIT} s"; kill -TERM $$ ) &
+(
+    sleep "$LIMIT" >/dev/null 2>&1 &
+    trap 'kill $! 2>/dev/null; exit 0' TERM
+    wait $!
+    echo "FAIL the suite ran past ${LIMIT} s"
+    kill -TERM $$
+) &
 WATCHDOG=$!
 START=$(date +%s)
 
