@@ -4,6 +4,7 @@
 //! See `docs/ARCHITECTURE.md` for how the pieces fit together.
 
 pub mod app;
+pub mod checksum;
 pub mod config;
 pub mod copy;
 pub mod engine;

@@ -64,7 +64,40 @@ const HOST: u32 = 0;
 /// Top bit of `Record::cap`: the data must stay where it is (see
 /// [`Packet::has_fixed_start`]).
 const FIXED_START: u32 = 1 << 31;
-const CAP_MASK: u32 = FIXED_START - 1;
+/// Low 16 bits of `Record::cap`: the buffer's size (below 64 KiB).
+const CAP_MASK: u32 = 0xffff;
+/// Bits 16-30 of `Record::cap`: a partial checksum still to finish (see
+/// [`PartialCsum`]), 0 for none.
+const CSUM_SHIFT: u32 = 16;
+const CSUM_BITS: u32 = 0x7fff << CSUM_SHIFT;
+
+/// A transport checksum the packet still needs (virtio's NEEDS_CSUM,
+/// Linux's CHECKSUM_PARTIAL): the ones'-complement sum of the frame from
+/// `start` on, complemented, belongs at `start + offset`, where the sender
+/// left the pseudo-header sum. It travels with the packet until an app
+/// that sends it out finishes it ([`Packet::finish_partial_csum`]) or hands
+/// it on to a peer that accepts it (a guest with GUEST_CSUM).
+///
+/// Kept in 15 bits of the record: `start` below 1024 and `offset` even, 2
+/// to 62 (TCP's 16 and UDP's 6 included). A request outside that is
+/// finished where it arrives instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartialCsum {
+    pub start: u16,
+    pub offset: u16,
+}
+
+impl PartialCsum {
+    #[inline]
+    fn encode(self) -> Option<u32> {
+        (self.start < 1024 && self.offset.is_multiple_of(2) && (2..=62).contains(&self.offset))
+            .then(|| ((self.start as u32) << 5) | (self.offset as u32 >> 1))
+    }
+    #[inline]
+    fn decode(bits: u32) -> Option<PartialCsum> {
+        (bits != 0).then(|| PartialCsum { start: (bits >> 5) as u16, offset: ((bits & 31) << 1) as u16 })
+    }
+}
 
 /// The per-packet metadata: in a chunk's record array for a host buffer, at
 /// the front of a [`Shell`] for a foreign one. Half a cache line.
@@ -87,6 +120,7 @@ struct Record {
 }
 
 const _: () = assert!(std::mem::size_of::<Record>() == 32);
+const _: () = assert!(BUFFER_SIZE as u32 <= CAP_MASK);
 
 /// A foreign packet's record and the owner's token for its buffer (a
 /// descriptor chain head, say).
@@ -190,6 +224,40 @@ impl Packet {
         self.rec().cap & FIXED_START != 0
     }
 
+    /// The partial checksum this packet still needs, if any.
+    #[inline]
+    pub fn partial_csum(&self) -> Option<PartialCsum> {
+        PartialCsum::decode((self.rec().cap & CSUM_BITS) >> CSUM_SHIFT)
+    }
+
+    /// Note (or with None, forget) a partial checksum still to finish.
+    /// False, with nothing noted, when the record cannot hold it (see
+    /// [`PartialCsum`]): then the caller finishes it itself.
+    #[inline]
+    pub fn set_partial_csum(&mut self, c: Option<PartialCsum>) -> bool {
+        let bits = match c {
+            None => 0,
+            Some(c) => match c.encode() {
+                Some(b) => b,
+                None => return false,
+            },
+        };
+        let r = self.rec_mut();
+        r.cap = (r.cap & !CSUM_BITS) | (bits << CSUM_SHIFT);
+        true
+    }
+
+    /// Finish the partial checksum the packet carries, if any (an app does
+    /// this before its packets leave the process, unless the peer takes
+    /// the request itself). False when the request does not fit the
+    /// frame: the bytes are left as they are. Either way none is left.
+    #[inline]
+    pub fn finish_partial_csum(&mut self) -> bool {
+        let Some(c) = self.partial_csum() else { return true };
+        self.set_partial_csum(None);
+        crate::checksum::complete_checksum(self.data_mut(), c.start, c.offset)
+    }
+
     /// Set the length; bytes beyond the old length are whatever the buffer
     /// holds (a NIC or guest wrote them). Panics past the capacity.
     #[inline]
@@ -228,6 +296,13 @@ impl Packet {
     #[inline]
     pub fn shift_left(&mut self, n: usize) {
         assert!(n <= self.len(), "shift_left({n}) of a {}-byte packet", self.len());
+        if let Some(c) = self.partial_csum() {
+            // A header in front of the checksummed part goes; one inside it
+            // (a tunnel's outer checksum, say) cannot: finish it first.
+            if (c.start as usize) < n || !self.set_partial_csum(Some(PartialCsum { start: c.start - n as u16, ..c })) {
+                self.finish_partial_csum();
+            }
+        }
         if self.has_fixed_start() {
             let len = self.len();
             let d = self.data_mut();
@@ -246,6 +321,14 @@ impl Packet {
     /// the data moves up. Panics when the packet would not fit its buffer.
     #[inline]
     pub fn shift_right(&mut self, n: usize) {
+        if let Some(c) = self.partial_csum() {
+            // The checksummed part moves back; past what the record holds,
+            // finish it now (before the move: the request is the old one).
+            let moved = u16::try_from(c.start as usize + n).ok().map(|start| PartialCsum { start, ..c });
+            if !moved.is_some_and(|m| self.set_partial_csum(Some(m))) {
+                self.finish_partial_csum();
+            }
+        }
         let len = self.len();
         if !self.has_fixed_start() && n <= self.headroom() {
             let r = self.rec_mut();
@@ -274,7 +357,18 @@ impl Packet {
         let mut p = allocate_raw();
         p.rec_mut().len = self.len() as u32;
         crate::copy::copy(p.data_mut(), self.data());
+        p.copy_partial_csum(self);
         p
+    }
+
+    /// Carry `of`'s partial checksum request over to this copy of it.
+    #[inline(always)]
+    fn copy_partial_csum(&mut self, of: &Packet) {
+        let bits = of.rec().cap & CSUM_BITS;
+        if bits != 0 {
+            let r = self.rec_mut();
+            r.cap = (r.cap & !CSUM_BITS) | bits;
+        }
     }
 
     /// The owner id and token of a foreign packet.
@@ -312,6 +406,7 @@ impl Clone for Packet {
         p.match_headroom(self);
         p.rec_mut().len = self.len() as u32;
         crate::copy::copy(p.data_mut(), self.data());
+        p.copy_partial_csum(self);
         p
     }
 }
@@ -324,6 +419,7 @@ impl fmt::Debug for Packet {
             .field("start", &r.start)
             .field("owner", &r.owner)
             .field("token", &self.foreign_token().map_or(0, |t| t.1))
+            .field("partial_csum", &self.partial_csum())
             .finish()
     }
 }
@@ -627,7 +723,8 @@ fn allocate_raw() -> Packet {
     Packet { rec, _not_send: PhantomData }
 }
 
-/// Put a host record's start back to HEADROOM, as the freelist keeps them.
+/// Put a host record's start back to HEADROOM, and forget any partial
+/// checksum request, as the freelist keeps them.
 ///
 /// # Safety
 /// `r` must be a host record no handle refers to any more.
@@ -640,6 +737,7 @@ unsafe fn rearm(r: *mut Record) {
             (*r).data = (*r).data.sub(start as usize).add(HEADROOM);
             (*r).start = HEADROOM as u32;
         }
+        (*r).cap &= !CSUM_BITS;
     }
 }
 
@@ -785,6 +883,7 @@ impl Allocator {
         // SAFETY: the fresh buffer has at least the tailroom of `p` from the
         // same start, so `src.len()` bytes fit.
         crate::copy::copy(unsafe { std::slice::from_raw_parts_mut(r.data, src.len()) }, src);
+        c.copy_partial_csum(p);
         c
     }
 
@@ -1014,7 +1113,7 @@ impl BufferOwner {
             buf.len,
             buf.cap
         );
-        assert!(buf.cap & FIXED_START == 0, "foreign buffer: cap {} of 2 GiB or more", buf.cap);
+        assert!(buf.cap <= CAP_MASK, "foreign buffer: cap {} of 64 KiB or more", buf.cap);
         // SAFETY: this thread's State; no other reference is live.
         let st = unsafe { &mut *state() };
         let shell = match st.shells.pop() {
@@ -1173,6 +1272,84 @@ fn return_foreign(shell: NonNull<Record>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A frame with a UDP-like checksum field at 40, holding a "pseudo-header"
+    /// seed, and what finishing the request (start 34, offset 6) gives.
+    fn partial_frame() -> (Vec<u8>, Vec<u8>) {
+        let mut f: Vec<u8> = (0..200u32).map(|i| (i * 7 + 3) as u8).collect();
+        f[40..42].copy_from_slice(&[0x12, 0x34]);
+        let mut done = f.clone();
+        assert!(crate::checksum::complete_checksum(&mut done, 34, 6));
+        (f, done)
+    }
+
+    #[test]
+    fn partial_csum_is_noted_carried_and_forgotten_on_free() {
+        let (f, done) = partial_frame();
+        let c = PartialCsum { start: 34, offset: 6 };
+        let mut p = Packet::from_bytes(&f);
+        assert_eq!(p.partial_csum(), None);
+        assert!(p.set_partial_csum(Some(c)));
+        assert_eq!(p.partial_csum(), Some(c));
+        assert_eq!(p.capacity(), BUFFER_SIZE - HEADROOM, "the request leaves the capacity alone");
+        // What the record cannot hold is refused, and nothing is noted.
+        for bad in [(1024, 6), (34, 7), (34, 0), (34, 64)] {
+            let mut q = Packet::from_bytes(&f);
+            assert!(!q.set_partial_csum(Some(PartialCsum { start: bad.0, offset: bad.1 })), "{bad:?}");
+            assert_eq!(q.partial_csum(), None);
+        }
+        assert!(p.set_partial_csum(Some(PartialCsum { start: 1023, offset: 62 })));
+        assert_eq!(p.partial_csum(), Some(PartialCsum { start: 1023, offset: 62 }));
+        assert!(p.set_partial_csum(Some(c)));
+        // Copies carry it, by every path.
+        assert_eq!(p.clone().partial_csum(), Some(c));
+        assert_eq!(p.copy_to_host().partial_csum(), Some(c));
+        assert_eq!(Allocator::new(1).clone_of(&p).partial_csum(), Some(c));
+        // Finishing sums the frame and forgets the request.
+        let mut q = p.clone();
+        assert!(q.finish_partial_csum());
+        assert_eq!((q.data(), q.partial_csum()), (&done[..], None));
+        assert!(q.finish_partial_csum(), "nothing to do is no failure");
+        assert_eq!(q.data(), &done[..]);
+        // A freed record comes back without it.
+        drop(p);
+        drop(q);
+        let fresh: Vec<Packet> = (0..64).map(|_| Packet::new()).collect();
+        assert!(fresh.iter().all(|p| p.partial_csum().is_none()));
+    }
+
+    #[test]
+    fn header_edits_move_or_finish_the_partial_csum() {
+        let (f, done) = partial_frame();
+        let c = PartialCsum { start: 34, offset: 6 };
+        // Stripping and pushing headers in front of the summed part moves it.
+        let mut p = Packet::from_bytes(&f);
+        p.set_partial_csum(Some(c));
+        p.shift_left(14);
+        assert_eq!(p.partial_csum(), Some(PartialCsum { start: 20, offset: 6 }));
+        p.prepend(&[0xaa; 18]);
+        assert_eq!(p.partial_csum(), Some(PartialCsum { start: 38, offset: 6 }));
+        p.shift_left(4);
+        assert!(p.finish_partial_csum());
+        assert_eq!(&p.data()[14..], &done[14..], "the sum still covers the same bytes");
+        // Stripping into the summed part finishes it first.
+        let mut p = Packet::from_bytes(&f);
+        p.set_partial_csum(Some(c));
+        p.shift_left(40);
+        assert_eq!(p.partial_csum(), None);
+        assert_eq!(p.data(), &done[40..]);
+        // Pushing it past what the record holds finishes it first.
+        let mut p = Packet::from_bytes(&f);
+        p.set_partial_csum(Some(c));
+        p.prepend(&[0xbb; 1000]);
+        assert_eq!(p.partial_csum(), None);
+        assert_eq!(&p.data()[1000..], &done[..]);
+        // A request that does not fit the frame leaves the bytes alone.
+        let mut p = Packet::from_bytes(&f[..38]);
+        p.set_partial_csum(Some(c));
+        assert!(!p.finish_partial_csum());
+        assert_eq!((p.data(), p.partial_csum()), (&f[..38], None));
+    }
 
     #[test]
     fn alloc_free_conserves() {

@@ -243,7 +243,9 @@ impl App for PcapWriter {
     fn push(&mut self, io: &Io) {
         let now = SystemTime::now();
         for input in io.input.iter() {
-            while let Some(p) = input.receive() {
+            while let Some(mut p) = input.receive() {
+                // A capture shows the frame as it would go on the wire.
+                p.finish_partial_csum();
                 match self.w.write(p.data(), now) {
                     Ok(()) => self.packets += 1,
                     Err(_) => self.errors += 1,

@@ -370,6 +370,9 @@ impl App for Encap {
             };
             let mut tx = out.transmitter();
             for mut p in input.drain() {
+                // An outer UDP or GRE checksum covers the inner frame, which
+                // must be final first; past a tunnel no one would finish it.
+                p.finish_partial_csum();
                 match self.builder.encapsulate(&mut p) {
                     Ok(()) => {
                         self.encapsulated += 1;

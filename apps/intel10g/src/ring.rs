@@ -431,12 +431,17 @@ impl<R: Registers> TxQueue<R> {
                 dropped += 1;
                 continue;
             }
-            let p = if p.is_foreign() && !dma.covers_foreign(p.dma_addr(), len) {
+            let mut p = if p.is_foreign() && !dma.covers_foreign(p.dma_addr(), len) {
                 copied += 1;
                 p.copy_to_host()
             } else {
                 p
             };
+            // A partial checksum from a guest is finished here, in
+            // software (the 82599 could, given a context descriptor).
+            if p.partial_csum().is_some() {
+                p.finish_partial_csum();
+            }
             let addr = p.dma_addr();
             if addr == 0 {
                 dropped += 1;

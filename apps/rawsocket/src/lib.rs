@@ -69,12 +69,18 @@ pub mod rig {
         /// Send frames out of the interface, waiting up to five seconds
         /// for room in the transmit ring; what is left then is dropped.
         pub fn send(&mut self, frames: &[Vec<u8>]) {
+            self.send_packets(frames.iter().map(|f| Packet::from_bytes(f)).collect());
+        }
+
+        /// As `send`, with packets made by the caller.
+        pub fn send_packets(&mut self, packets: Vec<Packet>) {
             let end = Instant::now() + Duration::from_secs(5);
             // Small batches: a veth hands each frame to its peer's backlog,
             // which holds 1000 frames (net.core.netdev_max_backlog).
-            for chunk in frames.chunks(100) {
-                for f in chunk {
-                    self.rx.transmit(Packet::from_bytes(f));
+            let mut packets = packets.into_iter().peekable();
+            while packets.peek().is_some() {
+                for p in packets.by_ref().take(100) {
+                    self.rx.transmit(p);
                 }
                 while !self.rx.is_empty() && Instant::now() < end {
                     self.app.push(&self.io);

@@ -296,7 +296,9 @@ impl RawSocket {
         };
         // The status word of the slot is on the line the frame goes to.
         while d.tx.head_free() {
-            let Some(p) = input.receive() else { break };
+            let Some(mut p) = input.receive() else { break };
+            // The kernel takes no partial checksum from us: finish it.
+            p.finish_partial_csum();
             let frame = p.data();
             if frame.len() > d.tx_max {
                 self.c.tx_oversize += 1;

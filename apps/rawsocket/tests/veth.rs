@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use snabb_apps_rawsocket::rig::Rig;
 use snabb_apps_rawsocket::veth::{VethPair, ip, kernel_stat, require_root};
 use snabb_apps_rawsocket::{RawSocketArgs, test_frames};
+use snabb_core::Packet;
+use snabb_core::packet::PartialCsum;
 use snabb_core::selftest::skipped;
 
 const DST: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
@@ -202,6 +204,23 @@ fn checksums_left_to_offload_are_finished() {
     drop(b);
     inject(&v.a, &buf, true);
     assert_eq!(b2.receive(1, WAIT), vec![frame]);
+}
+
+/// A packet carrying a partial checksum (from a guest's NEEDS_CSUM) goes
+/// out with the checksum finished: the kernel takes none from us.
+#[test]
+fn partial_checksums_are_finished_before_sending() {
+    let Some(v) = veth() else { return };
+    let (mut a, mut b) = pair(&v);
+    let (frame, want) = tcp_frame(333);
+    let mut p = Packet::from_bytes(&frame);
+    assert!(p.set_partial_csum(Some(PartialCsum { start: 34, offset: 16 })));
+    a.send_packets(vec![p]);
+    let got = b.receive(1, WAIT);
+    assert_eq!(got.len(), 1);
+    assert_eq!(u16::from_be_bytes([got[0][50], got[0][51]]), want);
+    assert_eq!(&got[0][..50], &frame[..50]);
+    assert_eq!(&got[0][52..], &frame[52..]);
 }
 
 #[test]

@@ -31,7 +31,7 @@
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering, fence};
 
-use snabb_core::packet;
+use snabb_core::packet::{self, PartialCsum};
 use snabb_core::{Link, Packet};
 
 use crate::memory::{DirtyLog, GuestMemory};
@@ -96,7 +96,9 @@ pub struct QueueStats {
     pub no_room: u64,
     /// Guest -> switch: NEEDS_CSUM with csum_start/csum_offset outside the frame (dropped).
     pub bad_csum: u64,
-    /// Guest -> switch: partial checksums completed in software.
+    /// Partial checksums finished in software: guest -> switch, those a
+    /// packet cannot carry on (see `PartialCsum`); switch -> guest, those
+    /// for a guest without GUEST_CSUM.
     pub csum_completed: u64,
     /// Buffers that crossed from one memory region into the next.
     pub split_buffers: u64,
@@ -452,6 +454,8 @@ pub struct Virtqueue {
     features: u64,
     hdr_len: usize,
     mrg_rxbuf: bool,
+    /// The driver takes packets with a partial checksum (GUEST_CSUM).
+    guest_csum: bool,
     event_idx: bool,
     /// Guest-physical address of the used ring when its writes are logged.
     log_used: Option<u64>,
@@ -545,6 +549,7 @@ impl Virtqueue {
             features,
             hdr_len: net_hdr_len(features),
             mrg_rxbuf: has(features, VIRTIO_NET_F_MRG_RXBUF),
+            guest_csum: has(features, VIRTIO_NET_F_GUEST_CSUM),
             event_idx: has(features, VIRTIO_RING_F_EVENT_IDX),
             log_used: (addr.flags & VHOST_VRING_F_LOG != 0).then_some(addr.log_guest_addr),
             next_avail: base,
@@ -782,11 +787,18 @@ impl Virtqueue {
             }
             let h = NetHdr::parse(&hdr[..hdr_len]);
             if h.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
-                if !complete_checksum(p.data_mut(), h.csum_start, h.csum_offset) {
+                if h.csum_start as usize + h.csum_offset as usize + 2 > p.len() {
                     self.stats.bad_csum += 1;
                     continue;
                 }
-                self.stats.csum_completed += 1;
+                // The request travels with the packet (a guest that
+                // accepts partial checksums gets it as it is); one the
+                // packet cannot carry is finished here.
+                let c = PartialCsum { start: h.csum_start, offset: h.csum_offset };
+                if !p.set_partial_csum(Some(c)) {
+                    complete_checksum(p.data_mut(), c.start, c.offset);
+                    self.stats.csum_completed += 1;
+                }
             }
             self.stats.packets += 1;
             self.stats.bytes += p.len() as u64;
@@ -1010,8 +1022,19 @@ impl Virtqueue {
 
     /// Write each batched packet's header and frame into its buffers.
     fn copy_batch(&mut self, log: Option<&DirtyLog>) {
-        for r in self.batch.drain(..) {
-            let hdr = NetHdr { num_buffers: if self.mrg_rxbuf { r.chains } else { 1 }, ..NetHdr::default() }.to_bytes();
+        for mut r in self.batch.drain(..) {
+            let mut h = NetHdr { num_buffers: if self.mrg_rxbuf { r.chains } else { 1 }, ..NetHdr::default() };
+            if let Some(c) = r.p.partial_csum() {
+                if self.guest_csum {
+                    h.flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+                    h.csum_start = c.start;
+                    h.csum_offset = c.offset;
+                } else {
+                    r.p.finish_partial_csum();
+                    self.stats.csum_completed += 1;
+                }
+            }
+            let hdr = h.to_bytes();
             let mut w = Scatter { segs: &self.segs[r.segs.0 as usize..r.segs.1 as usize], i: 0, off: 0, log };
             w.write_unless_equal(&hdr[..self.hdr_len]);
             w.write(r.p.data());
