@@ -289,6 +289,30 @@ pub fn selftest_writer() -> anyhow::Result<()> {
         sizes.push(rec.data.len());
     }
     anyhow::ensure!(sizes == [60, 1514].repeat(5), "read back {sizes:?}");
+
+    // A packet still carrying a partial checksum is written finished, as
+    // it would go on the wire.
+    let file = dir.path().join("csum.pcap");
+    let mut frame: Vec<u8> = (0..120u32).map(|i| (i * 11 + 1) as u8).collect();
+    frame[40..42].copy_from_slice(&[0xab, 0xcd]);
+    let mut want = frame.clone();
+    anyhow::ensure!(snabb_core::checksum::complete_checksum(&mut want, 34, 6));
+    {
+        let ctx = AppContext { name: "w", class: "PcapWriter" };
+        let mut w = PcapWriter::new(PcapWriterArgs { file: file.clone() }, &ctx)?;
+        let input = std::rc::Rc::new(snabb_core::Link::new(16));
+        let mut p = Packet::from_bytes(&frame);
+        anyhow::ensure!(p.set_partial_csum(Some(snabb_core::packet::PartialCsum { start: 34, offset: 6 })));
+        input.transmit(p);
+        let io = snabb_core::Io {
+            input: snabb_core::Ports::new(vec![snabb_core::app::Port { name: "input".into(), link: input }]),
+            output: snabb_core::Ports::new(vec![]),
+        };
+        w.push(&io);
+    }
+    let mut r = PcapFileReader::new(File::open(&file)?)?;
+    let rec = r.next_record()?.ok_or_else(|| anyhow::anyhow!("nothing written"))?;
+    anyhow::ensure!(rec.data == want, "the partial checksum was not finished");
     Ok(())
 }
 
