@@ -32,6 +32,11 @@ fn zero_copy_receive_into_a_lenders_buffer() {
 }
 
 #[test]
+fn a_partial_checksum_goes_on_the_wire_finished() {
+    run("partial checksum on transmit", selftest::partial_csum_tx);
+}
+
+#[test]
 fn bad_configs_are_refused_before_the_device_is_touched() {
     run("bad configs", || selftest::bad_configs(&Target::Model));
 }
