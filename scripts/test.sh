@@ -75,7 +75,8 @@ for s in selftest/*.sh; do
     case $rc in
         0) record "pass $s${inner:+ ($inner)}";;
         43) record "skip $s: $(echo "$out" | grep -m1 '^SKIP' | cut -c6-)";;
-        *) record "FAIL $s (exit $rc)";;
+        # The failed checks go into the summary: the tail of a long log may not show them.
+        *) record "FAIL $s (exit $rc)$(echo "$out" | grep -E '^FAIL ' | cut -c1-300 | awk '{printf "\n      %s", $0}')";;
     esac
 done
 
