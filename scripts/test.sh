@@ -76,7 +76,7 @@ for s in selftest/*.sh; do
         0) record "pass $s${inner:+ ($inner)}";;
         43) record "skip $s: $(echo "$out" | grep -m1 '^SKIP' | cut -c6-)";;
         # The failed checks go into the summary: the tail of a long log may not show them.
-        *) record "FAIL $s (exit $rc)$(echo "$out" | grep -E '^FAIL ' | cut -c1-300 | awk '{printf "\n      %s", $0}')";;
+        *) record "FAIL $s (exit $rc)$(echo "$out" | awk '/^FAIL / {printf "\n      %s", substr($0, 1, 300)}')";;
     esac
 done
 
