@@ -855,12 +855,11 @@ impl Device {
         for &i in &self.to_guest {
             let Some(q) = &mut self.vrings[i].queue else { continue };
             let reserve = q.size() as usize / 8;
-            // A NIC takes its buffer size from the first buffer it is
-            // given: every buffer says it holds less than a KiB more than
-            // the queue lends at, so that they all agree.
-            let most = q.lend_size().max(1024) + 1023;
             lent += q.lend_rx(&self.mem, log, room - lent, reserve, |b| {
-                let cap = b.cap.min(most).min(u16::MAX as u32);
+                // A NIC takes its buffer size from the first buffer it is
+                // given: every buffer says it holds less than a KiB more
+                // than the queue lends at, so that they all agree.
+                let cap = b.cap.min(b.size + 1023).min(u16::MAX as u32);
                 let Some(dma) = device.dma(b.ptr.as_ptr() as usize, cap as usize).filter(|d| d % 2 == 0) else {
                     if stats.unreachable == 0 {
                         log::warn!(

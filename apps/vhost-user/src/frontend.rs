@@ -478,7 +478,10 @@ impl Rig {
         self.app.tick(&self.io);
         self.app.pull(&self.io);
         for p in self.output.drain() {
-            self.collected.push(p.data().to_vec());
+            // Without flattening a split packet (a test may keep it).
+            let mut bytes = vec![0; p.len()];
+            p.copy_bytes_into(&mut bytes);
+            self.collected.push(bytes);
             if let Some(k) = &mut self.keep_packets {
                 k.push(p);
             }

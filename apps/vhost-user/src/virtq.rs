@@ -236,6 +236,9 @@ pub struct LendRx {
     pub gpa: u64,
     /// Bytes of room there.
     pub cap: u32,
+    /// The size the queue lends at (whole KiB; every lent buffer has room
+    /// for at least this much).
+    pub size: u32,
 }
 
 /// What a transmit queue needs to lend (see `Virtqueue::receive_from_guest`).
@@ -1155,7 +1158,7 @@ impl Virtqueue {
                 break;
             };
             self.lent[slot as usize] = Some(Lent { head, hdr: Some(first), data: Some(data) });
-            if !offer(LendRx { slot, ptr: data.ptr, gpa: data.gpa, cap: data.len }) {
+            if !offer(LendRx { slot, ptr: data.ptr, gpa: data.gpa, cap: data.len, size: self.lend_size }) {
                 self.lent[slot as usize] = None;
                 self.free_slots.push(slot);
                 self.spare.push_back(head);
