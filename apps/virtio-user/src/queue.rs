@@ -363,13 +363,13 @@ impl TxQueue {
     /// packet is freed either way.
     #[inline]
     pub fn put(&mut self, mut p: Packet, stats: &mut Stats) {
-        if self.free_head == self.free_tail {
-            stats.tx_no_descriptors += 1;
-            return;
-        }
         let len = p.len();
         if len > self.max_frame {
             stats.tx_oversize += 1;
+            return;
+        }
+        if self.free_head == self.free_tail {
+            stats.tx_no_descriptors += 1;
             return;
         }
         let mut hdr = NetHdr::default();
@@ -572,5 +572,187 @@ impl RxQueue {
     #[inline]
     pub fn publish(&mut self) -> bool {
         self.d.publish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The device played by hand: used entries written into our memory,
+    //! well-formed and not.
+    use super::*;
+    use snabb_apps_vhost_user::virtio::{VIRTIO_F_VERSION_1, bit};
+
+    const SIZE: u16 = 8;
+    const BUF: u32 = 256;
+
+    fn layout() -> QueueLayout {
+        QueueLayout { size: SIZE, ring_gpa: 0, data_gpa: 4096, stride: 320, buf_len: BUF }
+    }
+
+    /// The device's side of a ring in `mem`: writes used entries, reads avail.
+    struct Dev<'a> {
+        mem: &'a DriverMemory,
+        used: u64,
+        avail: u64,
+        idx: u16,
+    }
+
+    impl<'a> Dev<'a> {
+        fn new(mem: &'a DriverMemory) -> Dev<'a> {
+            let (_, a, u) = ring_offsets(SIZE);
+            Dev { mem, used: u, avail: a, idx: 0 }
+        }
+        fn avail_idx(&self) -> u16 {
+            u16::from_le_bytes(self.mem.slice(self.avail + 2, 2).try_into().unwrap())
+        }
+        fn avail_entry(&self, i: u16) -> u16 {
+            u16::from_le_bytes(self.mem.slice(self.avail + 4 + 2 * (i % SIZE) as u64, 2).try_into().unwrap())
+        }
+        /// Write a used entry and publish it.
+        fn used(&mut self, id: u32, len: u32) {
+            let at = self.used + 4 + 8 * (self.idx % SIZE) as u64;
+            self.mem.write(at, &id.to_le_bytes());
+            self.mem.write(at + 4, &len.to_le_bytes());
+            self.idx = self.idx.wrapping_add(1);
+            self.mem.write(self.used + 2, &self.idx.to_le_bytes());
+        }
+        fn set_used_idx(&mut self, idx: u16) {
+            self.idx = idx;
+            self.mem.write(self.used + 2, &idx.to_le_bytes());
+        }
+        /// A received frame in buffer `id`: the header (num_buffers) and bytes.
+        fn fill(&self, id: u16, num_buffers: u16, frame: &[u8]) -> u32 {
+            let at = 4096 + id as u64 * 320;
+            let hdr = NetHdr { num_buffers, ..Default::default() }.to_bytes();
+            self.mem.write(at, &hdr);
+            self.mem.write(at + 12, frame);
+            12 + frame.len() as u32
+        }
+    }
+
+    fn features() -> u64 {
+        bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_NET_F_MRG_RXBUF)
+    }
+
+    fn receive(q: &mut RxQueue, stats: &mut Stats) -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        q.receive(usize::MAX, stats, |p| got.push(p.data().to_vec()));
+        q.publish();
+        got
+    }
+
+    #[test]
+    fn rx_posts_everything_and_reposts_what_it_takes() {
+        let mem = DriverMemory::new(1 << 20).unwrap();
+        let mut q = RxQueue::new(&mem, &layout(), features());
+        let mut d = Dev::new(&mem);
+        assert_eq!(d.avail_idx(), SIZE);
+        let mut s = Stats::default();
+        let len = d.fill(3, 1, &[7; 100]);
+        d.used(3, len);
+        // A frame in two buffers (MRG_RXBUF).
+        let len = d.fill(5, 2, &[1; 200]);
+        d.used(5, len);
+        d.mem.write(4096 + 6 * 320, &[2; 50]);
+        d.used(6, 50);
+        assert_eq!(receive(&mut q, &mut s), vec![vec![7; 100], [vec![1; 200], vec![2; 50]].concat()]);
+        assert_eq!((s.rx_packets, s.rx_bytes, s.rx_bad_used), (2, 350, 0));
+        assert_eq!(d.avail_idx(), SIZE + 3);
+        assert_eq!([d.avail_entry(SIZE), d.avail_entry(SIZE + 1), d.avail_entry(SIZE + 2)], [3, 5, 6]);
+    }
+
+    #[test]
+    fn rx_waits_for_the_rest_of_a_merged_frame() {
+        let mem = DriverMemory::new(1 << 20).unwrap();
+        let mut q = RxQueue::new(&mem, &layout(), features());
+        let mut d = Dev::new(&mem);
+        let mut s = Stats::default();
+        let len = d.fill(0, 2, &[1; 10]);
+        d.used(0, len);
+        assert!(receive(&mut q, &mut s).is_empty());
+        d.mem.write(4096 + 320, &[2; 10]);
+        d.used(1, 10);
+        assert_eq!(receive(&mut q, &mut s), vec![[vec![1; 10], vec![2; 10]].concat()]);
+    }
+
+    #[test]
+    fn rx_bad_used_entries_are_counted_not_followed() {
+        let mem = DriverMemory::new(1 << 20).unwrap();
+        let mut q = RxQueue::new(&mem, &layout(), features());
+        let mut d = Dev::new(&mem);
+        let mut s = Stats::default();
+        d.used(SIZE as u32, 100); // no such buffer: nothing reposted
+        d.used(1, BUF + 1); // longer than the buffer
+        d.used(2, 5); // shorter than a header
+        let len = d.fill(3, 0, &[0; 20]); // num_buffers 0
+        d.used(3, len);
+        let len = d.fill(4, 20, &[0; 20]); // more buffers than lent
+        d.used(4, len);
+        let len = d.fill(5, 1, &[9; 20]);
+        d.used(5, len);
+        assert_eq!(receive(&mut q, &mut s), vec![vec![9; 20]]);
+        assert_eq!(s.rx_bad_used, 5);
+        // Four bad buffers and the good one back; the unknown one not.
+        assert_eq!(d.avail_idx(), SIZE + 5);
+        assert!(!q.broken());
+    }
+
+    #[test]
+    fn rx_used_index_past_the_buffers_lent_breaks_the_queue() {
+        let mem = DriverMemory::new(1 << 20).unwrap();
+        let mut q = RxQueue::new(&mem, &layout(), features());
+        let mut d = Dev::new(&mem);
+        let mut s = Stats::default();
+        d.set_used_idx(SIZE + 1);
+        assert!(receive(&mut q, &mut s).is_empty());
+        assert!(q.broken());
+        assert_eq!(s.broken_queues, 1);
+    }
+
+    #[test]
+    fn rx_a_frame_longer_than_a_packet_is_dropped() {
+        let mem = DriverMemory::new(1 << 20).unwrap();
+        let mut l = layout();
+        l.buf_len = 6000;
+        l.stride = 6016;
+        let mut q = RxQueue::new(&mem, &l, features());
+        let mut d = Dev::new(&mem);
+        let mut s = Stats::default();
+        // Two full buffers: 12 KiB, more than a packet holds.
+        d.used(0, 6000);
+        d.mem.write(4096 + 10, &2u16.to_le_bytes()); // num_buffers of buffer 0's header
+        d.used(1, 6000);
+        assert!(receive(&mut q, &mut s).is_empty());
+        assert_eq!((s.rx_oversize, s.rx_bad_used), (1, 0));
+        assert_eq!(d.avail_idx(), SIZE + 2);
+    }
+
+    #[test]
+    fn tx_takes_back_only_what_it_lent() {
+        let mem = DriverMemory::new(1 << 20).unwrap();
+        let mut l = layout();
+        l.buf_len = 12 + 200;
+        let mut q = TxQueue::new(&mem, &l, features(), PAYLOAD_SIZE);
+        let mut d = Dev::new(&mem);
+        let mut s = Stats::default();
+        for i in 0..SIZE as usize + 2 {
+            q.put(Packet::from_bytes(&[i as u8; 60]), &mut s);
+        }
+        q.publish();
+        assert_eq!((s.tx_packets, s.tx_no_descriptors), (SIZE as u64, 2));
+        assert_eq!(d.avail_idx(), SIZE);
+        // Frames are in their buffers behind a zero header.
+        let head = d.avail_entry(0);
+        assert_eq!(mem.slice(4096 + head as u64 * 320, 12 + 60), [vec![0; 12], vec![0; 60]].concat());
+        q.put(Packet::from_bytes(&[0; 201]), &mut s);
+        assert_eq!(s.tx_oversize, 1);
+        d.used(3, 0);
+        d.used(3, 0); // twice: not lent any more
+        d.used(99, 0);
+        q.reap(&mut s);
+        assert_eq!((s.tx_bad_used, q.in_flight()), (2, SIZE as usize - 1));
+        q.put(Packet::from_bytes(&[1; 60]), &mut s);
+        q.publish();
+        assert_eq!((d.avail_idx(), d.avail_entry(SIZE)), (SIZE + 1, 3));
     }
 }
