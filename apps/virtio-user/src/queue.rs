@@ -25,9 +25,13 @@
 //! reading whether the device wants a kick (virtio 1.x 2.7.13.4).
 //!
 //! We poll and never want interrupts: VRING_AVAIL_F_NO_INTERRUPT is set,
-//! and with EVENT_IDX used_event is kept one behind our position, rewritten
-//! only every 0x2000 entries (the device's index cannot come round to a
-//! stale value in between).
+//! and with EVENT_IDX used_event is kept half the index space (0x8000)
+//! ahead of our position, rewritten only every 0x2000 entries. The device
+//! signals when its used index passes used_event between two of its
+//! decisions, and those lie within the ring size of our position, far from
+//! 0x8000 ahead. (One behind our position would not do: a device that
+//! publishes several batches between two decisions can have made its last
+//! decision behind where we have already read.)
 
 use std::sync::atomic::{AtomicU16, Ordering, fence};
 
@@ -43,8 +47,10 @@ use snabb_core::{Link, Packet};
 /// What `RxQueue::entry` says of an id that names no buffer.
 const NO_ID: u16 = u16::MAX;
 
-/// Entries between rewrites of used_event (see the module doc).
+/// Entries between rewrites of used_event, and how far ahead of our
+/// position it is put (see the module doc).
 const USED_EVENT_REFRESH: u16 = 0x2000;
+const USED_EVENT_AHEAD: u16 = 0x8000;
 
 /// Counters of the data path, summed over queues and connections.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -229,7 +235,7 @@ impl Driver {
         ring.avail_flags().store(VRING_AVAIL_F_NO_INTERRUPT, Ordering::Relaxed);
         let event_idx = has(features, VIRTIO_RING_F_EVENT_IDX);
         if event_idx {
-            ring.used_event().store(u16::MAX, Ordering::Relaxed);
+            ring.used_event().store(USED_EVENT_AHEAD, Ordering::Relaxed);
         }
         Driver {
             ring,
@@ -270,7 +276,7 @@ impl Driver {
     fn publish(&mut self) -> bool {
         if self.event_idx && self.last_used.wrapping_sub(self.used_event_at) >= USED_EVENT_REFRESH {
             self.used_event_at = self.last_used;
-            self.ring.used_event().store(self.last_used.wrapping_sub(1), Ordering::Relaxed);
+            self.ring.used_event().store(self.last_used.wrapping_add(USED_EVENT_AHEAD), Ordering::Relaxed);
         }
         let (old, new) = (self.published, self.avail);
         if old == new {
