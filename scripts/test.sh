@@ -21,7 +21,8 @@ record() { RESULTS+=("$1"); case "$1" in FAIL*) FAILED=1;; esac; }
 PKGS=(tcpdump iproute2 iputils-ping procps util-linux
       python3-scapy                                                   # Decap/Encap: apps/decap/tests/scapy.rs
       iperf3 ethtool                                                  # RawSocket: selftest/rawsocket.sh
-      qemu-system-x86 busybox-static dpdk dpdk-dev python3)          # vhost-user peers: selftest/peers/install.sh
+      qemu-system-x86 busybox-static dpdk dpdk-dev python3           # vhost-user peers: selftest/peers/install.sh
+      openvswitch-switch-dpdk)                                        # OVS-DPDK: selftest/peers/ovs.sh
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -14,7 +14,12 @@
 #   mq     two queue pairs, flows from a pcap spread over both (every
 #          testpmd receive queue must get some);
 #   client testpmd connects (net_vhost client=1) to the VM listening
-#          (server: true); testpmd is restarted and connects again.
+#          (server: true); testpmd is restarted and connects again;
+#   ovs    OVS-DPDK (selftest/peers/ovs.sh: two dpdkvhostuser ports, the
+#          NORMAL action, one PMD core) between two VMs, 64 B one way and
+#          1500 B the other at once;
+#   ovsclient  the same with dpdkvhostuserclient ports (the VMs listen);
+#          OVS is stopped and started again, the VMs take it back.
 # A case ends by draining: the senders stop (snabb-rs by a live edit of its
 # config, testpmd by `stop`), what is in flight arrives, then
 #   frames the VM sent = frames the backend received, and
@@ -32,9 +37,10 @@ ROOT=$PWD
 P=$ROOT/selftest/peers
 source "$P/lib.sh"
 T=$P/testpmd.sh
+O=$P/ovs.sh
 
 LIMIT=${VIRTIO_USER_PEERS_LIMIT:-300}
-CASES=${*:-snabb io big linux nomrg mq client}
+CASES=${*:-snabb io big linux nomrg mq client ovs ovsclient}
 ci() { [ -n "${SNABB_RS_CI:-}" ] && [ "${SNABB_RS_CI}" != 0 ]; }
 skip() { if ci; then echo "FAIL (under CI, not a skip): $*"; exit 1; fi; echo "SKIP $*"; exit 43; }
 PASSED=0 FAILED=0
@@ -59,6 +65,7 @@ cleanup() {
     trap - EXIT INT TERM
     [ -n "$WATCHDOG" ] && kill "$WATCHDOG" 2>/dev/null
     for t in be be2; do "$T" stop "$t" --timeout 3 >/dev/null 2>&1; "$T" cleanup "$t" >/dev/null 2>&1; done
+    "$O" stop ovs --timeout 5 >/dev/null 2>&1
     for n in "${!PGID[@]}"; do stop_snabb "$n"; done
     rm -f "$W"/*.sock
     if [ "$FAILED" = 0 ] && [ "${1:-0}" = 0 ]; then rm -rf "$W"; else echo "logs kept in $W"; fi
@@ -321,6 +328,106 @@ case_client() {
     echo "  VM: $(counters vm vm)"
     verdict "$title, restarted once: counts agree" "$W/vm.log" "$W/be.log"
     stop_snabb vm
+}
+
+# --- OVS-DPDK between two VMs -----------------------------------------------------------
+# Two VMs in one snabb-rs process: vm1 (MAC ..:01) sends 64 B frames to vm2,
+# vm2 (MAC ..:02) sends 1500 B frames to vm1. vms_config on|off ARGS1 ARGS2.
+vms_config() {
+    local gen="" glink=""
+    if [ "$1" = on ]; then
+        gen='"gen1": (class: "Source", args: (size: 64, src: "02:00:00:00:00:01", dst: "02:00:00:00:00:02")),
+        "gen2": (class: "Source", args: (size: 1500, src: "02:00:00:00:00:02", dst: "02:00:00:00:00:01")),'
+        glink='"gen1.output -> vm1.input", "gen2.output -> vm2.input",'
+    fi
+    cat >"$W/vms.ron.new" <<EOF
+// Two VMs played by snabb-rs, one on each port of a switch.
+(
+    apps: {
+        $gen
+        "vm1": (class: "VirtioUser", args: ($2)),
+        "vm2": (class: "VirtioUser", args: ($3)),
+        "sink1": (class: "Sink"),
+        "sink2": (class: "Sink"),
+    },
+    links: [ $glink "vm1.output -> sink1.input", "vm2.output -> sink2.input" ],
+)
+EOF
+    mv "$W/vms.ron.new" "$W/vms.ron"
+}
+both_up() { [ "$(ctr vms vm1 link_up)" = 1 ] && [ "$(ctr vms vm2 link_up)" = 1 ]; }
+both_connected() { [ "$(ctr vms vm1 connections)" = "$1" ] && [ "$(ctr vms vm2 connections)" = "$1" ] && both_up; }
+both_down() { [ "$(ctr vms vm1 link_up)" = 0 ] && [ "$(ctr vms vm2 link_up)" = 0 ]; }
+
+# One session through OVS: traffic both ways for 3 s, drained, then
+#   vm1 sent = vm2 received + OVS's drops at vhu1 (and the other way),
+#   what OVS's PMD received = what both sent.
+# Counts since BASE ("tx1 rx1 tx2 rx2 pmd"); sets SESSION to the new totals.
+ovs_session() { # A1 A2 BASE...
+    local a1=$1 a2=$2 b_tx1=$3 b_rx1=$4 b_tx2=$5 b_rx2=$6 b_pmd=$7
+    vms_config on "$a1" "$a2"
+    sleep 3
+    vms_config off "$a1" "$a2"
+    sleep 1.5
+    local st tx1 rx1 tx2 rx2 d0 d1 pmd
+    st=$("$O" stats ovs --fresh)
+    tx1=$(( $(ctr vms vm1 tx_packets) - b_tx1 )) rx1=$(( $(ctr vms vm1 rx_packets) - b_rx1 ))
+    tx2=$(( $(ctr vms vm2 tx_packets) - b_tx2 )) rx2=$(( $(ctr vms vm2 rx_packets) - b_rx2 ))
+    drops() { awk -v p="port=$1 " '$0 ~ p { for (i = 1; i <= NF; i++) if ($i ~ /_drops=/) { split($i, a, "="); s += a[2] } } END { print s + 0 }' <<<"$st"; }
+    d0=$(drops vhu0) d1=$(drops vhu1)
+    pmd=$(( $(sed -n 's/^OVS_PMD.* received=\([0-9]*\).*/\1/p' <<<"$st" | head -1) - b_pmd ))
+    echo "  vm1 sent $tx1, vm2 received $rx2, OVS dropped $d1 for vm2; vm2 sent $tx2, vm1 received $rx1, OVS dropped $d0 for vm1"
+    echo "  OVS's PMD received $pmd; $(grep OVS_PMD <<<"$st" | cut -d' ' -f3-)"
+    echo "  vm1: $(counters vms vm1)"
+    echo "  vm2: $(counters vms vm2)"
+    compare "vm1 to vm2 (with OVS's drops)" "$tx1" "$((rx2 + d1))"
+    compare "vm2 to vm1 (with OVS's drops)" "$tx2" "$((rx1 + d0))"
+    compare "into OVS" "$((tx1 + tx2))" "$pmd"
+    [ "$rx1" -gt 0 ] && [ "$rx2" -gt 0 ] || { OK=0; WHY+=" not both ways;"; }
+    SESSION="$((b_tx1 + tx1)) $((b_rx1 + rx1)) $((b_tx2 + tx2)) $((b_rx2 + rx2)) $((b_pmd + pmd))"
+}
+
+case_ovs() {
+    echo "--- ovs: two VMs through OVS-DPDK (dpdkvhostuser ports, NORMAL, one PMD on CPU 0)"
+    local title="ovs: VirtioUser <-> OVS-DPDK <-> VirtioUser" r
+    r=$("$O" start ovs --ports 2 --cpu 0 --mem 1024 --mac vhu0=02:00:00:00:00:01 --mac vhu1=02:00:00:00:00:02 2>&1) ||
+        { fail "$title: OVS did not start: $r"; return; }
+    "$O" wait-ready ovs --timeout 60 >/dev/null || { fail "$title: OVS not ready"; "$O" stop ovs >/dev/null; return; }
+    local a1="socket: \"$W/ovs.ovs/vhu0\"" a2="socket: \"$W/ovs.ovs/vhu1\""
+    vms_config off "$a1" "$a2"
+    start_snabb vms 1
+    if wait_for 30 both_up; then
+        ovs_session "$a1" "$a2" 0 0 0 0 0
+    else
+        OK=0; WHY+=" the VMs did not set up ($(counters vms vm1); $(counters vms vm2));"
+    fi
+    verdict "$title, counts agree" "$W/vms.log" "$W/ovs.ovs/ovs-vswitchd.log"
+    stop_snabb vms
+    "$O" stop ovs >/dev/null
+}
+
+case_ovsclient() {
+    echo "--- ovsclient: two VMs listening, OVS-DPDK connecting (dpdkvhostuserclient), OVS restarted"
+    local title="ovsclient: OVS-DPDK as client, restarted" round base="0 0 0 0"
+    local a1="socket: \"$W/vm1.sock\", server: true" a2="socket: \"$W/vm2.sock\", server: true"
+    vms_config off "$a1" "$a2"
+    start_snabb vms 1
+    wait_socket "$W/vm1.sock" 20 && wait_socket "$W/vm2.sock" 20 || { fail "$title: the VMs did not listen"; stop_snabb vms; return; }
+    for round in 1 2; do
+        "$O" start ovs --client "$W/vm1.sock" --client "$W/vm2.sock" --cpu 0 --mem 1024 \
+            --mac vhu0=02:00:00:00:00:01 --mac vhu1=02:00:00:00:00:02 >/dev/null &&
+            "$O" wait-ready ovs --timeout 60 >/dev/null || { OK=0; WHY+=" round $round: OVS did not start;"; break; }
+        wait_for 30 both_connected "$round" || { OK=0; WHY+=" round $round: the VMs were not taken ($(counters vms vm1));"; break; }
+        # Each OVS counts from 0.
+        # shellcheck disable=SC2086
+        ovs_session "$a1" "$a2" $base 0
+        base=${SESSION% *}
+        "$O" stop ovs >/dev/null
+        wait_for 10 both_down || { OK=0; WHY+=" round $round: the VMs did not notice OVS leaving;"; }
+    done
+    verdict "$title, counts agree" "$W/vms.log" "$W/ovs.ovs/ovs-vswitchd.log"
+    stop_snabb vms
+    "$O" stop ovs >/dev/null 2>&1
 }
 
 echo "--- $B; cases: $CASES"
