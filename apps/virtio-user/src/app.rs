@@ -38,7 +38,8 @@
 //! link); `tx_bad_used`, `tx_csum_completed`, `rx_partial_csum`,
 //! `rx_csum_completed`, `broken_queues`, `kicks`, `calls` (interrupts the
 //! backend raised though asked not to), `connections`, `disconnects`,
-//! `setup_errors`, `link_up` (1 while set up), `queue_pairs`, `features`
+//! `setup_errors` (connections that ended before the device was set up),
+//! `link_up` (1 while set up), `queue_pairs`, `features`
 //! (the bits negotiated), `huge_pages` (1 when the memory is on huge pages).
 
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -272,6 +273,8 @@ pub struct VirtioUser {
     ports: (Option<usize>, Option<usize>),
     /// The receive ring served first next (rotates).
     next_rx: usize,
+    /// Setups that failed in a row.
+    setup_failures: u64,
 }
 
 impl AppClass for VirtioUser {
@@ -316,6 +319,7 @@ impl AppClass for VirtioUser {
             mem,
             ports: (None, None),
             next_rx: 0,
+            setup_failures: 0,
         })
     }
 }
@@ -386,7 +390,10 @@ impl Host for HostView<'_> {
 
 /// Why a connection ended.
 enum End {
+    /// The backend closed it.
     Closed,
+    /// The app is stopping.
+    Stopped,
     Error(String),
 }
 
@@ -408,8 +415,9 @@ impl VirtioUser {
                     return;
                 }
                 match UnixStream::connect(&self.args.socket) {
+                    // The back-off is reset once the device is set up: a
+                    // backend that refuses the setup is retried less and less often.
                     Ok(s) => {
-                        *backoff = BACKOFF_MIN;
                         *failures = 0;
                         s
                     }
@@ -492,6 +500,10 @@ impl VirtioUser {
                 Next::Build { features, queue_pairs } => self.build(features, queue_pairs),
                 Next::Done => {
                     c.running = true;
+                    self.setup_failures = 0;
+                    if let Endpoint::Client { backoff, .. } = &mut self.endpoint {
+                        *backoff = BACKOFF_MIN;
+                    }
                     let n = c.setup.negotiated().clone();
                     log::info!(
                         "{}: set up: features {:#x}, protocol features {:#x}, {} queue pair(s){}{}",
@@ -528,11 +540,21 @@ impl VirtioUser {
     /// Forget the backend: its rings stop; what it had not used is lost.
     fn disconnect(&mut self, end: End) {
         let Some(c) = self.conn.take() else { return };
+        if !c.running && !matches!(end, End::Stopped) {
+            self.ev.setup_errors += 1;
+            self.setup_failures += 1;
+        }
         match end {
             End::Closed => log::info!("{}: the backend went away", self.name),
+            End::Stopped => {}
             End::Error(why) => {
-                log::warn!("{}: dropping the connection: {why}", self.name);
-                self.ev.setup_errors += (!c.running) as u64;
+                // A backend that fails every setup the same way is said so
+                // once, then every 64th time.
+                if self.setup_failures <= 1 || self.setup_failures % 64 == 0 {
+                    log::warn!("{}: dropping the connection: {why}", self.name);
+                } else {
+                    log::debug!("{}: dropping the connection: {why}", self.name);
+                }
             }
         }
         self.ev.disconnects += 1;
@@ -544,8 +566,11 @@ impl VirtioUser {
         self.ev.tx_lost += lost;
         self.rx.clear();
         self.tx.clear();
-        if let Endpoint::Client { next_try, .. } = &mut self.endpoint {
-            *next_try = Instant::now() + BACKOFF_MIN;
+        if let Endpoint::Client { next_try, backoff, .. } = &mut self.endpoint {
+            *next_try = Instant::now() + *backoff;
+            if !c.running {
+                *backoff = (*backoff * 2).min(BACKOFF_MAX);
+            }
         }
     }
 
@@ -737,9 +762,7 @@ impl App for VirtioUser {
     }
 
     fn stop(&mut self) {
-        if self.conn.is_some() {
-            self.disconnect(End::Closed);
-        }
+        self.disconnect(End::Stopped);
     }
 
     fn counters(&self, emit: &mut dyn FnMut(&str, u64)) {

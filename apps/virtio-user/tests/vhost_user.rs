@@ -396,3 +396,78 @@ fn in_an_engine_from_a_config() {
 fn the_selftest() {
     selftest::selftest().unwrap();
 }
+
+/// A backend played by hand in a thread: each message it gets is answered
+/// by `answer` (None: no reply); it serves connections one after another.
+fn fake_backend(
+    sock: &std::path::Path,
+    answer: impl Fn(&snabb_apps_vhost_user::protocol::Message) -> Option<Vec<u8>> + Send + 'static,
+    close_at_once: bool,
+) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    use snabb_apps_vhost_user::channel::{Channel, listen};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let l = listen(sock).unwrap();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    std::thread::spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            let Ok(conn) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            };
+            if close_at_once {
+                continue;
+            }
+            let mut c = Channel::new(conn).unwrap();
+            while let Ok(m) = c.recv_timeout(Duration::from_secs(2)) {
+                if let Some(payload) = answer(&m) {
+                    c.send_reply(m.header.request, &payload).unwrap();
+                }
+            }
+        }
+    });
+    stop
+}
+
+#[test]
+fn a_backend_without_version_1_is_refused_and_retried_with_back_off() {
+    use snabb_apps_vhost_user::protocol::req;
+    let sock = temp_socket("vu-legacy");
+    let stop =
+        fake_backend(&sock, |m| (m.header.request == req::GET_FEATURES).then(|| 0u64.to_le_bytes().to_vec()), false);
+    let mut vm = Wired::new(
+        snabb_apps_virtio_user::VirtioUser::new(vm_args(&sock), &AppContext { name: "vm", class: "VirtioUser" })
+            .unwrap(),
+    );
+    let end = std::time::Instant::now() + Duration::from_millis(500);
+    while std::time::Instant::now() < end {
+        vm.tick();
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let c = |n: &str| vm.app.counter(n).unwrap();
+    assert!(!vm.app.link_up());
+    // Tried, refused, tried again less and less often (every 10 ms would be 50 times).
+    assert!(c("setup_errors") >= 2 && c("setup_errors") < 20, "setup errors {}", c("setup_errors"));
+    assert!(c("connections") - c("setup_errors") <= 1, "connections {}", c("connections"));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[test]
+fn a_backend_that_hangs_up_during_setup_is_counted() {
+    let sock = temp_socket("vu-hangup");
+    let stop = fake_backend(&sock, |_| None, true);
+    let mut vm = Wired::new(
+        snabb_apps_virtio_user::VirtioUser::new(vm_args(&sock), &AppContext { name: "vm", class: "VirtioUser" })
+            .unwrap(),
+    );
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while vm.app.counter("setup_errors").unwrap() < 2 {
+        assert!(std::time::Instant::now() < end, "no second attempt");
+        vm.tick();
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    vm.send(&test_frames(5, 9));
+    vm.push();
+    assert_eq!(vm.app.counter("tx_not_ready"), Some(5));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+}
