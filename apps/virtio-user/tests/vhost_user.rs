@@ -471,3 +471,63 @@ fn a_backend_that_hangs_up_during_setup_is_counted() {
     assert_eq!(vm.app.counter("tx_not_ready"), Some(5));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
 }
+
+/// A backend that serves a config space (protocol feature CONFIG, which
+/// neither QEMU's nor DPDK's vhost-user net backends offer): the VM reads
+/// its MAC from it. The device is the vhost-user crate's, with CONFIG added
+/// to what it offers.
+#[test]
+fn the_mac_comes_from_the_config_space_when_the_backend_serves_one() {
+    use snabb_apps_vhost_user::channel::{Channel, listen};
+    use snabb_apps_vhost_user::device::{Device, DeviceConfig};
+    use snabb_apps_vhost_user::protocol::{Header, Message, pf, req};
+    let sock = temp_socket("vu-config");
+    let l = listen(&sock).unwrap();
+    let server = std::thread::spawn(move || {
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        let conn = loop {
+            match l.accept() {
+                Ok(c) => break c,
+                Err(_) if std::time::Instant::now() < end => std::thread::sleep(Duration::from_millis(1)),
+                Err(e) => panic!("no frontend: {e}"),
+            }
+        };
+        let mut c = Channel::new(conn).unwrap();
+        let mac = [0x52, 0x54, 0, 0xab, 0xcd, 0xef];
+        let mut dev = Device::new(DeviceConfig { queue_pairs: 1, mtu: 1500, mac: Some(mac) });
+        let mut got_config = false;
+        while let Ok(mut m) = c.recv_timeout(Duration::from_secs(2)) {
+            let code = m.header.request;
+            if code == req::GET_PROTOCOL_FEATURES {
+                let offered = dev.handle(m).unwrap().unwrap().1;
+                let v = u64::from_le_bytes(offered.try_into().unwrap()) | pf::CONFIG;
+                c.send_reply(code, &v.to_le_bytes()).unwrap();
+                continue;
+            }
+            if code == req::SET_PROTOCOL_FEATURES {
+                let v = u64::from_le_bytes(m.payload[..8].try_into().unwrap()) & !pf::CONFIG;
+                m = Message { header: Header { size: 8, ..m.header }, payload: v.to_le_bytes().to_vec(), fds: m.fds };
+            }
+            got_config |= code == req::GET_CONFIG;
+            if let Some((code, payload)) = dev.handle(m).unwrap() {
+                c.send_reply(code, &payload).unwrap();
+            }
+        }
+        got_config
+    });
+    let mut a = vm_args(&sock);
+    a.mac = Some("02:00:00:00:00:99".parse().unwrap());
+    let mut vm = Wired::new(
+        snabb_apps_virtio_user::VirtioUser::new(a, &AppContext { name: "vm", class: "VirtioUser" }).unwrap(),
+    );
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while !vm.app.link_up() {
+        assert!(std::time::Instant::now() < end, "not set up: {:?}", vm.app.counter("setup_errors"));
+        vm.tick();
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    assert_eq!(vm.app.mac().unwrap().to_string(), "52:54:00:ab:cd:ef");
+    assert!(has(vm.app.negotiated().unwrap().features, virtio::VIRTIO_NET_F_MAC));
+    drop(vm);
+    assert!(server.join().unwrap(), "no GET_CONFIG");
+}
