@@ -41,8 +41,12 @@ use snabb_apps_vhost_user::virtio::{
     VIRTIO_RING_F_EVENT_IDX, VIRTQ_DESC_F_WRITE, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY, complete_checksum,
     has, net_hdr_len,
 };
+use snabb_apps_vhost_user::virtq::{prefetch, prefetch_write};
 use snabb_core::packet::{self, PAYLOAD_SIZE, PartialCsum};
 use snabb_core::{Link, Packet};
+
+/// How many packets ahead buffers are fetched into the cache.
+const PREFETCH_AHEAD: u16 = 4;
 
 /// What `RxQueue::entry` says of an id that names no buffer.
 const NO_ID: u16 = u16::MAX;
@@ -389,8 +393,15 @@ impl TxQueue {
                 stats.tx_csum_completed += 1;
             }
         }
-        let id = self.free[(self.free_head & self.d.ring.mask) as usize];
+        let mask = self.d.ring.mask;
+        let id = self.free[(self.free_head & mask) as usize];
         self.free_head = self.free_head.wrapping_add(1);
+        // The buffer a few sends from now: the device read it last, and a
+        // store would wait for the line to come back; ask for it now.
+        if self.free_tail.wrapping_sub(self.free_head) > PREFETCH_AHEAD {
+            let ahead = self.free[(self.free_head.wrapping_add(PREFETCH_AHEAD) & mask) as usize];
+            prefetch_write(self.d.ring.at(self.d.slot(ahead)));
+        }
         self.lent[id as usize] = true;
         let hl = self.d.hdr_len;
         let at = self.d.ring.at(self.d.slot(id));
@@ -477,27 +488,56 @@ impl RxQueue {
     /// Frames the device has written, up to `max`, as host packets handed
     /// to `out`; their buffers go back on the avail ring. Returns frames taken.
     #[inline]
-    pub fn receive(&mut self, max: usize, stats: &mut Stats, mut out: impl FnMut(Packet)) -> usize {
+    pub fn receive(&mut self, max: usize, stats: &mut Stats, out: impl FnMut(Packet)) -> usize {
+        self.frames::<true>(max, stats, out)
+    }
+
+    /// Frames the device has written, counted and dropped without their
+    /// bytes being read or copied (a VM with nowhere to put them, or a
+    /// benchmark's sink, as testpmd's rxonly); their buffers go back.
+    #[inline]
+    pub fn discard(&mut self, stats: &mut Stats) -> usize {
+        self.frames::<false>(usize::MAX, stats, drop)
+    }
+
+    #[inline(always)]
+    fn frames<const COPY: bool>(&mut self, max: usize, stats: &mut Stats, mut out: impl FnMut(Packet)) -> usize {
         let Some(used) = self.d.used(stats) else { return 0 };
         let pending = used.wrapping_sub(self.d.last_used) as usize;
         if pending == 0 || max == 0 {
             return 0;
         }
         let hl = self.d.hdr_len;
-        let mut alloc = packet::Allocator::new(pending.min(max));
+        let mut alloc = COPY.then(|| packet::Allocator::new(pending.min(max)));
         let mut got = 0;
+        // The device wrote the frames on another CPU: fetch the first few
+        // now, and each later one a few frames ahead of its turn.
+        if COPY || self.mrg {
+            for k in 0..(pending as u16).min(PREFETCH_AHEAD) {
+                self.prefetch_frame(self.d.last_used.wrapping_add(k));
+            }
+        }
         while self.d.last_used != used && got < max {
             let first = self.d.last_used;
+            if (COPY || self.mrg) && used.wrapping_sub(first) > PREFETCH_AHEAD {
+                self.prefetch_frame(first.wrapping_add(PREFETCH_AHEAD));
+            }
             let (id, len) = self.entry(first);
             let Some(len) = len.filter(|&l| l as usize >= hl) else {
                 self.bad_entry(id, stats);
                 continue;
             };
             let at = self.d.ring.at(self.d.slot(id));
-            // SAFETY: len <= buf_len: inside the buffer, which the device
-            // has handed back; it may still scribble on it (a bad device),
-            // which changes bytes, never where we read.
-            let hdr = NetHdr::parse(unsafe { std::slice::from_raw_parts(at, hl) });
+            // Without mergeable buffers and without copying, nothing in the
+            // buffer needs reading.
+            let hdr = if COPY || self.mrg {
+                // SAFETY: len <= buf_len: inside the buffer, which the device
+                // has handed back; it may still scribble on it (a bad device),
+                // which changes bytes, never where we read.
+                NetHdr::parse(unsafe { std::slice::from_raw_parts(at, hl) })
+            } else {
+                NetHdr::default()
+            };
             let nbufs = if self.mrg { hdr.num_buffers } else { 1 };
             // More buffers than are lent can never arrive.
             if nbufs == 0 || nbufs > self.d.published.wrapping_sub(first) {
@@ -507,65 +547,70 @@ impl RxQueue {
             if used.wrapping_sub(first) < nbufs {
                 break; // the rest of this frame is not there yet
             }
-            if len as usize - hl > PAYLOAD_SIZE {
-                // Longer than a packet (a buffer larger than 10 KiB): drop
-                // every buffer of the frame.
-                stats.rx_oversize += 1;
-                for _ in 0..nbufs {
-                    let (id, _) = self.entry(self.d.last_used);
-                    self.repost(id);
-                    self.d.last_used = self.d.last_used.wrapping_add(1);
-                }
-                continue;
+            let mut total = len as usize - hl;
+            let mut ok = total <= PAYLOAD_SIZE;
+            let mut p = None;
+            if COPY && ok {
+                // SAFETY: as above.
+                let frame = unsafe { std::slice::from_raw_parts(at.add(hl), total) };
+                p = alloc.as_mut().map(|a| a.from_bytes(frame));
             }
-            // SAFETY: as above.
-            let frame = unsafe { std::slice::from_raw_parts(at.add(hl), len as usize - hl) };
-            let mut p = alloc.from_bytes(frame);
+            let mut bad = false;
             self.repost(id);
             self.d.last_used = first.wrapping_add(1);
-            let mut ok = true;
             for _ in 1..nbufs {
                 let (id, len) = self.entry(self.d.last_used);
                 self.d.last_used = self.d.last_used.wrapping_add(1);
+                self.repost(id);
                 let Some(len) = len else {
-                    self.repost(id);
-                    ok = false;
-                    stats.rx_bad_used += 1;
+                    bad = true;
                     continue;
                 };
-                self.repost(id);
-                if !ok {
-                    continue;
+                total += len as usize;
+                ok &= total <= PAYLOAD_SIZE;
+                if let (true, Some(p)) = (COPY && ok && !bad, &mut p) {
+                    // SAFETY: as above, for this buffer.
+                    p.append(unsafe { std::slice::from_raw_parts(self.d.ring.at(self.d.slot(id)), len as usize) });
                 }
-                if p.len() + len as usize > PAYLOAD_SIZE {
-                    ok = false;
-                    stats.rx_oversize += 1;
-                    continue;
-                }
-                // SAFETY: as above, for this buffer.
-                p.append(unsafe { std::slice::from_raw_parts(self.d.ring.at(self.d.slot(id)), len as usize) });
             }
-            if !ok {
+            if bad {
+                stats.rx_bad_used += 1;
                 continue;
             }
-            if hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 && self.guest_csum {
-                let c = PartialCsum { start: hdr.csum_start, offset: hdr.csum_offset };
-                if c.start as usize + c.offset as usize + 2 > p.len() {
-                    stats.rx_bad_csum += 1;
-                    continue;
+            if !ok {
+                // Longer than a packet: every buffer of the frame went back.
+                stats.rx_oversize += 1;
+                continue;
+            }
+            if COPY {
+                let Some(mut p) = p else { continue };
+                if hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 && self.guest_csum {
+                    let c = PartialCsum { start: hdr.csum_start, offset: hdr.csum_offset };
+                    if c.start as usize + c.offset as usize + 2 > p.len() {
+                        stats.rx_bad_csum += 1;
+                        continue;
+                    }
+                    stats.rx_partial_csum += 1;
+                    if !p.set_partial_csum(Some(c)) {
+                        complete_checksum(p.data_mut(), c.start, c.offset);
+                        stats.rx_csum_completed += 1;
+                    }
                 }
-                stats.rx_partial_csum += 1;
-                if !p.set_partial_csum(Some(c)) {
-                    complete_checksum(p.data_mut(), c.start, c.offset);
-                    stats.rx_csum_completed += 1;
-                }
+                out(p);
             }
             stats.rx_packets += 1;
-            stats.rx_bytes += p.len() as u64;
-            out(p);
+            stats.rx_bytes += total as u64;
             got += 1;
         }
         got
+    }
+
+    /// Start fetching the first line of the buffer used entry `i` names
+    /// (only a hint: a bad id is masked into our buffers).
+    #[inline(always)]
+    fn prefetch_frame(&self, i: u16) {
+        let (id, _) = self.d.ring.used_elem(i);
+        prefetch(self.d.ring.at(self.d.slot(id as u16 & self.d.ring.mask)));
     }
 
     #[cold]
