@@ -47,7 +47,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use snabb_apps_vhost_user::channel::{Channel, Listener, listen};
 use snabb_apps_vhost_user::driver::DriverMemory;
 use snabb_apps_vhost_user::frontend::{eventfd, eventfd_take};
@@ -85,7 +85,7 @@ fn default_rx_buffer() -> u32 {
     2048 + NetHdr::MAX_LEN as u32
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct VirtioUserArgs {
     /// The vhost-user unix socket.
@@ -185,6 +185,27 @@ impl VirtioUserArgs {
     }
 }
 
+/// Arguments as the engine parses them: checked while parsing, so that
+/// `snabb-rs config check` already reports a bad queue size or MTU, with
+/// the line and column.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(try_from = "VirtioUserArgs", into = "VirtioUserArgs")]
+pub struct Checked(pub VirtioUserArgs);
+
+impl TryFrom<VirtioUserArgs> for Checked {
+    type Error = String;
+    fn try_from(a: VirtioUserArgs) -> Result<Checked, String> {
+        a.check().map_err(|e| e.to_string())?;
+        Ok(Checked(a))
+    }
+}
+
+impl From<Checked> for VirtioUserArgs {
+    fn from(c: Checked) -> VirtioUserArgs {
+        c.0
+    }
+}
+
 /// Where everything lies in the memory: rings first (a 4 KiB-aligned
 /// stretch each, ring `2p` receive and `2p + 1` transmit of pair `p`, as
 /// virtio-net numbers them), then each ring's buffers.
@@ -278,8 +299,8 @@ pub struct VirtioUser {
 }
 
 impl AppClass for VirtioUser {
-    type Args = VirtioUserArgs;
-    fn new(args: VirtioUserArgs, ctx: &AppContext) -> anyhow::Result<VirtioUser> {
+    type Args = Checked;
+    fn new(Checked(args): Checked, ctx: &AppContext) -> anyhow::Result<VirtioUser> {
         args.check()?;
         let layout = layout(&args);
         let size = match args.mem_mb {

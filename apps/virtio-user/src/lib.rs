@@ -11,7 +11,7 @@ pub mod app;
 pub mod queue;
 pub mod setup;
 
-pub use app::{VirtioUser, VirtioUserArgs};
+pub use app::{Checked, VirtioUser, VirtioUserArgs};
 
 use snabb_core::Registry;
 

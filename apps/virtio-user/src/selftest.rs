@@ -63,7 +63,7 @@ impl Pair {
     /// (it may be the listening side).
     pub fn new(vm: VirtioUserArgs, sw: VhostUserArgs) -> anyhow::Result<Pair> {
         let sw = Wired::new(VhostUser::new(sw, &AppContext { name: "sw", class: "VhostUser" })?);
-        let vm = Wired::new(VirtioUser::new(vm, &AppContext { name: "vm", class: "VirtioUser" })?);
+        let vm = Wired::new(VirtioUser::new(crate::app::Checked(vm), &AppContext { name: "vm", class: "VirtioUser" })?);
         Ok(Pair { vm, sw: Some(sw) })
     }
 

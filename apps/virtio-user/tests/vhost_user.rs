@@ -12,6 +12,13 @@ use snabb_apps_virtio_user::selftest::{self, Pair, Wired};
 use snabb_core::packet::PartialCsum;
 use snabb_core::{AppClass, AppContext, Packet};
 
+fn new_vm(a: VirtioUserArgs) -> anyhow::Result<snabb_apps_virtio_user::VirtioUser> {
+    snabb_apps_virtio_user::VirtioUser::new(
+        snabb_apps_virtio_user::Checked(a),
+        &AppContext { name: "vm", class: "VirtioUser" },
+    )
+}
+
 fn vm_args(sock: &std::path::Path) -> VirtioUserArgs {
     let mut a = VirtioUserArgs::new(sock);
     a.huge_pages = false;
@@ -210,10 +217,7 @@ fn a_new_vm_on_the_same_switch() {
     p.up().unwrap();
     let f = test_frames(50, 5);
     assert_eq!(p.vm_to_switch(&f, 50).unwrap(), f);
-    p.vm = Wired::new(
-        snabb_apps_virtio_user::VirtioUser::new(vm_args(&sock), &AppContext { name: "vm", class: "VirtioUser" })
-            .unwrap(),
-    );
+    p.vm = Wired::new(new_vm(vm_args(&sock)).unwrap());
     p.up().unwrap();
     assert_eq!(p.switch_to_vm(&f, 50).unwrap(), f);
     assert_eq!(p.sw("connections"), 2);
@@ -299,7 +303,7 @@ fn partial_checksums() {
 #[test]
 fn no_output_link_drops_and_counts() {
     let sock = temp_socket("vu-nooutput");
-    let vm = snabb_apps_virtio_user::VirtioUser::new(vm_args(&sock), &AppContext { name: "vm", class: "VirtioUser" });
+    let vm = new_vm(vm_args(&sock));
     let sw = VhostUser::new(VhostUserArgs::new(&sock), &AppContext { name: "sw", class: "VhostUser" }).unwrap();
     let (mut vm, mut sw) = (vm.unwrap(), Wired::new(sw));
     use snabb_core::App;
@@ -321,12 +325,25 @@ fn no_output_link_drops_and_counts() {
 }
 
 #[test]
+fn config_check_finds_bad_arguments_with_their_place() {
+    let mut r = snabb_core::Registry::new();
+    snabb_apps_virtio_user::register(&mut r);
+    let c = snabb_core::Config::parse(
+        "(\n  apps: {\n    \"vm\": (class: \"VirtioUser\", args: (socket: \"/x\", queue_size: 100)),\n  },\n  links: [],\n)",
+        None,
+    )
+    .unwrap();
+    let e = r.check(&c).unwrap_err().to_string();
+    assert!(e.contains("line 3") && e.contains("queue_size 100"), "{e}");
+}
+
+#[test]
 fn bad_arguments_are_refused() {
     let sock = temp_socket("vu-bad");
     let err = |f: &dyn Fn(&mut VirtioUserArgs)| {
         let mut a = vm_args(&sock);
         f(&mut a);
-        match snabb_apps_virtio_user::VirtioUser::new(a, &AppContext { name: "vm", class: "VirtioUser" }) {
+        match new_vm(a) {
             Ok(_) => panic!("accepted"),
             Err(e) => e.to_string(),
         }
@@ -435,10 +452,7 @@ fn a_backend_without_version_1_is_refused_and_retried_with_back_off() {
     let sock = temp_socket("vu-legacy");
     let stop =
         fake_backend(&sock, |m| (m.header.request == req::GET_FEATURES).then(|| 0u64.to_le_bytes().to_vec()), false);
-    let mut vm = Wired::new(
-        snabb_apps_virtio_user::VirtioUser::new(vm_args(&sock), &AppContext { name: "vm", class: "VirtioUser" })
-            .unwrap(),
-    );
+    let mut vm = Wired::new(new_vm(vm_args(&sock)).unwrap());
     let end = std::time::Instant::now() + Duration::from_millis(500);
     while std::time::Instant::now() < end {
         vm.tick();
@@ -456,10 +470,7 @@ fn a_backend_without_version_1_is_refused_and_retried_with_back_off() {
 fn a_backend_that_hangs_up_during_setup_is_counted() {
     let sock = temp_socket("vu-hangup");
     let stop = fake_backend(&sock, |_| None, true);
-    let mut vm = Wired::new(
-        snabb_apps_virtio_user::VirtioUser::new(vm_args(&sock), &AppContext { name: "vm", class: "VirtioUser" })
-            .unwrap(),
-    );
+    let mut vm = Wired::new(new_vm(vm_args(&sock)).unwrap());
     let end = std::time::Instant::now() + Duration::from_secs(10);
     while vm.app.counter("setup_errors").unwrap() < 2 {
         assert!(std::time::Instant::now() < end, "no second attempt");
@@ -517,9 +528,7 @@ fn the_mac_comes_from_the_config_space_when_the_backend_serves_one() {
     });
     let mut a = vm_args(&sock);
     a.mac = Some("02:00:00:00:00:99".parse().unwrap());
-    let mut vm = Wired::new(
-        snabb_apps_virtio_user::VirtioUser::new(a, &AppContext { name: "vm", class: "VirtioUser" }).unwrap(),
-    );
+    let mut vm = Wired::new(new_vm(a).unwrap());
     let end = std::time::Instant::now() + Duration::from_secs(10);
     while !vm.app.link_up() {
         assert!(std::time::Instant::now() < end, "not set up: {:?}", vm.app.counter("setup_errors"));
