@@ -26,7 +26,9 @@
 //! malformed reply, a refused request, a reply not within 5 s, a broken
 //! ring), the connection is dropped and made again: a client retries with
 //! back-off (10 ms doubling to 1 s), a server waits for the next backend.
-//! Every connection starts fresh rings.
+//! Every connection starts fresh rings. New arguments are taken in place:
+//! the connection is dropped and made again with them (a listener keeps its
+//! path); counters carry on.
 //!
 //! Counters: `tx_packets`/`tx_bytes` (frames sent), `rx_packets`/`rx_bytes`
 //! (frames received, those then dropped included; net headers excluded);
@@ -301,29 +303,8 @@ pub struct VirtioUser {
 impl AppClass for VirtioUser {
     type Args = Checked;
     fn new(Checked(args): Checked, ctx: &AppContext) -> anyhow::Result<VirtioUser> {
-        args.check()?;
-        let layout = layout(&args);
-        let size = match args.mem_mb {
-            Some(mb) => {
-                let have = mb as usize * (1 << 20);
-                anyhow::ensure!(
-                    have >= layout.size,
-                    "mem_mb {mb}: the rings and buffers need {} MiB",
-                    layout.size.div_ceil(1 << 20)
-                );
-                have
-            }
-            None => layout.size,
-        };
-        let mem = memory(ctx.name, size, args.huge_pages)?;
-        let rings = 2 * args.queues as usize;
-        let mk = || (0..rings).map(|_| eventfd()).collect::<std::io::Result<Vec<_>>>();
-        let (kicks, calls) = (mk()?, mk()?);
-        let endpoint = if args.server {
-            Endpoint::Server(listen(&args.socket)?)
-        } else {
-            Endpoint::Client { next_try: Instant::now(), backoff: BACKOFF_MIN, failures: 0 }
-        };
+        let (layout, mem, kicks, calls) = resources(&args, ctx.name)?;
+        let endpoint = endpoint(&args)?;
         Ok(VirtioUser {
             name: ctx.name.to_string(),
             args,
@@ -343,6 +324,63 @@ impl AppClass for VirtioUser {
             setup_failures: 0,
         })
     }
+
+    /// New arguments in place (a restart would make the new app, listening
+    /// on the same path, while the old one still listens there): the
+    /// backend is dropped and found again with the new arguments; memory and
+    /// eventfds are made anew when the layout changes; counters carry on.
+    fn reconfigure(&mut self, Checked(args): Checked, ctx: &AppContext) -> anyhow::Result<bool> {
+        let fresh = if layout(&args).queues.len() != self.layout.queues.len()
+            || (args.queue_size, args.rx_buffer, args.mtu, args.mem_mb, args.huge_pages)
+                != (self.args.queue_size, self.args.rx_buffer, self.args.mtu, self.args.mem_mb, self.args.huge_pages)
+        {
+            Some(resources(&args, ctx.name)?)
+        } else {
+            None
+        };
+        self.disconnect(End::Stopped);
+        // The old listener goes first, so that the same path can be bound again.
+        self.endpoint = Endpoint::Client { next_try: Instant::now(), backoff: BACKOFF_MIN, failures: 0 };
+        self.endpoint = endpoint(&args)?;
+        if let Some((layout, mem, kicks, calls)) = fresh {
+            (self.layout, self.mem, self.kicks, self.calls) = (layout, mem, kicks, calls);
+        }
+        self.negotiated = None;
+        self.setup_failures = 0;
+        self.args = args;
+        Ok(true)
+    }
+}
+
+/// The layout, memory and eventfds `args` need.
+fn resources(args: &VirtioUserArgs, name: &str) -> anyhow::Result<(Layout, DriverMemory, Vec<OwnedFd>, Vec<OwnedFd>)> {
+    args.check()?;
+    let layout = layout(args);
+    let size = match args.mem_mb {
+        Some(mb) => {
+            let have = mb as usize * (1 << 20);
+            anyhow::ensure!(
+                have >= layout.size,
+                "mem_mb {mb}: the rings and buffers need {} MiB",
+                layout.size.div_ceil(1 << 20)
+            );
+            have
+        }
+        None => layout.size,
+    };
+    let mem = memory(name, size, args.huge_pages)?;
+    let rings = 2 * args.queues as usize;
+    let mk = || (0..rings).map(|_| eventfd()).collect::<std::io::Result<Vec<_>>>();
+    let (kicks, calls) = (mk()?, mk()?);
+    Ok((layout, mem, kicks, calls))
+}
+
+fn endpoint(args: &VirtioUserArgs) -> anyhow::Result<Endpoint> {
+    Ok(if args.server {
+        Endpoint::Server(listen(&args.socket)?)
+    } else {
+        Endpoint::Client { next_try: Instant::now(), backoff: BACKOFF_MIN, failures: 0 }
+    })
 }
 
 /// The shared memory: huge pages when asked and there are some.

@@ -540,3 +540,40 @@ fn the_mac_comes_from_the_config_space_when_the_backend_serves_one() {
     drop(vm);
     assert!(server.join().unwrap(), "no GET_CONFIG");
 }
+
+/// New arguments live: a VM listening keeps its path (no second listener
+/// is made while the first one holds it), takes the switch back, and a
+/// bigger ring is laid out anew.
+#[test]
+fn reconfigured_in_place() {
+    use snabb_core::{Config, Engine, Limit, Registry};
+    let sock = temp_socket("vu-reconf");
+    let mut r = Registry::new();
+    snabb_apps_basic::register(&mut r);
+    snabb_apps_vhost_user::register(&mut r);
+    snabb_apps_virtio_user::register(&mut r);
+    let config = |qsize: u16| {
+        Config::parse(
+            &format!(
+                r#"(apps: {{
+                    "vm": (class: "VirtioUser", args: (socket: "{s}", server: true, huge_pages: false, queue_size: {qsize})),
+                    "sw": (class: "VhostUser", args: (socket: "{s}", server: false)),
+                }}, links: [])"#,
+                s = sock.display()
+            ),
+            None,
+        )
+        .unwrap()
+    };
+    let mut e = Engine::new(r);
+    e.configure(&config(256)).unwrap();
+    let mut up = |e: &Engine| e.app_counters("vm")["link_up"] == 1;
+    e.run(Limit::Until(&mut up, Some(Duration::from_secs(10))));
+    assert_eq!(e.app_counters("vm")["connections"], 1);
+    e.configure(&config(1024)).unwrap();
+    let mut again = |e: &Engine| e.app_counters("vm")["link_up"] == 1 && e.app_counters("vm")["connections"] == 2;
+    e.run(Limit::Until(&mut again, Some(Duration::from_secs(10))));
+    assert_eq!(e.app_counters("vm")["connections"], 2);
+    let sw = e.app::<VhostUser>("sw").unwrap();
+    assert_eq!(sw.running(), (1, 1));
+}
