@@ -577,3 +577,26 @@ fn reconfigured_in_place() {
     let sw = e.app::<VhostUser>("sw").unwrap();
     assert_eq!(sw.running(), (1, 1));
 }
+
+/// The memory is on huge pages when some are free (MFD_HUGETLB), else on
+/// ordinary pages, and works either way.
+#[test]
+fn memory_on_huge_pages_when_there_are_some() {
+    let free = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("HugePages_Free:").map(|v| v.trim().parse::<u64>().unwrap()))
+        .unwrap_or(0);
+    let off = std::env::var("SNABB_RS_NO_HUGEPAGES").is_ok_and(|v| !v.is_empty() && v != "0");
+    let sock = temp_socket("vu-huge");
+    let mut a = vm_args(&sock);
+    a.huge_pages = true;
+    let mut p = Pair::new(a, VhostUserArgs::new(&sock)).unwrap();
+    if free >= 64 && !off {
+        assert!(p.vm.app.huge_pages(), "{free} huge pages free, yet ordinary memory");
+    }
+    p.up().unwrap();
+    let f = test_frames(100, 10);
+    assert_eq!(p.vm_to_switch(&f, 50).unwrap(), f);
+    assert_eq!(p.switch_to_vm(&f, 50).unwrap(), f);
+}
