@@ -261,6 +261,8 @@ struct Connection {
     /// When the awaited reply is due.
     deadline: Instant,
     running: bool,
+    /// An unexpected message was logged.
+    warned: bool,
 }
 
 /// Counts of the control path.
@@ -504,6 +506,7 @@ impl VirtioUser {
                     setup: Setup::new(self.args.want()),
                     deadline: Instant::now() + REPLY_TIMEOUT,
                     running: false,
+                    warned: false,
                 });
             }
             Err(e) => log::warn!("{}: new connection: {e}", self.name),
@@ -519,11 +522,14 @@ impl VirtioUser {
                 return match c.chan.try_recv() {
                     Ok(None) => Ok(()),
                     Ok(Some(m)) => {
-                        log::warn!(
-                            "{}: unexpected {} message from the backend; ignored",
-                            self.name,
-                            request_name(m.header.request)
-                        );
+                        if !c.warned {
+                            log::warn!(
+                                "{}: unexpected {} message from the backend; ignored (and any more)",
+                                self.name,
+                                request_name(m.header.request)
+                            );
+                            c.warned = true;
+                        }
                         Ok(())
                     }
                     Err(ProtocolError::Closed) => Err(End::Closed),
