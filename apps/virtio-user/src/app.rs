@@ -421,7 +421,7 @@ struct HostView<'a> {
 impl Host for HostView<'_> {
     fn vring_addr(&self, i: u16) -> VringAddress {
         let p = i as usize / 2;
-        let (desc, avail, used) = if i % 2 == 0 { self.rx[p].addrs() } else { self.tx[p].addrs() };
+        let (desc, avail, used) = if i.is_multiple_of(2) { self.rx[p].addrs() } else { self.tx[p].addrs() };
         VringAddress {
             index: i as u32,
             flags: 0,
@@ -615,7 +615,7 @@ impl VirtioUser {
             End::Error(why) => {
                 // A backend that fails every setup the same way is said so
                 // once, then every 64th time.
-                if self.setup_failures <= 1 || self.setup_failures % 64 == 0 {
+                if self.setup_failures <= 1 || self.setup_failures.is_multiple_of(64) {
                     log::warn!("{}: dropping the connection: {why}", self.name);
                 } else {
                     log::debug!("{}: dropping the connection: {why}", self.name);

@@ -8,9 +8,9 @@
 //!   .publish() -> bool                    store the avail index; true when the device wants a kick
 //!
 //! What a virtio-net driver does, the way a packet generator wants it: each
-//! descriptor owns a fixed buffer (descriptor `i` the slot at `data_gpa + i
-//! * stride`), written once with its address when the ring is made, and a
-//! packet is one descriptor holding the net header and the frame together
+//! descriptor owns a fixed buffer (descriptor `i` the slot at
+//! `data_gpa + i * stride`), written once with its address when the ring is
+//! made, and a packet is one descriptor holding the net header and the frame together
 //! (VERSION_1 allows any layout, virtio 1.x 5.1.6). So sending is a copy,
 //! a length and an avail entry; receiving a copy and an avail entry; and
 //! nothing is allocated but the host packets received.
