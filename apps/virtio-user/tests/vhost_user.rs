@@ -396,7 +396,12 @@ fn in_an_engine_from_a_config() {
     e.run(Limit::Until(&mut enough, Some(Duration::from_secs(30))));
     // The sources stop; what is in flight arrives.
     e.configure(&config(false)).unwrap();
-    e.run(Limit::Duration(Duration::from_millis(300)));
+    let mut drained = |e: &Engine| {
+        let (a, s) = (e.app_counters("vm"), e.app_counters("sw"));
+        a["tx_packets"] == s["rx_packets"] && a["rx_packets"] == s["tx_packets"]
+    };
+    e.run(Limit::Until(&mut drained, Some(Duration::from_secs(10))));
+    e.run(Limit::Breaths(200));
     let a = e.app_counters("vm");
     let s = e.app_counters("sw");
     assert!(a["tx_packets"] > 20000 && a["rx_packets"] > 20000, "vm {a:?}");
