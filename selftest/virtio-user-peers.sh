@@ -119,6 +119,19 @@ wait_for() { # SECONDS COMMAND...: until COMMAND succeeds
     return 1
 }
 link_up() { [ "$(ctr "$1" vm link_up)" = 1 ]; }
+# settle NAME:APP...: wait (at most 10 s) until the frame counts of these
+# apps stop moving for half a second: what was in flight has arrived.
+settle() {
+    local before="" now i a
+    for ((i = 0; i < 20; i++)); do
+        now=""
+        for a in "$@"; do now+="$(ctr "${a%%:*}" "${a#*:}" tx_packets)/$(ctr "${a%%:*}" "${a#*:}" rx_packets) "; done
+        [ "$now" = "$before" ] && return 0
+        before=$now
+        sleep 0.5
+    done
+    return 1
+}
 connections_are() { [ "$(ctr "$1" vm connections)" = "$2" ] && link_up "$1"; }
 
 # The VM: VirtioUser with a generator into it (or not) and a sink after it.
@@ -208,7 +221,8 @@ EOF
         sleep 3
         vm_config vm "socket: \"$sock\"" ""
         sw_config off
-        sleep 1.5
+        sleep 0.5
+        settle vm:vm sw:sw
         local vtx vrx stx srx
         vtx=$(( $(ctr vm vm tx_packets) - $1 )) vrx=$(( $(ctr vm vm rx_packets) - $2 ))
         srx=$(ctr sw sw rx_packets) stx=$(ctr sw sw tx_packets)
@@ -258,7 +272,8 @@ tp_case() { # TITLE MODE LEN VM_ARGS GEN TP_EXTRA...
     sleep 3
     vm_config vm "socket: \"$sock\", $vmargs" ""
     [ "$mode" = tx ] && "$T" cmd be stop >/dev/null
-    sleep 1.5
+    sleep 0.5
+    settle vm:vm
     [ "$mode" = io ] && "$T" cmd be stop >/dev/null
     read -r trx ttx <<<"$(tp_stats be)"
     vtx=$(ctr vm vm tx_packets) vrx=$(ctr vm vm rx_packets)
@@ -313,7 +328,8 @@ case_client() {
         vm_config vm "socket: \"$sock\", server: true" '(class: "Source", args: (size: 64))'
         sleep 2
         vm_config vm "socket: \"$sock\", server: true" ""
-        sleep 1.5
+        sleep 0.5
+        settle vm:vm
         "$T" cmd be stop >/dev/null
         read -r trx ttx <<<"$(tp_stats be)"
         vtx=$(( $(ctr vm vm tx_packets) - base_tx )) vrx=$(( $(ctr vm vm rx_packets) - base_rx ))
@@ -368,7 +384,8 @@ ovs_session() { # A1 A2 BASE...
     vms_config on "$a1" "$a2"
     sleep 3
     vms_config off "$a1" "$a2"
-    sleep 1.5
+    sleep 0.5
+    settle vms:vm1 vms:vm2
     local st tx1 rx1 tx2 rx2 d0 d1 pmd
     st=$("$O" stats ovs --fresh)
     tx1=$(( $(ctr vms vm1 tx_packets) - b_tx1 )) rx1=$(( $(ctr vms vm1 rx_packets) - b_rx1 ))
@@ -396,7 +413,7 @@ case_ovs() {
     local a1="socket: \"$W/ovs.ovs/vhu0\"" a2="socket: \"$W/ovs.ovs/vhu1\""
     vms_config off "$a1" "$a2"
     start_snabb vms 1
-    if wait_for 30 both_up; then
+    if wait_for 30 both_up && "$O" wait-up ovs --timeout 30 >/dev/null; then
         ovs_session "$a1" "$a2" 0 0 0 0 0
     else
         OK=0; WHY+=" the VMs did not set up ($(counters vms vm1); $(counters vms vm2));"
@@ -417,7 +434,8 @@ case_ovsclient() {
         "$O" start ovs --client "$W/vm1.sock" --client "$W/vm2.sock" --cpu 0 --mem 1024 \
             --mac vhu0=02:00:00:00:00:01 --mac vhu1=02:00:00:00:00:02 >/dev/null &&
             "$O" wait-ready ovs --timeout 60 >/dev/null || { OK=0; WHY+=" round $round: OVS did not start;"; break; }
-        wait_for 30 both_connected "$round" || { OK=0; WHY+=" round $round: the VMs were not taken ($(counters vms vm1));"; break; }
+        wait_for 30 both_connected "$round" && "$O" wait-up ovs --timeout 30 >/dev/null ||
+            { OK=0; WHY+=" round $round: the VMs were not taken ($(counters vms vm1));"; break; }
         # Each OVS counts from 0.
         # shellcheck disable=SC2086
         ovs_session "$a1" "$a2" $base 0

@@ -184,6 +184,7 @@ EOF
         [ "$(ctr vm1 link_up)" = 1 ] && [ "$(ctr vm2 link_up)" = 1 ] && { ok=1; break; }
         sleep 0.1
     done
+    [ "$ok" = 1 ] && [ "$sw" = ovs ] && { "$O" wait-up bench --timeout 30 >/dev/null || ok=0; }
     local watch="" samples=() txs=() rx0 tx0 rx1 tx1
     if [ "$ok" = 1 ]; then
         sleep "$SKIP"

@@ -7,6 +7,8 @@
 #   ovs.sh start NAME [options]      in the background; prints the sockets
 #   ovs.sh run NAME [options]        in the foreground, until SIGINT/SIGTERM (for benchmark templates)
 #   ovs.sh wait-ready NAME [--timeout S]   until every port is added and its socket listens (or is connected)
+#   ovs.sh wait-up NAME [--timeout S]      until every port has a frontend set up (link_state up), and
+#                                    a moment more for the PMD to take its queues
 #   ovs.sh stats NAME                per-port drops and the PMD's packet counts, now
 #   ovs.sh stop NAME [--timeout S]   ovs-vswitchd and ovsdb-server exit (KILL if they hang); sockets and
 #                                    the database removed, the logs kept in DIR/NAME.ovs/
@@ -20,7 +22,6 @@
 #                    order; the frontend listens there, and OVS reconnects when it restarts)
 #   --cpu N          the PMD thread's CPU (pmd-cpu-mask), and the CPU of the whole process (default 0)
 #   --mem MB         DPDK memory (dpdk-socket-mem, default 1024); huge pages are required
-#   --queues N       queue pairs per port (options:n_rxq; default 1)
 #   --mtu N          mtu_request of every port (default 1500)
 #   --mac PORT=MAC   a static MAC table entry (fdb/add), so frames to MAC go to port PORT (vhuK)
 #                    at once, without waiting for them to be learned (repeatable)
@@ -33,6 +34,7 @@
 # Output lines (stdout), for scripts:
 #   OVS_STARTED name=N pid=P dir=D ports=K socks=S1,S2 cpu=C log=F     (socks: the server sockets, or the client paths)
 #   OVS_READY name=N                       (wait-ready; exit 1 timeout, 2 ovs-vswitchd died or DPDK failed)
+#   OVS_UP name=N                          (wait-up; exit 1 timeout)
 #   OVS_PORT name=N port=vhuK state=up|down tx_failure_drops=D tx_mtu_drops=M qos_drops=Q
 #   OVS_PMD name=N core=C received=R emc_hits=E megaflow_hits=M upcalls=U processing_pct=P
 #   OVS_STOPPED name=N how=exit|kill|gone
@@ -70,7 +72,7 @@ ofctl() { OVS_RUNDIR=$R ovs-ofctl --timeout=10 "$@"; }
 
 parse_start() {
     NAME=$1; shift
-    NPORTS=2 CLIENTS=() CPU=0 MEM=1024 QUEUES=1 MTU=1500 MACS=() FLOWS=normal
+    NPORTS=2 CLIENTS=() CPU=0 MEM=1024 MTU=1500 MACS=() FLOWS=normal
     while [ $# -gt 0 ]; do
         case $1 in
         --dir) DIR=$2; shift 2;;
@@ -78,7 +80,6 @@ parse_start() {
         --client) CLIENTS+=("$2"); shift 2;;
         --cpu) CPU=$2; shift 2;;
         --mem) MEM=$2; shift 2;;
-        --queues) QUEUES=$2; shift 2;;
         --mtu) MTU=$2; shift 2;;
         --mac) MACS+=("$2"); shift 2;;
         --flows) FLOWS=$2; shift 2;;
@@ -135,8 +136,9 @@ cmd_start() {
             args=(type=dpdkvhostuser)
             socks+=("$R/vhu$i")
         fi
-        vsctl add-port br0 "vhu$i" -- set Interface "vhu$i" "${args[@]}" "options:n_rxq=$QUEUES" \
-            "mtu_request=$MTU" || die "add-port vhu$i failed"
+        # (Queue pairs are the frontend's choice: vhost ports take no n_rxq.)
+        vsctl add-port br0 "vhu$i" -- set Interface "vhu$i" "${args[@]}" "mtu_request=$MTU" ||
+            die "add-port vhu$i failed"
     done
     # The NORMAL action: learn source MACs, forward to the learned port, flood the rest.
     ofctl del-flows br0 && ofctl add-flow br0 "priority=0,actions=NORMAL" || die "ovs-ofctl add-flow failed"
@@ -187,6 +189,36 @@ cmd_wait_ready() {
             while read -r s; do [ -S "$s" ] || ok=0; done <"$R/socks"
         fi
         [ "$ok" = 1 ] && { echo "OVS_READY name=$name"; return 0; }
+        [ "$(date +%s)" -ge "$deadline" ] && { echo "OVS_TIMEOUT name=$name"; return 1; }
+        sleep 0.1
+    done
+}
+
+cmd_wait_up() {
+    local name=$1; shift
+    local timeout=30
+    while [ $# -gt 0 ]; do
+        case $1 in
+        --dir) DIR=$2; shift 2;;
+        --timeout) timeout=$2; shift 2;;
+        *) die "ovs.sh wait-up: unknown option $1";;
+        esac
+    done
+    paths "$name"
+    local deadline p ok
+    deadline=$(( $(date +%s) + timeout ))
+    while :; do
+        ok=1
+        for p in $(vsctl list-ports br0 2>/dev/null); do
+            [ "$(vsctl get Interface "$p" link_state 2>/dev/null)" = up ] || ok=0
+        done
+        if [ "$ok" = 1 ]; then
+            # A frame sent before OVS has taken the new device's queues is
+            # dropped where this build cannot count it: give it a moment.
+            sleep 1
+            echo "OVS_UP name=$name"
+            return 0
+        fi
         [ "$(date +%s)" -ge "$deadline" ] && { echo "OVS_TIMEOUT name=$name"; return 1; }
         sleep 0.1
     done
@@ -280,9 +312,10 @@ case ${1:-} in
 start) shift; [ $# -ge 1 ] || usage 1; cmd_start "$@";;
 run) shift; [ $# -ge 1 ] || usage 1; cmd_run "$@";;
 wait-ready) shift; [ $# -ge 1 ] || usage 1; cmd_wait_ready "$@";;
+wait-up) shift; [ $# -ge 1 ] || usage 1; cmd_wait_up "$@";;
 stats) shift; [ $# -ge 1 ] || usage 1; cmd_stats "$@";;
 stop) shift; [ $# -ge 1 ] || usage 1; cmd_stop "$@";;
 cmd) shift; [ $# -ge 3 ] || usage 1; cmd_cmd "$@";;
 -h|--help|"") usage 0;;
-*) die "unknown subcommand $1 (start|run|wait-ready|stats|stop|cmd)";;
+*) die "unknown subcommand $1 (start|run|wait-ready|wait-up|stats|stop|cmd)";;
 esac
