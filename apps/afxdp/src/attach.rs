@@ -40,6 +40,11 @@ use crate::netlink::{self, XdpMode};
 
 /// The object build.rs made from bpf/xsk_redirect.c.
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/xsk_redirect.o"));
+/// The embedded eBPF object (for tests that play a process that died).
+pub fn object() -> &'static [u8] {
+    OBJECT
+}
+
 /// Our programs' names start with this (the kernel keeps 15 characters).
 pub const PROGRAM_PREFIX: &str = "snabb_xsk";
 const MAP: &str = "snabb_xsks";
