@@ -420,6 +420,9 @@ impl AppClass for AfXdp {
         if args == self.args {
             return Ok(true);
         }
+        // The interface keeps its program meanwhile (frames in between go
+        // to the kernel, not to a reloaded program's empty map).
+        let _keep = self.port.as_ref().map(|p| p.attachment.clone());
         self.close();
         match open(&args, &self.name) {
             Ok(p) => {
@@ -510,6 +513,7 @@ impl AfXdp {
             (None, None) => false,
         };
         if reopen {
+            let _keep = self.port.as_ref().map(|p| p.attachment.clone());
             self.close();
             match open(&self.args, &self.name) {
                 Ok(p) => {
