@@ -21,6 +21,7 @@ record() { RESULTS+=("$1"); case "$1" in FAIL*) FAILED=1;; esac; }
 PKGS=(tcpdump iproute2 iputils-ping procps util-linux
       python3-scapy                                                   # Decap/Encap: apps/decap/tests/scapy.rs
       iperf3 ethtool                                                  # RawSocket: selftest/rawsocket.sh
+      clang libbpf-dev linux-libc-dev                                 # AfXdp: its XDP program is built by clang (build.rs)
       qemu-system-x86 busybox-static dpdk dpdk-dev python3)          # vhost-user peers: selftest/peers/install.sh
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
