@@ -48,9 +48,11 @@ pub enum Mode {
 pub enum RxBuffers {
     /// Copied into host packets; the frame goes back to the kernel at once.
     Copy,
-    /// Lent as foreign packets; a frame goes back to the kernel when its
-    /// packet is dropped, or straight onto the TX ring when this app sends
-    /// it. A graph that holds packets (a stalled consumer) holds frames.
+    /// Lent as foreign packets, up to `lend_frames` at a time: a frame goes
+    /// back to the kernel when its packet is dropped, or straight onto the
+    /// TX ring when this app sends it. Past the budget (consumers holding
+    /// packets: a stalled guest's full link), frames are copied, so the
+    /// kernel never runs short of frames to receive into.
     Lend,
 }
 
@@ -81,10 +83,10 @@ pub struct AfXdpArgs {
     /// UMEM frame size: 2048 or 4096.
     #[serde(default = "frame_size")]
     pub frame_size: u32,
-    #[serde(default = "rx_copy")]
+    #[serde(default = "rx_lend")]
     pub rx_buffers: RxBuffers,
-    /// UMEM frames beyond those of the rings, for `rx_buffers: Lend`
-    /// (frames out in the graph).
+    /// With `rx_buffers: Lend`: frames that may be out in the graph at
+    /// once (UMEM beyond the rings' own frames).
     #[serde(default = "lend_frames")]
     pub lend_frames: u32,
 }
@@ -101,11 +103,11 @@ fn ring() -> u32 {
 fn frame_size() -> u32 {
     4096
 }
-fn rx_copy() -> RxBuffers {
-    RxBuffers::Copy
+fn rx_lend() -> RxBuffers {
+    RxBuffers::Lend
 }
 fn lend_frames() -> u32 {
-    8192
+    4096
 }
 
 impl AfXdpArgs {
@@ -119,7 +121,7 @@ impl AfXdpArgs {
             rx_ring: ring(),
             tx_ring: ring(),
             frame_size: frame_size(),
-            rx_buffers: RxBuffers::Copy,
+            rx_buffers: RxBuffers::Lend,
             lend_frames: lend_frames(),
         }
     }
@@ -146,8 +148,14 @@ impl AfXdpArgs {
         Ok(())
     }
 
+    /// Frames lent to the kernel on the fill ring: twice the RX ring, so
+    /// that it still has a ring's worth while ours is full.
+    fn fill_frames(&self) -> u32 {
+        2 * self.rx_ring
+    }
+
     fn frames(&self) -> u32 {
-        self.rx_ring + self.tx_ring + if self.rx_buffers == RxBuffers::Lend { self.lend_frames } else { 0 }
+        self.fill_frames() + self.tx_ring + if self.rx_buffers == RxBuffers::Lend { self.lend_frames } else { 0 }
     }
 }
 
@@ -162,6 +170,9 @@ pub struct Counters {
     /// not fit the UMEM: counted in rx_packets, then dropped.
     pub rx_oversize: u64,
     pub rx_invalid: u64,
+    /// With `rx_buffers: Lend`: frames copied all the same, because the
+    /// graph held `lend_frames` already or the frame came in several buffers.
+    pub rx_copied: u64,
     /// Frames the kernel completed from the TX ring (sent, or dropped by
     /// the device: its tx_dropped), and their bytes.
     pub tx_packets: u64,
@@ -273,7 +284,7 @@ fn open(a: &AfXdpArgs, app: &str) -> anyhow::Result<Port> {
         ifindex: ifc.index as u32,
         queue: a.queue,
         frame_size: a.frame_size,
-        fill_size: a.rx_ring,
+        fill_size: a.fill_frames(),
         comp_size: a.tx_ring,
         rx_size: a.rx_ring,
         tx_size: a.tx_ring,
@@ -331,7 +342,7 @@ fn open(a: &AfXdpArgs, app: &str) -> anyhow::Result<Port> {
         stats: Statistics::default(),
         down: false,
     };
-    port.refill(a.rx_ring);
+    port.refill(a.fill_frames());
     Ok(port)
 }
 
@@ -536,6 +547,11 @@ impl AfXdp {
         let max = PULL_NPACKETS.min(out.nwritable()) as u32;
         let n = if max == 0 { 0 } else { p.xsk.rx.ready(max) };
         if n > 0 {
+            // Frames that may still be lent this batch.
+            let mut lend = match &p.owner {
+                Some(o) => (self.args.lend_frames as u64).saturating_sub(o.outstanding()) as u32,
+                None => 0,
+            };
             let mut alloc = Allocator::new(n as usize);
             let mut tx = out.transmitter();
             let fs = p.frame_size as u64;
@@ -567,7 +583,8 @@ impl AfXdp {
                     }
                     continue;
                 };
-                if let Some(owner) = &p.owner {
+                if let Some(owner) = p.owner.as_ref().filter(|_| lend > 0) {
+                    lend -= 1;
                     let start = (d.addr - frame) as u32;
                     // SAFETY: the frame lies in the UMEM (checked above),
                     // which the owner's keep-alive holds until the packet
@@ -591,12 +608,13 @@ impl AfXdp {
                     snabb_core::copy::copy(pkt.data_mut(), bytes);
                     p.free.push(frame);
                     tx.send(pkt);
+                    c.rx_copied += p.owner.is_some() as u64;
                 }
             }
             p.xsk.rx.release(i);
             p.in_fill -= i;
         }
-        p.refill(self.args.rx_ring);
+        p.refill(self.args.fill_frames());
         if p.xsk.need_wakeup && p.xsk.fill.needs_wakeup() {
             c.fill_wakeups += 1;
             let _ = p.xsk.wake_rx();
@@ -741,6 +759,7 @@ fn gather(p: &mut Port, c: &mut Counters, i: u32, n: u32, alloc: &mut Allocator)
     let used = end - i + 1;
     let total: usize = (i..=end).map(|k| p.xsk.rx.get(k).len as usize).sum();
     c.rx_packets += 1;
+    c.rx_copied += p.owner.is_some() as u64;
     c.rx_bytes += total as u64;
     let mut pkt = (total <= PAYLOAD_SIZE).then(|| alloc.allocate());
     if pkt.is_none() {
@@ -784,7 +803,7 @@ impl App for AfXdp {
             }
             p.xsk.rx.release(n);
             p.in_fill -= n;
-            p.refill(self.args.rx_ring);
+            p.refill(self.args.fill_frames());
         }
     }
 
@@ -822,6 +841,7 @@ impl App for AfXdp {
             ("rx_bytes", c.rx_bytes),
             ("rx_oversize", c.rx_oversize),
             ("rx_invalid", c.rx_invalid),
+            ("rx_copied", c.rx_copied),
             ("tx_packets", c.tx_packets),
             ("tx_bytes", c.tx_bytes),
             ("tx_ring_full", c.tx_ring_full),

@@ -129,6 +129,18 @@ pub mod rig {
             }
         }
 
+        /// Pull once and hand what came to `consume` (then dropped), as the
+        /// next app of a graph would: how many packets came.
+        pub fn pull_with(&mut self, mut consume: impl FnMut(&Packet)) -> usize {
+            self.app.pull(&self.io);
+            let mut n = 0;
+            for p in self.tx.drain() {
+                consume(&p);
+                n += 1;
+            }
+            n
+        }
+
         /// Run the app's periodic work once (kernel stats, interface checks).
         pub fn tick(&mut self) {
             self.app.update_kernel_stats();

@@ -270,7 +270,7 @@ fn lent_frames_come_back_and_go_out_as_they_are() {
     let got = carry(&mut b, &mut a, &frames);
     assert!(got == frames, "{} of 5000", got.len());
     a.tick();
-    assert_eq!(a.counter("xdp_rx_dropped"), 0);
+    assert_eq!((a.counter("xdp_rx_dropped"), a.counter("rx_copied")), (0, 0));
     // Received packets are our frames; sent back out of the same app, they
     // go from where they are.
     let frames = test_frames(100, DST);
@@ -289,6 +289,29 @@ fn lent_frames_come_back_and_go_out_as_they_are() {
     let back = b.receive(100, WAIT);
     assert!(back == frames, "{} of 100 back", back.len());
     assert_eq!(a.counter("tx_packets"), 100);
+    // Held past the budget (a stalled consumer): the rest are copied, and
+    // the kernel still has frames to receive into.
+    let frames = test_frames(600, DST);
+    let mut held = Vec::new();
+    for chunk in frames.chunks(100) {
+        b.send(chunk);
+        let t = Instant::now();
+        let want = held.len() + chunk.len();
+        while held.len() < want && t.elapsed() < WAIT {
+            a.app.pull(&a_io(&a));
+            held.extend(a.tx.drain());
+        }
+    }
+    assert_eq!(held.len(), 600);
+    assert!(held.iter().zip(&frames).all(|(p, f)| p.data() == &f[..]));
+    assert_eq!(held.iter().filter(|p| p.is_foreign()).count(), 256);
+    assert_eq!(a.counter("rx_copied"), 600 - 256);
+    a.tick();
+    assert_eq!(a.counter("xdp_rx_dropped"), 0);
+    drop(held);
+    let frames = test_frames(50, DST);
+    assert!(carry(&mut b, &mut a, &frames) == frames, "lending again once they came back");
+    assert_eq!(a.counter("rx_copied"), 600 - 256);
 }
 
 /// The rig's ports (to pull without draining).
