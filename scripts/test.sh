@@ -68,11 +68,12 @@ for s in selftest/*.sh; do
     # The vhost-user benchmark once, short: proves it runs and packets move
     # (figures from a busy machine; run it by hand for numbers).
     [ "$s" = selftest/vhost-user-bench.sh ] && args=(--smoke)
+    [ "$s" = selftest/afxdp-bench.sh ] && args=(--smoke)
     say "$s ${args[*]}"
     out=$(bash "$s" "${args[@]}" 2>&1); rc=$?
     echo "$out" | tail -40
     # Parts of a suite skipped inside it (e.g. vhost-user's 2 queue pairs), and the bench's ratios.
-    inner=$(echo "$out" | grep -E '^SKIP |^PASS vhost-user-bench' | cut -c1-200 | tr '\n' ';')
+    inner=$(echo "$out" | grep -E '^SKIP |^PASS vhost-user-bench|^ratio dir=' | cut -c1-200 | tr '\n' ';')
     case $rc in
         0) record "pass $s${inner:+ ($inner)}";;
         43) record "skip $s: $(echo "$out" | grep -m1 '^SKIP' | cut -c6-)";;

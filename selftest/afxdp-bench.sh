@@ -211,7 +211,8 @@ measure() {
     no_xdp "$DUT"
 }
 
-echo "--- $("$PEERS/idle.sh" --seconds 1 2>/dev/null | grep '^IDLE verdict' || echo 'IDLE verdict=unknown')"
+idle=$("$PEERS/idle.sh" --seconds 1 2>/dev/null | grep '^IDLE verdict')
+echo "--- ${idle:-IDLE verdict=unknown}"
 echo "--- $RUNS run(s) of ${SECS} s; sizes $SIZES; directions $DIRS; dut=$DUT (CPU 0), gen=$GEN (CPU 1)"
 ok=1
 WHO=(afxdp rawsocket dpdk)
