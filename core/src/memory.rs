@@ -307,9 +307,6 @@ pub struct Region {
     chunks: Vec<Chunk>,
 }
 
-// SAFETY: the region is plain memory owned by this value alone.
-unsafe impl Send for Region {}
-
 impl Region {
     /// A region of at least `len` bytes (whole chunks).
     pub fn new(len: usize) -> io::Result<Region> {

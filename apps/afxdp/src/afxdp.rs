@@ -173,6 +173,8 @@ pub struct Counters {
     /// With `rx_buffers: Lend`: frames copied all the same, because the
     /// graph held `lend_frames` already or the frame came in several buffers.
     pub rx_copied: u64,
+    /// Frames received while `tx` had no link: dropped.
+    pub rx_no_link: u64,
     /// Frames the kernel completed from the TX ring (sent, or dropped by
     /// the device: its tx_dropped), and their bytes.
     pub tx_packets: u64,
@@ -239,6 +241,9 @@ pub struct AfXdp {
     name: String,
     args: AfXdpArgs,
     port: Option<Port>,
+    /// Our ports' positions (resolved in `link`): `tx` out, `rx` in.
+    tx_port: Option<usize>,
+    rx_port: Option<usize>,
     c: Counters,
     next_stats: Instant,
     next_check: Instant,
@@ -416,6 +421,8 @@ impl AppClass for AfXdp {
             name: ctx.name.to_string(),
             args,
             port: Some(port),
+            tx_port: None,
+            rx_port: None,
             c: Counters::default(),
             next_stats: now,
             next_check: now + CHECK_EVERY,
@@ -540,6 +547,8 @@ impl AfXdp {
     fn receive(&mut self, out: &Link) {
         let Some(p) = &mut self.port else { return };
         let c = &mut self.c;
+        // Completions too, for a zero-copy driver that sends without us.
+        p.reap(c);
         if let Some(owner) = &p.owner {
             let free = &mut p.free;
             owner.drain_returns(|t| free.push(t));
@@ -791,14 +800,31 @@ impl App for AfXdp {
         true
     }
 
+    fn link(&mut self, io: &Io) {
+        let one = |n: usize| (n == 1).then_some(0);
+        self.tx_port = io.output.index_of("tx").or_else(|| one(io.output.len()));
+        self.rx_port = io.input.index_of("rx").or_else(|| one(io.input.len()));
+        for (name, _) in io.output.named().chain(io.input.named()) {
+            if name != "tx" && name != "rx" && (io.output.len() > 1 || io.input.len() > 1) {
+                log::warn!("AfXdp `{}`: port `{name}` is not used (ports: rx in, tx out)", self.name);
+            }
+        }
+    }
+
     fn pull(&mut self, io: &Io) {
-        if let Some(out) = io.output.get("tx").or_else(|| io.output.first()) {
-            self.receive(out);
+        if let Some(i) = self.tx_port {
+            self.receive(io.output.at(i));
         } else if let Some(p) = &mut self.port {
             // Nothing to receive into: the frames still go back to the kernel.
             let n = p.xsk.rx.ready(u32::MAX);
             for i in 0..n {
-                let f = p.frame_of(p.xsk.rx.get(i).addr);
+                let d = p.xsk.rx.get(i);
+                if d.options & libc::XDP_PKT_CONTD == 0 {
+                    self.c.rx_packets += 1;
+                    self.c.rx_no_link += 1;
+                }
+                self.c.rx_bytes += d.len as u64;
+                let f = p.frame_of(d.addr);
                 p.free.push(f);
             }
             p.xsk.rx.release(n);
@@ -808,7 +834,7 @@ impl App for AfXdp {
     }
 
     fn push(&mut self, io: &Io) {
-        if let Some(input) = io.input.get("rx").or_else(|| io.input.first()).filter(|l| !l.is_empty()) {
+        if let Some(input) = self.rx_port.map(|i| io.input.at(i)).filter(|l| !l.is_empty()) {
             self.transmit(input);
         }
         self.kick();
@@ -842,6 +868,7 @@ impl App for AfXdp {
             ("rx_oversize", c.rx_oversize),
             ("rx_invalid", c.rx_invalid),
             ("rx_copied", c.rx_copied),
+            ("rx_no_link", c.rx_no_link),
             ("tx_packets", c.tx_packets),
             ("tx_bytes", c.tx_bytes),
             ("tx_ring_full", c.tx_ring_full),

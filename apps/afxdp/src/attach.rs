@@ -90,10 +90,6 @@ struct Inner {
     _lock: File,
 }
 
-// SAFETY: every field is plain memory or file descriptors, reached only
-// under the Mutex; aya's types are !Sync only through raw fds they own.
-unsafe impl Send for Inner {}
-
 static ATTACHED: Mutex<Vec<Weak<Attachment>>> = Mutex::new(Vec::new());
 
 /// The network namespace this process is in (its inode), for the lock name.

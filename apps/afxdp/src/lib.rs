@@ -62,12 +62,13 @@ pub mod rig {
         }
 
         pub fn named(name: &str, args: AfXdpArgs) -> anyhow::Result<Rig> {
-            let app = AfXdp::new(args, &AppContext { name, class: "AfXdp" })?;
+            let mut app = AfXdp::new(args, &AppContext { name, class: "AfXdp" })?;
             let (rx, tx) = (Rc::new(Link::new(4096)), Rc::new(Link::new(4096)));
             let io = Io {
                 input: Ports::new(vec![Port { name: "rx".into(), link: rx.clone() }]),
                 output: Ports::new(vec![Port { name: "tx".into(), link: tx.clone() }]),
             };
+            app.link(&io);
             Ok(Rig { app, rx, tx, io })
         }
 

@@ -282,10 +282,6 @@ pub struct Xsk {
     fd: OwnedFd,
 }
 
-// SAFETY: the rings point into mappings this value owns; nothing else
-// refers to them. (The app using it stays on one engine thread.)
-unsafe impl Send for Xsk {}
-
 fn setsockopt<T>(fd: c_int, opt: c_int, v: &T) -> io::Result<()> {
     // SAFETY: v is a valid T for the call's duration and its size is passed.
     let r = unsafe { libc::setsockopt(fd, libc::SOL_XDP, opt, v as *const T as *const c_void, size_of::<T>() as u32) };
