@@ -48,7 +48,8 @@ pub enum Mode {
 pub enum RxBuffers {
     /// Copied into host packets; the frame goes back to the kernel at once.
     Copy,
-    /// Lent as foreign packets, up to `lend_frames` at a time: a frame goes
+    /// Lent as foreign packets (those longer than `copy_max`, 128 bytes:
+    /// shorter ones are cheaper to copy), up to `lend_frames` at a time: a frame goes
     /// back to the kernel when its packet is dropped, or straight onto the
     /// TX ring when this app sends it. Past the budget (consumers holding
     /// packets: a stalled guest's full link), frames are copied, so the
@@ -89,6 +90,12 @@ pub struct AfXdpArgs {
     /// once (UMEM beyond the rings' own frames).
     #[serde(default = "lend_frames")]
     pub lend_frames: u32,
+    /// With `rx_buffers: Lend`, frames up to this long are copied all the
+    /// same: two cache lines cost less to copy than a frame costs to lend
+    /// and take back, and the next app then reads a packet already in the
+    /// cache (docs/ARCHITECTURE.md has the measurements). 0 lends them all.
+    #[serde(default = "copy_max")]
+    pub copy_max: u32,
 }
 
 fn mode_auto() -> Mode {
@@ -109,6 +116,11 @@ fn rx_lend() -> RxBuffers {
 fn lend_frames() -> u32 {
     4096
 }
+/// The default of `copy_max`.
+pub const COPY_MAX: u32 = 128;
+fn copy_max() -> u32 {
+    COPY_MAX
+}
 
 impl AfXdpArgs {
     pub fn new(interface: &str) -> AfXdpArgs {
@@ -123,6 +135,7 @@ impl AfXdpArgs {
             frame_size: frame_size(),
             rx_buffers: RxBuffers::Lend,
             lend_frames: lend_frames(),
+            copy_max: COPY_MAX,
         }
     }
 
@@ -145,6 +158,7 @@ impl AfXdpArgs {
             self.frame_size
         );
         anyhow::ensure!(self.lend_frames <= 1 << 20, "lend_frames {}: at most 1048576", self.lend_frames);
+        anyhow::ensure!(self.copy_max <= 4096, "copy_max {}: at most 4096", self.copy_max);
         Ok(())
     }
 
@@ -557,6 +571,7 @@ impl AfXdp {
         let n = if max == 0 { 0 } else { p.xsk.rx.ready(max) };
         if n > 0 {
             // Frames that may still be lent this batch.
+            let copy_max = self.args.copy_max;
             let mut lend = match &p.owner {
                 Some(o) => (self.args.lend_frames as u64).saturating_sub(o.outstanding()) as u32,
                 None => 0,
@@ -592,7 +607,7 @@ impl AfXdp {
                     }
                     continue;
                 };
-                if let Some(owner) = p.owner.as_ref().filter(|_| lend > 0) {
+                if let Some(owner) = p.owner.as_ref().filter(|_| lend > 0 && d.len > copy_max) {
                     lend -= 1;
                     let start = (d.addr - frame) as u32;
                     // SAFETY: the frame lies in the UMEM (checked above),
@@ -617,7 +632,7 @@ impl AfXdp {
                     snabb_core::copy::copy(pkt.data_mut(), bytes);
                     p.free.push(frame);
                     tx.send(pkt);
-                    c.rx_copied += p.owner.is_some() as u64;
+                    c.rx_copied += (p.owner.is_some() && d.len > copy_max) as u64;
                 }
             }
             p.xsk.rx.release(i);

@@ -2,8 +2,10 @@
 //! packets (`rx_buffers: Copy`) against frames lent as foreign packets
 //! (`Lend`): ns per frame for `pull` and the next app, measured on frames
 //! already waiting in the RX ring (the kernel's part, done when they were
-//! sent, is not timed). Two next apps: one that drops each packet (a
-//! filter, a full link) and one that copies it (VhostUser into a guest).
+//! sent, is not timed). Three next apps: one that drops each packet
+//! unread (a full link), one that reads its Ethernet header (a switch
+//! choosing an output: VmdqSplitter) and one that copies it all (VhostUser
+//! into a guest's buffer).
 //! Not a test: run it by hand on a quiet machine (docs/ARCHITECTURE.md):
 //!
 //!   cargo test --release -p snabb-apps-afxdp --test rx_cost -- --ignored --nocapture
@@ -11,6 +13,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use snabb_apps_afxdp::afxdp::COPY_MAX;
 use snabb_apps_afxdp::rig::Rig;
 use snabb_apps_afxdp::{AfXdpArgs, RxBuffers};
 use snabb_apps_rawsocket::veth::{VethPair, require_root};
@@ -27,8 +30,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// ns per frame, median over ROUNDS batches.
-fn measure(v: &VethPair, rx: RxBuffers, size: usize, copy_out: bool) -> f64 {
-    let args = AfXdpArgs { rx_buffers: rx, rx_ring: 4096, lend_frames: 4096, ..AfXdpArgs::new(&v.a) };
+#[derive(Clone, Copy)]
+enum Next {
+    Drop,
+    Header,
+    Copy,
+}
+
+fn measure(v: &VethPair, rx: RxBuffers, copy_max: u32, size: usize, next: Next) -> f64 {
+    let args = AfXdpArgs { rx_buffers: rx, copy_max, rx_ring: 4096, lend_frames: 4096, ..AfXdpArgs::new(&v.a) };
     let mut dut = Rig::named("dut", args).unwrap();
     let mut sender = Rig::named("gen", AfXdpArgs::new(&v.b)).unwrap();
     let mut frame = vec![0u8; size];
@@ -45,13 +55,18 @@ fn measure(v: &VethPair, rx: RxBuffers, size: usize, copy_out: bool) -> f64 {
         let mut got = 0;
         let deadline = t + Duration::from_secs(2);
         while got < n && Instant::now() < deadline {
-            got += dut.pull_with(|p| {
-                if copy_out {
+            got += dut.pull_with(|p| match next {
+                Next::Drop => {
+                    black_box(p.len());
+                }
+                Next::Header => {
+                    let d = p.data();
+                    black_box(u64::from_le_bytes(d[..8].try_into().unwrap()) ^ u64::from(d[12]));
+                }
+                Next::Copy => {
                     let d = p.data();
                     sink[..d.len()].copy_from_slice(d);
                     black_box(&sink);
-                } else {
-                    black_box(p.len());
                 }
             });
         }
@@ -73,18 +88,32 @@ fn copy_against_lend() {
     }
     let v = VethPair::new().unwrap();
     println!("ns per frame in pull and the next app, median of {ROUNDS} batches of 2000 (1000 above 3800 B)");
-    println!("{:>6} {:>10} {:>10} {:>10} {:>10}", "size", "copy/drop", "lend/drop", "copy/copy", "lend/copy");
-    for size in [64, 256, 1500, 4000, 9000] {
+    // lend: every frame lent (copy_max 0); default: lent above COPY_MAX.
+    let cases = [
+        ("copy/drop", RxBuffers::Copy, 0, Next::Drop),
+        ("lend/drop", RxBuffers::Lend, 0, Next::Drop),
+        ("copy/header", RxBuffers::Copy, 0, Next::Header),
+        ("lend/header", RxBuffers::Lend, 0, Next::Header),
+        ("dflt/header", RxBuffers::Lend, COPY_MAX, Next::Header),
+        ("copy/copy", RxBuffers::Copy, 0, Next::Copy),
+        ("lend/copy", RxBuffers::Lend, 0, Next::Copy),
+        ("dflt/copy", RxBuffers::Lend, COPY_MAX, Next::Copy),
+    ];
+    print!("{:>6}", "size");
+    for (name, _, _, _) in cases {
+        print!(" {name:>11}");
+    }
+    println!();
+    for size in [64, 128, 192, 256, 512, 1500, 4000, 9000] {
         if size > 1500 {
             for i in [&v.a, &v.b] {
                 snabb_apps_rawsocket::veth::ip(&["link", "set", i, "mtu", "9000"]).unwrap();
             }
         }
-        let r: Vec<f64> =
-            [(RxBuffers::Copy, false), (RxBuffers::Lend, false), (RxBuffers::Copy, true), (RxBuffers::Lend, true)]
-                .into_iter()
-                .map(|(m, c)| measure(&v, m, size, c))
-                .collect();
-        println!("{size:>6} {:>10.1} {:>10.1} {:>10.1} {:>10.1}", r[0], r[1], r[2], r[3]);
+        print!("{size:>6}");
+        for (_, rx, copy_max, next) in cases {
+            print!(" {:>11.1}", measure(&v, rx, copy_max, size, next));
+        }
+        println!();
     }
 }

@@ -9,6 +9,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use snabb_apps_afxdp::afxdp::COPY_MAX;
 use snabb_apps_afxdp::netlink::{self, XdpMode};
 use snabb_apps_afxdp::rig::Rig;
 use snabb_apps_afxdp::{AfXdpArgs, RxBuffers, XdpAttach, attach, xdp_programs};
@@ -271,9 +272,18 @@ fn lent_frames_come_back_and_go_out_as_they_are() {
     assert!(got == frames, "{} of 5000", got.len());
     a.tick();
     assert_eq!((a.counter("xdp_rx_dropped"), a.counter("rx_copied")), (0, 0));
-    // Received packets are our frames; sent back out of the same app, they
-    // go from where they are.
-    let frames = test_frames(100, DST);
+    // Received packets are our frames (those longer than COPY_MAX); sent
+    // back out of the same app, they go from where they are.
+    let long = |n| -> Vec<Vec<u8>> {
+        test_frames(n, DST)
+            .into_iter()
+            .map(|mut f| {
+                f.resize(f.len().max(COPY_MAX as usize + 1), 0x77);
+                f
+            })
+            .collect()
+    };
+    let frames = long(100);
     b.send(&frames);
     let t = Instant::now();
     let mut held = Vec::new();
@@ -283,6 +293,11 @@ fn lent_frames_come_back_and_go_out_as_they_are() {
     }
     assert_eq!(held.len(), 100);
     assert!(held.iter().all(|p| p.is_foreign()));
+    let short = test_frames(3, DST)[..1].to_vec();
+    assert!(short[0].len() <= COPY_MAX as usize);
+    b.send(&short);
+    let got = a.receive(1, WAIT);
+    assert_eq!(got, short, "a short frame is copied");
     let before = snabb_core::packet::stats();
     a.send_packets(held);
     assert_eq!(snabb_core::packet::stats().allocs, before.allocs, "no host packet was made to send them");
@@ -291,7 +306,7 @@ fn lent_frames_come_back_and_go_out_as_they_are() {
     assert_eq!(a.counter("tx_packets"), 100);
     // Held past the budget (a stalled consumer): the rest are copied, and
     // the kernel still has frames to receive into.
-    let frames = test_frames(600, DST);
+    let frames = long(600);
     let mut held = Vec::new();
     for chunk in frames.chunks(100) {
         b.send(chunk);
