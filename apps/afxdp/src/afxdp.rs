@@ -330,7 +330,7 @@ fn open(a: &AfXdpArgs, app: &str) -> anyhow::Result<Port> {
         );
     }
     log::info!(
-        "AfXdp `{app}`: interface `{name}` queue {}: {} mode, XDP program {}, UMEM {} frames of {} ({} MiB, {}){}{}",
+        "AfXdp `{app}`: interface `{name}` queue {}: {} mode, XDP program in {} mode, UMEM {} frames of {} ({} MiB, {}){}{}",
         a.queue,
         if xsk.zerocopy { "zero-copy" } else { "copy" },
         attachment.mode().name(),
