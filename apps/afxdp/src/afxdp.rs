@@ -90,6 +90,14 @@ pub struct AfXdpArgs {
     /// once (UMEM beyond the rings' own frames).
     #[serde(default = "lend_frames")]
     pub lend_frames: u32,
+    /// Preferred busy polling: when the RX ring is empty, `pull` asks the
+    /// kernel to poll the queue right away, in its system call on our CPU,
+    /// taking up to this many frames (DPDK's af_xdp does the same, with
+    /// 64). The driver's receive work then runs where the app runs rather
+    /// than in a softirq on whichever CPU the interrupt (or, on a veth, the
+    /// sender) ran. 0: leave it to the kernel.
+    #[serde(default = "busy_poll")]
+    pub busy_poll: u32,
     /// With `rx_buffers: Lend`, frames up to this long are copied all the
     /// same: two cache lines cost less to copy than a frame costs to lend
     /// and take back, and the next app then reads a packet already in the
@@ -116,6 +124,9 @@ fn rx_lend() -> RxBuffers {
 fn lend_frames() -> u32 {
     4096
 }
+fn busy_poll() -> u32 {
+    64
+}
 /// The default of `copy_max`.
 pub const COPY_MAX: u32 = 128;
 fn copy_max() -> u32 {
@@ -136,6 +147,7 @@ impl AfXdpArgs {
             rx_buffers: RxBuffers::Lend,
             lend_frames: lend_frames(),
             copy_max: COPY_MAX,
+            busy_poll: busy_poll(),
         }
     }
 
@@ -209,6 +221,8 @@ pub struct Counters {
     /// System calls the kernel asked for (NEED_WAKEUP).
     pub fill_wakeups: u64,
     pub tx_wakeups: u64,
+    /// Polls of the queue made in `pull` (`busy_poll`).
+    pub busy_polls: u64,
     /// The kernel's XDP_STATISTICS, summed over the sockets this app had.
     pub k: Statistics,
     /// Times the socket was opened again.
@@ -313,11 +327,13 @@ fn open(a: &AfXdpArgs, app: &str) -> anyhow::Result<Port> {
             Mode::Copy => BindMode::Copy,
         },
         want_sg: ifc.mtu + L2_OVERHEAD > rx_room,
+        busy_poll: a.busy_poll,
         busy_wait: Duration::from_secs(2),
     };
-    let xsk = Xsk::open(&cfg, &umem)?;
+    let mut xsk = Xsk::open(&cfg, &umem)?;
     let attachment =
         Attachment::get(&Request { ifname: name, ifindex: ifc.index as u32, queues, mode: a.xdp, replace: a.replace })?;
+    xsk.bind(&cfg)?;
     attachment.insert(a.queue, xsk.fd())?;
     let owner = (a.rx_buffers == RxBuffers::Lend)
         .then(|| BufferOwner::register(&format!("AfXdp {app}"), Some(umem.clone() as Rc<dyn std::any::Any>)));
@@ -330,7 +346,7 @@ fn open(a: &AfXdpArgs, app: &str) -> anyhow::Result<Port> {
         );
     }
     log::info!(
-        "AfXdp `{app}`: interface `{name}` queue {}: {} mode, XDP program in {} mode, UMEM {} frames of {} ({} MiB, {}){}{}",
+        "AfXdp `{app}`: interface `{name}` queue {}: {} mode, XDP program in {} mode, UMEM {} frames of {} ({} MiB, {}){}{}{}",
         a.queue,
         if xsk.zerocopy { "zero-copy" } else { "copy" },
         attachment.mode().name(),
@@ -339,6 +355,7 @@ fn open(a: &AfXdpArgs, app: &str) -> anyhow::Result<Port> {
         umem.len() >> 20,
         if umem.backing() == Backing::Huge { "huge pages" } else { "ordinary pages" },
         if xsk.need_wakeup { ", need_wakeup" } else { "" },
+        if xsk.busy_polling { ", busy polling" } else { "" },
         if xsk.sg { ", multi-buffer" } else { "" },
     );
     if a.mode == Mode::Auto && !xsk.zerocopy {
@@ -636,10 +653,15 @@ impl AfXdp {
                 }
             }
             p.xsk.rx.release(i);
-            p.in_fill -= i;
+            p.in_fill = p.in_fill.saturating_sub(i);
         }
         p.refill(self.args.fill_frames());
-        if p.xsk.need_wakeup && p.xsk.fill.needs_wakeup() {
+        if n == 0 && p.xsk.busy_polling {
+            // Nothing waiting: poll the queue now, here. (It also does
+            // what a fill-ring wakeup would.)
+            c.busy_polls += 1;
+            p.xsk.busy_poll();
+        } else if p.xsk.need_wakeup && p.xsk.fill.needs_wakeup() {
             c.fill_wakeups += 1;
             let _ = p.xsk.wake_rx();
         }
@@ -843,7 +865,7 @@ impl App for AfXdp {
                 p.free.push(f);
             }
             p.xsk.rx.release(n);
-            p.in_fill -= n;
+            p.in_fill = p.in_fill.saturating_sub(n);
             p.refill(self.args.fill_frames());
         }
     }
@@ -893,6 +915,7 @@ impl App for AfXdp {
             ("tx_errors", c.tx_errors),
             ("fill_wakeups", c.fill_wakeups),
             ("tx_wakeups", c.tx_wakeups),
+            ("busy_polls", c.busy_polls),
             ("xdp_rx_dropped", c.k.rx_dropped),
             ("xdp_rx_invalid_descs", c.k.rx_invalid_descs),
             ("xdp_tx_invalid_descs", c.k.tx_invalid_descs),

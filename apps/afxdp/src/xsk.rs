@@ -1,7 +1,8 @@
 //! AF_XDP SOCKETS: one socket bound to one queue of an interface, its UMEM
 //! and its four rings.
 //!
-//!   Xsk::open(&XskConfig, &Region) -> Xsk    register the UMEM, make and map the rings, bind
+//!   Xsk::open(&XskConfig, &Region) -> Xsk    register the UMEM, make and map the rings
+//!   xsk.bind(&XskConfig)                     bind to the queue (zero copy or copy)
 //!   xsk.fill / xsk.tx                        rings we produce into (frame addresses, frames to send)
 //!   xsk.rx / xsk.comp                        rings we consume from (received frames, sent addresses)
 //!   xsk.wake_rx() / xsk.kick_tx()            the system calls NEED_WAKEUP asks for
@@ -47,6 +48,13 @@ pub const XDP_PACKET_HEADROOM: u32 = 256;
 /// XDP_MAX_TX_SKB_BUDGET (Linux 6.17): how many frames one system call
 /// may send in copy mode (32 unless raised).
 const XDP_MAX_TX_SKB_BUDGET: c_int = 9;
+/// SOL_SOCKET options for busy polling (asm-generic/socket.h).
+const SO_BUSY_POLL: c_int = 46;
+const SO_PREFER_BUSY_POLL: c_int = 69;
+const SO_BUSY_POLL_BUDGET: c_int = 70;
+const SO_INCOMING_NAPI_ID: c_int = 56;
+/// How long a busy poll of the queue may spin, in µs (DPDK's af_xdp uses 20).
+const BUSY_POLL_USEC: c_int = 20;
 
 /// How the socket is bound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +84,10 @@ pub struct XskConfig {
     /// jumbo MTU). Not asked otherwise: a zero-copy driver without
     /// multi-buffer support would fall back to copy mode.
     pub want_sg: bool,
+    /// Preferred busy polling (Linux 5.11) with this budget: frames the
+    /// kernel takes per poll of the queue, in our system call on our CPU
+    /// rather than in its softirq. 0: off.
+    pub busy_poll: u32,
     /// How long to wait for the queue while a socket we closed on it is
     /// still being released (the kernel lets go of it from a work queue).
     pub busy_wait: Duration,
@@ -278,6 +290,8 @@ pub struct Xsk {
     pub sg: bool,
     /// The kernel tells when it needs a wakeup (XDP_USE_NEED_WAKEUP taken).
     pub need_wakeup: bool,
+    /// Preferred busy polling was taken: `busy_poll` runs the queue.
+    pub busy_polling: bool,
     // Last: closed after the rings are unmapped.
     fd: OwnedFd,
 }
@@ -364,17 +378,69 @@ impl Xsk {
         let rx = Ring::map(raw, libc::XDP_PGOFF_RX_RING, c.rx_size, &off.rx).map_err(|e| map_err("RX ring", e))?;
         let tx = Ring::map(raw, libc::XDP_PGOFF_TX_RING, c.tx_size, &off.tx).map_err(|e| map_err("TX ring", e))?;
 
-        let (sg, need_wakeup) = bind(&fd, c)?;
+        let busy_polling = c.busy_poll > 0 && {
+            let set = |opt, v: c_int| {
+                // SAFETY: an int option on our socket, its size passed.
+                let r = unsafe { libc::setsockopt(raw, libc::SOL_SOCKET, opt, &v as *const c_int as *const c_void, 4) };
+                if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+            };
+            match set(SO_PREFER_BUSY_POLL, 1)
+                .and_then(|_| set(SO_BUSY_POLL, BUSY_POLL_USEC))
+                .and_then(|_| set(SO_BUSY_POLL_BUDGET, c.busy_poll.min(u16::MAX as u32) as c_int))
+            {
+                Ok(()) => true,
+                Err(e) => {
+                    log::info!(
+                        "interface `{ifname}`: no preferred busy polling ({e}): the kernel's softirq runs the queue"
+                    );
+                    false
+                }
+            }
+        };
+        Ok(Xsk { fill, comp, rx, tx, zerocopy: false, sg: false, need_wakeup: false, busy_polling, fd })
+    }
+
+    /// Bind to the queue. After the interface has its XDP program: the
+    /// socket learns the queue's NAPI context at bind, which busy polling
+    /// needs, and a veth has one only while an XDP program is on it.
+    pub fn bind(&mut self, c: &XskConfig) -> anyhow::Result<()> {
+        let (sg, need_wakeup) = bind(&self.fd, c)?;
+        let raw = self.fd();
         // SAFETY: plain data, filled by the kernel.
         let mut opts: libc::xdp_options = unsafe { zeroed() };
-        let zerocopy =
+        self.zerocopy =
             getsockopt(raw, libc::XDP_OPTIONS, &mut opts).is_ok() && opts.flags & libc::XDP_OPTIONS_ZEROCOPY != 0;
         // In copy mode a send() moves at most 32 frames unless told more
         // (Linux 6.17); older kernels refuse the option and we send again.
-        if !zerocopy && c.tx_size > 32 {
+        if !self.zerocopy && c.tx_size > 32 {
             let _ = setsockopt(raw, XDP_MAX_TX_SKB_BUDGET, &c.tx_size);
         }
-        Ok(Xsk { fill, comp, rx, tx, zerocopy, sg, need_wakeup, fd })
+        (self.sg, self.need_wakeup) = (sg, need_wakeup);
+        if self.busy_polling {
+            // Busy polling runs the NAPI context the socket learned at bind;
+            // without one (a veth) a poll would be a system call for nothing.
+            let mut id: c_int = 0;
+            let mut len = size_of::<c_int>() as libc::socklen_t;
+            // SAFETY: an int option of our socket, its size passed.
+            let r = unsafe {
+                libc::getsockopt(
+                    raw,
+                    libc::SOL_SOCKET,
+                    SO_INCOMING_NAPI_ID,
+                    &mut id as *mut c_int as *mut c_void,
+                    &mut len,
+                )
+            };
+            if r != 0 || id == 0 {
+                log::info!(
+                    "interface `{}` queue {}: no NAPI context to busy-poll: the kernel's softirq runs the queue",
+                    c.ifname,
+                    c.queue
+                );
+                self.busy_polling = false;
+            }
+        }
+        Ok(())
     }
 
     pub fn fd(&self) -> c_int {
@@ -396,6 +462,22 @@ impl Xsk {
             )
         };
         if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    }
+
+    /// Run the queue's NAPI poll here, now (preferred busy polling): the
+    /// driver's receive work, up to the budget, on our CPU.
+    pub fn busy_poll(&self) {
+        // SAFETY: a zero-length, non-blocking receive on our own socket.
+        unsafe {
+            libc::recvfrom(
+                self.fd(),
+                std::ptr::null_mut(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        };
     }
 
     /// Make the kernel send what the TX ring holds (in copy mode, a batch
