@@ -15,7 +15,8 @@
 #          afxdp      snabb-rs  AfXdp(dut) -> Sink
 #          rawsocket  snabb-rs  RawSocket(dut) -> Sink
 #          dpdk       dpdk-testpmd --vdev net_af_xdp,iface=dut --forward-mode=rxonly
-#        rate: frames the contender took in (its rx_packets; testpmd's Rx-pps)
+#        rate: frames the contender took in over the window (its rx_packets;
+#        testpmd's RX-packets, asked at its prompt)
 #   tx   the contender sends as fast as it can; gen drops every frame in an
 #        XDP program (native, so the veth hands frames over without a stack):
 #          afxdp      snabb-rs  Source -> AfXdp(dut)
@@ -141,6 +142,11 @@ no_xdp() { # iface: take off whatever a contender left
     ip link set dev "$1" xdpgeneric off 2>/dev/null
 }
 mpps() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.3f", n / s / 1e6 }'; }
+# Frames testpmd's port has taken in so far (its prompt answers at once;
+# the per-second statistics of batch mode come late on a busy CPU).
+dpdk_rx() {
+    "$PEERS/testpmd.sh" cmd dpdk "show port stats 0" | awk '/RX-packets:/ { print $2; exit }'
+}
 
 # One measurement: M = the Mpps of contender $3 in direction $1 at size $2,
 # GEN_MPPS = what the generator sent (rx).
@@ -154,7 +160,7 @@ measure() {
         rawsocket) graph "$TMP/dut.ron" "\"dut\": (class: \"RawSocket\", args: (interface: \"$DUT\"))" '"sink": (class: "Sink")' -- "dut.tx -> sink.input";;
         esac
         if [ "$who" = dpdk ]; then
-            "$PEERS/testpmd.sh" start dpdk --af-xdp "$DUT" --cpu 0 --fwd rxonly >/dev/null || return 1
+            "$PEERS/testpmd.sh" start dpdk --af-xdp "$DUT" --cpu 0 --fwd rxonly --interactive >/dev/null || return 1
             "$PEERS/testpmd.sh" wait-ready dpdk --timeout 30 >/dev/null || { cat "$SNABB_RS_PEERS_DIR/dpdk.log" >&2; return 1; }
         else
             snabb_start dut 0 "$TMP/dut.ron"
@@ -166,25 +172,18 @@ measure() {
         sleep "$WARM"
         local g0 g1
         g0=$(counter "$gen" gen tx_packets)
-        [ -n "$dut" ] && a=$(counter "$dut" dut rx_packets)
+        if [ -n "$dut" ]; then a=$(counter "$dut" dut rx_packets); else a=$(dpdk_rx); fi
         t0=$(date +%s.%N)
         sleep "$SECS"
         t1=$(date +%s.%N)
-        [ -n "$dut" ] && b=$(counter "$dut" dut rx_packets)
+        if [ -n "$dut" ]; then b=$(counter "$dut" dut rx_packets); else b=$(dpdk_rx); fi
         g1=$(counter "$gen" gen tx_packets)
         snabb_stop "$gen"
         local secs
         secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
         GEN_MPPS=$(mpps $((g1 - g0)) "$secs")
-        if [ -n "$dut" ]; then
-            snabb_stop "$dut"
-            M=$(mpps $((b - a)) "$secs")
-        else
-            local pps
-            pps=$("$PEERS/testpmd.sh" pps dpdk --rx --skip "$WARM" | sed -n 's/.* median=\([0-9]*\).*/\1/p')
-            "$PEERS/testpmd.sh" stop dpdk >/dev/null
-            M=$(mpps "${pps:-0}" 1)
-        fi
+        if [ -n "$dut" ]; then snabb_stop "$dut"; else "$PEERS/testpmd.sh" stop dpdk >/dev/null; fi
+        M=$(mpps $((b - a)) "$secs")
     else
         ip link set dev "$GEN" xdp obj "$TMP/drop.o" sec xdp || return 1
         case $who in
