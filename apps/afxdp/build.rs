@@ -4,6 +4,13 @@
 //! (linux-libc-dev) and libbpf's `bpf_helpers.h` (libbpf-dev) are needed
 //! at build time only; `scripts/test.sh` installs them. `CLANG` names
 //! another compiler.
+//!
+//! Without clang the object built from the same source and committed
+//! beside it (bpf/xsk_redirect.o, made with `clang -O2 -target bpf`,
+//! without debug info) is embedded instead, with a warning: so that
+//! `cargo build` works on a machine with only a Rust toolchain (the
+//! README's first command). `tests/bpf_object.rs` checks, where clang is,
+//! that the committed object's program is what the source compiles to.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -28,6 +35,15 @@ fn main() {
     let failed = match cmd.output() {
         Ok(o) if o.status.success() => return,
         Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && env::var_os("CLANG").is_none() => {
+            println!("cargo:rerun-if-changed=bpf/xsk_redirect.o");
+            println!(
+                "cargo:warning=snabb-apps-afxdp: no clang: embedding the committed bpf/xsk_redirect.o \
+                 (install clang, libbpf-dev and linux-libc-dev to build it from bpf/xsk_redirect.c)"
+            );
+            std::fs::copy("bpf/xsk_redirect.o", &out).expect("copying bpf/xsk_redirect.o");
+            return;
+        }
         Err(e) => format!("cannot run `{clang}`: {e}"),
     };
     panic!(
