@@ -307,7 +307,7 @@ impl<R: Registers> RxQueue<R> {
             };
             let whole = status & RXD_STAT_EOP != 0 && !discarding;
             discarding = status & RXD_STAT_EOP == 0;
-            if !whole || status & RXD_ERR_MASK != 0 || len == 0 || len > p.capacity() {
+            if !whole || status & RXD_ERR_FRAME != 0 || len == 0 || len > p.capacity() {
                 errors += 1;
                 continue; // p is dropped: its buffer goes home
             }
