@@ -9,6 +9,8 @@
 //!   dma_faults        a DMA nobody mapped is a fault, never a write
 //!   zero_copy_rx      a lender's buffer posted on a receive ring comes back
 //!                     holding a frame
+//!   zero_copy::*      lent receive buffers (sizes, checksums, refusals,
+//!                     revocation, mode switches), split and lent transmit
 //!   bad_configs       refused before the device is touched
 //!   loopback          port 0 -> cable -> port 1: content, order, conservation
 //!   vmdq              8 pools: unicast, broadcast, VLANs, a full ring, VM to VM
@@ -66,6 +68,8 @@ impl Target {
 
 static SERIAL: AtomicU32 = AtomicU32::new(0);
 
+pub mod zero_copy;
+
 pub fn selftest() -> Result<()> {
     let t = Target::from_env()?;
     if t.is_model() {
@@ -74,6 +78,13 @@ pub fn selftest() -> Result<()> {
         dma_faults().context("DMA faults")?;
         zero_copy_rx().context("zero-copy receive")?;
         partial_csum_tx().context("partial checksum on transmit")?;
+        zero_copy::lend_sizes().context("lent buffers of every size")?;
+        zero_copy::lend_checksums().context("checksum verdicts")?;
+        zero_copy::lend_refusals().context("refused supply")?;
+        zero_copy::lend_revocation().context("revocation under traffic")?;
+        zero_copy::lend_mode_switch().context("Host <-> Lend under traffic")?;
+        zero_copy::split_tx().context("split packets on transmit")?;
+        zero_copy::prompt_reclaim().context("prompt reclaim")?;
     }
     bad_configs(&t).context("bad configs")?;
     loopback(&t).context("loopback")?;
