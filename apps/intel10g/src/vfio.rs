@@ -5,6 +5,10 @@
 //! (IOVA = the virtual address for ordinary memory, the physical address
 //! for a huge page; an overlap of the two is refused), so a packet's `dma_addr()` works on
 //! every path, and maps new chunks as they appear (`memory::generation()`).
+//! A lender's memory (guest RAM) is mapped the same way when it registers
+//! (`VFIO_IOMMU_MAP_DMA`) and unmapped when it lets go
+//! (`VFIO_IOMMU_UNMAP_DMA`): only then does a stray DMA into it fault in
+//! the IOMMU rather than reach the pages.
 //!
 //!   container  /dev/vfio/vfio, type-1 IOMMU
 //!   group      /dev/vfio/<iommu group of the device>, set to the container
