@@ -580,63 +580,88 @@ impl<R: Registers> RxQueue<R> {
     #[inline(always)]
     fn receive_from(&mut self, max: usize, drop_revoked: bool, mut deliver: impl FnMut(Packet)) -> usize {
         let mask = self.ring.mask;
-        let (mut bytes, mut delivered, mut errors) = (0u64, 0usize, 0u64);
+        let (mut bytes, mut delivered, mut errors, mut revoked) = (0u64, 0usize, 0u64, 0u64);
         let mut i = self.next;
         let mut left = self.posted;
-        while delivered < max && left > 0 {
-            let d = self.ring.desc(i);
-            let status = d.rx_status();
-            if status & RXD_STAT_DD == 0 {
+        if self.discarding
+            && left > 0
+            && let Long::Took(n, _) = self.long_frame(i, left, drop_revoked)
+        {
+            // The rest of a frame given up on, as far as it is done. It
+            // cannot start again below: only a full ring starts it, and
+            // that is every descriptor posted.
+            i = (i + n) & mask;
+            left -= n;
+        }
+        loop {
+            // Frames in one descriptor each, with the ring's parts in
+            // locals; a frame over several leaves the loop.
+            let mut long = false;
+            {
+                let (ring, slots, counters) = (&self.ring, &mut self.slots[..], &mut self.counters);
+                // A descriptor a turn, a frame at most each.
+                let budget = (max - delivered).min(left as usize) as u32;
+                let stop = left - budget;
+                while left > stop {
+                    let d = ring.desc(i);
+                    let status = d.rx_status();
+                    if status & RXD_STAT_DD == 0 {
+                        break;
+                    }
+                    if status & RXD_STAT_EOP == 0 {
+                        long = true;
+                        break;
+                    }
+                    // The length and the data were written before DD.
+                    fence(Ordering::Acquire);
+                    let len = (d.rx_length_vlan() & 0xffff) as usize;
+                    let slot = slots[(i & mask) as usize].take();
+                    i = (i + 1) & mask;
+                    left -= 1;
+                    let Some(mut p) = slot else {
+                        errors += 1;
+                        continue;
+                    };
+                    if status & RXD_ERR_FRAME != 0 || len == 0 || len > p.capacity() {
+                        errors += 1;
+                        continue; // p is dropped: its buffer goes home
+                    }
+                    if drop_revoked && p.is_revoked() {
+                        revoked += 1;
+                        continue;
+                    }
+                    p.set_len(len);
+                    if status & (RXD_STAT_IPCS | RXD_STAT_L4CS) != 0 {
+                        checksum(counters, &mut p, status, d);
+                    }
+                    bytes += len as u64;
+                    delivered += 1;
+                    deliver(p);
+                }
+            }
+            if !long || delivered >= max {
                 break;
             }
-            if status & RXD_STAT_EOP == 0 || self.discarding {
-                // A frame over several descriptors (or the rest of one
-                // being dropped): off the fast path.
-                match self.long_frame(i, left, drop_revoked) {
-                    Long::Wait => break,
-                    Long::Took(n, got) => {
-                        i = (i + n) & mask;
-                        left -= n;
-                        if let Some(p) = got {
-                            bytes += p.len() as u64;
-                            delivered += 1;
-                            deliver(p);
-                        }
+            // Off the fast path.
+            match self.long_frame(i, left, drop_revoked) {
+                Long::Wait => break,
+                Long::Took(n, got) => {
+                    i = (i + n) & mask;
+                    left -= n;
+                    if let Some(p) = got {
+                        bytes += p.len() as u64;
+                        delivered += 1;
+                        deliver(p);
                     }
                 }
-                continue;
             }
-            // The length and the data were written before DD.
-            fence(Ordering::Acquire);
-            let len = (d.rx_length_vlan() & 0xffff) as usize;
-            let slot = self.slots[(i & mask) as usize].take();
-            i = (i + 1) & mask;
-            left -= 1;
-            let Some(mut p) = slot else {
-                errors += 1;
-                continue;
-            };
-            if status & RXD_ERR_FRAME != 0 || len == 0 || len > p.capacity() {
-                errors += 1;
-                continue; // p is dropped: its buffer goes home
-            }
-            if drop_revoked && p.is_revoked() {
-                self.counters.restart_drops += 1;
-                continue;
-            }
-            p.set_len(len);
-            if status & (RXD_STAT_IPCS | RXD_STAT_L4CS) != 0 {
-                checksum(&mut self.counters, &mut p, status, d);
-            }
-            bytes += len as u64;
-            delivered += 1;
-            deliver(p);
         }
         self.posted = left;
         self.next = i;
         self.counters.packets += delivered as u64;
         self.counters.bytes += bytes;
         self.counters.errors += errors;
+        self.counters.restart_drops += revoked;
         delivered
     }
 
@@ -809,13 +834,14 @@ pub struct TxQueue<R: Registers> {
     tail: u32,
     /// Oldest descriptor not yet reclaimed.
     clean: u32,
-    /// Descriptors that asked for a status report (RS), oldest first: a
-    /// ring of `rs_len` entries from `rs_head`.
-    rs: Box<[u32]>,
+    /// Descriptors that asked for a status report (RS), oldest first, with
+    /// the packets up to each: a ring of `rs_len` entries from `rs_head`.
+    rs: Box<[(u32, u32)]>,
     rs_head: u32,
     rs_len: u32,
-    /// Descriptors written since the last RS.
+    /// Descriptors and packets written since the last RS.
     since_rs: u32,
+    packets_since_rs: u32,
     tdt: u32,
     reach: Reach,
     pub counters: TxCounters,
@@ -831,10 +857,11 @@ impl<R: Registers> TxQueue<R> {
             slots: (0..n).map(|_| None).collect(),
             tail: 0,
             clean: 0,
-            rs: vec![0; n as usize].into_boxed_slice(),
+            rs: vec![(0, 0); n as usize].into_boxed_slice(),
             rs_head: 0,
             rs_len: 0,
             since_rs: 0,
+            packets_since_rs: 0,
             tdt: tdt(queue),
             reach: Reach::default(),
             counters: TxCounters::default(),
@@ -860,44 +887,30 @@ impl<R: Registers> TxQueue<R> {
         let mask = self.ring.mask;
         let mut freed = 0;
         while self.rs_len > 0 {
-            let last = self.rs[self.rs_head as usize];
+            let (last, packets) = self.rs[self.rs_head as usize];
             if !self.ring.desc(last).tx_done() {
                 break;
             }
             fence(Ordering::Acquire);
-            let end = (last + 1) & mask;
-            let n = end.wrapping_sub(self.clean) & mask;
-            let from = self.clean;
+            // Each packet is on its last descriptor; a split packet's first
+            // one holds nothing.
             let slots = &mut self.slots[..];
-            let mut packets = 0;
-            for k in 0..n {
-                packets += slots[((from + k) & mask) as usize].is_some() as usize;
-            }
-            let mut k = 0;
-            packet::free_batch(packets, || {
+            let mut k = self.clean;
+            packet::free_batch(packets as usize, || {
                 loop {
-                    let s = slots[((from + k) & mask) as usize].take();
-                    k += 1;
+                    let s = slots[(k & mask) as usize].take();
+                    k = k.wrapping_add(1);
                     if let Some(p) = s {
                         return p;
                     }
                 }
             });
-            freed += packets;
-            self.clean = end;
+            freed += packets as usize;
+            self.clean = (last + 1) & mask;
             self.rs_head = (self.rs_head + 1) & mask;
             self.rs_len -= 1;
         }
         freed
-    }
-
-    /// Ask for a status report on descriptor `i` (the EOP of a packet).
-    #[inline(always)]
-    fn want_report(&mut self, i: u32) {
-        let mask = self.ring.mask;
-        self.rs[((self.rs_head + self.rs_len) & mask) as usize] = i;
-        self.rs_len += 1;
-        self.since_rs = 0;
     }
 
     /// Send what waits on `input`, as much as the ring takes: one TDT write.
@@ -911,81 +924,52 @@ impl<R: Registers> TxQueue<R> {
         let mask = self.ring.mask;
         let mut room = self.room();
         let mut t = self.tail;
-        let (mut sent, mut bytes, mut dropped, mut copied) = (0u32, 0u64, 0u64, 0u64);
-        let (mut split, mut foreign) = (0u64, 0u64);
+        let (mut sent, mut bytes, mut dropped) = (0u32, 0u64, 0u64);
+        let (mut since, mut packets) = (self.since_rs, self.packets_since_rs);
         // The EOP descriptor of the last packet, and whether it asked for
         // a report already.
-        let mut last: Option<(u32, bool)> = None;
+        let (mut last, mut last_rs) = (u32::MAX, false);
         let mut it = input.drain();
         // A packet takes two descriptors at most.
         while room >= 2 {
-            let Some(p) = it.next() else { break };
+            let Some(mut p) = it.next() else { break };
             let len = p.len();
             if !(MIN_FRAME..=MAX_FRAME).contains(&len) {
                 dropped += 1;
                 continue;
             }
-            let mut p = if p.is_split() {
-                let t = p.tail().expect("a split packet has a tail");
-                if t.dma != 0 && self.reach.covers(t.dma, t.bytes.len()) {
-                    p
-                } else {
-                    copied += 1;
-                    p.copy_to_host()
+            let cmd = TXD_DTYP_DATA | TXD_DCMD_DEXT | TXD_DCMD_IFCS | TXD_DCMD_EOP;
+            let olinfo = (len as u32) << TXD_PAYLEN_SHIFT;
+            let ndesc = if !p.is_foreign() {
+                // A partial checksum from a guest is finished here, in
+                // software (the 82599 could, given a context descriptor).
+                if p.partial_csum().is_some() {
+                    p.finish_partial_csum();
                 }
-            } else if p.is_foreign() && !self.reach.covers(p.dma_addr(), len) {
-                copied += 1;
-                p.copy_to_host()
+                self.ring.desc(t).tx_write(p.dma_addr(), cmd | len as u32, olinfo);
+                1
             } else {
-                p
-            };
-            // A partial checksum from a guest is finished here, in
-            // software (the 82599 could, given a context descriptor), and
-            // without flattening a split packet when its field is in the head.
-            if p.partial_csum().is_some() && !finish_split_csum(&mut p) {
-                p.finish_partial_csum();
-            }
-            let cmd = TXD_DTYP_DATA | TXD_DCMD_DEXT | TXD_DCMD_IFCS;
-            let paylen = (len as u32) << TXD_PAYLEN_SHIFT;
-            let eop = match p.tail() {
-                Some(tail) if !p.head().is_empty() => {
-                    let (head_len, head_dma) = (p.head().len() as u32, p.dma_addr());
-                    let (tail_len, tail_dma) = (tail.bytes.len() as u32, tail.dma);
-                    if head_dma == 0 {
+                match self.write_foreign(&mut p, t, cmd, olinfo) {
+                    Some(n) => n,
+                    None => {
                         dropped += 1;
                         continue;
                     }
-                    self.ring.desc(t).tx_write(head_dma, cmd | head_len, paylen);
-                    let e = (t + 1) & mask;
-                    self.ring.desc(e).tx_write(tail_dma, cmd | TXD_DCMD_EOP | tail_len, 0);
-                    split += 1;
-                    foreign += 1;
-                    e
-                }
-                tail => {
-                    let addr = match tail {
-                        Some(tail) => tail.dma, // an empty head: the tail alone
-                        None => p.dma_addr(),
-                    };
-                    if addr == 0 {
-                        dropped += 1;
-                        continue;
-                    }
-                    foreign += p.is_foreign() as u64;
-                    self.ring.desc(t).tx_write(addr, cmd | TXD_DCMD_EOP | len as u32, paylen);
-                    t
                 }
             };
-            let ndesc = (eop.wrapping_sub(t) & mask) + 1;
+            let eop = (t + ndesc - 1) & mask;
             // Past the in-flight window the slots are empty: no drop.
-            std::mem::forget(self.slots[(eop & mask) as usize].replace(p));
-            self.since_rs += ndesc;
-            let rs = self.since_rs >= RS_INTERVAL;
-            if rs {
+            std::mem::forget(self.slots[eop as usize].replace(p));
+            since += ndesc;
+            packets += 1;
+            last_rs = since >= RS_INTERVAL;
+            if last_rs {
                 self.ring.desc(eop).tx_set_rs();
-                self.want_report(eop);
+                self.rs[((self.rs_head + self.rs_len) & mask) as usize] = (eop, packets);
+                self.rs_len += 1;
+                (since, packets) = (0, 0);
             }
-            last = Some((eop, rs));
+            last = eop;
             t = (eop + 1) & mask;
             room -= ndesc;
             sent += 1;
@@ -993,16 +977,15 @@ impl<R: Registers> TxQueue<R> {
         }
         drop(it);
         self.counters.dropped += dropped;
-        self.counters.copied += copied;
-        self.counters.split += split;
-        self.counters.foreign += foreign;
-        if let Some((eop, rs)) = last {
+        if sent > 0 {
             // A report on the last packet of every batch: a lone packet
             // (a guest's lent buffer, say) comes home without waiting for
             // 31 more behind it.
-            if !rs {
-                self.ring.desc(eop).tx_set_rs();
-                self.want_report(eop);
+            if !last_rs {
+                self.ring.desc(last).tx_set_rs();
+                self.rs[((self.rs_head + self.rs_len) & mask) as usize] = (last, packets);
+                self.rs_len += 1;
+                (since, packets) = (0, 0);
             }
             self.tail = t;
             self.dev.dma.check()?;
@@ -1011,7 +994,54 @@ impl<R: Registers> TxQueue<R> {
             self.counters.packets += sent as u64;
             self.counters.bytes += bytes;
         }
+        (self.since_rs, self.packets_since_rs) = (since, packets);
         Ok(sent as usize)
+    }
+
+    /// Write the descriptors of a foreign or split packet from `t` on:
+    /// in place when the device reaches its memory, else from a host copy
+    /// (`p` becomes the copy). Returns how many descriptors, or None when
+    /// the packet cannot be sent.
+    #[inline(never)]
+    fn write_foreign(&mut self, p: &mut Packet, t: u32, cmd: u32, olinfo: u32) -> Option<u32> {
+        let reachable = match p.tail() {
+            Some(tail) => tail.dma != 0 && self.reach.covers(tail.dma, tail.bytes.len()),
+            None => self.reach.covers(p.dma_addr(), p.len()),
+        };
+        if !reachable {
+            self.counters.copied += 1;
+            *p = p.copy_to_host();
+        }
+        // Without flattening a split packet when its field is in the head.
+        if p.partial_csum().is_some() && !finish_split_csum(p) {
+            p.finish_partial_csum();
+        }
+        let mask = self.ring.mask;
+        let len = p.len() as u32;
+        match p.tail() {
+            Some(tail) if !p.head().is_empty() => {
+                let head_dma = p.dma_addr();
+                if head_dma == 0 {
+                    return None;
+                }
+                let head_len = p.head().len() as u32;
+                self.ring.desc(t).tx_write(head_dma, (cmd & !TXD_DCMD_EOP) | head_len, olinfo);
+                self.ring.desc((t + 1) & mask).tx_write(tail.dma, cmd | tail.bytes.len() as u32, 0);
+                self.counters.split += 1;
+                self.counters.foreign += 1;
+                Some(2)
+            }
+            tail => {
+                // Unsplit, or a split packet with an empty head: one buffer.
+                let addr = tail.map_or(p.dma_addr(), |t| t.dma);
+                if addr == 0 {
+                    return None;
+                }
+                self.counters.foreign += p.is_foreign() as u64;
+                self.ring.desc(t).tx_write(addr, cmd | len, olinfo);
+                Some(1)
+            }
+        }
     }
 
     /// Whether the device has sent everything handed to it (TDH = TDT).
@@ -1025,6 +1055,8 @@ impl<R: Registers> TxQueue<R> {
         }
         self.clean = self.tail;
         self.rs_len = 0;
+        self.since_rs = 0;
+        self.packets_since_rs = 0;
     }
 
     pub(crate) fn abandon_buffers(&mut self) {
@@ -1035,6 +1067,8 @@ impl<R: Registers> TxQueue<R> {
         }
         self.clean = self.tail;
         self.rs_len = 0;
+        self.since_rs = 0;
+        self.packets_since_rs = 0;
     }
 }
 
