@@ -390,7 +390,30 @@ impl Packet {
     pub fn finish_partial_csum(&mut self) -> bool {
         let Some(c) = self.partial_csum() else { return true };
         self.set_partial_csum(None);
+        if self.is_split() && self.finish_split_csum(c) {
+            return true;
+        }
         crate::checksum::complete_checksum(self.data_mut(), c.start, c.offset)
+    }
+
+    /// Finish a split packet's partial checksum without flattening it, when
+    /// the checksum field lies in the head (a guest's TCP frame: headers in
+    /// the head, payload in the tail): the tail is summed where it is.
+    #[cold]
+    fn finish_split_csum(&mut self, c: PartialCsum) -> bool {
+        use crate::checksum::{fold, ones_sum};
+        let (start, at) = (c.start as usize, c.start as usize + c.offset as usize);
+        let head_len = self.len() - self.tail_len();
+        if start > head_len || at + 2 > head_len {
+            return false;
+        }
+        let tail = fold(self.tail().map_or(0, |t| ones_sum(t.bytes)));
+        let h = self.head_mut();
+        // The tail's words start on an odd byte when the head's part is odd.
+        let tail = if (head_len - start) % 2 == 1 { tail.swap_bytes() } else { tail };
+        let csum = !fold(ones_sum(&h[start..]) + tail as u64);
+        h[at..at + 2].copy_from_slice(&csum.to_be_bytes());
+        true
     }
 
     /// Set the length; bytes beyond the old length are whatever the buffer
@@ -2231,5 +2254,25 @@ mod tests {
         let r = t.owner.reclaim(p).unwrap();
         assert_eq!(r.moved, 4 + 2);
         assert_eq!(stats().moved_bytes - before, 6);
+    }
+    #[test]
+    fn a_split_packets_partial_checksum_is_finished_without_flattening() {
+        let owner = BufferOwner::register("csum", None);
+        for (head_len, total) in [(54, 1500), (55, 1501), (64, 65), (60, 999)] {
+            let (f, _) = partial_frame();
+            let mut frame: Vec<u8> = f.iter().copied().cycle().take(total).collect();
+            frame[40..42].copy_from_slice(&[0x12, 0x34]);
+            let mut want = frame.clone();
+            assert!(crate::checksum::complete_checksum(&mut want, 34, 6));
+            let mut tail = frame[head_len..].to_vec();
+            let mut head = Packet::from_bytes(&frame[..head_len]);
+            assert!(head.set_partial_csum(Some(PartialCsum { start: 34, offset: 6 })));
+            // SAFETY: `tail` outlives the packet.
+            let mut p = unsafe { owner.wrap_tail(head, tail_of_bytes(&mut tail, 0)) };
+            assert!(p.finish_partial_csum());
+            assert!(p.is_split(), "summed where it lies");
+            assert_eq!(p.data(), &want[..], "head {head_len}, total {total}");
+        }
+        owner.drain_returns(|_| {});
     }
 }
