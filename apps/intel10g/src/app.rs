@@ -557,6 +557,12 @@ impl<R: Registers> Queues for Pair<R> {
             emit("dev_rxdrop", hw.rx_drop());
             emit("dev_rxerrors", hw.rx_errors);
             emit("dev_link_speed", self.dev.link_speed());
+            if let Some(m) = &self.model {
+                // What the model caught the driver doing: DMA outside what
+                // was mapped, and datasheet violations (both 0, always).
+                emit("model_dma_faults", m.fault_count() as u64);
+                emit("model_violations", m.violation_count() as u64);
+            }
         }
     }
 

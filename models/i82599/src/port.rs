@@ -210,6 +210,13 @@ impl Model82599 {
     pub fn faults(&self) -> Vec<DmaFault> {
         self.shared.faults.lock().unwrap().clone()
     }
+    /// How many DMA faults and violations so far (cheap: for counters).
+    pub fn fault_count(&self) -> usize {
+        self.shared.faults.lock().unwrap().len()
+    }
+    pub fn violation_count(&self) -> usize {
+        self.shared.violations.lock().unwrap().len()
+    }
     /// Datasheet violations so far.
     pub fn violations(&self) -> Vec<Violation> {
         self.shared.violations.lock().unwrap().clone()
