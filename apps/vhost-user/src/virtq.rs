@@ -252,6 +252,26 @@ pub struct TxLend<'a> {
     pub bound: usize,
 }
 
+/// Where frame byte SNAPSHOT lies, when every byte from there to the end
+/// of the frame (`len` bytes from piece `i` at `off`) is in that one piece.
+fn tail_piece(segs: &[Seg], i: usize, off: usize, len: usize) -> Option<NonNull<u8>> {
+    let mut at = 0usize; // frame offset of the current piece's first byte used
+    let mut off = off;
+    for s in &segs[i..] {
+        let n = s.len as usize - off;
+        if at + n > SNAPSHOT {
+            let k = off + (SNAPSHOT - at);
+            // The rest of the frame must end in this piece.
+            return (at + n == len)
+                // SAFETY: k < s.len: inside the translated piece.
+                .then(|| unsafe { NonNull::new_unchecked(s.ptr.as_ptr().add(k)) });
+        }
+        at += n;
+        off = 0;
+    }
+    None
+}
+
 /// A lent buffer's token: its queue and slot.
 pub fn token(ring: u16, slot: u16) -> u64 {
     (ring as u64) << 16 | slot as u64
@@ -969,14 +989,15 @@ impl Virtqueue {
         }
         let h = NetHdr::parse(&hdr[..hdr_len]);
         // Where the frame lies: pieces from segs[i] at `off`.
-        let one_piece = i < segs.len() && segs[i].len as usize - off == frame_len;
+        // The tail that could be lent: from frame byte SNAPSHOT to the end,
+        // if it lies in one piece (Linux puts a frame's headers in the
+        // first descriptor and its payload in the next ones).
+        let tail = if frame_len >= TX_LEND_MIN { tail_piece(segs, i, off, frame_len) } else { None };
         let mut lent = false;
         let mut p = match lend {
-            Some(l) if frame_len >= TX_LEND_MIN && one_piece => {
-                let s = segs[i];
-                // SAFETY: off < s.len: inside the translated piece.
-                let at = unsafe { NonNull::new_unchecked(s.ptr.as_ptr().add(off)) };
-                match self.lend_tx(l, head, at, frame_len, alloc) {
+            Some(l) if tail.is_some() => {
+                let at = tail.expect("checked");
+                match self.lend_tx(l, head, (segs, i, off), at, frame_len, alloc) {
                     Some(p) => {
                         lent = true;
                         p
@@ -1032,36 +1053,50 @@ impl Virtqueue {
     /// Lend a transmit frame of `len` bytes at `at` as a split packet, or
     /// None (bound reached, unreachable memory, no slot).
     #[inline]
+    /// `frame` says where the frame starts (pieces from `segs[i]` at
+    /// `off`), `tail` where its byte SNAPSHOT is (the rest lies there).
+    #[allow(clippy::type_complexity)]
     fn lend_tx(
         &mut self,
         l: &TxLend<'_>,
         head: u16,
-        at: NonNull<u8>,
+        frame: (&[Seg], usize, usize),
+        tail: NonNull<u8>,
         len: usize,
         alloc: &mut packet::Allocator,
     ) -> Option<Packet> {
+        let tail_len = len - SNAPSHOT;
         if self.lent_count() >= l.bound {
             self.stats.zc_bound += 1;
             return None;
         }
-        let Some(dma) = l.device.dma(at.as_ptr() as usize, len) else {
+        let Some(dma) = l.device.dma(tail.as_ptr() as usize, tail_len) else {
             self.stats.zc_unsuitable += 1;
             return None;
         };
         let slot = self.free_slots.pop()?;
         self.lent[slot as usize] = Some(Lent { head, hdr: None, data: None });
-        // SAFETY: `at` is valid for `len` bytes (translated); the snapshot
-        // is read once, and then it is ours.
-        let snap = unsafe { std::slice::from_raw_parts(at.as_ptr(), SNAPSHOT) };
-        let h = alloc.from_bytes(snap);
+        // The snapshot: the frame's first SNAPSHOT bytes, read once, ours
+        // from then on.
+        let (segs, i, mut off) = frame;
+        let mut h = alloc.allocate();
+        for s in &segs[i..] {
+            let n = (s.len as usize - off).min(SNAPSHOT - h.len());
+            // SAFETY: off + n <= s.len: inside the translated piece.
+            h.append(unsafe { std::slice::from_raw_parts(s.ptr.as_ptr().add(off), n) });
+            off = 0;
+            if h.len() == SNAPSHOT {
+                break;
+            }
+        }
         self.stats.copied_bytes += SNAPSHOT as u64;
         self.stats.zc_packets += 1;
         let tail = ForeignBuffer {
-            base: at,
-            cap: len as u32,
+            base: tail,
+            cap: tail_len as u32,
             dma,
-            start: SNAPSHOT as u32,
-            len: (len - SNAPSHOT) as u32,
+            start: 0,
+            len: tail_len as u32,
             token: token(l.ring, slot),
             fixed_start: false,
         };
