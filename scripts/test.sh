@@ -19,6 +19,7 @@ record() { RESULTS+=("$1"); case "$1" in FAIL*) FAILED=1;; esac; }
 
 # --- packages ---------------------------------------------------------------
 PKGS=(tcpdump iproute2 iputils-ping procps util-linux
+      libpcap-dev                                                     # PcapFilter: libpcap compiles the expressions
       python3-scapy                                                   # Decap/Encap: apps/decap/tests/scapy.rs
       iperf3 ethtool                                                  # RawSocket: selftest/rawsocket.sh
       qemu-system-x86 busybox-static dpdk dpdk-dev python3)          # vhost-user peers: selftest/peers/install.sh
