@@ -209,7 +209,9 @@ fn pool_args(u: &Uplink, p: &Port) -> Intel10gArgs {
             // With generated traffic, the far end's app and the pools' come
             // up in name order: whichever is first would wait for the other.
             let (wire, link_wait) = if traffic.is_empty() {
-                (wire.clone(), *link_wait)
+                // Unplugged, the link never comes up: nothing to wait for.
+                let plugged = wire.as_ref().is_some_and(|w| *w != WireSpec::Unplugged);
+                (wire.clone(), if plugged { *link_wait } else { 0.0 })
             } else {
                 (Some(WireSpec::Cable(format!("{}{port}-far", snabb_model_82599::registry::PREFIX))), 0.0)
             };
