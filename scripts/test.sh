@@ -20,6 +20,7 @@ record() { RESULTS+=("$1"); case "$1" in FAIL*) FAILED=1;; esac; }
 # --- packages ---------------------------------------------------------------
 PKGS=(tcpdump iproute2 iputils-ping procps util-linux
       libpcap-dev                                                     # PcapFilter: libpcap compiles the expressions
+      clang libbpf-dev                                                # selftest/vmdq-vswitch.sh: VLAN ports in tc BPF
       python3-scapy                                                   # Decap/Encap: apps/decap/tests/scapy.rs
       iperf3 ethtool                                                  # RawSocket: selftest/rawsocket.sh
       qemu-system-x86 busybox-static dpdk dpdk-dev python3)          # vhost-user peers: selftest/peers/install.sh

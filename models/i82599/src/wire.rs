@@ -6,7 +6,9 @@
 //!                        written to another
 //!   Interface("veth0")   a Linux interface through an AF_PACKET socket, so
 //!                        that real traffic (a network namespace, say)
-//!                        reaches the model
+//!                        reaches the model (short frames padded to 60
+//!                        bytes, and checksums a local sender left to
+//!                        offload finished, as the sender's NIC would)
 //!
 //! Frames on a wire have no FCS: the model adds one only where software
 //! could see it (CRC stripping off).
@@ -255,6 +257,8 @@ const PACKET_AUXDATA: libc::c_int = 8;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
 const TP_STATUS_VLAN_TPID_VALID: u32 = 1 << 6;
+/// The shortest Ethernet frame on a wire, without its FCS.
+const MIN_FRAME: usize = 60;
 
 impl RawSocket {
     fn open(name: &str) -> io::Result<RawSocket> {
@@ -367,6 +371,17 @@ impl RawSocket {
             tag[0..2].copy_from_slice(&tpid.to_be_bytes());
             tag[2..4].copy_from_slice(&a.tp_vlan_tci.to_be_bytes());
             frame.splice(12..12, tag);
+        }
+        // A local sender (a veth peer) may have left its TCP or UDP checksum
+        // to the NIC; on a real wire it would be finished.
+        if aux.is_some_and(|a| a.tp_status & libc::TP_STATUS_CSUMNOTREADY != 0) {
+            snabb_apps_rawsocket::csum::complete(&mut frame);
+        }
+        // A frame the kernel hands over has no padding (a veth never adds
+        // any); on a real wire the sender's MAC pads it to the 60-byte
+        // minimum, and the receiver would count a shorter one as a runt.
+        if frame.len() < MIN_FRAME {
+            frame.resize(MIN_FRAME, 0);
         }
         Some(frame)
     }
