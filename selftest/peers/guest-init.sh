@@ -5,7 +5,7 @@
 # Everything the guest does comes from the kernel command line, as
 # `guest.KEY=VALUE` words (dotted, so the kernel keeps them out of init's
 # environment and argv):
-#   guest.mode     probe | ping | ping-watch | iperf-server | iperf-client | idle | reboot-loop
+#   guest.mode     probe | ping | ping-watch | iperf-server | iperf-client | iperf-daemon | idle | reboot-loop
 #   guest.ip       address(es) for eth0, comma-separated: 169.254.0.1/16,fe80::1/64
 #   guest.peer     the address to ping / to run iperf3 against
 #   guest.peer2    iperf-client: a second iperf3 test, against this address, after the first
@@ -199,6 +199,11 @@ iperf-client)
     done
     finish ok;;
 idle)
+    G_after=idle
+    finish ok;;
+iperf-daemon) # an iperf3 server for any number of tests (either way, -R), then idle
+    iperf3 -s -D || fail "iperf3_daemon"
+    mark "IPERF_DAEMON uptime=$(up)"
     G_after=idle
     finish ok;;
 reboot-loop)
