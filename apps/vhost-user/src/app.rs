@@ -53,15 +53,14 @@
 //! `rx_zc_bound`, `zc_unreachable`, `zc_in_order`, `zc_lent` (buffers out
 //! now), `quiesces`, `quiesce_timeouts`.
 
-use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use snabb_core::{App, AppClass, AppContext, Io, Packet, Registry};
 
-use crate::channel::Channel;
+use crate::channel::{Channel, Listener, listen};
 use crate::device::{Device, DeviceConfig, LendStats, add_stats, rarp_frame};
 use crate::protocol::{FLAG_REPLY, Header, Message, ProtocolError, VERSION};
 use crate::virtq::QueueStats;
@@ -122,34 +121,6 @@ pub fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
 enum Endpoint {
     Server(Listener),
     Client { next_try: Instant, backoff: Duration, failures: u64 },
-}
-
-/// A listening socket that removes its file when dropped.
-struct Listener {
-    sock: UnixListener,
-    path: PathBuf,
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-fn listen(path: &Path) -> anyhow::Result<Listener> {
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        anyhow::ensure!(meta.file_type().is_socket(), "socket `{}`: exists and is not a socket", path.display());
-        anyhow::ensure!(
-            UnixStream::connect(path).is_err(),
-            "socket `{}`: another process is listening on it",
-            path.display()
-        );
-        std::fs::remove_file(path)
-            .map_err(|e| anyhow::anyhow!("socket `{}`: removing the stale file: {e}", path.display()))?;
-    }
-    let sock = UnixListener::bind(path).map_err(|e| anyhow::anyhow!("socket `{}`: {e}", path.display()))?;
-    sock.set_nonblocking(true)?;
-    Ok(Listener { sock, path: path.to_path_buf() })
 }
 
 struct Connection {
@@ -261,8 +232,8 @@ impl VhostUser {
     /// Find a frontend if there is none: accept one, or try to connect.
     fn attach(&mut self) {
         let stream = match &mut self.endpoint {
-            Endpoint::Server(l) => match l.sock.accept() {
-                Ok((s, _)) => s,
+            Endpoint::Server(l) => match l.accept() {
+                Ok(s) => s,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) => {
                     log::warn!("{}: accept on {}: {e}", self.name, self.args.socket.display());
@@ -309,7 +280,7 @@ impl VhostUser {
     /// connection close) rather than left waiting for replies.
     fn turn_away(&mut self) {
         if let Endpoint::Server(l) = &self.endpoint {
-            while let Ok((s, _)) = l.sock.accept() {
+            while let Ok(s) = l.accept() {
                 log::warn!(
                     "{}: a second frontend on {}: refused (one at a time)",
                     self.name,

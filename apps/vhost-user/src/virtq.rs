@@ -301,7 +301,7 @@ unsafe fn read_desc(table: *const u8, i: u32) -> Desc {
 /// Ask the CPU to bring `p`'s cache line in. Only a hint: it reads no
 /// memory architecturally and never faults.
 #[inline(always)]
-fn prefetch(p: *const u8) {
+pub fn prefetch(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: PREFETCHT0 takes any address (SSE, always present on x86_64).
     unsafe {
@@ -316,7 +316,7 @@ fn prefetch(p: *const u8) {
 /// a plain store would wait for it to be taken back, packet after packet.
 /// Only a hint, like `prefetch`.
 #[inline(always)]
-fn prefetch_write(p: *const u8) {
+pub fn prefetch_write(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
     {
         if has_prefetchw() {
