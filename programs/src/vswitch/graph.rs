@@ -57,9 +57,8 @@ pub struct PortApps {
     pub to_guest_limit: Option<String>,
     pub from_guest_filter: Option<String>,
     pub from_guest_limit: Option<String>,
-    /// The guest played in this process, and the sink of what it receives.
+    /// The guest played in this process.
     pub guest: Option<String>,
-    pub guest_sink: Option<String>,
     /// The links of each direction, in order.
     pub to_guest_links: Vec<String>,
     pub from_guest_links: Vec<String>,
@@ -132,6 +131,7 @@ struct VhostArgs<'a> {
 struct VirtioArgs<'a> {
     socket: &'a Path,
     server: bool,
+    mac: Option<MacAddr>,
 }
 
 pub fn build(v: &Vswitch) -> Graph {
@@ -354,9 +354,9 @@ fn port(b: &mut Builder, v: &Vswitch, i: usize, from_uplink: &str, to_uplink: &s
 
     if let Some(Guest::VirtioUser { send }) = &p.guest {
         // The guest's side of the socket: it connects when the port listens.
-        let g = b.app(o, &format!("{n}-guest"), "VirtioUser", &VirtioArgs { socket: &p.socket, server: !p.server });
-        let sink = b.app(o, &format!("{n}-guest-sink"), "Sink", &());
-        b.link(&format!("{g}.output"), &format!("{sink}.input"), CopyMode::Zero);
+        // What it receives it counts and drops unread (no `output` link).
+        let args = VirtioArgs { socket: &p.socket, server: !p.server, mac: p.macs.first().copied() };
+        let g = b.app(o, &format!("{n}-guest"), "VirtioUser", &args);
         let src = p.macs.first().copied().unwrap_or(OUTSIDE_MAC);
         let sources: Vec<String> = send
             .iter()
@@ -365,7 +365,6 @@ fn port(b: &mut Builder, v: &Vswitch, i: usize, from_uplink: &str, to_uplink: &s
             .collect();
         feed(b, o, &sources, &format!("{n}-guest-flows"), &format!("{g}.input"));
         apps.guest = Some(g);
-        apps.guest_sink = Some(sink);
     }
     apps
 }
