@@ -544,3 +544,40 @@ fn bad_configs_are_refused_before_anything_starts() {
         }
     }
 }
+
+/// The README's first command: the built-in config runs with no argument,
+/// the VMs (VirtioUser apps) get frames, and the report accounts for every
+/// frame the generator offered.
+#[test]
+fn the_built_in_config_runs_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["vmdq-vswitch", "--duration", "4.5", "--report", "2"])
+        .env("SNABB_RS_SHM_ROOT", dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("configs/vmdq-vswitch.ron (built in) (3 ports)"), "{stdout}");
+    assert!(stdout.contains("snabb-rs top"), "says how to watch it: {stdout}");
+    assert!(stdout.contains("--print-default"), "says where to edit: {stdout}");
+    assert!(stdout.contains("not taken    the guest had posted no receive buffers"), "explains drops: {stdout}");
+    // The last report: each VM got frames; the generator's frames add up.
+    let last = stdout.rsplit("--- ").next().unwrap();
+    for vm in ["vm1", "vm2", "vm3"] {
+        let row = last.lines().find(|l| l.starts_with(vm)).unwrap_or_else(|| panic!("{vm} row: {last}"));
+        let frames: u64 = row.split_whitespace().nth(4).unwrap().replace(',', "").parse().unwrap();
+        assert!(frames > 0, "{vm} got no frames: {row}");
+    }
+    let g = last.lines().find(|l| l.starts_with("generator:")).expect("generator line");
+    let n: Vec<u64> = g
+        .split(|c: char| !c.is_ascii_digit() && c != ',')
+        .filter(|w| !w.is_empty() && w.chars().any(|c| c.is_ascii_digit()))
+        .map(|w| w.replace(',', "").parse().unwrap())
+        .collect();
+    // offered = arrived + lost + on their way
+    assert_eq!(n[0], n[1] + n[2] + n[3], "{g}");
+    assert!(n[4] > 0, "vm3's frames came back out of the uplink: {g}");
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+}
