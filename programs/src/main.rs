@@ -175,6 +175,7 @@ pub fn registry() -> snabb_core::Registry {
     snabb_apps_rate_limiter::register(&mut r);
     snabb_apps_pcap_filter::register(&mut r);
     snabb_apps_virtio_user::register(&mut r);
+    snabb_apps_afxdp::register(&mut r);
     r
 }
 
