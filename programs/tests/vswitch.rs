@@ -122,7 +122,6 @@ struct Guest {
     stop: Arc<AtomicBool>,
     got: Arc<Mutex<Vec<Vec<u8>>>>,
     received: Arc<AtomicU64>,
-    sent: Arc<AtomicU64>,
     tx: mpsc::Sender<Vec<Vec<u8>>>,
     ready: Arc<AtomicBool>,
     handle: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
@@ -190,7 +189,7 @@ impl Guest {
             }
             Ok(())
         });
-        Guest { stop, got, received, sent, tx, ready, handle: Some(handle) }
+        Guest { stop, got, received, tx, ready, handle: Some(handle) }
     }
 
     fn wait_ready(&self) {
@@ -250,7 +249,7 @@ fn three_ports(dir: &Path, uplink: &str) -> PathBuf {
     ports: [
         (name: "vm1", socket: "{}", macs: ["52:54:00:00:00:01"], vlan: 10,
          from_guest: (limit: (pps: 0.001, burst_packets: 700))),
-        (name: "vm2", socket: "{}", macs: ["52:54:00:00:00:02"], vlan: 10,
+        (name: "vm2", socket: "{}", macs: ["52:54:00:00:00:02"], vlan: 10, copy: Zero,
          to_guest: (filter: "less 200")),
         (name: "vm3", socket: "{}", macs: ["52:54:00:00:00:03"], vlan: 20),
     ],
@@ -299,6 +298,7 @@ fn vm_to_vm(uplink: &str) -> (BTreeMap<&'static str, Vec<Vec<u8>>>, BTreeMap<Str
     std::thread::sleep(Duration::from_millis(300));
     let mut counters = BTreeMap::new();
     for (app, c) in [
+        ("vm2", "tx_zc_packets"),
         ("vm1-from-guest-limit", "dropped"),
         ("vm1-from-guest-limit", "txpackets"),
         ("vm2-to-guest-filter", "rejected"),
@@ -345,6 +345,8 @@ fn check_vm_to_vm(got: &BTreeMap<&str, Vec<Vec<u8>>>, c: &BTreeMap<String, u64>)
 fn vm_to_vm_through_the_82599_model() {
     let (got, c) = vm_to_vm(&format!("Model(port: \"t{}\")", std::process::id()));
     check_vm_to_vm(&got, &c);
+    // vm2 is `copy: Zero`: the chip wrote its frames into the guest's buffers.
+    assert_eq!(c["vm2/tx_zc_packets"], 400, "{c:?}");
 }
 
 #[test]

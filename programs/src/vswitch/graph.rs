@@ -13,7 +13,9 @@
 //!   to the guest:   pool.output -> NAME-decap -> NAME-to-guest-filter -> NAME-to-guest-limit -> NAME.input
 //!   from the guest: NAME.output -> NAME-from-guest-limit -> NAME-from-guest-filter -> NAME-encap -> pool.input
 //!
-//! each present only when the port asks for it. Every app is named after
+//! each present only when the port asks for it; a port with `copy: Zero` on
+//! an 82599 also lends its guest's receive buffers to its pool
+//! (`NAME.supply -> NAME-pool.supply`). Every app is named after
 //! its port, so `snabb-rs top` reads like the config, and the graph of an
 //! unchanged port is the same from one config to the next: the engine
 //! leaves it running when others change.
@@ -51,6 +53,8 @@ pub struct PortApps {
     pub vhost: String,
     /// The port's 82599 pool (hardware uplinks).
     pub pool: Option<String>,
+    /// The link of lent receive buffers to the pool (`copy: Zero`).
+    pub supply: Option<String>,
     pub decap: Option<String>,
     pub encap: Option<String>,
     pub to_guest_filter: Option<String>,
@@ -145,7 +149,13 @@ pub fn build(v: &Vswitch) -> Graph {
                 let pool = b.app(Owner::Port(i), &format!("{}-pool", p.name), "Intel10g", &pool_args(u, p));
                 let out = format!("{pool}.output");
                 let inp = format!("{pool}.input");
-                let mut apps = port(&mut b, v, i, &out, &inp, p.copy);
+                let mut apps = port(&mut b, v, i, &out, &inp);
+                if p.copy == CopyMode::Zero {
+                    // The guest's empty receive buffers, lent to the pool's
+                    // ring: the chip writes frames straight into them.
+                    let l = b.link(&format!("{}.supply", p.name), &format!("{pool}.supply"), CopyMode::Zero);
+                    apps.supply = Some(l);
+                }
                 apps.pool = Some(pool);
                 ports.push(apps);
             }
@@ -160,8 +170,7 @@ pub fn build(v: &Vswitch) -> Graph {
                 let switch = b.app(Owner::Uplink, SWITCH, "VmdqSplitter", &splitter_args(u.as_ref(), &v.ports));
                 for (i, p) in v.ports.iter().enumerate() {
                     let end = format!("{switch}.{}", p.name);
-                    // No guest buffer is lent in software: a copy here would be one more.
-                    ports.push(port(&mut b, v, i, &end, &end, CopyMode::Zero));
+                    ports.push(port(&mut b, v, i, &end, &end));
                 }
                 uplink.switch = Some(switch);
             }
@@ -195,6 +204,11 @@ fn software_uplink(u: &Uplink) -> (&'static str, Args, &'static str, &'static st
             };
             ("RawSocket", Args::from_value(&args).expect("arguments serialise"), "rx", "tx")
         }
+        Uplink::AfXdp { interface, queue, .. } => {
+            // The AfXdp class's own defaults for the rest.
+            let text = format!("(interface: {interface:?}, queue: {queue})");
+            ("AfXdp", Args::from_ron(&text).expect("arguments parse"), "rx", "tx")
+        }
         Uplink::Intel10g { .. } | Uplink::Model { .. } => unreachable!("82599 uplinks take the hardware path"),
     }
 }
@@ -226,7 +240,7 @@ fn pool_args(u: &Uplink, p: &Port) -> Intel10gArgs {
                 wire,
             )
         }
-        Uplink::RawSocket { .. } => unreachable!("no pools on a software uplink"),
+        Uplink::RawSocket { .. } | Uplink::AfXdp { .. } => unreachable!("no pools on a software uplink"),
     };
     Intel10gArgs {
         pci,
@@ -252,7 +266,7 @@ fn pool_args(u: &Uplink, p: &Port) -> Intel10gArgs {
 /// The software switch: a pool per port, the uplink as its wire.
 fn splitter_args(u: Option<&Uplink>, ports: &[Port]) -> VmdqSplitterArgs {
     let vm_to_vm = match u {
-        Some(Uplink::RawSocket { vm_to_vm, .. }) => *vm_to_vm,
+        Some(Uplink::RawSocket { vm_to_vm, .. } | Uplink::AfXdp { vm_to_vm, .. }) => *vm_to_vm,
         _ => true,
     };
     VmdqSplitterArgs {
@@ -274,10 +288,10 @@ fn splitter_args(u: Option<&Uplink>, ports: &[Port]) -> VmdqSplitterArgs {
 
 /// One port's apps and links, between `from_uplink` (the endpoint frames
 /// for the guest come out of) and `to_uplink` (where its frames go in).
-/// `copy` is the mode of the first link towards the guest: the link that
-/// will carry the guest's own buffers from the NIC once zero-copy receive
-/// lands.
-fn port(b: &mut Builder, v: &Vswitch, i: usize, from_uplink: &str, to_uplink: &str, copy: CopyMode) -> PortApps {
+/// Every link is `Zero`: a packet moves on in its own buffer (a guest's
+/// lent receive buffer, on an 82599 with `copy: Zero`, all the way to its
+/// port).
+fn port(b: &mut Builder, v: &Vswitch, i: usize, from_uplink: &str, to_uplink: &str) -> PortApps {
     let p = &v.ports[i];
     let o = Owner::Port(i);
     let n = &p.name;
@@ -293,10 +307,8 @@ fn port(b: &mut Builder, v: &Vswitch, i: usize, from_uplink: &str, to_uplink: &s
 
     // Towards the guest.
     let mut at = from_uplink.to_string();
-    let mut mode = copy;
     let mut hop = |b: &mut Builder, app: &str, links: &mut Vec<String>| {
-        links.push(b.link(&at, &format!("{app}.input"), mode));
-        mode = CopyMode::Zero;
+        links.push(b.link(&at, &format!("{app}.input"), CopyMode::Zero));
         at = format!("{app}.output");
     };
     let mut links = Vec::new();
@@ -316,7 +328,7 @@ fn port(b: &mut Builder, v: &Vswitch, i: usize, from_uplink: &str, to_uplink: &s
         hop(b, &a, &mut links);
         apps.to_guest_limit = Some(a);
     }
-    links.push(b.link(&at, &format!("{n}.input"), mode));
+    links.push(b.link(&at, &format!("{n}.input"), CopyMode::Zero));
     apps.to_guest_links = links;
 
     // From the guest.
@@ -489,10 +501,11 @@ mod tests {
             [
                 "vm1.output -> vm1-from-guest-limit.input",
                 "vm1-from-guest-limit.output -> vm1-pool.input",
-                "vm1-pool.output -> vm1-to-guest-filter.input (Simd)",
+                "vm1-pool.output -> vm1-to-guest-filter.input",
                 "vm1-to-guest-filter.output -> vm1-to-guest-limit.input",
                 "vm1-to-guest-limit.output -> vm1.input",
                 "vm2.output -> vm2-encap.input",
+                "vm2.supply -> vm2-pool.supply",
                 "vm2-decap.output -> vm2.input",
                 "vm2-encap.output -> vm2-pool.input",
                 "vm2-pool.output -> vm2-decap.input",
@@ -525,6 +538,10 @@ mod tests {
         assert_eq!(s.wire.as_deref(), Some("uplink"));
         assert!(s.pools[0].strip_vlan && s.pools[0].vlan == Some(10));
         assert_eq!(s.pools[1].macs, vec!["02:00:00:00:00:aa".parse().unwrap()]);
+        crate::registry().check(&g.config).unwrap();
+        let g = graph(&format!("(uplink: AfXdp(interface: \"eth9\", queue: 1), ports: [{PORTS}])"));
+        assert!(links(&g).contains(&"uplink.tx -> switch.uplink".to_string()));
+        assert_eq!(g.config.app_spec("uplink").unwrap().class, "AfXdp");
         crate::registry().check(&g.config).unwrap();
         // No uplink: the switch alone; no ports: nothing but the uplink.
         let g = graph(&format!("(ports: [{PORTS}])"));

@@ -2,7 +2,7 @@
 //!
 //! ```ron
 //! (
-//!     uplink: Intel10g(pci: "0000:01:00.0"),     // or Model(...), RawSocket(...), None
+//!     uplink: Intel10g(pci: "0000:01:00.0"),     // or Model(...), RawSocket(...), AfXdp(...), None
 //!     ports: [
 //!         (name: "vm1", socket: "/run/vm1.sock", macs: ["52:54:00:00:00:01"], vlan: Some(10)),
 //!     ],
@@ -122,8 +122,16 @@ pub enum Uplink {
         #[serde(default = "yes")]
         vm_to_vm: bool,
     },
-    // An `AfXdp` uplink (AF_XDP sockets) takes the software path as
-    // RawSocket does: see `graph::software_uplink`.
+    /// A Linux interface through an AF_XDP socket (one queue; the frames
+    /// the kernel passes up are lent to the graph): the software splitter,
+    /// as with RawSocket.
+    AfXdp {
+        interface: String,
+        #[serde(default)]
+        queue: u32,
+        #[serde(default = "yes")]
+        vm_to_vm: bool,
+    },
 }
 
 impl Uplink {
@@ -154,6 +162,10 @@ impl Uplink {
             }
             Uplink::RawSocket { interface, vm_to_vm, .. } => format!(
                 "Linux interface {interface} (AF_PACKET), ports sorted by the software splitter, VM-to-VM {}",
+                if *vm_to_vm { "switched in software" } else { "off" }
+            ),
+            Uplink::AfXdp { interface, queue, vm_to_vm } => format!(
+                "Linux interface {interface} queue {queue} (AF_XDP), ports sorted by the software splitter, VM-to-VM {}",
                 if *vm_to_vm { "switched in software" } else { "off" }
             ),
         }
@@ -218,8 +230,9 @@ pub struct Port {
     /// the guest sees them untagged. None: untagged on the uplink too.
     #[serde(default)]
     pub vlan: Option<u16>,
-    /// How frames from the NIC reach the guest: `Zero` (into the guest's
-    /// buffers, once zero-copy receive lands; until then as `Simd`) or `Simd`.
+    /// How frames from the NIC reach the guest: `Zero` (an 82599 writes
+    /// them into the guest's buffers, lent to its pool) or `Simd` (copied
+    /// into them by the port).
     #[serde(default = "simd")]
     pub copy: CopyMode,
     /// The guest's traffic travels in a tunnel on the uplink.
@@ -526,7 +539,7 @@ impl Vswitch {
         if let Some(u) = &self.uplink {
             let pools = match u {
                 Uplink::Intel10g { pools, .. } | Uplink::Model { pools, .. } => Some(*pools),
-                Uplink::RawSocket { .. } => None,
+                Uplink::RawSocket { .. } | Uplink::AfXdp { .. } => None,
             };
             if let Some(n) = pools {
                 if n != 64 && n != 32 {
@@ -609,7 +622,7 @@ impl Vswitch {
     /// or PCI device. Run before anything starts.
     pub fn check_machine(&self) -> Result<(), ConfigError> {
         match &self.uplink {
-            Some(Uplink::RawSocket { interface, .. }) => {
+            Some(Uplink::RawSocket { interface, .. } | Uplink::AfXdp { interface, .. }) => {
                 if !std::path::Path::new("/sys/class/net").join(interface).exists() {
                     return Err(self.error_at(
                         Place::Uplink(Some("interface")),
