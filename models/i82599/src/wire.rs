@@ -116,7 +116,15 @@ impl Wire {
             Wire::Interface(s) => {
                 while n < max {
                     match s.recv() {
-                        Some(frame) => {
+                        Some(mut frame) => {
+                            // On a real wire the sender pads a frame to
+                            // the minimum (60 bytes before the FCS); a
+                            // Linux interface hands us them unpadded (an
+                            // ARP request is 42 bytes), which the port
+                            // would count as runts.
+                            if frame.len() < 60 {
+                                frame.resize(60, 0);
+                            }
                             f(frame);
                             n += 1;
                         }
