@@ -265,8 +265,6 @@ const PACKET_AUXDATA: libc::c_int = 8;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
 const TP_STATUS_VLAN_TPID_VALID: u32 = 1 << 6;
-/// The shortest Ethernet frame on a wire, without its FCS.
-const MIN_FRAME: usize = 60;
 
 impl RawSocket {
     fn open(name: &str) -> io::Result<RawSocket> {
@@ -384,12 +382,6 @@ impl RawSocket {
         // to the NIC; on a real wire it would be finished.
         if aux.is_some_and(|a| a.tp_status & libc::TP_STATUS_CSUMNOTREADY != 0) {
             snabb_apps_rawsocket::csum::complete(&mut frame);
-        }
-        // A frame the kernel hands over has no padding (a veth never adds
-        // any); on a real wire the sender's MAC pads it to the 60-byte
-        // minimum, and the receiver would count a shorter one as a runt.
-        if frame.len() < MIN_FRAME {
-            frame.resize(MIN_FRAME, 0);
         }
         Some(frame)
     }
