@@ -1,13 +1,13 @@
 #!/bin/bash
-# The main job on a machine with no NIC: build, then run VMDq on the
-# software 82599 (configs/intel10g-vmdq-model.ron): generated traffic goes
-# out of one model port, and the other port splits it into pools by MAC and
-# VLAN, one Intel10g app per pool, for DURATION seconds (default 10), with a
-# per-link report every two seconds. Counters are in /var/run/snabb-rs/<pid>
-# meanwhile: `target/release/snabb-rs top` shows them live. CONFIG=... runs
-# another graph (e.g. configs/basic1.ron).
+# The main job on a machine with no NIC and no VM: build, then run
+# `snabb-rs vmdq-vswitch` on its built-in config (configs/vmdq-vswitch.ron):
+# the 82599 model as the uplink, generated traffic paced on its wire for
+# three VM ports on two VLANs, a per-port report every two seconds, until
+# Ctrl-C (or for DURATION seconds when set). `target/release/snabb-rs top`
+# watches it from another terminal. CONFIG=... runs another vswitch config.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DURATION=${DURATION:-10}
 cargo build --release -q
-exec target/release/snabb-rs run "${CONFIG:-configs/intel10g-vmdq-model.ron}" --duration "$DURATION" --report 2
+args=()
+[ -n "${DURATION:-}" ] && args+=(--duration "$DURATION")
+exec target/release/snabb-rs vmdq-vswitch ${CONFIG:+"$CONFIG"} "${args[@]}"

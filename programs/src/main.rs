@@ -8,6 +8,7 @@ mod logger;
 mod run;
 mod selftest;
 mod top;
+mod vswitch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +33,32 @@ enum Program {
         /// Print a per-link report every this many seconds.
         #[arg(long)]
         report: Option<f64>,
+        /// Never sleep when idle.
+        #[arg(long)]
+        busywait: bool,
+        /// Do not publish counters in shared memory.
+        #[arg(long)]
+        no_shm: bool,
+    },
+    /// The VMDq switch for VMs: an uplink and vhost-user ports from a vswitch
+    /// config (the built-in one when none is given); saving the file, or
+    /// SIGHUP, applies changes live.
+    #[command(name = "vmdq-vswitch")]
+    VmdqVswitch {
+        /// The vswitch config (default: the built-in configs/vmdq-vswitch.ron).
+        config: Option<PathBuf>,
+        /// Print the app graph the config makes (a `snabb-rs run` config) and exit.
+        #[arg(long)]
+        print_graph: bool,
+        /// Print the built-in config and exit.
+        #[arg(long)]
+        print_default: bool,
+        /// Stop after this many seconds (default: until SIGINT/SIGTERM).
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Seconds between per-port reports (0: none).
+        #[arg(long, default_value_t = 2.0)]
+        report: f64,
         /// Never sleep when idle.
         #[arg(long)]
         busywait: bool,
@@ -71,7 +98,8 @@ enum Program {
 
 #[derive(Subcommand)]
 enum ConfigCmd {
-    /// Check a config without running it and print its graph.
+    /// Check a config (an app graph, or a vmdq-vswitch config) without
+    /// running it and print its graph.
     Check { config: PathBuf },
 }
 
@@ -144,6 +172,8 @@ pub fn registry() -> snabb_core::Registry {
     snabb_apps_vmdq_splitter::register(&mut r);
     snabb_apps_rawsocket::register(&mut r);
     snabb_apps_vhost_user::register(&mut r);
+    snabb_apps_rate_limiter::register(&mut r);
+    snabb_apps_pcap_filter::register(&mut r);
     snabb_apps_virtio_user::register(&mut r);
     snabb_apps_afxdp::register(&mut r);
     r
@@ -155,6 +185,17 @@ fn main() -> ExitCode {
     let r = match cli.program {
         Program::Run { config, duration, report, busywait, no_shm } => {
             run::run(&config, run::RunOptions { duration, report, busywait, shm: !no_shm, program: "run".into() })
+        }
+        Program::VmdqVswitch { config, print_graph, print_default, duration, report, busywait, no_shm } => {
+            vswitch::run(vswitch::Options {
+                config,
+                print_graph,
+                print_default,
+                duration,
+                report,
+                busywait,
+                shm: !no_shm,
+            })
         }
         Program::Config { what: ConfigCmd::Check { config } } => config_check(&config),
         Program::Top { pid, once, interval } => top::top(pid, once, interval),
@@ -191,6 +232,18 @@ fn main() -> ExitCode {
 }
 
 fn config_check(path: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+    if vswitch::schema::looks_like_vswitch(&text) {
+        let c = vswitch::check_file(path, &registry())?;
+        print!("{}", c.to_ron());
+        eprintln!(
+            "{}: ok, a vmdq-vswitch config ({} apps, {} links)",
+            path.display(),
+            c.apps().count(),
+            c.links().count()
+        );
+        return Ok(());
+    }
     let c = snabb_core::Config::from_file(path)?;
     registry().check(&c)?;
     print!("{}", c.to_ron());

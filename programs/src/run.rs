@@ -28,6 +28,20 @@ pub fn catch_signals() {
     }
 }
 
+/// Stop `engine` (at its next timer check) once SIGINT or SIGTERM came.
+pub fn stop_on_signals(engine: &mut Engine) {
+    engine.timers().add(
+        "signals",
+        Duration::from_millis(50),
+        true,
+        Box::new(|e: &mut Engine| {
+            if STOP.load(Ordering::Relaxed) {
+                e.request_stop();
+            }
+        }),
+    );
+}
+
 pub struct RunOptions {
     pub duration: Option<f64>,
     pub report: Option<f64>,
@@ -45,16 +59,7 @@ pub fn run_engine(engine: &mut Engine, opts: &RunOptions, watch: Option<&Path>) 
         log::info!("counters in {}", engine.shm_path().unwrap().display());
     }
     catch_signals();
-    engine.timers().add(
-        "signals",
-        Duration::from_millis(50),
-        true,
-        Box::new(|e: &mut Engine| {
-            if STOP.load(Ordering::Relaxed) {
-                e.request_stop();
-            }
-        }),
-    );
+    stop_on_signals(engine);
     if let Some(every) = opts.report {
         engine.timers().add(
             "report",
