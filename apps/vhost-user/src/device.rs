@@ -240,7 +240,7 @@ impl Lender {
     fn outstanding(&self) -> u64 {
         self.owner.iter().chain(&self.retiring).map(BufferOwner::outstanding).sum()
     }
-    fn find(&self, id: u32) -> Option<&BufferOwner> {
+    fn find(&self, id: u64) -> Option<&BufferOwner> {
         self.owner.iter().chain(&self.retiring).find(|o| o.id() == id)
     }
 }
@@ -677,7 +677,7 @@ impl Device {
         if self.rx_lender.owner.is_none() && self.rx_lender.retiring.is_empty() {
             sent += self.copy_to_guest(input, |_| false);
         } else {
-            let ids: Vec<u32> = self.rx_lender.owner.iter().chain(&self.rx_lender.retiring).map(|o| o.id()).collect();
+            let ids: Vec<u64> = self.rx_lender.owner.iter().chain(&self.rx_lender.retiring).map(|o| o.id()).collect();
             let ours = |p: &Packet| !p.is_split() && p.foreign_token().is_some_and(|(o, _)| ids.contains(&o));
             loop {
                 while input.front_is(ours) {
