@@ -16,6 +16,7 @@ pub mod packet;
 pub mod selftest;
 pub mod shm;
 pub mod timer;
+pub mod worker;
 
 pub use app::{App, AppClass, AppContext, Io, Ports, Registry};
 pub use config::{Args, Config, ConfigError, LinkSettings, LinkSpec};

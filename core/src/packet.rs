@@ -1857,7 +1857,7 @@ fn collect(st: &mut State) {
             ring.head.0.store(tail, Ordering::Release);
         }
     }
-    if st.shared.pending.swap(false, Ordering::Acquire) {
+    if st.shared.pending.load(Ordering::Relaxed) && st.shared.pending.swap(false, Ordering::Acquire) {
         let spill = std::mem::take(&mut *st.shared.spill.lock().unwrap());
         for e in spill {
             if e & TAGGED == 0 {
