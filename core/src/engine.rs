@@ -113,6 +113,9 @@ pub struct Engine {
     timers: Timers<Engine>,
     shm: Option<ShmDir>,
     engine_counters: Vec<(&'static str, Counter)>,
+    /// Counters of interlinks (as links) and workers, by path: the main
+    /// engine publishes them.
+    extra_counters: BTreeMap<String, Counter>,
     tick_period: Duration,
     next_tick: Instant,
     sleep_us: u64,
@@ -192,6 +195,7 @@ impl Engine {
             timers: Timers::default(),
             shm: None,
             engine_counters: Vec::new(),
+            extra_counters: BTreeMap::new(),
             tick_period: Duration::from_millis(1),
             next_tick: Instant::now(),
             sleep_us: 0,
@@ -213,6 +217,8 @@ impl Engine {
         }
         self.engine_counters = ec;
         self.shm = Some(dir);
+        // Workers publish under <dir>/workers/<name>.
+        self.workers.enable_shm(opts);
         // Counters for what already runs.
         for (spec, l) in &mut self.links {
             l.counters = link_counters(self.shm.as_ref(), spec);
@@ -684,6 +690,30 @@ impl Engine {
                 }
             }
         }
+        if !self.workers.is_empty() {
+            let mut values: Vec<(String, u64)> = Vec::new();
+            for (name, c) in crate::interlink::all_counters() {
+                values.push((format!("links/{name}/txpackets"), c.txpackets));
+                values.push((format!("links/{name}/rxpackets"), c.rxpackets));
+                values.push((format!("links/{name}/txdrop"), c.drops));
+            }
+            for w in self.workers.reports(Duration::ZERO) {
+                values.push((format!("worker-status/{}/breaths", w.name), w.breaths));
+                values.push((format!("worker-status/{}/idle_breaths", w.name), w.idle_breaths));
+                values.push((format!("worker-status/{}/cpu", w.name), w.cpu.max(0) as u64));
+                values.push((format!("worker-status/{}/failed", w.name), w.failed.is_some() as u64));
+            }
+            for (k, v) in values {
+                if !self.extra_counters.contains_key(&k)
+                    && let Ok(c) = dir.counter(&k)
+                {
+                    self.extra_counters.insert(k.clone(), c);
+                }
+                if let Some(c) = self.extra_counters.get(&k) {
+                    c.set(v);
+                }
+            }
+        }
         for e in &mut self.apps {
             let counters = &mut e.counters;
             let name = &e.name;
@@ -708,8 +738,10 @@ impl Engine {
             let loss = if sent == 0 { 0.0 } else { c.txdrop as f64 * 100.0 / sent as f64 };
             let _ = writeln!(s, "  {:>15} sent on {spec} (loss rate: {loss:.0}%)", group(c.txpackets));
         }
-        for (name, c) in crate::interlink::all_counters() {
-            let _ = writeln!(s, "  {:>15} sent on {name} (between workers, {} dropped)", group(c.txpackets), c.drops);
+        if !self.workers.is_empty() {
+            for (name, c) in crate::interlink::all_counters() {
+                let _ = writeln!(s, "  {:>15} sent on {name} (between workers)", group(c.txpackets));
+            }
         }
         for w in self.worker_reports() {
             let _ = writeln!(s, "worker {}:", w.name);

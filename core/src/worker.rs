@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::{App, AppClass, AppContext, Io, Registry};
 use crate::config::{Config, ConfigError, LinkSettings, MAIN};
-use crate::engine::{Engine, Limit};
+use crate::engine::{Engine, Limit, ShmOptions};
 use crate::interlink::{self, Interlink};
 use crate::link::CopyMode;
 use crate::packet;
@@ -276,6 +276,8 @@ enum Msg {
     /// How many packets these links (of the worker's part) hold.
     Queued(Vec<String>, mpsc::Sender<usize>),
     Report(mpsc::Sender<String>),
+    /// Publish counters (under the main engine's directory).
+    Shm(ShmOptions),
     Stop,
 }
 
@@ -306,6 +308,8 @@ pub(crate) struct Workers {
     pub config: Config,
     /// CPUs from the command line, over the config's.
     pub cpus: BTreeMap<String, usize>,
+    /// The main engine's counter directory, when it publishes.
+    shm: Option<ShmOptions>,
 }
 
 /// How long phase 1 of a move waits for the apps moving to quiesce.
@@ -316,6 +320,14 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 impl Workers {
     pub fn is_empty(&self) -> bool {
         self.workers.is_empty()
+    }
+
+    /// Workers publish their counters under `<main's dir>/workers/<name>`.
+    pub fn enable_shm(&mut self, main: &ShmOptions) {
+        self.shm = Some(main.clone());
+        for (name, w) in &self.workers {
+            w.send(Msg::Shm(worker_shm(main, name)));
+        }
     }
 
     fn cpu_of(&self, config: &Config, name: &str) -> Option<usize> {
@@ -436,7 +448,11 @@ impl Workers {
                         "worker `{name}`: this program cannot start workers (no registry maker)"
                     )));
                 };
-                self.workers.insert(name.clone(), spawn(name, maker));
+                let w = spawn(name, maker);
+                if let Some(o) = &self.shm {
+                    w.send(Msg::Shm(worker_shm(o, name)));
+                }
+                self.workers.insert(name.clone(), w);
             }
             let w = &self.workers[name];
             let (tx, rx) = mpsc::channel();
@@ -510,6 +526,10 @@ impl Workers {
 
 const STOPPED: &str = "stopped";
 
+fn worker_shm(main: &ShmOptions, name: &str) -> ShmOptions {
+    ShmOptions { root: main.root.clone(), name: format!("{}/workers/{name}", main.name), program: main.program.clone() }
+}
+
 fn spawn(name: &str, maker: fn() -> Registry) -> Worker {
     let (tx, rx) = mpsc::channel::<Msg>();
     let mail = Arc::new(AtomicBool::new(false));
@@ -577,6 +597,11 @@ fn worker_main(
                 }
                 Msg::Report(reply) => {
                     let _ = reply.send(format!("{}{}", engine.report_links(), engine.report_apps()));
+                }
+                Msg::Shm(o) => {
+                    if let Err(e) = engine.enable_shm(&o) {
+                        log::error!("worker `{name}`: counters in {}: {e}", o.root.join(&o.name).display());
+                    }
                 }
                 Msg::Stop => {
                     engine.stop();

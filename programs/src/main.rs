@@ -40,6 +40,10 @@ enum Program {
         /// Do not publish counters in shared memory.
         #[arg(long)]
         no_shm: bool,
+        /// Pin worker NAME (or `main`) to CPU N, over the config's `cpu`;
+        /// may be given once per worker.
+        #[arg(long = "cpu", value_name = "NAME=N", value_parser = parse_cpu)]
+        cpus: Vec<(String, usize)>,
     },
     /// The VMDq switch for VMs: an uplink and vhost-user ports from a vswitch
     /// config (the built-in one when none is given); saving the file, or
@@ -201,12 +205,21 @@ pub fn registry() -> snabb_core::Registry {
     r
 }
 
+/// `NAME=N`: a worker (or `main`) and a CPU.
+fn parse_cpu(s: &str) -> Result<(String, usize), String> {
+    let (name, cpu) = s.split_once('=').ok_or_else(|| format!("`{s}`: expected NAME=CPU, e.g. w1=1"))?;
+    let cpu = cpu.trim().parse::<usize>().map_err(|e| format!("`{s}`: CPU `{cpu}`: {e}"))?;
+    Ok((name.trim().to_string(), cpu))
+}
+
 fn main() -> ExitCode {
     logger::init();
+    // Workers make their own registry, with every class this binary knows.
+    snabb_core::worker::set_registry_maker(registry);
     let cli = Cli::parse();
     let r = match cli.program {
-        Program::Run { config, duration, report, busywait, no_shm } => {
-            run::run(&config, run::RunOptions { duration, report, busywait, shm: !no_shm, program: "run".into() })
+        Program::Run { config, duration, report, busywait, no_shm, cpus } => {
+            run::run(&config, run::RunOptions { duration, report, busywait, shm: !no_shm, program: "run".into(), cpus })
         }
         Program::VmdqVswitch { config, print_graph, print_default, duration, report, busywait, no_shm } => {
             vswitch::run(vswitch::Options {

@@ -48,6 +48,8 @@ pub struct RunOptions {
     pub busywait: bool,
     pub shm: bool,
     pub program: String,
+    /// Worker (or `main`) CPUs over the config's.
+    pub cpus: Vec<(String, usize)>,
 }
 
 /// Run `engine` (already configured) with the options' reports and limits.
@@ -104,6 +106,10 @@ fn watch_config(engine: &mut Engine, path: PathBuf) {
 pub fn run(file: &Path, opts: RunOptions) -> Result<()> {
     let config = Config::from_file(file)?;
     let mut engine = Engine::new(crate::registry());
+    engine.busywait = opts.busywait;
+    for (name, cpu) in &opts.cpus {
+        engine.set_worker_cpu(name, *cpu).with_context(|| format!("--cpu {name}={cpu}"))?;
+    }
     engine.configure(&config)?;
     run_engine(&mut engine, &opts, Some(file))
 }

@@ -37,21 +37,33 @@ fn link_rows(a: &Sample, b: &Sample) -> Vec<LinkRow> {
         (Some(x), Some(y)) => (y - x).as_secs_f64().max(1e-6),
         _ => 1.0,
     };
-    let mut links: BTreeMap<&str, ()> = BTreeMap::new();
+    // Links of the main engine (interlinks among them, by their config
+    // name) under links/, and each worker's own under workers/<w>/links/.
+    let mut links: BTreeMap<String, String> = BTreeMap::new();
     for k in b.counters.keys() {
-        if let Some(rest) = k.strip_prefix("links/") {
-            if let Some((link, _)) = rest.rsplit_once('/') {
-                links.insert(link, ());
-            }
+        let (prefix, rest) = match k.strip_prefix("links/") {
+            Some(rest) => ("", rest),
+            None => match k.strip_prefix("workers/").and_then(|r| r.split_once("/links/")) {
+                Some((w, rest)) => (w, rest),
+                None => continue,
+            },
+        };
+        if let Some((link, _)) = rest.rsplit_once('/') {
+            let (label, path) = if prefix.is_empty() {
+                (link.to_string(), format!("links/{link}"))
+            } else {
+                (format!("{link} [{prefix}]"), format!("workers/{prefix}/links/{link}"))
+            };
+            links.insert(label, path);
         }
     }
-    let get = |s: &Sample, l: &str, c: &str| s.counters.get(&format!("links/{l}/{c}")).copied().unwrap_or(0);
+    let get = |s: &Sample, l: &str, c: &str| s.counters.get(&format!("{l}/{c}")).copied().unwrap_or(0);
     links
-        .keys()
-        .map(|l| {
+        .iter()
+        .map(|(label, l)| {
             let d = |c| get(b, l, c).saturating_sub(get(a, l, c)) as f64 / secs;
             LinkRow {
-                link: l.to_string(),
+                link: label.clone(),
                 mpps: d("txpackets") / 1e6,
                 gbps: d("txbytes") * 8.0 / 1e9,
                 drops_per_s: d("txdrop"),
@@ -60,6 +72,50 @@ fn link_rows(a: &Sample, b: &Sample) -> Vec<LinkRow> {
             }
         })
         .collect()
+}
+
+/// One row per worker: breaths per second, busy share, CPU.
+fn worker_rows(a: &Sample, b: &Sample) -> Vec<String> {
+    let secs = match (a.at, b.at) {
+        (Some(x), Some(y)) => (y - x).as_secs_f64().max(1e-6),
+        _ => 1.0,
+    };
+    let mut names: Vec<&str> = b
+        .counters
+        .keys()
+        .filter_map(|k| k.strip_prefix("worker-status/").and_then(|r| r.split_once('/')).map(|(w, _)| w))
+        .collect();
+    names.dedup();
+    let get = |s: &Sample, w: &str, c: &str| s.counters.get(&format!("worker-status/{w}/{c}")).copied().unwrap_or(0);
+    let mut rows = Vec::new();
+    let mut one = |w: &str, breaths: (u64, u64), idle: (u64, u64), cpu: String, failed: bool| {
+        let db = breaths.1.saturating_sub(breaths.0);
+        let di = idle.1.saturating_sub(idle.0);
+        let busy = if db == 0 { 0.0 } else { (db - di.min(db)) as f64 * 100.0 / db as f64 };
+        rows.push(format!(
+            "{w:<16} {:>12.0} {busy:>7.0}% {cpu:>5}{}",
+            db as f64 / secs,
+            if failed { "  FAILED (see the log)" } else { "" }
+        ));
+    };
+    let c = |s: &Sample, k: &str| s.counters.get(k).copied().unwrap_or(0);
+    one(
+        "main",
+        (c(a, "engine/breaths"), c(b, "engine/breaths")),
+        (c(a, "engine/idle_breaths"), c(b, "engine/idle_breaths")),
+        "-".into(),
+        false,
+    );
+    for w in names {
+        one(
+            w,
+            (get(a, w, "breaths"), get(b, w, "breaths")),
+            (get(a, w, "idle_breaths"), get(b, w, "idle_breaths")),
+            get(b, w, "cpu").to_string(),
+            get(b, w, "failed") != 0,
+        );
+    }
+    rows
 }
 
 fn app_rows(b: &Sample) -> Vec<(String, u64)> {
@@ -97,6 +153,13 @@ fn plain_table(pid: u32, dir: &Path, a: &Sample, b: &Sample) -> String {
             "{:<48} {:>10.3} {:>10.3} {:>12.0} {:>16} {:>12}\n",
             r.link, r.mpps, r.gbps, r.drops_per_s, r.packets, r.drops
         );
+    }
+    if b.counters.keys().any(|k| k.starts_with("worker-status/")) {
+        s += &format!("{:<16} {:>12} {:>8} {:>5}\n", "worker", "breaths/s", "busy", "CPU");
+        for r in worker_rows(a, b) {
+            s += &r;
+            s += "\n";
+        }
     }
     let apps = app_rows(b);
     if !apps.is_empty() {
@@ -145,12 +208,28 @@ fn tui(pid: u32, dir: &Path, interval: Duration) -> Result<()> {
             let now = sample(dir)?;
             let rows = link_rows(&prev, &now);
             let apps = app_rows(&now);
+            let workers = worker_rows(&prev, &now);
             let name = program_name(dir);
             terminal.draw(|f| {
                 let [head, links, app_area] =
                     Layout::vertical([Constraint::Length(1), Constraint::Min(5), Constraint::Percentage(40)])
                         .areas(f.area());
-                f.render_widget(Paragraph::new(format!("snabb-rs top: process {pid} ({name})   q: quit")), head);
+                let workers = if now.counters.keys().any(|k| k.starts_with("worker-status/")) {
+                    format!(
+                        "   workers: {}",
+                        workers
+                            .iter()
+                            .map(|r| r.split_whitespace().collect::<Vec<_>>().join(" "))
+                            .collect::<Vec<_>>()
+                            .join(" | ")
+                    )
+                } else {
+                    String::new()
+                };
+                f.render_widget(
+                    Paragraph::new(format!("snabb-rs top: process {pid} ({name})   q: quit{workers}")),
+                    head,
+                );
                 let header = Row::new(["link", "Mpps", "Gbps", "drops/s", "packets", "drops"])
                     .style(Style::default().add_modifier(Modifier::BOLD));
                 let body = rows.iter().map(|r| {
