@@ -3,6 +3,7 @@
 mod bench;
 mod bench_copy;
 mod bench_decap;
+mod bench_interlink;
 mod bench_splitter;
 mod bench_zerocopy;
 mod logger;
@@ -186,6 +187,42 @@ enum Bench {
         #[arg(long)]
         only: Option<bench_splitter::Mix>,
     },
+    /// A cross-worker link: ns per 60-byte packet, Source on one CPU, Sink on the other.
+    Interlink {
+        #[arg(long, default_value_t = 20_000_000)]
+        packets: u64,
+        /// Runs; the median is shown.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// CPUs of the Source and the Sink.
+        #[arg(long, value_delimiter = ',', default_value = "0,1")]
+        cpus: Vec<usize>,
+        /// Packets the Source makes per round (one breath's worth).
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Ring slots.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+    },
+    /// basic1 with Source and Tee on one worker and Sink on another, against one engine.
+    #[command(name = "basic1-workers")]
+    Basic1Workers {
+        #[arg(long, default_value_t = 20_000_000)]
+        packets: u64,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// CPUs of the two workers.
+        #[arg(long, value_delimiter = ',', default_value = "0,1")]
+        cpus: Vec<usize>,
+    },
+}
+
+/// Two CPUs from `--cpus a,b`.
+fn two_cpus(v: &[usize]) -> anyhow::Result<(usize, usize)> {
+    match v {
+        [a, b] => Ok((*a, *b)),
+        _ => anyhow::bail!("--cpus: two CPUs, e.g. 0,1"),
+    }
 }
 
 /// Every app class this binary knows.
@@ -258,6 +295,12 @@ fn main() -> ExitCode {
         }
         Program::Bench { which: Bench::Splitter { packets, pools, only } } => {
             bench_splitter::splitter(packets, &pools, only)
+        }
+        Program::Bench { which: Bench::Interlink { packets, rounds, cpus, batch, size } } => {
+            two_cpus(&cpus).and_then(|c| bench_interlink::interlink(packets, rounds, c, batch, size))
+        }
+        Program::Bench { which: Bench::Basic1Workers { packets, rounds, cpus } } => {
+            two_cpus(&cpus).and_then(|c| bench_interlink::basic1_two(packets, rounds, c))
         }
     };
     match r {
