@@ -650,20 +650,30 @@ impl Engine {
         let s: LinkSpec = spec.parse().ok()?;
         self.links.get(&s).map(|l| &*l.link)
     }
+    /// A link's counters; with workers, a link of the whole config
+    /// wherever it runs (one between workers sums its three hops: see
+    /// `worker`).
     pub fn link_counters(&self, spec: &str) -> Option<LinkCounters> {
-        self.link(spec).map(Link::counters)
+        match self.link(spec) {
+            Some(l) => Some(l.counters()),
+            None if !self.workers.is_empty() => self.workers.link_counters(spec, self),
+            None => None,
+        }
     }
     pub fn links(&self) -> impl Iterator<Item = (&LinkSpec, &Link)> {
         self.links.iter().map(|(s, l)| (s, &*l.link))
     }
 
     /// An app's counters by name.
+    /// (With workers, of an app wherever it runs.)
     pub fn app_counters(&self, name: &str) -> BTreeMap<String, u64> {
         let mut m = BTreeMap::new();
         if let Some(e) = self.entry(name) {
             e.app.counters(&mut |k, v| {
                 m.insert(k.to_string(), v);
             });
+        } else if !self.workers.is_empty() {
+            return self.workers.app_counters(name);
         }
         m
     }

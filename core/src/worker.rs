@@ -276,6 +276,8 @@ enum Msg {
     /// How many packets these links (of the worker's part) hold.
     Queued(Vec<String>, mpsc::Sender<usize>),
     Report(mpsc::Sender<String>),
+    AppCounters(String, mpsc::Sender<BTreeMap<String, u64>>),
+    LinkCounters(String, mpsc::Sender<Option<crate::link::LinkCounters>>),
     /// Publish counters (under the main engine's directory).
     Shm(ShmOptions),
     Stop,
@@ -485,6 +487,51 @@ impl Workers {
         result
     }
 
+    /// The counters of app `name` on the worker it runs on.
+    pub fn app_counters(&self, name: &str) -> BTreeMap<String, u64> {
+        let Some(w) = self.workers.get(self.config.worker_of(name)) else { return BTreeMap::new() };
+        let (tx, rx) = mpsc::channel();
+        if !w.send(Msg::AppCounters(name.to_string(), tx)) {
+            return BTreeMap::new();
+        }
+        rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default()
+    }
+
+    /// The counters of link `spec` of the whole config: of the worker it
+    /// runs on, or, between workers, its three hops: sent and copied as the
+    /// producer's local link counts them, received as the consumer's does,
+    /// drops of both.
+    pub fn link_counters(&self, spec: &str, main: &Engine) -> Option<crate::link::LinkCounters> {
+        let s: crate::config::LinkSpec = spec.parse().ok()?;
+        self.config.link_settings(&s)?;
+        let (wf, wt) = (self.config.worker_of(&s.from.app), self.config.worker_of(&s.to.app));
+        let ask = |w: &str, link: String| -> Option<crate::link::LinkCounters> {
+            if w == MAIN {
+                return main.link(&link).map(|l| l.counters());
+            }
+            let wk = self.workers.get(w)?;
+            let (tx, rx) = mpsc::channel();
+            if !wk.send(Msg::LinkCounters(link, tx)) {
+                return None;
+            }
+            rx.recv_timeout(Duration::from_secs(1)).ok().flatten()
+        };
+        if wf == wt {
+            return ask(wf, spec.to_string());
+        }
+        let (txa, rxa) = end_names(&s);
+        let a = ask(wf, format!("{} -> {txa}.input", s.from)).unwrap_or_default();
+        let b = ask(wt, format!("{rxa}.output -> {}", s.to)).unwrap_or_default();
+        Some(crate::link::LinkCounters {
+            txpackets: a.txpackets,
+            txbytes: a.txbytes,
+            txdrop: a.txdrop + b.txdrop,
+            rxpackets: b.rxpackets,
+            rxbytes: b.rxbytes,
+            copybytes: a.copybytes,
+        })
+    }
+
     /// Every worker's state, and (within `wait`) its link report.
     pub fn reports(&self, wait: Duration) -> Vec<WorkerReport> {
         let mut out = Vec::new();
@@ -597,6 +644,12 @@ fn worker_main(
                 }
                 Msg::Report(reply) => {
                     let _ = reply.send(format!("{}{}", engine.report_links(), engine.report_apps()));
+                }
+                Msg::AppCounters(app, reply) => {
+                    let _ = reply.send(engine.app_counters(&app));
+                }
+                Msg::LinkCounters(link, reply) => {
+                    let _ = reply.send(engine.link_counters(&link));
                 }
                 Msg::Shm(o) => {
                     if let Err(e) = engine.enable_shm(&o) {

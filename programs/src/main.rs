@@ -53,6 +53,12 @@ enum Program {
     VmdqVswitch {
         /// The vswitch config (default: the built-in configs/vmdq-vswitch.ron).
         config: Option<PathBuf>,
+        /// Spread the ports over this many workers (over the config's `workers`).
+        #[arg(long)]
+        workers: Option<u32>,
+        /// The workers' CPUs, in turn (over the config's `worker_cpus`).
+        #[arg(long, value_delimiter = ',')]
+        worker_cpus: Option<Vec<usize>>,
         /// Print the app graph the config makes (a `snabb-rs run` config) and exit.
         #[arg(long)]
         print_graph: bool,
@@ -258,17 +264,27 @@ fn main() -> ExitCode {
         Program::Run { config, duration, report, busywait, no_shm, cpus } => {
             run::run(&config, run::RunOptions { duration, report, busywait, shm: !no_shm, program: "run".into(), cpus })
         }
-        Program::VmdqVswitch { config, print_graph, print_default, duration, report, busywait, no_shm } => {
-            vswitch::run(vswitch::Options {
-                config,
-                print_graph,
-                print_default,
-                duration,
-                report,
-                busywait,
-                shm: !no_shm,
-            })
-        }
+        Program::VmdqVswitch {
+            config,
+            workers,
+            worker_cpus,
+            print_graph,
+            print_default,
+            duration,
+            report,
+            busywait,
+            no_shm,
+        } => vswitch::run(vswitch::Options {
+            config,
+            workers,
+            worker_cpus,
+            print_graph,
+            print_default,
+            duration,
+            report,
+            busywait,
+            shm: !no_shm,
+        }),
         Program::Config { what: ConfigCmd::Check { config } } => config_check(&config),
         Program::Top { pid, once, interval } => top::top(pid, once, interval),
         Program::Selftest { app } => selftest::run(app.as_deref()),
