@@ -399,6 +399,8 @@ impl Engine {
                         e.link = Rc::new(e.link.resized(size));
                     }
                     if let Some(il) = il {
+                        // Its packets may be of other workers' pools.
+                        packet::expect_visitors();
                         while il.pull_into(&e.link) > 0 {}
                         il.detach(false);
                     }
