@@ -16,7 +16,7 @@ pub mod selftest;
 pub mod shm;
 pub mod timer;
 
-pub use app::{App, AppClass, AppContext, Io, Ports, Registry};
+pub use app::{App, AppClass, AppContext, Io, PortSpec, Ports, Registry};
 pub use config::{Args, Config, ConfigError, LinkSettings, LinkSpec};
 pub use engine::{Engine, Limit, ShmOptions};
 pub use ethernet::MacAddr;

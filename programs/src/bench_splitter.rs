@@ -12,7 +12,9 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use snabb_apps_vmdq_splitter::{PoolArgs, VmdqSplitterArgs};
 use snabb_core::packet::Allocator;
-use snabb_core::{App, AppClass, AppContext, Config, Engine, Io, Limit, MacAddr, PULL_NPACKETS, Packet, Registry};
+use snabb_core::{
+    App, AppClass, AppContext, Config, Engine, Io, Limit, MacAddr, PULL_NPACKETS, Packet, PortSpec, Registry,
+};
 
 /// Frames for the bench: copies of a list of templates, in turn.
 struct Frames {
@@ -29,6 +31,7 @@ struct FramesArgs {
 
 impl AppClass for Frames {
     type Args = FramesArgs;
+    const PORTS: PortSpec = PortSpec::new(&[], &["*"]);
     fn new(a: FramesArgs, _ctx: &AppContext) -> Result<Frames> {
         anyhow::ensure!(!a.dsts.is_empty() && a.size >= 14, "bench frames: dsts and a size of 14 or more");
         let templates = a

@@ -158,8 +158,10 @@ fn main() -> ExitCode {
         Program::Top { pid, once, interval } => top::top(pid, once, interval),
         Program::Selftest { app } => selftest::run(app.as_deref()),
         Program::Apps => {
-            for (name, doc) in registry().classes() {
+            let r = registry();
+            for (name, doc) in r.classes() {
                 println!("{name:<16} {doc}");
+                println!("{:<16} ports: {}", "", r.ports(name).map(|p| p.describe()).unwrap_or_default());
             }
             Ok(())
         }

@@ -41,6 +41,42 @@ fn bad_config_names_file_line_and_column() {
     assert!(err.contains("app `src` (class `Source`)") && err.contains("colour"), "{err}");
 }
 
+/// What `run` would refuse, `config check` refuses, at the place in the file.
+#[test]
+fn config_check_catches_what_run_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.ron");
+    let check = |text: &str| {
+        std::fs::write(&f, text).unwrap();
+        let check = bin().args(["config", "check"]).arg(&f).output().unwrap();
+        let run = bin().args(["run", "--no-shm", "--duration", "0"]).arg(&f).output().unwrap();
+        assert!(!check.status.success() && !run.status.success(), "{text}");
+        let (c, r) = (String::from_utf8_lossy(&check.stderr), String::from_utf8_lossy(&run.stderr));
+        assert!(r.contains(c.trim_end().trim_start_matches("snabb-rs: ")), "check: {c}\nrun: {r}");
+        c.to_string()
+    };
+    let vm = |args: &str| {
+        format!(
+            "(\n  apps: {{\n    \"vm1\": (class: \"VhostUser\", args: ({args})),\n    \"sink\": (class: \"Sink\"),\n  }},\n"
+        )
+    };
+    let sock = dir.path().join("vm1.sock");
+    let s = sock.display();
+    // A MAC with five bytes: refused while parsing, at its place.
+    let e = check(&(vm(&format!("socket: \"{s}\", mac: Some(\"52:54:00:12:34\")")) + ")"));
+    assert!(e.contains(&format!("{}:3:", f.display())) && e.contains("52:54:00:12:34"), "{e}");
+    // A misspelled port: the link's place and the ports the class has.
+    let e = check(&(vm(&format!("socket: \"{s}\"")) + "  links: [\"vm1.outptu -> sink.input\"],\n)"));
+    assert!(e.contains(&format!("{}:6:11: link `vm1.outptu -> sink.input`", f.display())), "{e}");
+    assert!(e.contains("has no output `outptu` (its outputs: output); did you mean `output`?"), "{e}");
+    // A missing field: the app's line and column.
+    let e = check("(\n  apps: {\n    \"vm1\": (class: \"VhostUser\"),\n  },\n)");
+    assert!(e.contains(&format!("{}:3:5:", f.display())) && e.contains("`socket`"), "{e}");
+    // A value out of range (checked by the class's `validate`).
+    let e = check(&(vm(&format!("socket: \"{s}\", queues: 0")) + ")"));
+    assert!(e.contains(&format!("{}:3:", f.display())) && e.contains("queues 0"), "{e}");
+}
+
 #[test]
 fn usage_errors_print_help_and_fail() {
     let out = bin().output().unwrap();

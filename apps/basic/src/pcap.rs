@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use snabb_core::packet::PAYLOAD_SIZE;
-use snabb_core::{App, AppClass, AppContext, Io, PULL_NPACKETS, Packet};
+use snabb_core::{App, AppClass, AppContext, Io, PULL_NPACKETS, Packet, PortSpec};
 
 const MAGIC_US: u32 = 0xa1b2_c3d4;
 const MAGIC_NS: u32 = 0xa1b2_3c4d;
@@ -154,6 +154,7 @@ fn open(path: &Path) -> io::Result<PcapFileReader<BufReader<File>>> {
 
 impl AppClass for PcapReader {
     type Args = PcapReaderArgs;
+    const PORTS: PortSpec = PortSpec::new(&[], &["output"]);
     fn new(args: PcapReaderArgs, _ctx: &AppContext) -> anyhow::Result<PcapReader> {
         let file = open(&args.file)?;
         Ok(PcapReader {
@@ -233,6 +234,7 @@ pub struct PcapWriter {
 
 impl AppClass for PcapWriter {
     type Args = PcapWriterArgs;
+    const PORTS: PortSpec = PortSpec::new(&["input"], &[]);
     fn new(args: PcapWriterArgs, _ctx: &AppContext) -> anyhow::Result<PcapWriter> {
         let f = File::create(&args.file).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
         Ok(PcapWriter { w: PcapFileWriter::new(BufWriter::new(f))?, packets: 0, errors: 0 })

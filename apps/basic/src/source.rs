@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 use snabb_core::ethernet::{self, MacAddr};
 use snabb_core::packet::Allocator;
-use snabb_core::{App, AppClass, AppContext, Io, Link, PULL_NPACKETS, Packet};
+use snabb_core::{App, AppClass, AppContext, Io, Link, PULL_NPACKETS, Packet, PortSpec};
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields, default)]
@@ -41,6 +41,14 @@ impl Default for SourceArgs {
             vlan: None,
             numbered: false,
         }
+    }
+}
+
+impl SourceArgs {
+    /// The frame sizes in use, and the header length before the payload.
+    fn sizes_and_header(&self) -> (Vec<usize>, usize) {
+        let sizes = if self.sizes.is_empty() { vec![self.size] } else { self.sizes.clone() };
+        (sizes, ethernet::HEADER_LEN + if self.vlan.is_some() { 4 } else { 0 })
     }
 }
 
@@ -76,9 +84,10 @@ fn frame(args: &SourceArgs, size: usize) -> Packet {
 
 impl AppClass for Source {
     type Args = SourceArgs;
-    fn new(args: SourceArgs, _ctx: &AppContext) -> anyhow::Result<Source> {
-        let sizes = if args.sizes.is_empty() { vec![args.size] } else { args.sizes.clone() };
-        let header = ethernet::HEADER_LEN + if args.vlan.is_some() { 4 } else { 0 };
+    const PORTS: PortSpec = PortSpec::new(&[], &["*"]);
+
+    fn validate(args: &SourceArgs) -> anyhow::Result<()> {
+        let (sizes, header) = args.sizes_and_header();
         for &s in &sizes {
             anyhow::ensure!(
                 (header..=snabb_core::packet::PAYLOAD_SIZE).contains(&s),
@@ -96,6 +105,11 @@ impl AppClass for Source {
                 header + 4
             );
         }
+        Ok(())
+    }
+
+    fn new(args: SourceArgs, _ctx: &AppContext) -> anyhow::Result<Source> {
+        let (sizes, header) = args.sizes_and_header();
         Ok(Source {
             templates: sizes.iter().map(|&s| frame(&args, s)).collect(),
             next: 0,

@@ -26,7 +26,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 use snabb_core::ethernet::{ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_VLAN};
-use snabb_core::{App, AppClass, AppContext, Io, Packet};
+use snabb_core::{App, AppClass, AppContext, Io, Packet, PortSpec};
 
 use crate::tunnel::{Direction, Tunnel};
 use crate::wire::{
@@ -484,6 +484,11 @@ pub struct Decap {
 
 impl AppClass for Decap {
     type Args = DecapArgs;
+    const PORTS: PortSpec = PortSpec::new(&["*"], &["output", "reject"]);
+
+    fn validate(args: &DecapArgs) -> anyhow::Result<()> {
+        args.tunnel.validate(Direction::Decap)
+    }
 
     fn new(args: DecapArgs, _ctx: &AppContext) -> anyhow::Result<Decap> {
         args.tunnel.validate(Direction::Decap)?;

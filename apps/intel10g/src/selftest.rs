@@ -21,7 +21,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 use snabb_core::packet::{self, ForeignBuffer};
-use snabb_core::{App, AppClass, AppContext, Args, BufferOwner, Config, Engine, Io, LinkSettings, Registry};
+use snabb_core::{App, AppClass, AppContext, Args, BufferOwner, Config, Engine, Io, LinkSettings, PortSpec, Registry};
 use snabb_model_82599::Model82599;
 
 use crate::Intel10g;
@@ -181,6 +181,7 @@ struct Verify {
 
 impl AppClass for Verify {
     type Args = VerifyArgs;
+    const PORTS: PortSpec = PortSpec::new(&["*"], &[]);
     fn new(a: VerifyArgs, _: &AppContext) -> Result<Verify> {
         Ok(Verify { sizes: a.sizes, ..Verify::default() })
     }

@@ -8,7 +8,7 @@
 //! they save here: with many pools each gets only a frame or two a breath,
 //! and a table of 64 of them must be set up every breath.)
 
-use snabb_core::{App, AppClass, AppContext, Io, Link, Packet};
+use snabb_core::{App, AppClass, AppContext, Io, Link, Packet, PortSpec};
 
 use crate::args::{Checked, MAX_POOLS, VmdqSplitterArgs};
 use crate::filters::{Filters, Reason, Verdict};
@@ -49,6 +49,12 @@ struct Counters {
 
 impl AppClass for VmdqSplitter {
     type Args = Checked;
+    /// Outputs: one per pool, named after it (see `ports`).
+    const PORTS: PortSpec = PortSpec::new(&["*"], &["*"]);
+
+    fn ports(args: &Checked) -> PortSpec {
+        PortSpec::owned(vec!["*".into()], args.0.pools.iter().map(|p| p.name.clone()).collect())
+    }
 
     fn new(args: Checked, _ctx: &AppContext) -> anyhow::Result<VmdqSplitter> {
         let filters = compile(&args.0)?;
