@@ -204,6 +204,8 @@ impl Engine {
     pub fn enable_shm(&mut self, opts: &ShmOptions) -> std::io::Result<()> {
         let dir = ShmDir::create(&opts.root, &opts.name)?;
         dir.write_text("program", &opts.program)?;
+        // The graph running now; rewritten by each `configure`.
+        dir.write_text("config.ron", &self.config.to_ron())?;
         let mut ec = Vec::new();
         for n in ["breaths", "configs", "reconfig_drops", "idle_breaths", "packets_in_use", "packets_total"] {
             ec.push((n, dir.counter(&format!("engine/{n}"))?));
