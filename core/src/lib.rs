@@ -12,6 +12,7 @@ pub mod ethernet;
 pub mod link;
 pub mod memory;
 pub mod packet;
+pub mod pcap;
 pub mod selftest;
 pub mod shm;
 pub mod timer;

@@ -154,12 +154,14 @@ fn cases() -> Result<Vec<Case>> {
     ];
     for (name, t) in strips {
         let t = tunnel(t);
-        let args = Args::from_value(&DecapArgs { tunnel: t.clone(), verify_udp_checksum: false })?;
+        let args =
+            Args::from_value(&DecapArgs { tunnel: t.clone(), verify_udp_checksum: false, refuse_ip_options: false })?;
         v.push(Case { name, frame: encapsulated(&t, &inner)?, fixed_start: false, app: Some(("Decap", args)) });
     }
     for (name, t) in [("vlan strip, fixed start", "Vlan(vid: 100)"), ("vxlan4 strip, fixed start", strips[2].1)] {
         let t = tunnel(t);
-        let args = Args::from_value(&DecapArgs { tunnel: t.clone(), verify_udp_checksum: false })?;
+        let args =
+            Args::from_value(&DecapArgs { tunnel: t.clone(), verify_udp_checksum: false, refuse_ip_options: false })?;
         v.push(Case { name, frame: encapsulated(&t, &inner)?, fixed_start: true, app: Some(("Decap", args)) });
     }
     for (name, t) in [
