@@ -28,7 +28,8 @@ record() { RESULTS+=("$1"); case "$1" in FAIL*) FAILED=1;; esac; }
 PKGS=(tcpdump iproute2 iputils-ping procps util-linux
       python3-scapy                                                   # Decap/Encap: apps/decap/tests/scapy.rs
       iperf3 ethtool                                                  # RawSocket: selftest/rawsocket.sh
-      qemu-system-x86 busybox-static dpdk dpdk-dev python3)          # vhost-user peers: selftest/peers/install.sh
+      qemu-system-x86 busybox-static dpdk dpdk-dev python3           # vhost-user peers: selftest/peers/install.sh
+      openvswitch-switch-dpdk)                                        # OVS-DPDK: selftest/peers/ovs.sh
 missing=()
 for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -88,14 +89,14 @@ if "$BIN" selftest; then record "pass snabb-rs selftest"; else record "FAIL snab
 for s in selftest/*.sh; do
     [ -e "$s" ] || continue
     args=()
-    # The vhost-user benchmark once, short: proves it runs and packets move
-    # (figures from a busy machine; run it by hand for numbers).
-    [ "$s" = selftest/vhost-user-bench.sh ] && args=(--smoke)
+    # The benchmarks once, short: prove they run and packets move
+    # (figures from a busy machine; run them by hand for numbers).
+    case $s in selftest/vhost-user-bench.sh|selftest/vswitch-bench.sh) args=(--smoke);; esac
     say "$s ${args[*]}"
     out=$(bash "$s" "${args[@]}" 2>&1); rc=$?
     echo "$out" | tail -40
     # Parts of a suite skipped inside it (e.g. vhost-user's 2 queue pairs), and the bench's ratios.
-    inner=$(echo "$out" | grep -E '^SKIP |^PASS vhost-user-bench' | cut -c1-200 | tr '\n' ';')
+    inner=$(echo "$out" | grep -E '^SKIP |^PASS vhost-user-bench|^PASS vswitch-bench' | cut -c1-200 | tr '\n' ';')
     case $rc in
         0) record "pass $s${inner:+ ($inner)}";;
         43) record "skip $s: $(echo "$out" | grep -m1 '^SKIP' | cut -c6-)";;

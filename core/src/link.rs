@@ -15,6 +15,7 @@
 //!                           keeps the cursor in a register
 //!   transfer(to)            everything queued onto another link, in bulk
 //!   discard() -> (n, bytes) drop everything queued, in bulk
+//!   front_len() / front_is(f) the oldest packet, left on the link
 //!   nreadable() / nwritable() / is_empty() / is_full()
 //!   counters()              rx/tx packets and bytes, drops, bytes copied
 //!
@@ -355,6 +356,18 @@ impl Link {
         let stop = unsafe { ring.add(at + first) };
         // SAFETY: as above.
         Queued { link: self, at: unsafe { ring.add(at) }, stop, wrap: n - first }
+    }
+
+    /// What `f` says of the oldest packet, without taking it (false when
+    /// the link is empty).
+    #[inline]
+    pub fn front_is(&self, f: impl FnOnce(&Packet) -> bool) -> bool {
+        if self.is_empty() {
+            return false;
+        }
+        // SAFETY: the slot at `read` holds a packet (the link is not empty);
+        // the shared reference does not outlive `f`.
+        f(unsafe { (*self.ring[(self.read.get() & self.mask) as usize].get()).assume_init_ref() })
     }
 
     /// Length of the oldest packet, without taking it.

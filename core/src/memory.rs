@@ -13,14 +13,29 @@
 //!   DmaBuffer::new(len)           a block for rings and tables, freed on drop
 //!   dma_to_virt(addr) / virt_to_dma(ptr)   slow-path lookups
 //!
+//! Someone else's memory (a guest's RAM, lent for zero copy) is made
+//! reachable the same way, through a registry that sits between lenders
+//! and devices:
+//!
+//!   add_domain(d)                 a device's view of memory (its IOMMU, the
+//!                                 model's table, or plain physical addressing)
+//!   ForeignMemory::register(segs) map a lender's memory into every domain;
+//!                                 dropping it unmaps it from every domain
+//!   ForeignMemory::dma(virt, len) the device address of a range, when every
+//!                                 domain reaches it
+//!
+//! A lender drops its `ForeignMemory` only when no buffer in it is lent any
+//! more (it keeps it alive with its `BufferOwner`), so a device is never
+//! left with a descriptor into memory that is unmapped from its IOMMU.
+//!
 //! Chunks are never unmapped: a device may still be writing to one after
 //! software has forgotten it, and a NIC's stray DMA into live memory is a far
 //! smaller evil than into memory the kernel gave to someone else.
 
 use std::collections::BTreeMap;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, Once};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once, Weak};
 
 /// Size of one chunk: one x86-64 huge page.
 pub const CHUNK_SIZE: usize = 2 << 20;
@@ -183,8 +198,9 @@ fn map_ordinary() -> io::Result<Chunk> {
     Ok(Chunk { virt: aligned, dma: aligned as u64, len: CHUNK_SIZE, backing: Backing::Ordinary })
 }
 
-/// Physical address of a resident page from `/proc/self/pagemap`.
-fn physical_address(virt: usize) -> Option<u64> {
+/// Physical address of a resident page from `/proc/self/pagemap` (needs
+/// CAP_SYS_ADMIN: without it the kernel reports no page frame numbers).
+pub fn physical_address(virt: usize) -> Option<u64> {
     use std::os::unix::fs::FileExt;
     let f = std::fs::File::open("/proc/self/pagemap").ok()?;
     let mut entry = [0u8; 8];
@@ -193,6 +209,152 @@ fn physical_address(virt: usize) -> Option<u64> {
     let present = e >> 63 == 1;
     let pfn = e & ((1 << 55) - 1);
     (present && pfn != 0).then(|| pfn * 4096 + (virt % 4096) as u64)
+}
+
+// ---------------------------------------------------------------------------
+// Foreign memory: a lender's memory (guest RAM) made reachable by devices.
+
+/// A stretch of foreign memory that is contiguous for a device: `len` bytes
+/// at `virt` in this process, at device address `dma`. `physical` when
+/// `dma` is the physical address (a locked huge page, from pagemap);
+/// otherwise `dma` is the virtual address (IOVA = VA), which only a device
+/// behind an IOMMU (VFIO, the model's table) can use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForeignSegment {
+    pub virt: usize,
+    pub dma: u64,
+    pub len: usize,
+    pub physical: bool,
+}
+
+/// A device's view of memory: whatever must be programmed before the device
+/// may be handed an address in foreign memory.
+pub trait DmaDomain: Send + Sync {
+    /// For log lines ("0000:01:00.0", "model:0").
+    fn name(&self) -> String;
+    /// Let the device reach `seg` at `seg.dma`; an error when it cannot
+    /// (no IOMMU and the segment is not physical, an IOMMU that refuses).
+    fn map_foreign(&self, seg: &ForeignSegment) -> Result<(), String>;
+    /// Take `seg` away again. Called only once no descriptor points into
+    /// it (see [`ForeignMemory`]).
+    fn unmap_foreign(&self, seg: &ForeignSegment);
+}
+
+struct ForeignInner {
+    /// Sorted by `virt`, not overlapping.
+    segs: Vec<ForeignSegment>,
+    /// Per segment: every domain mapped it (false once one could not).
+    ok: Vec<AtomicBool>,
+}
+
+struct Registry {
+    domains: Vec<Weak<dyn DmaDomain>>,
+    foreign: Vec<Weak<ForeignInner>>,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry { domains: Vec::new(), foreign: Vec::new() });
+
+/// Bumped on every change to what devices reach (a domain or a foreign
+/// memory added or gone), so that a device that caches the answers of
+/// [`ForeignMemory::dma`] or its own look-ups knows to drop them.
+static FOREIGN_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+pub fn foreign_generation() -> u64 {
+    FOREIGN_GENERATION.load(Ordering::Acquire)
+}
+
+fn map_into(d: &dyn DmaDomain, f: &ForeignInner) {
+    for (seg, ok) in f.segs.iter().zip(&f.ok) {
+        if !ok.load(Ordering::Relaxed) {
+            continue;
+        }
+        if let Err(e) = d.map_foreign(seg) {
+            log::debug!("{}: foreign memory at {:#x} (+{:#x}) not reachable: {e}", d.name(), seg.virt, seg.len);
+            ok.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Add a device's view of memory: every foreign memory registered now is
+/// mapped into it (segments it cannot reach are no longer lent to anyone),
+/// and every one registered later will be. The registry keeps a weak
+/// reference: a domain that is dropped is forgotten.
+pub fn add_domain(d: &Arc<dyn DmaDomain>) {
+    let mut r = REGISTRY.lock().unwrap();
+    r.domains.retain(|w| w.strong_count() > 0);
+    r.foreign.retain(|w| w.strong_count() > 0);
+    for f in r.foreign.iter().filter_map(Weak::upgrade) {
+        map_into(d.as_ref(), &f);
+    }
+    r.domains.push(Arc::downgrade(d));
+    FOREIGN_GENERATION.fetch_add(1, Ordering::AcqRel);
+}
+
+/// A lender's memory, registered with every device's domain while this
+/// value lives. Dropping it unmaps it from each of them: drop it only when
+/// no buffer in it is posted to a device any more.
+pub struct ForeignMemory {
+    inner: Arc<ForeignInner>,
+}
+
+impl ForeignMemory {
+    /// Register `segs` (they must not overlap) and map them into every
+    /// domain there is.
+    pub fn register(mut segs: Vec<ForeignSegment>) -> ForeignMemory {
+        segs.sort_by_key(|s| s.virt);
+        let ok = segs.iter().map(|_| AtomicBool::new(true)).collect();
+        let inner = Arc::new(ForeignInner { segs, ok });
+        let mut r = REGISTRY.lock().unwrap();
+        r.domains.retain(|w| w.strong_count() > 0);
+        r.foreign.retain(|w| w.strong_count() > 0);
+        for d in r.domains.iter().filter_map(Weak::upgrade) {
+            map_into(d.as_ref(), &inner);
+        }
+        r.foreign.push(Arc::downgrade(&inner));
+        FOREIGN_GENERATION.fetch_add(1, Ordering::AcqRel);
+        ForeignMemory { inner }
+    }
+
+    /// The device address of `virt .. virt + len`, when the range lies in
+    /// one segment that every domain reaches.
+    pub fn dma(&self, virt: usize, len: usize) -> Option<u64> {
+        let segs = &self.inner.segs;
+        let i = segs.partition_point(|s| s.virt <= virt).checked_sub(1)?;
+        let s = &segs[i];
+        let off = virt - s.virt;
+        (off < s.len && len <= s.len - off && self.inner.ok[i].load(Ordering::Relaxed)).then(|| s.dma + off as u64)
+    }
+
+    /// Segments no domain could be denied (for reports): (reachable, all).
+    pub fn reachable(&self) -> (usize, usize) {
+        (self.inner.ok.iter().filter(|o| o.load(Ordering::Relaxed)).count(), self.inner.segs.len())
+    }
+
+    pub fn segments(&self) -> &[ForeignSegment] {
+        &self.inner.segs
+    }
+}
+
+impl Drop for ForeignMemory {
+    fn drop(&mut self) {
+        let mut r = REGISTRY.lock().unwrap();
+        r.domains.retain(|w| w.strong_count() > 0);
+        let me = Arc::as_ptr(&self.inner);
+        r.foreign.retain(|w| w.strong_count() > 0 && w.as_ptr() != me);
+        for d in r.domains.iter().filter_map(Weak::upgrade) {
+            for seg in &self.inner.segs {
+                d.unmap_foreign(seg);
+            }
+        }
+        FOREIGN_GENERATION.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+impl std::fmt::Debug for ForeignMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (ok, all) = self.reachable();
+        write!(f, "ForeignMemory({ok} of {all} segments reachable)")
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -300,5 +462,62 @@ mod tests {
         assert_eq!(unsafe { c.as_ptr().read() }, 0, "blocks come zeroed");
         assert!(DmaBuffer::new(CHUNK_SIZE + 1).is_err());
         assert!(DmaBuffer::new(0).is_err());
+    }
+    /// A domain that records what it was asked, refusing non-physical
+    /// segments when `physical_only`.
+    struct TestDomain {
+        physical_only: bool,
+        mapped: Mutex<Vec<u64>>,
+    }
+    impl DmaDomain for TestDomain {
+        fn name(&self) -> String {
+            "test".into()
+        }
+        fn map_foreign(&self, seg: &ForeignSegment) -> Result<(), String> {
+            if self.physical_only && !seg.physical {
+                return Err("no IOMMU".into());
+            }
+            self.mapped.lock().unwrap().push(seg.dma);
+            Ok(())
+        }
+        fn unmap_foreign(&self, seg: &ForeignSegment) {
+            self.mapped.lock().unwrap().retain(|&d| d != seg.dma);
+        }
+    }
+
+    #[test]
+    fn foreign_memory_is_mapped_into_every_domain_and_unmapped_on_drop() {
+        let iommu = Arc::new(TestDomain { physical_only: false, mapped: Mutex::new(vec![]) });
+        let d: Arc<dyn DmaDomain> = iommu.clone();
+        add_domain(&d);
+        let g0 = foreign_generation();
+        let va = ForeignSegment { virt: 0x7000_0000_0000, dma: 0x7000_0000_0000, len: 0x10_0000, physical: false };
+        let pa = ForeignSegment { virt: 0x7000_0020_0000, dma: 0x4000_0000, len: 0x20_0000, physical: true };
+        let m = ForeignMemory::register(vec![pa, va]);
+        assert!(foreign_generation() > g0);
+        assert!(iommu.mapped.lock().unwrap().contains(&va.dma) && iommu.mapped.lock().unwrap().contains(&pa.dma));
+        assert_eq!(m.dma(va.virt + 0x100, 2048), Some(va.dma + 0x100));
+        assert_eq!(m.dma(pa.virt + 0x1000, 2048), Some(pa.dma + 0x1000));
+        assert_eq!(m.dma(va.virt + 0xff800, 4096), None, "runs off its segment");
+        assert_eq!(m.dma(0x1000, 1), None);
+        // A device without an IOMMU reaches only the physical segment: the
+        // other is lent to nobody from then on.
+        let raw = Arc::new(TestDomain { physical_only: true, mapped: Mutex::new(vec![]) });
+        let rd: Arc<dyn DmaDomain> = raw.clone();
+        add_domain(&rd);
+        assert_eq!(*raw.mapped.lock().unwrap(), vec![pa.dma]);
+        assert_eq!(m.dma(va.virt, 64), None);
+        assert_eq!(m.dma(pa.virt, 64), Some(pa.dma));
+        assert_eq!(m.reachable(), (1, 2));
+        drop(m);
+        assert!(!iommu.mapped.lock().unwrap().contains(&va.dma), "unmapped when the lender lets go");
+        assert!(raw.mapped.lock().unwrap().is_empty());
+        // A domain that is gone is not called any more.
+        drop((d, iommu));
+        let m2 = ForeignMemory::register(vec![va]);
+        assert_eq!(m2.dma(va.virt, 64), None, "the raw domain still refuses it");
+        drop((rd, raw));
+        let m3 = ForeignMemory::register(vec![va]);
+        assert_eq!(m3.dma(va.virt, 64), Some(va.dma), "no domain left to refuse it");
     }
 }

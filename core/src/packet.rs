@@ -29,6 +29,24 @@
 //! allows it. A buffer whose start is fixed (a guest receive buffer: the used
 //! ring has no offset field) moves its bytes instead.
 //!
+//! A **split** packet is a host packet whose tail lies in a foreign buffer:
+//! the head (a guest frame's headers, say) is a snapshot in host memory that
+//! its owner cannot change, and the rest stays where it was lent
+//! ([`BufferOwner::wrap_tail`]). Code that knows about splits reads the head
+//! ([`Packet::head`]) and the tail ([`Packet::tail`]) as they are (a NIC
+//! sends them as two descriptors, a vhost-user port copies them straight into
+//! a guest); anything that asks for the whole frame at once (`data`,
+//! `data_mut`, `append`...) gets it flattened into the host buffer first,
+//! and the tail goes back to its owner.
+//!
+//! An owner can **revoke** its buffers ([`BufferOwner::revoke`]): whoever
+//! holds them where a device may still write (a NIC receive ring) gives them
+//! back at once. [`revocations`] changes whenever an owner revokes or goes.
+//!
+//! Every packet is at most [`BUFFER_SIZE`] bytes long, foreign ones
+//! included (their capacity is capped there), so any packet can be copied
+//! into a host buffer.
+//!
 //! Packets are `!Send`: each engine thread has its own freelist and no lock
 //! is taken on the hot path. Allocations and frees are counted per thread
 //! ([`stats`]) so that tests can check conservation.
@@ -61,15 +79,23 @@ const _: () = assert!(STRIDE.is_multiple_of(64) && !(STRIDE / 64).is_multiple_of
 
 /// Owner id of host packets.
 const HOST: u32 = 0;
+/// Top bit of `Record::owner`: a host record with a foreign tail (a split
+/// packet; the rest of the word is the tail's owner).
+const SPLIT: u32 = 1 << 31;
+/// The 15 bits of an owner id kept for its slot's generation.
+const GENERATION_MASK: u32 = 0x7fff;
 /// Top bit of `Record::cap`: the data must stay where it is (see
 /// [`Packet::has_fixed_start`]).
 const FIXED_START: u32 = 1 << 31;
 /// Low 16 bits of `Record::cap`: the buffer's size (below 64 KiB).
 const CAP_MASK: u32 = 0xffff;
 /// Bits 16-30 of `Record::cap`: a partial checksum still to finish (see
-/// [`PartialCsum`]), 0 for none.
+/// [`PartialCsum`]), [`CSUM_VERIFIED`], or 0 for neither.
 const CSUM_SHIFT: u32 = 16;
 const CSUM_BITS: u32 = 0x7fff << CSUM_SHIFT;
+/// The checksum field's value (never a partial checksum: its offset part is
+/// 0) for "a NIC checked the frame's checksums and found them good".
+const CSUM_VERIFIED: u32 = 1 << 5;
 
 /// A transport checksum the packet still needs (virtio's NEEDS_CSUM,
 /// Linux's CHECKSUM_PARTIAL): the ones'-complement sum of the frame from
@@ -95,7 +121,7 @@ impl PartialCsum {
     }
     #[inline]
     fn decode(bits: u32) -> Option<PartialCsum> {
-        (bits != 0).then(|| PartialCsum { start: (bits >> 5) as u16, offset: ((bits & 31) << 1) as u16 })
+        (bits & 31 != 0).then(|| PartialCsum { start: (bits >> 5) as u16, offset: ((bits & 31) << 1) as u16 })
     }
 }
 
@@ -113,7 +139,8 @@ struct Record {
     start: u32,
     /// Device address of the buffer's start (0 when unknown).
     dma: u64,
-    /// HOST, or a foreign owner's id (slot | generation << 16).
+    /// HOST, or a foreign owner's id (slot | generation << 16), with SPLIT
+    /// set on a host record that has a foreign tail.
     owner: u32,
     /// Bytes of buffer from its start (low 31 bits), and FIXED_START.
     cap: u32,
@@ -128,7 +155,21 @@ const _: () = assert!(BUFFER_SIZE as u32 <= CAP_MASK);
 struct Shell {
     rec: Record,
     token: u64,
+    /// Bytes moved inside the buffer by header edits (fixed start).
+    moved: u32,
 }
+
+/// The foreign tail of a split packet, kept beside its host record (in the
+/// second half of the chunk's record block: `tail_of`).
+#[repr(C, align(32))]
+struct Tail {
+    ptr: *mut u8,
+    dma: u64,
+    token: u64,
+    len: u32,
+    _pad: u32,
+}
+const _: () = assert!(std::mem::size_of::<Tail>() == std::mem::size_of::<Record>());
 
 /// An owned packet buffer. See the module documentation.
 pub struct Packet {
@@ -172,20 +213,81 @@ impl Packet {
         self.len() == 0
     }
 
-    /// The packet's bytes.
+    /// The packet's bytes (a split packet is flattened first: see the
+    /// module documentation).
     #[inline]
     pub fn data(&self) -> &[u8] {
+        self.flatten_if_split();
         let r = self.rec();
         // SAFETY: data = base + start and start + len <= cap are invariants
-        // of every record, and the buffer stays valid while this handle lives.
+        // of every record that is not split, and the buffer stays valid
+        // while this handle lives.
         unsafe { std::slice::from_raw_parts(r.data, r.len as usize) }
     }
 
     #[inline]
     pub fn data_mut(&mut self) -> &mut [u8] {
+        self.flatten_if_split();
         let r = self.rec_mut();
         // SAFETY: as for data(); &mut self is exclusive.
         unsafe { std::slice::from_raw_parts_mut(r.data, r.len as usize) }
+    }
+
+    /// The bytes in this packet's own buffer: all of them, except for a
+    /// split packet, whose head only (see [`Packet::tail`]). Never flattens.
+    #[inline]
+    pub fn head(&self) -> &[u8] {
+        let r = self.rec();
+        let n = r.len as usize - self.tail_len();
+        // SAFETY: the head is data .. data + n, inside the record's buffer.
+        unsafe { std::slice::from_raw_parts(r.data, n) }
+    }
+
+    /// The head, writable (a header edit that should not flatten).
+    #[inline]
+    pub fn head_mut(&mut self) -> &mut [u8] {
+        let n = self.len() - self.tail_len();
+        let r = self.rec_mut();
+        // SAFETY: as for head(); &mut self is exclusive.
+        unsafe { std::slice::from_raw_parts_mut(r.data, n) }
+    }
+
+    /// A split packet's foreign tail, which follows [`Packet::head`].
+    #[inline]
+    pub fn tail(&self) -> Option<TailRef<'_>> {
+        if self.rec().owner & SPLIT == 0 {
+            return None;
+        }
+        // SAFETY: a split record has its Tail beside it (tail_of), valid
+        // while the handle lives.
+        let t = unsafe { &*tail_of(self.rec) };
+        // SAFETY: the lender vouched for ptr .. ptr + len (wrap_tail).
+        let bytes = unsafe { std::slice::from_raw_parts(t.ptr, t.len as usize) };
+        Some(TailRef { bytes, dma: t.dma })
+    }
+
+    /// True for a split packet (a host head and a foreign tail).
+    #[inline]
+    pub fn is_split(&self) -> bool {
+        self.rec().owner & SPLIT != 0
+    }
+
+    #[inline(always)]
+    fn tail_len(&self) -> usize {
+        if self.rec().owner & SPLIT == 0 {
+            return 0;
+        }
+        // SAFETY: as in tail().
+        unsafe { (*tail_of(self.rec)).len as usize }
+    }
+
+    #[inline(always)]
+    fn flatten_if_split(&self) {
+        if self.rec().owner & SPLIT != 0 {
+            // SAFETY: the record is this handle's; no reference into it is
+            // live across the call (callers make theirs afterwards).
+            unsafe { flatten(self.rec) }
+        }
     }
 
     /// Bytes free in front of the data.
@@ -196,14 +298,16 @@ impl Packet {
     /// Bytes free after the data.
     #[inline]
     pub fn tailroom(&self) -> usize {
-        let r = self.rec();
-        ((r.cap & CAP_MASK) - r.start - r.len) as usize
+        self.capacity() - self.len()
     }
-    /// The largest length the packet can take without moving its start.
+    /// The largest length the packet can take without moving its start:
+    /// the rest of its buffer, but never more than BUFFER_SIZE (a foreign
+    /// buffer may be larger, and every packet must fit a host buffer when
+    /// copied).
     #[inline]
     pub fn capacity(&self) -> usize {
         let r = self.rec();
-        ((r.cap & CAP_MASK) - r.start) as usize
+        (((r.cap & CAP_MASK) - r.start) as usize).min(BUFFER_SIZE)
     }
 
     /// Device address of the first data byte (0 when unknown).
@@ -228,6 +332,37 @@ impl Packet {
     #[inline]
     pub fn partial_csum(&self) -> Option<PartialCsum> {
         PartialCsum::decode((self.rec().cap & CSUM_BITS) >> CSUM_SHIFT)
+    }
+
+    /// True when a NIC checked the frame's IP and TCP/UDP checksums and
+    /// found them good (virtio's DATA_VALID, Linux's CHECKSUM_UNNECESSARY).
+    /// Stripping or pushing more than two VLAN tags' worth of header forgets
+    /// it: the outermost checksum is then another one.
+    #[inline]
+    pub fn csum_verified(&self) -> bool {
+        (self.rec().cap & CSUM_BITS) >> CSUM_SHIFT == CSUM_VERIFIED
+    }
+
+    /// Note (or forget) that a NIC verified the checksums. A partial
+    /// checksum request takes precedence: then nothing is noted.
+    #[inline]
+    pub fn set_csum_verified(&mut self, yes: bool) {
+        let r = self.rec_mut();
+        let bits = (r.cap & CSUM_BITS) >> CSUM_SHIFT;
+        if yes && bits == 0 {
+            r.cap |= CSUM_VERIFIED << CSUM_SHIFT;
+        } else if !yes && bits == CSUM_VERIFIED {
+            r.cap &= !CSUM_BITS;
+        }
+    }
+
+    /// A header edit of `n` bytes at the front: the NIC's verdict holds
+    /// through VLAN tags, not through a tunnel's headers.
+    #[inline(always)]
+    fn front_edit(&mut self, n: usize) {
+        if n > 8 && self.csum_verified() {
+            self.set_csum_verified(false);
+        }
     }
 
     /// Note (or with None, forget) a partial checksum still to finish.
@@ -255,7 +390,30 @@ impl Packet {
     pub fn finish_partial_csum(&mut self) -> bool {
         let Some(c) = self.partial_csum() else { return true };
         self.set_partial_csum(None);
+        if self.is_split() && self.finish_split_csum(c) {
+            return true;
+        }
         crate::checksum::complete_checksum(self.data_mut(), c.start, c.offset)
+    }
+
+    /// Finish a split packet's partial checksum without flattening it, when
+    /// the checksum field lies in the head (a guest's TCP frame: headers in
+    /// the head, payload in the tail): the tail is summed where it is.
+    #[cold]
+    fn finish_split_csum(&mut self, c: PartialCsum) -> bool {
+        use crate::checksum::{fold, ones_sum};
+        let (start, at) = (c.start as usize, c.start as usize + c.offset as usize);
+        let head_len = self.len() - self.tail_len();
+        if start > head_len || at + 2 > head_len {
+            return false;
+        }
+        let tail = fold(self.tail().map_or(0, |t| ones_sum(t.bytes)));
+        let h = self.head_mut();
+        // The tail's words start on an odd byte when the head's part is odd.
+        let tail = if (head_len - start) % 2 == 1 { tail.swap_bytes() } else { tail };
+        let csum = !fold(ones_sum(&h[start..]) + tail as u64);
+        h[at..at + 2].copy_from_slice(&csum.to_be_bytes());
+        true
     }
 
     /// Set the length; bytes beyond the old length are whatever the buffer
@@ -263,12 +421,14 @@ impl Packet {
     #[inline]
     pub fn set_len(&mut self, len: usize) {
         assert!(len <= self.capacity(), "set_len({len}) beyond capacity {}", self.capacity());
+        self.flatten_if_split();
         self.rec_mut().len = len as u32;
     }
 
     /// Shorten to `len` bytes (no-op when already shorter).
     pub fn truncate(&mut self, len: usize) {
         if len < self.len() {
+            self.flatten_if_split();
             self.rec_mut().len = len as u32;
         }
     }
@@ -286,6 +446,7 @@ impl Packet {
     pub fn append(&mut self, bytes: &[u8]) {
         let old = self.len();
         assert!(bytes.len() <= self.tailroom(), "append of {} bytes: tailroom {}", bytes.len(), self.tailroom());
+        self.flatten_if_split();
         self.rec_mut().len += bytes.len() as u32;
         crate::copy::copy(&mut self.data_mut()[old..], bytes);
     }
@@ -296,6 +457,10 @@ impl Packet {
     #[inline]
     pub fn shift_left(&mut self, n: usize) {
         assert!(n <= self.len(), "shift_left({n}) of a {}-byte packet", self.len());
+        self.front_edit(n);
+        if n > self.len() - self.tail_len() {
+            self.flatten_if_split();
+        }
         if let Some(c) = self.partial_csum() {
             // A header in front of the checksummed part goes; one inside it
             // (a tunnel's outer checksum, say) cannot: finish it first.
@@ -307,6 +472,7 @@ impl Packet {
             let len = self.len();
             let d = self.data_mut();
             crate::copy::move_within(d, n..len, 0);
+            self.count_moved(len - n);
         } else {
             let r = self.rec_mut();
             // SAFETY: n <= len, so the new start is still inside the buffer.
@@ -321,6 +487,10 @@ impl Packet {
     /// the data moves up. Panics when the packet would not fit its buffer.
     #[inline]
     pub fn shift_right(&mut self, n: usize) {
+        self.front_edit(n);
+        if self.is_split() && n > self.headroom() {
+            self.flatten_if_split();
+        }
         if let Some(c) = self.partial_csum() {
             // The checksummed part moves back; past what the record holds,
             // finish it now (before the move: the request is the old one).
@@ -330,6 +500,7 @@ impl Packet {
             }
         }
         let len = self.len();
+        assert!(len + n <= BUFFER_SIZE, "shift_right({n}): a {len}-byte packet would outgrow BUFFER_SIZE");
         if !self.has_fixed_start() && n <= self.headroom() {
             let r = self.rec_mut();
             // SAFETY: n <= start, so the new start is still inside the buffer.
@@ -342,12 +513,15 @@ impl Packet {
         self.rec_mut().len += n as u32;
         let d = self.data_mut();
         crate::copy::move_within(d, 0..len, n);
+        if self.has_fixed_start() {
+            self.count_moved(len);
+        }
     }
 
     /// Prepend a header. See [`Packet::shift_right`].
     pub fn prepend(&mut self, header: &[u8]) {
         self.shift_right(header.len());
-        crate::copy::copy(&mut self.data_mut()[..header.len()], header);
+        crate::copy::copy(&mut self.head_mut()[..header.len()], header);
     }
 
     /// A host packet with a copy of this packet's bytes. Foreign packets
@@ -355,10 +529,49 @@ impl Packet {
     #[inline]
     pub fn copy_to_host(&self) -> Packet {
         let mut p = allocate_raw();
-        p.rec_mut().len = self.len() as u32;
-        crate::copy::copy(p.data_mut(), self.data());
+        let len = self.len();
+        // Every packet fits a host buffer (BUFFER_SIZE), if not always
+        // after the full headroom.
+        p.set_start(HEADROOM.min(BUFFER_SIZE - len));
+        p.rec_mut().len = len as u32;
+        self.copy_bytes_into(p.data_mut());
         p.copy_partial_csum(self);
         p
+    }
+
+    /// Copy every byte (head and tail of a split packet alike, without
+    /// flattening it) into `dst`, which is exactly `len()` bytes long.
+    #[inline]
+    pub fn copy_bytes_into(&self, dst: &mut [u8]) {
+        let head = self.head();
+        let (a, b) = dst.split_at_mut(head.len());
+        crate::copy::copy(a, head);
+        if let Some(t) = self.tail() {
+            crate::copy::copy(b, t.bytes);
+        }
+    }
+
+    /// Move a fresh host record's start (HEADROOM) down to `start`.
+    #[inline(always)]
+    fn set_start(&mut self, start: usize) {
+        if start < HEADROOM {
+            let r = self.rec_mut();
+            // SAFETY: moving the start down inside the headroom.
+            r.data = unsafe { r.data.sub(HEADROOM - start) };
+            r.start = start as u32;
+        }
+    }
+
+    /// Add to a foreign packet's tally of bytes moved in its buffer.
+    #[inline(always)]
+    fn count_moved(&mut self, n: usize) {
+        if self.rec().owner != HOST && !self.is_split() {
+            // SAFETY: a foreign packet's record is the front of a Shell.
+            let sh = unsafe { &mut *self.rec.cast::<Shell>().as_ptr() };
+            sh.moved = sh.moved.saturating_add(n as u32);
+        }
+        // SAFETY: this thread's State.
+        unsafe { (*state()).moved_bytes += n as u64 };
     }
 
     /// Carry `of`'s partial checksum request over to this copy of it.
@@ -371,25 +584,47 @@ impl Packet {
         }
     }
 
-    /// The owner id and token of a foreign packet.
+    /// The owner id and token of a foreign packet (of a split packet's tail).
     pub fn foreign_token(&self) -> Option<(u32, u64)> {
         let r = self.rec();
+        if r.owner & SPLIT != 0 {
+            // SAFETY: a split record has its Tail beside it.
+            return Some((r.owner & !SPLIT, unsafe { (*tail_of(self.rec)).token }));
+        }
         // SAFETY: a foreign packet's record is the front of a Shell.
         (r.owner != HOST).then(|| (r.owner, unsafe { (*self.rec.cast::<Shell>().as_ptr()).token }))
     }
 
+    /// Whether this packet's buffer (a split packet's tail) belongs to an
+    /// owner that revoked it or went away: a device must not write into it
+    /// any more.
+    pub fn is_revoked(&self) -> bool {
+        let owner = self.rec().owner & !SPLIT;
+        if owner == HOST {
+            return false;
+        }
+        // SAFETY: a read of this thread's State.
+        let st = unsafe { &*state() };
+        let o = &st.owners[(owner & 0xffff) as usize];
+        !o.open || o.revoked
+    }
+
     /// Give a fresh host packet (start HEADROOM) the headroom of `of`, when
-    /// `of` has less: a clone keeps its original's headroom.
+    /// `of` has less: a clone keeps its original's headroom (as far as its
+    /// length lets it fit a host buffer).
     #[inline(always)]
     fn match_headroom(&mut self, of: &Packet) {
-        let start = of.rec().start;
-        if start < HEADROOM as u32 {
-            let r = self.rec_mut();
-            // SAFETY: moving the start down inside the headroom.
-            r.data = unsafe { r.data.sub(HEADROOM - start as usize) };
-            r.start = start;
-        }
+        let start = (of.rec().start as usize).min(BUFFER_SIZE - of.len());
+        self.set_start(start);
     }
+}
+
+/// A split packet's foreign tail: its bytes (the owner may change them at
+/// any time: read them once) and device address.
+#[derive(Clone, Copy, Debug)]
+pub struct TailRef<'a> {
+    pub bytes: &'a [u8],
+    pub dma: u64,
 }
 
 impl Default for Packet {
@@ -405,7 +640,7 @@ impl Clone for Packet {
         let mut p = allocate_raw();
         p.match_headroom(self);
         p.rec_mut().len = self.len() as u32;
-        crate::copy::copy(p.data_mut(), self.data());
+        self.copy_bytes_into(p.data_mut());
         p.copy_partial_csum(self);
         p
     }
@@ -418,6 +653,7 @@ impl fmt::Debug for Packet {
             .field("len", &r.len)
             .field("start", &r.start)
             .field("owner", &r.owner)
+            .field("tail", &self.tail_len())
             .field("token", &self.foreign_token().map_or(0, |t| t.1))
             .field("partial_csum", &self.partial_csum())
             .finish()
@@ -429,6 +665,8 @@ impl Drop for Packet {
     fn drop(&mut self) {
         if self.rec().owner == HOST {
             free_host(self.rec);
+        } else if self.rec().owner & SPLIT != 0 {
+            free_split(self.rec);
         } else {
             return_foreign(self.rec);
         }
@@ -453,11 +691,17 @@ pub struct Stats {
     pub in_use: u64,
     /// Host packets this thread owns in all (free or in use).
     pub total: u64,
+    /// Bytes moved inside fixed-start buffers by header edits.
+    pub moved_bytes: u64,
+    /// Split packets flattened (their tails copied into their heads).
+    pub flattened: u64,
 }
 
 struct OwnerSlot {
     generation: u16,
     open: bool,
+    /// The owner asked for its buffers back (`BufferOwner::revoke`).
+    revoked: bool,
     name: String,
     outstanding: u64,
     returns: Vec<u64>,
@@ -599,9 +843,14 @@ struct State {
     foreign_returned: u64,
     /// Host records in the pool.
     total: u64,
+    moved_bytes: u64,
+    flattened: u64,
+    /// Bumped when an owner revokes its buffers or goes away.
+    revocations: u64,
     shells: Vec<NonNull<Record>>,
     chunks: Vec<memory::Chunk>,
-    /// Each chunk's records, in a block of their own (from Box::into_raw).
+    /// Each chunk's records, in a block of their own (from Box::into_raw):
+    /// BUFFERS_PER_CHUNK records, then as many Tail slots (see `tail_of`).
     records: Vec<NonNull<[Record]>>,
     /// Blocks of shells for foreign packets (from Box::into_raw).
     shell_blocks: Vec<NonNull<[Shell]>>,
@@ -677,6 +926,9 @@ fn init_state() -> *mut State {
         foreign_wrapped: 0,
         foreign_returned: 0,
         total: 0,
+        moved_bytes: 0,
+        flattened: 0,
+        revocations: 0,
         shells: Vec::new(),
         chunks: Vec::new(),
         records: Vec::new(),
@@ -685,6 +937,7 @@ fn init_state() -> *mut State {
         owners: vec![OwnerSlot {
             generation: 0,
             open: false,
+            revoked: false,
             name: "host".into(),
             outstanding: 0,
             returns: Vec::new(),
@@ -877,12 +1130,12 @@ impl Allocator {
     pub fn clone_of(&mut self, p: &Packet) -> Packet {
         let mut c = self.take();
         c.match_headroom(p);
-        let src = p.data();
+        let len = p.len();
         let r = c.rec_mut();
-        r.len = src.len() as u32;
-        // SAFETY: the fresh buffer has at least the tailroom of `p` from the
-        // same start, so `src.len()` bytes fit.
-        crate::copy::copy(unsafe { std::slice::from_raw_parts_mut(r.data, src.len()) }, src);
+        r.len = len as u32;
+        // SAFETY: match_headroom left the fresh buffer at least `len` bytes
+        // from its start (every packet is at most BUFFER_SIZE long).
+        p.copy_bytes_into(unsafe { std::slice::from_raw_parts_mut(r.data, len) });
         c.copy_partial_csum(p);
         c
     }
@@ -980,9 +1233,13 @@ fn grow(st: &mut State) {
         );
         let c = memory::alloc_chunk().expect("packet memory: cannot map a 2 MiB chunk");
         st.chunks.push(c);
-        let records: Box<[Record]> = (0..BUFFERS_PER_CHUNK)
+        // The records, then a slot per record for a split packet's tail.
+        let records: Box<[Record]> = (0..2 * BUFFERS_PER_CHUNK)
             .map(|i| {
                 let base = c.virt + i * STRIDE;
+                if i >= BUFFERS_PER_CHUNK {
+                    return Record { data: ptr::null_mut(), len: 0, start: 0, dma: 0, owner: HOST, cap: 0 };
+                }
                 Record {
                     data: (base + HEADROOM) as *mut u8,
                     len: 0,
@@ -1017,7 +1274,93 @@ pub fn stats() -> Stats {
         foreign_returned: st.foreign_returned,
         in_use,
         total: st.total,
+        moved_bytes: st.moved_bytes,
+        flattened: st.flattened,
     }
+}
+
+/// Changes whenever an owner of this thread revokes its buffers or goes
+/// away: a holder of foreign buffers a device may write into (a NIC receive
+/// ring) compares it with the value it last saw, once a breath, and on a
+/// change gives back every buffer [`Packet::is_revoked`] names.
+#[inline]
+pub fn revocations() -> u64 {
+    // SAFETY: a read of this thread's State.
+    unsafe { (*state()).revocations }
+}
+
+/// The Tail slot that goes with host record `rec` (the second half of its
+/// chunk's record block).
+///
+/// # Safety
+/// `rec` must be a host record of this thread.
+#[inline(always)]
+unsafe fn tail_of(rec: NonNull<Record>) -> *mut Tail {
+    // SAFETY: per the contract, rec lies in the first half of a block of
+    // 2 * BUFFERS_PER_CHUNK records; its Tail is BUFFERS_PER_CHUNK further.
+    unsafe { rec.as_ptr().add(BUFFERS_PER_CHUNK) as *mut Tail }
+}
+
+/// Copy a split packet's tail into its head's buffer, right after the
+/// head, and give the tail back to its owner: the packet is then an
+/// ordinary host packet.
+///
+/// # Safety
+/// `rec` must be a split record of this thread owned by a live handle, with
+/// no reference into the record live.
+#[cold]
+#[inline(never)]
+unsafe fn flatten(rec: NonNull<Record>) {
+    // SAFETY: per the contract; wrap_tail checked that head and tail fit
+    // the host buffer from the head's start.
+    unsafe {
+        let r = rec.as_ptr();
+        let t = tail_of(rec);
+        let tail_len = (*t).len as usize;
+        let head_len = (*r).len as usize - tail_len;
+        let dst = std::slice::from_raw_parts_mut((*r).data.add(head_len), tail_len);
+        crate::copy::copy(dst, std::slice::from_raw_parts((*t).ptr, tail_len));
+        let owner = (*r).owner & !SPLIT;
+        (*r).owner = HOST;
+        let token = (*t).token;
+        (*state()).flattened += 1;
+        give_back(owner, token);
+    }
+}
+
+/// A split packet is dropped: its head goes on the freelist, its tail home.
+#[cold]
+#[inline(never)]
+fn free_split(rec: NonNull<Record>) {
+    // SAFETY: rec is a split record of this thread whose handle is going.
+    let (owner, token) = unsafe {
+        let r = rec.as_ptr();
+        let owner = (*r).owner & !SPLIT;
+        (*r).owner = HOST;
+        (owner, (*tail_of(rec)).token)
+    };
+    free_host(rec);
+    give_back(owner, token);
+}
+
+/// One of `owner`'s buffers (token `token`) is back from the graph.
+fn give_back(owner: u32, token: u64) {
+    let keepalive = {
+        // SAFETY: this thread's State; the borrow ends in this block.
+        let st = unsafe { &mut *state() };
+        st.foreign_returned += 1;
+        let o = &mut st.owners[(owner & 0xffff) as usize];
+        o.outstanding -= 1;
+        if o.open {
+            o.returns.push(token);
+            None
+        } else if o.outstanding == 0 {
+            o.keepalive.take()
+        } else {
+            None
+        }
+    };
+    drop(keepalive);
 }
 
 // ---------------------------------------------------------------------------
@@ -1048,6 +1391,8 @@ pub struct Reclaimed {
     pub token: u64,
     pub start: u32,
     pub len: u32,
+    /// Bytes header edits moved inside the buffer (its start being fixed).
+    pub moved: u32,
 }
 
 /// A lender of foreign buffers (a vhost-user port lending guest receive
@@ -1076,6 +1421,7 @@ impl BufferOwner {
                 st.owners.push(OwnerSlot {
                     generation: 0,
                     open: false,
+                    revoked: false,
                     name: String::new(),
                     outstanding: 0,
                     returns: Vec::new(),
@@ -1085,8 +1431,9 @@ impl BufferOwner {
             }
         };
         let o = &mut st.owners[slot];
-        o.generation = o.generation.wrapping_add(1);
+        o.generation = o.generation.wrapping_add(1) & GENERATION_MASK as u16;
         o.open = true;
+        o.revoked = false;
         o.name = name.to_string();
         o.returns = Vec::with_capacity(4096);
         o.keepalive = keepalive;
@@ -1114,6 +1461,7 @@ impl BufferOwner {
             buf.cap
         );
         assert!(buf.cap <= CAP_MASK, "foreign buffer: cap {} of 64 KiB or more", buf.cap);
+        assert!(buf.len as usize <= BUFFER_SIZE, "foreign buffer: {} bytes, more than BUFFER_SIZE", buf.len);
         // SAFETY: this thread's State; no other reference is live.
         let st = unsafe { &mut *state() };
         let shell = match st.shells.pop() {
@@ -1135,9 +1483,68 @@ impl BufferOwner {
                     cap: buf.cap | if buf.fixed_start { FIXED_START } else { 0 },
                 },
                 token: buf.token,
+                moved: 0,
             });
         }
         Packet { rec: shell, _not_send: PhantomData }
+    }
+
+    /// Make a split packet: `head` (a host packet holding the first bytes
+    /// of a frame, a snapshot the lender cannot change) followed by
+    /// `tail.len` bytes of the lent buffer from `tail.start` (the rest of
+    /// the frame, left where it is). The tail's token comes back on the
+    /// return ring when the packet is dropped or flattened. `tail.cap`,
+    /// `tail.fixed_start` are not used.
+    ///
+    /// # Safety
+    /// As for [`BufferOwner::wrap`]: `tail.base + tail.start` for
+    /// `tail.len` bytes must stay valid until the token comes back (or the
+    /// keep-alive object goes). `head` must be a host packet, not split,
+    /// with room after it for the tail (checked).
+    pub unsafe fn wrap_tail(&self, head: Packet, tail: ForeignBuffer) -> Packet {
+        assert!(head.rec().owner == HOST, "wrap_tail: the head must be a host packet");
+        let total = head.len() + tail.len as usize;
+        assert!(total <= head.capacity(), "wrap_tail: {total} bytes do not fit the head's buffer");
+        let rec = head.into_record();
+        // SAFETY: this thread's State; no other reference is live.
+        let st = unsafe { &mut *state() };
+        st.owners[self.slot()].outstanding += 1;
+        st.foreign_wrapped += 1;
+        // SAFETY: rec is a host record of this thread that we now own; its
+        // Tail slot is free (only split records use it).
+        unsafe {
+            tail_of(rec).write(Tail {
+                ptr: tail.base.as_ptr().add(tail.start as usize),
+                dma: if tail.dma == 0 { 0 } else { tail.dma + tail.start as u64 },
+                token: tail.token,
+                len: tail.len,
+                _pad: 0,
+            });
+            (*rec.as_ptr()).len = total as u32;
+            (*rec.as_ptr()).owner = self.id | SPLIT;
+        }
+        Packet { rec, _not_send: PhantomData }
+    }
+
+    /// Ask for every buffer lent back: whoever holds one where a device may
+    /// write into it (a NIC's receive ring) gives it back at once (see
+    /// [`revocations`]); buffers elsewhere come back as they are dropped.
+    /// Lending more with a revoked owner is an error (make a new one).
+    pub fn revoke(&self) {
+        // SAFETY: this thread's State; no other reference is live.
+        let st = unsafe { &mut *state() };
+        let o = &mut st.owners[self.slot()];
+        if !o.revoked {
+            o.revoked = true;
+            st.revocations += 1;
+        }
+    }
+
+    /// Whether [`BufferOwner::revoke`] was called.
+    pub fn is_revoked(&self) -> bool {
+        // SAFETY: a read of this thread's State.
+        let st = unsafe { &*state() };
+        st.owners[self.slot()].revoked
     }
 
     /// Take back one of this owner's packets without going through the
@@ -1150,7 +1557,9 @@ impl BufferOwner {
         }
         // SAFETY: a foreign packet's record is the front of a Shell.
         let token = unsafe { (*p.rec.cast::<Shell>().as_ptr()).token };
-        let out = Reclaimed { token, start: r.start, len: r.len };
+        // SAFETY: as above.
+        let moved = unsafe { (*p.rec.cast::<Shell>().as_ptr()).moved };
+        let out = Reclaimed { token, start: r.start, len: r.len, moved };
         let shell = p.rec;
         std::mem::forget(p);
         // SAFETY: this thread's State; the shell's handle was just consumed.
@@ -1212,6 +1621,10 @@ impl Drop for BufferOwner {
             let o = &mut st.owners[self.slot()];
             o.open = false;
             o.returns = Vec::new();
+            if !o.revoked {
+                o.revoked = true;
+                st.revocations += 1;
+            }
             if o.outstanding == 0 { o.keepalive.take() } else { None }
         };
         // Dropped outside the borrow: it may own packets itself.
@@ -1233,6 +1646,7 @@ fn grow_shells(st: &mut State) -> NonNull<Record> {
         .map(|_| Shell {
             rec: Record { data: ptr::null_mut(), len: 0, start: 0, dma: 0, owner: HOST, cap: 0 },
             token: 0,
+            moved: 0,
         })
         .collect();
     // SAFETY: a fresh allocation; the block is freed only with the State.
@@ -1251,6 +1665,7 @@ fn return_foreign(shell: NonNull<Record>) {
         // SAFETY: this thread's State; shell is the dropped packet's record,
         // now unreachable from any handle. The borrow ends in this block.
         let st = unsafe { &mut *state() };
+        // SAFETY: as above: the shell is ours to read.
         let (owner, token) = unsafe { ((*shell.as_ptr()).owner, (*shell.cast::<Shell>().as_ptr()).token) };
         let slot = (owner & 0xffff) as usize;
         st.shells.push(shell);
@@ -1484,7 +1899,7 @@ mod tests {
         let mut p = t.lend(1, true);
         p.shift_left(2);
         let r = t.owner.reclaim(p).unwrap();
-        assert_eq!(r, Reclaimed { token: 1, start: 12, len: 2 });
+        assert_eq!(r, Reclaimed { token: 1, start: 12, len: 2, moved: 2 });
         assert_eq!(&t.bufs[1][12..14], &[0xcc, 0xdd], "fixed start: bytes moved down");
         let q = other.lend(0, false);
         let q = t.owner.reclaim(q).unwrap_err();
@@ -1666,5 +2081,198 @@ mod tests {
         // L1 sets (64-byte lines, 4 KiB per way).
         let sets: std::collections::BTreeSet<usize> = (0..64).map(|i| (i * STRIDE + HEADROOM) / 64 % 64).collect();
         assert_eq!(sets.len(), 64);
+    }
+    /// A test lender of one big buffer, for split tails.
+    fn tail_of_bytes(bytes: &mut [u8], token: u64) -> ForeignBuffer {
+        ForeignBuffer {
+            base: NonNull::new(bytes.as_mut_ptr()).unwrap(),
+            cap: bytes.len() as u32,
+            dma: 0x10_0000,
+            start: 0,
+            len: bytes.len() as u32,
+            token,
+            fixed_start: false,
+        }
+    }
+
+    #[test]
+    fn split_packets_read_copy_flatten_and_go_home() {
+        let owner = BufferOwner::register("split", None);
+        let mut tail: Vec<u8> = (0..1000u32).map(|i| (i * 13) as u8).collect();
+        let frame: Vec<u8> = (0..64u8).chain(tail.iter().copied()).collect();
+        let before = stats();
+        let head = Packet::from_bytes(&frame[..64]);
+        // SAFETY: `tail` outlives every packet made of it here.
+        let mut p = unsafe { owner.wrap_tail(head, tail_of_bytes(&mut tail, 7)) };
+        assert!(p.is_split() && p.is_foreign());
+        assert_eq!(p.len(), 1064);
+        assert_eq!(p.head(), &frame[..64]);
+        assert_eq!(p.tail().unwrap().bytes, &frame[64..]);
+        assert_eq!(p.tail().unwrap().dma, 0x10_0000);
+        assert_eq!(p.foreign_token(), Some((owner.id(), 7)));
+        assert_eq!(owner.outstanding(), 1);
+        // Copies gather both parts and leave the original split.
+        assert_eq!(p.clone().data(), &frame[..]);
+        assert_eq!(p.copy_to_host().data(), &frame[..]);
+        let mut a = Allocator::new(1);
+        assert_eq!(a.clone_of(&p).data(), &frame[..]);
+        drop(a);
+        assert!(p.is_split());
+        // Header edits inside the head stay O(1) and keep it split.
+        p.shift_left(14);
+        p.prepend(&[9; 14]);
+        assert!(p.is_split());
+        assert_eq!(&p.head()[..14], &[9; 14]);
+        // The whole frame at once flattens it, and the tail goes home.
+        let mut want = frame.clone();
+        want[..14].copy_from_slice(&[9; 14]);
+        assert_eq!(p.data(), &want[..]);
+        assert!(!p.is_split() && !p.is_foreign());
+        assert_eq!(owner.outstanding(), 0);
+        let mut got = vec![];
+        owner.drain_returns(|t| got.push(t));
+        assert_eq!(got, vec![7]);
+        assert_eq!(stats().flattened, before.flattened + 1);
+        drop(p);
+        // Dropped while split: head to the freelist, tail home.
+        let head = Packet::from_bytes(&frame[..64]);
+        // SAFETY: as above.
+        let p = unsafe { owner.wrap_tail(head, tail_of_bytes(&mut tail, 8)) };
+        drop(p);
+        owner.drain_returns(|t| got.push(t));
+        assert_eq!(got, vec![7, 8]);
+        let after = stats();
+        assert_eq!(after.in_use, before.in_use);
+        assert_eq!(after.foreign_wrapped - before.foreign_wrapped, after.foreign_returned - before.foreign_returned);
+    }
+
+    #[test]
+    fn split_packets_flatten_before_a_deep_strip_or_growth() {
+        let owner = BufferOwner::register("split", None);
+        let mut tail = vec![5u8; 100];
+        // SAFETY: `tail` outlives the packets.
+        let mut p = unsafe { owner.wrap_tail(Packet::from_bytes(&[1; 20]), tail_of_bytes(&mut tail, 1)) };
+        p.shift_left(30); // past the head
+        assert!(!p.is_split());
+        assert_eq!(p.data(), &[5u8; 90][..]);
+        // SAFETY: as above.
+        let mut p = unsafe { owner.wrap_tail(Packet::from_bytes(&[1; 20]), tail_of_bytes(&mut tail, 2)) };
+        p.append(&[6]);
+        assert!(!p.is_split());
+        assert_eq!(p.len(), 121);
+        assert_eq!(p.data()[120], 6);
+        let mut n = 0;
+        owner.drain_returns(|_| n += 1);
+        assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn csum_verified_is_carried_and_forgotten_past_vlan_tags() {
+        let mut p = Packet::from_bytes(&[0u8; 100]);
+        assert!(!p.csum_verified());
+        p.set_csum_verified(true);
+        assert!(p.csum_verified() && p.partial_csum().is_none());
+        assert!(p.clone().csum_verified() && p.copy_to_host().csum_verified());
+        p.shift_left(4); // a VLAN tag
+        p.shift_right(8); // QinQ pushed
+        assert!(p.csum_verified());
+        p.shift_left(50); // an outer IP tunnel
+        assert!(!p.csum_verified());
+        // A partial checksum request is not overwritten by a verdict.
+        let mut q = Packet::from_bytes(&[0u8; 100]);
+        assert!(q.set_partial_csum(Some(PartialCsum { start: 34, offset: 6 })));
+        q.set_csum_verified(true);
+        assert!(!q.csum_verified() && q.partial_csum().is_some());
+        // Freed records forget it.
+        let mut r = Packet::from_bytes(&[0u8; 60]);
+        r.set_csum_verified(true);
+        drop(r);
+        assert!(!Packet::new().csum_verified());
+    }
+
+    #[test]
+    fn a_foreign_buffer_larger_than_a_host_buffer_cannot_overflow_a_copy() {
+        let owner = BufferOwner::register("big", None);
+        let mut big = vec![0x5au8; 40000];
+        let base = NonNull::new(big.as_mut_ptr()).unwrap();
+        let fb =
+            |start: u32, len: u32| ForeignBuffer { base, cap: 40000, dma: 0, start, len, token: 0, fixed_start: true };
+        // SAFETY: `big` outlives the packets.
+        let mut p = unsafe { owner.wrap(fb(12, 0)) };
+        assert_eq!(p.capacity(), BUFFER_SIZE, "capped at what a host buffer holds");
+        p.set_len(BUFFER_SIZE);
+        let c = p.copy_to_host();
+        assert_eq!(c.len(), BUFFER_SIZE);
+        assert!(c.data().iter().all(|&b| b == 0x5a));
+        let d = p.clone();
+        assert_eq!(d.len(), BUFFER_SIZE);
+        let mut a = Allocator::new(1);
+        assert_eq!(a.clone_of(&p).len(), BUFFER_SIZE);
+        drop((a, c, d, p));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: as above.
+            drop(unsafe { owner.wrap(fb(0, BUFFER_SIZE as u32 + 1)) })
+        }));
+        assert!(r.is_err(), "a lender may not wrap more than BUFFER_SIZE bytes");
+        let mut n = 0;
+        owner.drain_returns(|_| n += 1);
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn revoking_marks_the_owners_packets_and_bumps_the_count() {
+        let mut t = TestOwner::new(2);
+        let p = t.lend(0, true);
+        let r0 = revocations();
+        assert!(!p.is_revoked() && !t.owner.is_revoked());
+        t.owner.revoke();
+        assert!(p.is_revoked());
+        assert_eq!(revocations(), r0 + 1);
+        t.owner.revoke();
+        assert_eq!(revocations(), r0 + 1, "once");
+        assert!(!Packet::new().is_revoked());
+        let other = TestOwner::new(1);
+        let q = {
+            let mut o = other;
+            let q = o.lend(0, false);
+            drop(o.owner);
+            std::mem::forget(o.bufs);
+            q
+        };
+        assert!(q.is_revoked(), "an owner that went away revoked its buffers");
+        assert_eq!(revocations(), r0 + 2);
+        drop((p, q));
+    }
+
+    #[test]
+    fn fixed_start_moves_are_counted_per_buffer() {
+        let mut t = TestOwner::new(1);
+        let before = stats().moved_bytes;
+        let mut p = t.lend(0, true);
+        p.shift_right(4);
+        p.shift_left(6);
+        let r = t.owner.reclaim(p).unwrap();
+        assert_eq!(r.moved, 4 + 2);
+        assert_eq!(stats().moved_bytes - before, 6);
+    }
+    #[test]
+    fn a_split_packets_partial_checksum_is_finished_without_flattening() {
+        let owner = BufferOwner::register("csum", None);
+        for (head_len, total) in [(54, 1500), (55, 1501), (64, 65), (60, 999)] {
+            let (f, _) = partial_frame();
+            let mut frame: Vec<u8> = f.iter().copied().cycle().take(total).collect();
+            frame[40..42].copy_from_slice(&[0x12, 0x34]);
+            let mut want = frame.clone();
+            assert!(crate::checksum::complete_checksum(&mut want, 34, 6));
+            let mut tail = frame[head_len..].to_vec();
+            let mut head = Packet::from_bytes(&frame[..head_len]);
+            assert!(head.set_partial_csum(Some(PartialCsum { start: 34, offset: 6 })));
+            // SAFETY: `tail` outlives the packet.
+            let mut p = unsafe { owner.wrap_tail(head, tail_of_bytes(&mut tail, 0)) };
+            assert!(p.finish_partial_csum());
+            assert!(p.is_split(), "summed where it lies");
+            assert_eq!(p.data(), &want[..], "head {head_len}, total {total}");
+        }
+        owner.drain_returns(|_| {});
     }
 }

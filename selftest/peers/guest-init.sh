@@ -5,7 +5,7 @@
 # Everything the guest does comes from the kernel command line, as
 # `guest.KEY=VALUE` words (dotted, so the kernel keeps them out of init's
 # environment and argv):
-#   guest.mode     probe | ping | ping-watch | iperf-server | iperf-client | idle | reboot-loop
+#   guest.mode     probe | ping | ping-watch | iperf-server | iperf-client | iperf-daemon | idle | reboot-loop
 #   guest.ip       address(es) for eth0, comma-separated: 169.254.0.1/16,fe80::1/64
 #   guest.peer     the address to ping / to run iperf3 against
 #   guest.mac      MAC for eth0 (QEMU's device mac= normally already set it)
@@ -188,6 +188,11 @@ iperf-client)
     mark "IPERF_RESULT bits_per_second=${rx%.*} sender_bits_per_second=${tx%.*} retransmits=${re:-0} seconds=$G_secs streams=$G_streams"
     finish ok;;
 idle)
+    G_after=idle
+    finish ok;;
+iperf-daemon) # an iperf3 server for any number of tests (either way, -R), then idle
+    iperf3 -s -D || fail "iperf3_daemon"
+    mark "IPERF_DAEMON uptime=$(up)"
     G_after=idle
     finish ok;;
 reboot-loop)

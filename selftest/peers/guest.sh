@@ -19,7 +19,7 @@
 #   --server             QEMU listens on PATH and the backend connects (client mode is the default:
 #                        QEMU connects to a backend that listens)
 #   --reconnect N        client mode: reconnect every N s when the backend goes away
-#   --mode MODE          probe|ping|ping-watch|iperf-server|iperf-client|idle|reboot-loop (default idle)
+#   --mode MODE          probe|ping|ping-watch|iperf-server|iperf-client|iperf-daemon|idle|reboot-loop (default idle)
 #   --ip LIST            eth0 addresses, comma-separated: 169.254.0.1/16,fe80::1/64
 #   --peer ADDR          address to ping / connect iperf3 to
 #   --mac MAC            default: 52:54:00 + 3 bytes derived from NAME
@@ -143,7 +143,7 @@ cmd_start() {
         esac
     done
     [ -n "$sock" ] || die "guest.sh start: --sock is required"
-    case $mode in probe|ping|ping-watch|iperf-server|iperf-client|idle|reboot-loop) ;; *) die "unknown mode $mode";; esac
+    case $mode in probe|ping|ping-watch|iperf-server|iperf-client|iperf-daemon|idle|reboot-loop) ;; *) die "unknown mode $mode";; esac
     [[ $queues =~ ^[1-9][0-9]*$ ]] || die "--queues must be a positive number"
     mkdir -p "$DIR"
     local mon=$DIR/$name.mon qlog=$DIR/$name.qemu.log

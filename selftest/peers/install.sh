@@ -9,6 +9,7 @@
 #   dpdk, dpdk-dev    dpdk-testpmd          iperf3, ethtool the guests' tools
 #   python3           kernel extraction, idle check, QEMU monitor
 #   util-linux        taskset, flock, setsid
+#   openvswitch-switch-dpdk   OVS 3.1 with DPDK (ovs.sh; never started as the system's service)
 # The guest kernel is not installed: guest-kit.sh downloads and unpacks it.
 #
 # Huge pages are reserved by scripts/test.sh, not here; this only reports
@@ -16,7 +17,7 @@
 # Prints: PEERS_PACKAGES installed=... missing=...   and   PEERS_HUGEPAGES total=N free=N size_kb=K mount=DIR
 set -uo pipefail
 
-PKGS=(qemu-system-x86 busybox-static dpdk dpdk-dev iperf3 ethtool python3 util-linux)
+PKGS=(qemu-system-x86 busybox-static dpdk dpdk-dev iperf3 ethtool python3 util-linux openvswitch-switch-dpdk)
 CHECK=0
 [ "${1:-}" = --check ] && CHECK=1
 

@@ -3,7 +3,7 @@
 //!
 //! | class       | ports                                                  | does                          |
 //! |-------------|--------------------------------------------------------|-------------------------------|
-//! | `VhostUser` | in: `input` (to the guest); out: `output` (from it)    | one virtio-net device         |
+//! | `VhostUser` | in: `input` (to the guest); out: `output` (from it), `supply` (lent receive buffers) | one virtio-net device |
 //!
 //! Args: `(socket: "/path", server: true, queues: 1, mtu: 1500, mac: None)`;
 //! `queues` is the number of queue pairs offered, `mac` (e.g.
@@ -21,6 +21,20 @@
 //! sends a malformed message loses its connection: its queues stop, its
 //! memory is unmapped, and the app waits for the next one.
 //!
+//! Zero copy. With a `supply` output linked (to an `Intel10g` pool's
+//! `supply` input) and both it and `input` in `copy: Zero`, the port lends
+//! the guest's receive buffers: the NIC writes frames straight into them,
+//! and they come back full on `input`, where the port writes the net header
+//! and the used entry without copying the frame. With `output` in `copy:
+//! Zero`, long transmitted frames leave as split packets (headers copied,
+//! the rest lent) and their chains go on the used ring once the packet is
+//! sent or dropped. Lent buffers come back in any order, so IN_ORDER is
+//! offered only when the links lend nothing (a guest that negotiated it is
+//! copied for until it connects again). Before a control message that
+//! changes or stops rings, lending stops and the message waits until every
+//! lent buffer is back (a NIC gives back what it holds when the owner is
+//! revoked), at most QUIESCE_TIMEOUT.
+//!
 //! Counters (over all connections): `rx_*` is what came from the guest,
 //! `tx_*` what went to it, each queue counter of [`QueueStats`] summed over
 //! the queues of that direction (`rx_packets`, `tx_bytes`, `tx_no_room`,
@@ -30,23 +44,29 @@
 //! `refused_connections` (a second frontend), `protocol_errors` (malformed
 //! messages), `request_errors` (requests refused), `broken_queues`,
 //! `rarp_sent`, and `link_up` (1 while a guest has queues running; the
-//! guest itself always sees its link up in the config space).
+//! guest itself always sees its link up in the config space). Zero copy:
+//! `tx_zc_packets` (frames delivered in lent buffers), `tx_copied_bytes`,
+//! `tx_zc_unsuitable`, `tx_zc_moved_bytes`, `tx_zc_unused`,
+//! `rx_zc_packets` (frames sent from lent buffers), `rx_copied_bytes`,
+//! `rx_zc_bound`, `zc_unreachable`, `zc_in_order`, `zc_lent` (buffers out
+//! now), `quiesces`, `quiesce_timeouts`.
 
-use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use snabb_core::{App, AppClass, AppContext, Io, MacAddr, Packet, PortSpec, Registry};
 
-use crate::channel::Channel;
-use crate::device::{Device, DeviceConfig, add_stats, rarp_frame};
-use crate::protocol::{FLAG_REPLY, Header, ProtocolError, VERSION};
+use crate::channel::{Channel, Listener, listen};
+use crate::device::{Device, DeviceConfig, LendStats, add_stats, rarp_frame};
+use crate::protocol::{FLAG_REPLY, Header, Message, ProtocolError, VERSION};
 use crate::virtq::QueueStats;
 
 /// Messages served per tick at most (the rest wait for the next tick).
 const MESSAGES_PER_TICK: usize = 64;
+/// How long a control message waits for lent buffers to come back.
+const QUIESCE_TIMEOUT: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -91,34 +111,6 @@ enum Endpoint {
     Client { next_try: Instant, backoff: Duration, failures: u64 },
 }
 
-/// A listening socket that removes its file when dropped.
-struct Listener {
-    sock: UnixListener,
-    path: PathBuf,
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-fn listen(path: &Path) -> anyhow::Result<Listener> {
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        anyhow::ensure!(meta.file_type().is_socket(), "socket `{}`: exists and is not a socket", path.display());
-        anyhow::ensure!(
-            UnixStream::connect(path).is_err(),
-            "socket `{}`: another process is listening on it",
-            path.display()
-        );
-        std::fs::remove_file(path)
-            .map_err(|e| anyhow::anyhow!("socket `{}`: removing the stale file: {e}", path.display()))?;
-    }
-    let sock = UnixListener::bind(path).map_err(|e| anyhow::anyhow!("socket `{}`: {e}", path.display()))?;
-    sock.set_nonblocking(true)?;
-    Ok(Listener { sock, path: path.to_path_buf() })
-}
-
 struct Connection {
     chan: Channel,
     dev: Device,
@@ -138,6 +130,7 @@ struct Totals {
     broken_queues: u64,
     rarp_sent: u64,
     refused: u64,
+    lend: LendStats,
 }
 
 pub struct VhostUser {
@@ -152,6 +145,10 @@ pub struct VhostUser {
     rarp: Vec<[u8; 6]>,
     /// Positions of the `input` and `output` ports (resolved in `link`).
     ports: (Option<usize>, Option<usize>),
+    /// Position of the `supply` output (lent receive buffers), if linked.
+    supply: Option<usize>,
+    /// A control message waiting for lent buffers to come back, and since when.
+    held: Option<(Message, Instant)>,
 }
 
 impl AppClass for VhostUser {
@@ -172,6 +169,8 @@ impl AppClass for VhostUser {
             past: Totals::default(),
             rarp: Vec::new(),
             ports: (None, None),
+            supply: None,
+            held: None,
         })
     }
 
@@ -179,7 +178,8 @@ impl AppClass for VhostUser {
     /// starts over on the new one; new queues, MTU or MAC apply from the
     /// next connection (a running guest keeps what it negotiated).
     fn reconfigure(&mut self, args: VhostUserArgs, _ctx: &AppContext) -> anyhow::Result<bool> {
-        let cfg = device_config(&args)?;
+        let mut cfg = device_config(&args)?;
+        cfg.in_order = self.cfg.in_order;
         if args.socket != self.args.socket || args.server != self.args.server {
             self.disconnect();
             // The old listener goes first, so that the same path can be bound again.
@@ -196,10 +196,18 @@ impl AppClass for VhostUser {
     }
 }
 
+fn add_lend_stats(a: &mut LendStats, b: &LendStats) {
+    let LendStats { unreachable, in_order, quiesces, quiesce_timeouts } = b;
+    a.unreachable += unreachable;
+    a.in_order += in_order;
+    a.quiesces += quiesces;
+    a.quiesce_timeouts += quiesce_timeouts;
+}
+
 fn device_config(args: &VhostUserArgs) -> anyhow::Result<DeviceConfig> {
     anyhow::ensure!((1..=128).contains(&args.queues), "queues {}: must be 1..=128 queue pairs", args.queues);
     anyhow::ensure!((68..=9216).contains(&args.mtu), "mtu {}: must be 68..=9216", args.mtu);
-    Ok(DeviceConfig { queue_pairs: args.queues, mtu: args.mtu, mac: args.mac.map(|m| m.0) })
+    Ok(DeviceConfig { queue_pairs: args.queues, mtu: args.mtu, mac: args.mac.map(|m| m.0), in_order: true })
 }
 
 fn endpoint(args: &VhostUserArgs) -> anyhow::Result<Endpoint> {
@@ -214,8 +222,8 @@ impl VhostUser {
     /// Find a frontend if there is none: accept one, or try to connect.
     fn attach(&mut self) {
         let stream = match &mut self.endpoint {
-            Endpoint::Server(l) => match l.sock.accept() {
-                Ok((s, _)) => s,
+            Endpoint::Server(l) => match l.accept() {
+                Ok(s) => s,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) => {
                     log::warn!("{}: accept on {}: {e}", self.name, self.args.socket.display());
@@ -250,7 +258,9 @@ impl VhostUser {
                 chan.set_send_timeout(Duration::ZERO);
                 log::info!("{}: frontend connected on {}", self.name, self.args.socket.display());
                 self.past.connections += 1;
-                self.conn = Some(Connection { chan, dev: Device::new(self.cfg.clone()) });
+                let mut dev = Device::new(self.cfg.clone());
+                dev.set_name(&self.name);
+                self.conn = Some(Connection { chan, dev });
             }
             Err(e) => log::warn!("{}: new connection: {e}", self.name),
         }
@@ -260,7 +270,7 @@ impl VhostUser {
     /// connection close) rather than left waiting for replies.
     fn turn_away(&mut self) {
         if let Endpoint::Server(l) = &self.endpoint {
-            while let Ok((s, _)) = l.sock.accept() {
+            while let Ok(s) = l.accept() {
                 log::warn!(
                     "{}: a second frontend on {}: refused (one at a time)",
                     self.name,
@@ -272,11 +282,32 @@ impl VhostUser {
         }
     }
 
-    /// Serve the messages that wait on the socket (a bounded number).
+    /// Serve the messages that wait on the socket (a bounded number). One
+    /// that changes rings while buffers are lent is held until they are
+    /// back (lending stops meanwhile), and the messages after it wait.
     fn serve(&mut self) {
         let Some(c) = &mut self.conn else { return };
         let mut result = Ok(());
+        if let Some((msg, since)) = self.held.take() {
+            let quiet = c.dev.quiet();
+            if !quiet && since.elapsed() < QUIESCE_TIMEOUT {
+                self.held = Some((msg, since));
+                return;
+            }
+            if !quiet {
+                log::warn!(
+                    "{}: {} lent buffers did not come back within {QUIESCE_TIMEOUT:?}; going on without them",
+                    self.name,
+                    c.dev.lent_outstanding()
+                );
+            }
+            c.dev.end_quiesce(!quiet);
+            result = answer(&self.name, c, msg, &mut self.past.protocol_errors);
+        }
         for _ in 0..MESSAGES_PER_TICK {
+            if result.is_err() {
+                break;
+            }
             let msg = match c.chan.try_recv() {
                 Ok(Some(m)) => m,
                 Ok(None) => break,
@@ -285,23 +316,18 @@ impl VhostUser {
                     break;
                 }
             };
-            let code = msg.header.request;
-            match c.dev.handle(msg) {
-                Ok(Some((code, payload))) => {
-                    let h = Header { request: code, flags: VERSION | FLAG_REPLY, size: payload.len() as u32 };
-                    if let Err(e) = c.chan.send(h, &payload, &[]) {
-                        result = Err(e);
-                        break;
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    log::warn!("{}: malformed {} message: {e}", self.name, crate::protocol::request_name(code));
-                    self.past.protocol_errors += 1;
-                    result = Err(e);
-                    break;
-                }
+            if c.dev.lending_state() && c.dev.changes_rings(&msg) {
+                log::debug!(
+                    "{}: {} waits for {} lent buffers",
+                    self.name,
+                    crate::protocol::request_name(msg.header.request),
+                    c.dev.lent_outstanding()
+                );
+                c.dev.begin_quiesce();
+                self.held = Some((msg, Instant::now()));
+                break;
             }
+            result = answer(&self.name, c, msg, &mut self.past.protocol_errors);
         }
         // Announcements asked for are sent even if the frontend left since.
         self.rarp.extend(c.dev.take_rarp());
@@ -314,12 +340,15 @@ impl VhostUser {
         }
     }
 
-    /// Forget the frontend: stop its queues, unmap its memory, keep counts.
+    /// Forget the frontend: stop its queues, unmap its memory (once every
+    /// buffer lent from it is back), keep counts.
     fn disconnect(&mut self) {
+        self.held = None;
         if let Some(c) = self.conn.take() {
             let (to, from) = c.dev.totals();
             add_stats(&mut self.past.to_guest, &to);
             add_stats(&mut self.past.from_guest, &from);
+            add_lend_stats(&mut self.past.lend, c.dev.lend_stats());
             self.past.request_errors += c.dev.errors;
             self.past.broken_queues += c.dev.broken_count() as u64;
             self.past.disconnects += 1;
@@ -335,10 +364,26 @@ impl VhostUser {
             let (to, from) = c.dev.totals();
             add_stats(&mut t.to_guest, &to);
             add_stats(&mut t.from_guest, &from);
+            add_lend_stats(&mut t.lend, c.dev.lend_stats());
             t.request_errors += c.dev.errors;
             t.broken_queues += c.dev.broken_count() as u64;
         }
         t
+    }
+
+    /// Whether the links let the port lend receive buffers: `supply`
+    /// linked, and it and `input` in `copy: Zero`.
+    fn lends_rx(&self, io: &Io) -> bool {
+        use snabb_core::CopyMode::Zero;
+        match (self.supply, self.ports.0) {
+            (Some(s), Some(i)) => io.output.at(s).copy_mode() == Zero && io.input.at(i).copy_mode() == Zero,
+            _ => false,
+        }
+    }
+
+    /// Whether the links let the port lend transmit buffers: `output` in `copy: Zero`.
+    fn lends_tx(&self, io: &Io) -> bool {
+        self.ports.1.is_some_and(|o| io.output.at(o).copy_mode() == snabb_core::CopyMode::Zero)
     }
 
     /// True while a frontend is connected.
@@ -372,10 +417,16 @@ impl App for VhostUser {
 
     fn link(&mut self, io: &Io) {
         self.ports = (io.input.index_of("input"), io.output.index_of("output"));
+        self.supply = io.output.index_of("supply");
+        // IN_ORDER only for a port that lends nothing (from the next
+        // connection on: a guest keeps what it negotiated).
+        self.cfg.in_order = !(self.lends_rx(io) || self.lends_tx(io));
     }
 
     fn pull(&mut self, io: &Io) {
+        let lend = self.lends_tx(io);
         let Some(c) = &mut self.conn else { return };
+        c.dev.drain_returns();
         if c.dev.running().1 == 0 {
             return;
         }
@@ -384,12 +435,12 @@ impl App for VhostUser {
                 let room = out.nwritable();
                 if room > 0 {
                     let mut tx = out.transmitter();
-                    c.dev.from_guest(room, |p| tx.send(p));
+                    c.dev.from_guest(room, lend, |p| tx.send(p));
                 }
             }
             None => {
                 let dropped = &mut self.past.rx_no_output;
-                c.dev.from_guest(usize::MAX, |p: Packet| {
+                c.dev.from_guest(usize::MAX, false, |p: Packet| {
                     *dropped += 1;
                     drop(p)
                 });
@@ -398,15 +449,28 @@ impl App for VhostUser {
     }
 
     fn push(&mut self, io: &Io) {
-        let Some(input) = self.ports.0.map(|i| io.input.at(i)) else { return };
-        if input.is_empty() {
-            return;
-        }
-        match &mut self.conn {
-            Some(c) if c.dev.running().0 > 0 => {
-                c.dev.to_guest(input);
+        let lend = self.lends_rx(io);
+        if let Some(c) = &mut self.conn {
+            c.dev.drain_returns();
+            if !lend {
+                c.dev.stop_lending_rx();
             }
-            _ => self.past.tx_no_guest += input.discard().0,
+        }
+        if let Some(input) = self.ports.0.map(|i| io.input.at(i))
+            && !input.is_empty()
+        {
+            match &mut self.conn {
+                Some(c) if c.dev.running().0 > 0 => {
+                    c.dev.to_guest(input);
+                }
+                _ => self.past.tx_no_guest += input.discard().0,
+            }
+        }
+        if lend
+            && let (Some(c), Some(s)) = (&mut self.conn, self.supply)
+            && c.dev.running().0 > 0
+        {
+            c.dev.lend_rx(io.output.at(s));
         }
     }
 
@@ -457,6 +521,11 @@ impl App for VhostUser {
         emit("request_errors", t.request_errors);
         emit("rarp_sent", t.rarp_sent);
         emit("refused_connections", t.refused);
+        emit("zc_unreachable", t.lend.unreachable);
+        emit("zc_in_order", t.lend.in_order);
+        emit("zc_lent", self.conn.as_ref().map_or(0, |c| c.dev.lent_outstanding()));
+        emit("quiesces", t.lend.quiesces);
+        emit("quiesce_timeouts", t.lend.quiesce_timeouts);
     }
 
     fn report(&self, out: &mut String) {
@@ -500,6 +569,24 @@ impl App for VhostUser {
             "  {} connections, {} disconnects, {} protocol errors, {} refused requests, {} broken queues",
             t.connections, t.disconnects, t.protocol_errors, t.request_errors, t.broken_queues
         );
+    }
+}
+
+/// Serve one message: handle it and send the reply, if any. An Err ends
+/// the connection.
+fn answer(name: &str, c: &mut Connection, msg: Message, protocol_errors: &mut u64) -> Result<(), ProtocolError> {
+    let code = msg.header.request;
+    match c.dev.handle(msg) {
+        Ok(Some((code, payload))) => {
+            let h = Header { request: code, flags: VERSION | FLAG_REPLY, size: payload.len() as u32 };
+            c.chan.send(h, &payload, &[])
+        }
+        Ok(None) => Ok(()),
+        Err(e) => {
+            log::warn!("{name}: malformed {} message: {e}", crate::protocol::request_name(code));
+            *protocol_errors += 1;
+            Err(e)
+        }
     }
 }
 

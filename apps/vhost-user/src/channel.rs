@@ -7,10 +7,16 @@
 //! hostile peer. Reads stop at the message's boundaries (header, then
 //! exactly `size` payload bytes), so the descriptors of the next message are
 //! never taken with this one. Sending waits a bounded time for room.
+//!
+//! [`listen`] makes the listening end of a socket path for whichever side
+//! is the server (a stale file left by a dead process is removed; a live
+//! listener on the path is an error), non-blocking, removed when dropped.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::net::UnixStream;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::protocol::{FLAG_REPLY, HEADER_SIZE, Header, MAX_FDS, Message, ProtocolError, VERSION};
@@ -255,4 +261,44 @@ pub fn poll_fd(fd: RawFd, events: i16, timeout_ms: i32) -> bool {
     // SAFETY: one valid pollfd.
     let n = unsafe { libc::poll(&mut p, 1, timeout_ms) };
     n > 0 && p.revents != 0
+}
+
+/// A listening socket that removes its file when dropped.
+pub struct Listener {
+    sock: UnixListener,
+    path: PathBuf,
+}
+
+impl Listener {
+    /// A waiting peer's connection; WouldBlock when none waits.
+    pub fn accept(&self) -> io::Result<UnixStream> {
+        self.sock.accept().map(|(s, _)| s)
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Listen on `path` (non-blocking). A socket file nobody listens on is
+/// removed first; anything else at the path is an error naming it.
+pub fn listen(path: &Path) -> anyhow::Result<Listener> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        anyhow::ensure!(meta.file_type().is_socket(), "socket `{}`: exists and is not a socket", path.display());
+        anyhow::ensure!(
+            UnixStream::connect(path).is_err(),
+            "socket `{}`: another process is listening on it",
+            path.display()
+        );
+        std::fs::remove_file(path)
+            .map_err(|e| anyhow::anyhow!("socket `{}`: removing the stale file: {e}", path.display()))?;
+    }
+    let sock = UnixListener::bind(path).map_err(|e| anyhow::anyhow!("socket `{}`: {e}", path.display()))?;
+    sock.set_nonblocking(true)?;
+    Ok(Listener { sock, path: path.to_path_buf() })
 }

@@ -17,10 +17,26 @@
 //! is logged, answered with a non-zero ack when the frontend asked for one,
 //! and the rest of the device keeps going. Only a message that does not
 //! parse ends the connection (see [`crate::protocol`]).
+//!
+//! Zero copy. The device lends guest buffers through two owners of its own
+//! (`BufferOwner`s, made anew each time lending starts): receive chains
+//! (`lend_rx`, onto a `supply` link to a NIC) and transmit chains (split
+//! packets out of `from_guest`). Their tokens name the ring and the slot
+//! (`virtq::token`). A lent receive buffer that comes back full on the
+//! input is completed in place (`to_guest`); one dropped anywhere comes
+//! back on the owner's return ring (`drain_returns`) and is a spare for the
+//! copy path; a transmit chain's used entry is written when its token comes
+//! back. Lending stops (the owner is revoked, so a NIC lets go of every
+//! buffer it holds) when the app says so, and before anything that changes
+//! or stops a ring: `begin_quiesce` revokes, the app holds the message
+//! until `quiet()`, then `end_quiesce` gives spare chains back empty.
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::Arc;
 
-use snabb_core::{Link, Packet};
+use snabb_core::packet::ForeignBuffer;
+use snabb_core::{BufferOwner, Link, Packet};
 
 use crate::memory::{DirtyLog, GuestMemory, RegionSpec};
 use crate::protocol::{
@@ -28,7 +44,7 @@ use crate::protocol::{
     request_name,
 };
 use crate::virtio::{self, bit, has};
-use crate::virtq::{QueueStats, Virtqueue, VringAddr};
+use crate::virtq::{QueueStats, TxLend, Virtqueue, VringAddr, token, untoken};
 
 /// The virtio-net config space status bit "link up".
 pub const VIRTIO_NET_S_LINK_UP: u16 = 1;
@@ -42,6 +58,9 @@ pub struct DeviceConfig {
     pub mtu: u16,
     /// A MAC for the guest (VIRTIO_NET_F_MAC is offered only with one).
     pub mac: Option<[u8; 6]>,
+    /// Offer VIRTIO_F_IN_ORDER: only when the port will lend no buffer
+    /// (lent ones come back in any order).
+    pub in_order: bool,
 }
 
 impl DeviceConfig {
@@ -53,7 +72,6 @@ impl DeviceConfig {
             virtio::VIRTIO_RING_F_INDIRECT_DESC,
             virtio::VIRTIO_RING_F_EVENT_IDX,
             virtio::VIRTIO_F_ANY_LAYOUT,
-            virtio::VIRTIO_F_IN_ORDER,
             virtio::VIRTIO_NET_F_CSUM,
             virtio::VIRTIO_NET_F_GUEST_CSUM,
             virtio::VIRTIO_NET_F_MTU,
@@ -68,6 +86,9 @@ impl DeviceConfig {
         }
         if self.mac.is_some() {
             f |= bit(virtio::VIRTIO_NET_F_MAC);
+        }
+        if self.in_order {
+            f |= bit(virtio::VIRTIO_F_IN_ORDER);
         }
         f
     }
@@ -141,6 +162,12 @@ pub fn add_stats(a: &mut QueueStats, b: &QueueStats) {
         split_buffers,
         bad_index,
         broken,
+        copied_bytes,
+        zc_packets,
+        zc_unsuitable,
+        zc_bound,
+        zc_moved_bytes,
+        zc_unused,
     } = b;
     a.packets += packets;
     a.bytes += bytes;
@@ -155,6 +182,12 @@ pub fn add_stats(a: &mut QueueStats, b: &QueueStats) {
     a.split_buffers += split_buffers;
     a.bad_index += bad_index;
     a.broken += broken;
+    a.copied_bytes += copied_bytes;
+    a.zc_packets += zc_packets;
+    a.zc_unsuitable += zc_unsuitable;
+    a.zc_bound += zc_bound;
+    a.zc_moved_bytes += zc_moved_bytes;
+    a.zc_unused += zc_unused;
 }
 
 impl Vring {
@@ -183,6 +216,48 @@ fn signal(fd: &OwnedFd) {
 
 /// Packets one RX queue is offered per turn when a device has several.
 const RX_QUEUE_BURST: usize = 32;
+/// Transmit chains one queue lends at once at most: far below a guest's
+/// ring (256 by default in QEMU), so that buffers a NIC is slow to give
+/// back cannot starve the guest (what sank DPDK's dequeue zero copy).
+pub const TX_LEND_BOUND: usize = 64;
+
+/// One direction's lending: the owner lending now, and earlier owners
+/// (revoked) whose buffers are not all back yet.
+#[derive(Default)]
+struct Lender {
+    owner: Option<BufferOwner>,
+    retiring: Vec<BufferOwner>,
+}
+
+impl Lender {
+    /// Stop lending: revoke the owner (a NIC lets go of its buffers).
+    fn stop(&mut self) {
+        if let Some(o) = self.owner.take() {
+            o.revoke();
+            self.retiring.push(o);
+        }
+    }
+    fn outstanding(&self) -> u64 {
+        self.owner.iter().chain(&self.retiring).map(BufferOwner::outstanding).sum()
+    }
+    fn find(&self, id: u32) -> Option<&BufferOwner> {
+        self.owner.iter().chain(&self.retiring).find(|o| o.id() == id)
+    }
+}
+
+/// Counters of lending kept by the device (the queues keep the rest).
+#[derive(Clone, Debug, Default)]
+pub struct LendStats {
+    /// Buffers not lent because the devices cannot reach the guest's
+    /// memory there (no IOMMU and not huge pages; an IOMMU that refused).
+    pub unreachable: u64,
+    /// Lending wanted but not done: the guest negotiated IN_ORDER.
+    pub in_order: u64,
+    /// Times lending stopped before a control message could be served.
+    pub quiesces: u64,
+    /// Times the lent buffers did not all come back in time.
+    pub quiesce_timeouts: u64,
+}
 
 /// The state of one connection.
 pub struct Device {
@@ -192,7 +267,7 @@ pub struct Device {
     features: u64,
     protocol_features: u64,
     owner: bool,
-    mem: GuestMemory,
+    mem: Arc<GuestMemory>,
     log: Option<DirtyLog>,
     status: u64,
     mtu: Option<u64>,
@@ -204,6 +279,17 @@ pub struct Device {
     rarp: Vec<[u8; 6]>,
     /// Requests that failed (logged, nacked).
     pub errors: u64,
+    /// Lending receive buffers (to a NIC) and transmit buffers (as tails).
+    rx_lender: Lender,
+    tx_lender: Lender,
+    /// Lending is stopped until the lent buffers are back (a control
+    /// message waits for it).
+    quiescing: bool,
+    /// Rings with used entries to publish and maybe signal.
+    dirty: u128,
+    lend_stats: LendStats,
+    /// The device's name for its owners and log lines.
+    name: String,
 }
 
 impl Device {
@@ -215,7 +301,7 @@ impl Device {
             features: 0,
             protocol_features: 0,
             owner: false,
-            mem: GuestMemory::empty(),
+            mem: Arc::new(GuestMemory::empty()),
             log: None,
             status: 0,
             mtu: None,
@@ -224,7 +310,18 @@ impl Device {
             next_rx: 0,
             rarp: Vec::new(),
             errors: 0,
+            rx_lender: Lender::default(),
+            tx_lender: Lender::default(),
+            quiescing: false,
+            dirty: 0,
+            lend_stats: LendStats::default(),
+            name: "vhost-user".into(),
         }
+    }
+
+    /// Name the device (for its buffer owners and log lines).
+    pub fn set_name(&mut self, name: &str) {
+        self.name = name.to_string();
     }
 
     pub fn features(&self) -> u64 {
@@ -356,10 +453,10 @@ impl Device {
                 }
                 self.to_guest.clear();
                 self.from_guest.clear();
-                self.mem = GuestMemory::empty();
+                self.mem = Arc::new(GuestMemory::empty());
                 let mapped = GuestMemory::map(&specs, fds);
                 match mapped {
-                    Ok(m) => self.mem = m,
+                    Ok(m) => self.mem = Arc::new(m),
                     Err(e) => {
                         self.refresh();
                         return Err(e.into());
@@ -569,12 +666,43 @@ impl Device {
 
     /// Switch to guest: offer the packets on `input` to the running RX
     /// queues, a different one first each time (spreading the load over
-    /// queue pairs). Returns packets delivered.
+    /// queue pairs). A lent buffer of ours coming back full is completed
+    /// where it is; everything else is copied. Returns packets delivered.
     pub fn to_guest(&mut self, input: &Link) -> usize {
         let n = self.to_guest.len();
         if n == 0 {
             return 0;
         }
+        let mut sent = 0;
+        if self.rx_lender.owner.is_none() && self.rx_lender.retiring.is_empty() {
+            sent += self.copy_to_guest(input, |_| false);
+        } else {
+            let ids: Vec<u32> = self.rx_lender.owner.iter().chain(&self.rx_lender.retiring).map(|o| o.id()).collect();
+            let ours = |p: &Packet| !p.is_split() && p.foreign_token().is_some_and(|(o, _)| ids.contains(&o));
+            loop {
+                while input.front_is(ours) {
+                    let p = input.receive().expect("front_is saw a packet");
+                    if self.complete_lent(p) {
+                        sent += 1;
+                    }
+                }
+                if input.is_empty() {
+                    break;
+                }
+                let copied = self.copy_to_guest(input, ours);
+                sent += copied;
+                if copied == 0 && !input.front_is(ours) {
+                    break; // the guest has no buffers for the rest
+                }
+            }
+        }
+        self.publish_dirty();
+        sent
+    }
+
+    /// The copy path of `to_guest`, stopping at a packet `stop` names.
+    fn copy_to_guest(&mut self, input: &Link, stop: impl Fn(&Packet) -> bool + Copy) -> usize {
+        let n = self.to_guest.len();
         let log = if has(self.features, virtio::VHOST_F_LOG_ALL) { self.log.as_ref() } else { None };
         let first = self.next_rx % n;
         self.next_rx = self.next_rx.wrapping_add(1);
@@ -585,12 +713,12 @@ impl Device {
         loop {
             let before = sent;
             for k in 0..n {
-                if input.is_empty() {
+                if input.is_empty() || input.front_is(stop) {
                     return sent;
                 }
                 let v = &mut self.vrings[self.to_guest[(first + k) % n]];
                 if let Some(q) = &mut v.queue {
-                    sent += q.transmit_to_guest_upto(&self.mem, log, input, burst);
+                    sent += q.transmit_to_guest_upto(&self.mem, log, input, burst, stop);
                     if q.take_signal()
                         && let Some(c) = &v.call
                     {
@@ -604,9 +732,61 @@ impl Device {
         }
     }
 
-    /// Guest to switch: take up to `max` packets from the running TX queues.
-    pub fn from_guest(&mut self, max: usize, mut out: impl FnMut(Packet)) -> usize {
+    /// A lent receive buffer of ours is back with a frame in it: header
+    /// and used entry (published by the caller). False when it could not
+    /// be delivered (its ring went away or broke; counted there).
+    fn complete_lent(&mut self, mut p: Packet) -> bool {
+        let Some((id, t)) = p.foreign_token() else { return false };
+        let (ring, slot) = untoken(t);
         let log = if has(self.features, virtio::VHOST_F_LOG_ALL) { self.log.as_ref() } else { None };
+        let Some(q) = self.vrings.get_mut(ring as usize).and_then(|v| v.queue.as_mut()) else { return false };
+        // The header is made from the packet (its checksum state) before
+        // the packet is given up: a partial checksum the guest does not
+        // take is finished in its buffer.
+        let h = q.header_for(&mut p);
+        let Some(owner) = self.rx_lender.find(id) else { return false };
+        let Ok(r) = owner.reclaim(p) else { return false };
+        q.count_moved(r.moved as u64);
+        let ok = q.complete_rx(log, slot, r.len as usize, h);
+        self.dirty |= 1 << (ring % 128);
+        ok
+    }
+
+    /// Publish used entries noted on every ring marked dirty, and signal
+    /// the guests that asked.
+    fn publish_dirty(&mut self) {
+        if self.dirty == 0 {
+            return;
+        }
+        let log = if has(self.features, virtio::VHOST_F_LOG_ALL) { self.log.as_ref() } else { None };
+        let d = std::mem::take(&mut self.dirty);
+        for (i, v) in self.vrings.iter_mut().enumerate() {
+            if d & (1 << (i % 128)) == 0 {
+                continue;
+            }
+            if let Some(q) = &mut v.queue {
+                q.publish_now(log);
+                if q.take_signal()
+                    && let Some(c) = &v.call
+                {
+                    signal(c);
+                }
+            }
+        }
+    }
+
+    /// Guest to switch: take up to `max` packets from the running TX queues,
+    /// lending long frames as split packets when `lend` (and the guest did
+    /// not negotiate IN_ORDER).
+    pub fn from_guest(&mut self, max: usize, lend: bool, mut out: impl FnMut(Packet)) -> usize {
+        let lend = lend && !self.quiescing && self.may_lend();
+        let log = if has(self.features, virtio::VHOST_F_LOG_ALL) { self.log.as_ref() } else { None };
+        if lend && self.tx_lender.owner.is_none() {
+            self.tx_lender.owner = Some(self.new_owner("tx"));
+        } else if !lend {
+            self.tx_lender.stop();
+        }
+        let device = lend.then(|| self.mem.device_memory());
         let mut got = 0;
         for &i in &self.from_guest {
             if got >= max {
@@ -614,7 +794,11 @@ impl Device {
             }
             let v = &mut self.vrings[i];
             if let Some(q) = &mut v.queue {
-                got += q.receive_from_guest(&self.mem, log, max - got, &mut out);
+                let l = match (&self.tx_lender.owner, device) {
+                    (Some(owner), Some(device)) => Some(TxLend { owner, device, ring: i as u16, bound: TX_LEND_BOUND }),
+                    _ => None,
+                };
+                got += q.receive_from_guest(&self.mem, log, max - got, l.as_ref(), &mut out);
                 if q.take_signal()
                     && let Some(c) = &v.call
                 {
@@ -623,6 +807,194 @@ impl Device {
             }
         }
         got
+    }
+
+    /// Whether the negotiated features let buffers be lent (not IN_ORDER).
+    fn may_lend(&mut self) -> bool {
+        if has(self.features, virtio::VIRTIO_F_IN_ORDER) {
+            if self.lend_stats.in_order == 0 {
+                log::warn!(
+                    "{}: the guest negotiated IN_ORDER (offered while the port's links did not lend): \
+                     copying until it connects again",
+                    self.name
+                );
+            }
+            self.lend_stats.in_order += 1;
+            return false;
+        }
+        true
+    }
+
+    fn new_owner(&self, what: &str) -> BufferOwner {
+        // The owner keeps the memory mapped (and registered with the
+        // devices) while any of its buffers is out.
+        let keep: Rc<dyn std::any::Any> = Rc::new(self.mem.clone());
+        BufferOwner::register(&format!("{} {what}", self.name), Some(keep))
+    }
+
+    /// Lend receive buffers onto `supply` (a NIC queue's `supply` input),
+    /// as many as the link takes, leaving an eighth of each ring to the
+    /// copy path. Returns how many were lent.
+    pub fn lend_rx(&mut self, supply: &Link) -> usize {
+        if self.quiescing || self.to_guest.is_empty() || !self.may_lend() {
+            return 0;
+        }
+        let room = supply.nwritable();
+        if room == 0 {
+            return 0;
+        }
+        if self.rx_lender.owner.is_none() {
+            self.rx_lender.owner = Some(self.new_owner("rx"));
+        }
+        let log = if has(self.features, virtio::VHOST_F_LOG_ALL) { self.log.as_ref() } else { None };
+        let device = self.mem.device_memory();
+        let owner = self.rx_lender.owner.as_ref().expect("made above");
+        let (name, stats) = (&self.name, &mut self.lend_stats);
+        let mut lent = 0;
+        let mut tx = supply.transmitter();
+        for &i in &self.to_guest {
+            let Some(q) = &mut self.vrings[i].queue else { continue };
+            let reserve = q.size() as usize / 8;
+            lent += q.lend_rx(&self.mem, log, room - lent, reserve, |b| {
+                // A NIC takes its buffer size from the first buffer it is
+                // given: every buffer says it holds less than a KiB more
+                // than the queue lends at, so that they all agree.
+                let cap = b.cap.min(b.size + 1023).min(u16::MAX as u32);
+                let Some(dma) = device.dma(b.ptr.as_ptr() as usize, cap as usize).filter(|d| d % 2 == 0) else {
+                    if stats.unreachable == 0 {
+                        log::warn!(
+                            "{name}: a NIC cannot reach the guest's memory (no IOMMU and not in huge pages, \
+                             or refused): its buffers are copied into, not lent"
+                        );
+                    }
+                    stats.unreachable += 1;
+                    return false;
+                };
+                let fb = ForeignBuffer {
+                    base: b.ptr,
+                    cap,
+                    dma,
+                    start: 0,
+                    len: 0,
+                    token: token(i as u16, b.slot),
+                    fixed_start: true,
+                };
+                // SAFETY: the buffer lies in guest memory that the owner's
+                // keep-alive object (the mapping) holds until it is back.
+                tx.send(unsafe { owner.wrap(fb) });
+                true
+            });
+            if lent >= room {
+                break;
+            }
+        }
+        lent
+    }
+
+    /// Stop lending receive buffers: the owner is revoked, so a NIC gives
+    /// back every buffer it holds; they come back as spares.
+    pub fn stop_lending_rx(&mut self) {
+        self.rx_lender.stop();
+    }
+
+    /// Take back the tokens of lent buffers that were dropped (or let go by
+    /// a NIC): receive chains become spares, transmit chains are used.
+    /// Owners with nothing out any more are let go.
+    pub fn drain_returns(&mut self) {
+        let log = if has(self.features, virtio::VHOST_F_LOG_ALL) { self.log.as_ref() } else { None };
+        let vrings = &mut self.vrings;
+        let dirty = &mut self.dirty;
+        for lender in [&mut self.rx_lender, &mut self.tx_lender] {
+            for o in lender.owner.iter().chain(&lender.retiring) {
+                if o.returns_pending() == 0 {
+                    continue;
+                }
+                o.drain_returns(|t| {
+                    let (ring, slot) = untoken(t);
+                    let Some(q) = vrings.get_mut(ring as usize).and_then(|v| v.queue.as_mut()) else { return };
+                    if ring % 2 == 0 {
+                        q.return_rx(slot);
+                    } else if q.complete_tx(log, slot) {
+                        *dirty |= 1 << (ring % 128);
+                    }
+                });
+            }
+            lender.retiring.retain(|o| o.outstanding() > 0);
+        }
+        self.publish_dirty();
+    }
+
+    /// Buffers lent and not back, both directions.
+    pub fn lent_outstanding(&self) -> u64 {
+        self.rx_lender.outstanding() + self.tx_lender.outstanding()
+    }
+
+    /// Whether anything is lent or spare (a ring change must wait).
+    pub fn lending_state(&self) -> bool {
+        self.lent_outstanding() > 0
+            || self.vrings.iter().filter_map(|v| v.queue.as_ref()).any(|q| q.spare_count() > 0 || q.lent_count() > 0)
+    }
+
+    /// Stop lending before a control message that changes or stops rings:
+    /// both owners are revoked; the caller waits for `quiet()`.
+    pub fn begin_quiesce(&mut self) {
+        self.quiescing = true;
+        self.lend_stats.quiesces += 1;
+        self.rx_lender.stop();
+        self.tx_lender.stop();
+    }
+
+    /// Every lent buffer is back.
+    pub fn quiet(&self) -> bool {
+        self.lent_outstanding() == 0
+    }
+
+    /// Lending is over for now: spare receive chains go back to the guest
+    /// empty, and owners are let go (after a timeout, with buffers still
+    /// out: their tokens are void, their memory stays mapped until they
+    /// come back).
+    pub fn end_quiesce(&mut self, timed_out: bool) {
+        self.drain_returns();
+        let log = if has(self.features, virtio::VHOST_F_LOG_ALL) { self.log.as_ref() } else { None };
+        for v in &mut self.vrings {
+            if let Some(q) = &mut v.queue {
+                q.give_back_spares(log);
+                q.forget_lent();
+            }
+        }
+        if timed_out {
+            self.lend_stats.quiesce_timeouts += 1;
+        }
+        self.rx_lender = Lender::default();
+        self.tx_lender = Lender::default();
+        self.quiescing = false;
+    }
+
+    pub fn lend_stats(&self) -> &LendStats {
+        &self.lend_stats
+    }
+
+    /// Whether serving `msg` would stop or change a running ring (so lent
+    /// buffers must be back first): a new memory table, ring settings,
+    /// GET_VRING_BASE, disabling a ring, a reset, or new features other
+    /// than LOG_ALL (which comes and goes with migration, rings running).
+    pub fn changes_rings(&self, msg: &Message) -> bool {
+        let word = |at: usize| msg.payload.get(at..at + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+        match msg.header.request {
+            req::SET_MEM_TABLE
+            | req::SET_VRING_NUM
+            | req::SET_VRING_ADDR
+            | req::SET_VRING_BASE
+            | req::GET_VRING_BASE
+            | req::RESET_OWNER
+            | req::RESET_DEVICE
+            | req::ADD_MEM_REG
+            | req::REM_MEM_REG => true,
+            // VhostUserVringState: index u32, num u32.
+            req::SET_VRING_ENABLE => msg.payload.get(4..8).is_none_or(|b| b == [0, 0, 0, 0]),
+            req::SET_FEATURES => word(0).is_none_or(|f| (f ^ self.features) & !bit(virtio::VHOST_F_LOG_ALL) != 0),
+            _ => false,
+        }
     }
 
     /// Look for queues the guest broke (at tick rate): report each once, on

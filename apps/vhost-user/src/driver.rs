@@ -24,7 +24,11 @@ pub struct DriverMemory {
     fd: OwnedFd,
     base: *mut u8,
     size: usize,
+    huge: bool,
 }
+
+/// The huge page size `new_huge` rounds to (the x86-64 default).
+pub const HUGE_PAGE: usize = 2 << 20;
 
 // SAFETY: the mapping is owned and not tied to a thread. Sharing it lets a
 // test run the guest in one thread and the device in another, as they run
@@ -41,10 +45,24 @@ impl std::fmt::Debug for DriverMemory {
 }
 
 impl DriverMemory {
+    /// Ordinary pages (a memfd of `size` bytes).
     pub fn new(size: usize) -> std::io::Result<DriverMemory> {
+        DriverMemory::map(size, false)
+    }
+
+    /// Huge pages: a memfd with MFD_HUGETLB, `size` rounded up to 2 MiB,
+    /// every page reserved and faulted in by the mapping (MAP_POPULATE),
+    /// so that running out of huge pages is this error and never a SIGBUS
+    /// later. The caller falls back to [`DriverMemory::new`] on an error.
+    pub fn new_huge(size: usize) -> std::io::Result<DriverMemory> {
+        DriverMemory::map(size.next_multiple_of(HUGE_PAGE), true)
+    }
+
+    fn map(size: usize, huge: bool) -> std::io::Result<DriverMemory> {
+        let flags = libc::MFD_CLOEXEC | if huge { libc::MFD_HUGETLB } else { 0 };
         // SAFETY: plain syscalls; the fd is fresh and owned from here on.
         let fd = unsafe {
-            let fd = libc::memfd_create(c"snabb-vhost-guest".as_ptr(), libc::MFD_CLOEXEC);
+            let fd = libc::memfd_create(c"snabb-vhost-guest".as_ptr(), flags);
             if fd < 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -54,13 +72,14 @@ impl DriverMemory {
         if unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
+        let populate = if huge { libc::MAP_POPULATE } else { 0 };
         // SAFETY: a fresh shared mapping of our fd, chosen by the kernel.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 size,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
+                libc::MAP_SHARED | populate,
                 fd.as_raw_fd(),
                 0,
             )
@@ -68,7 +87,12 @@ impl DriverMemory {
         if p == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(DriverMemory { fd, base: p as *mut u8, size })
+        Ok(DriverMemory { fd, base: p as *mut u8, size, huge })
+    }
+
+    /// Backed by huge pages.
+    pub fn is_huge(&self) -> bool {
+        self.huge
     }
 
     /// The memfd, to send with SET_MEM_TABLE.
@@ -133,7 +157,11 @@ pub fn ring_bytes(size: u16) -> u64 {
     used + 6 + 8 * size as u64
 }
 
-fn ring_offsets(size: u16) -> (u64, u64, u64) {
+/// Offsets of the descriptor table, the avail ring and the used ring from
+/// the start of a ring of `size` in this layout (virtio 1.x 2.7: tables
+/// 16-aligned, avail 2, used 4; the used ring gets a line of its own, so
+/// that the device's stores to it do not take the driver's avail line).
+pub fn ring_offsets(size: u16) -> (u64, u64, u64) {
     let n = size as u64;
     let avail = 16 * n;
     let used = (avail + 6 + 2 * n + 63) & !63;

@@ -422,33 +422,70 @@ pub fn memfd(size: u64) -> std::io::Result<OwnedFd> {
     }
 }
 
-/// A `VhostUser` app driven by hand, a link on each port.
+/// A `VhostUser` app driven by hand, a link on each port. Whatever the
+/// guest sends is taken off `output` at every step, as a graph would (lent
+/// transmit buffers go back to the guest only once their packets are
+/// gone), and kept for `take_output`.
 pub struct Rig {
     pub app: VhostUser,
     /// Packets for the guest.
     pub input: Rc<Link>,
     /// Packets from the guest.
     pub output: Rc<Link>,
+    /// Lent receive buffers, when made `with_supply`.
+    pub supply: Option<Rc<Link>>,
+    /// Frames taken off `output`.
+    pub collected: Vec<Vec<u8>>,
+    /// Keep the packets taken off `output` too (not just their bytes).
+    pub keep_packets: Option<Vec<Packet>>,
     io: Io,
 }
 
 impl Rig {
     pub fn new(args: VhostUserArgs) -> anyhow::Result<Rig> {
+        Rig::build(args, false)
+    }
+
+    /// With a `supply` output as well: the port lends receive buffers on it.
+    pub fn with_supply(args: VhostUserArgs) -> anyhow::Result<Rig> {
+        Rig::build(args, true)
+    }
+
+    fn build(args: VhostUserArgs, supply: bool) -> anyhow::Result<Rig> {
         let app = VhostUser::new(args, &AppContext { name: "vhost", class: "VhostUser" })?;
         let (input, output) = (Rc::new(Link::new(4096)), Rc::new(Link::new(4096)));
+        let supply = supply.then(|| Rc::new(Link::new(4096)));
+        let mut outs = vec![Port { name: "output".into(), link: output.clone() }];
+        if let Some(s) = &supply {
+            outs.push(Port { name: "supply".into(), link: s.clone() });
+        }
         let io = Io {
             input: Ports::new(vec![Port { name: "input".into(), link: input.clone() }]),
-            output: Ports::new(vec![Port { name: "output".into(), link: output.clone() }]),
+            output: Ports::new(outs),
         };
         let mut app = app;
         app.link(&io);
-        Ok(Rig { app, input, output, io })
+        Ok(Rig { app, input, output, supply, collected: Vec::new(), keep_packets: None, io })
+    }
+
+    /// Tell the app its links changed (a copy mode, say).
+    pub fn relink(&mut self) {
+        self.app.link(&self.io);
     }
 
     /// One breath with a tick: control messages, then both directions.
     pub fn step(&mut self) {
         self.app.tick(&self.io);
         self.app.pull(&self.io);
+        for p in self.output.drain() {
+            // Without flattening a split packet (a test may keep it).
+            let mut bytes = vec![0; p.len()];
+            p.copy_bytes_into(&mut bytes);
+            self.collected.push(bytes);
+            if let Some(k) = &mut self.keep_packets {
+                k.push(p);
+            }
+        }
         self.app.push(&self.io);
     }
 
@@ -470,8 +507,11 @@ impl Rig {
     }
 
     /// Frames the guest sent, taken off `output`.
-    pub fn take_output(&self) -> Vec<Vec<u8>> {
-        self.output.drain().map(|p| p.data().to_vec()).collect()
+    pub fn take_output(&mut self) -> Vec<Vec<u8>> {
+        for p in self.output.drain() {
+            self.collected.push(p.data().to_vec());
+        }
+        std::mem::take(&mut self.collected)
     }
 }
 

@@ -11,13 +11,25 @@
 //! hit is remembered and checked first; a miss falls back to a binary search
 //! over the regions sorted by address.
 //!
+//! For zero copy, the memory is also registered with the devices that may be
+//! handed a guest buffer (`device_memory`, once, on first use): a region in
+//! huge pages (hugetlbfs, or a memfd made with MFD_HUGETLB) is locked and
+//! given by physical address, page by page, when pagemap tells them; any
+//! other region by its address in this process (IOVA = VA), which only a
+//! device behind an IOMMU (VFIO, the 82599 model) reaches. The registration
+//! is dropped, unmapping it from every device, before the memory itself is
+//! unmapped.
+//!
 //! `DirtyLog` is the live-migration log (SET_LOG_BASE): a bitmap with one
 //! bit per 4 KiB page of guest-physical memory, which the frontend reads and
 //! clears concurrently, so bits are set with atomic ORs.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+
+use snabb_core::memory::{ForeignMemory, ForeignSegment};
 
 /// One region of a SET_MEM_TABLE message (field names as in the vhost-user spec).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -65,6 +77,8 @@ struct Region {
     /// The mapping, for munmap.
     map: *mut u8,
     map_len: usize,
+    /// The file's page size (st_blksize: 2 MiB or 1 GiB on hugetlbfs).
+    page_size: u64,
 }
 
 /// A guest's memory: every region mapped. Dropping unmaps.
@@ -78,6 +92,8 @@ pub struct GuestMemory {
     /// Unique per GuestMemory made in this process: a queue that translated
     /// its rings against one memory can tell when it is handed another.
     id: u64,
+    /// The registration with the devices (see `device_memory`).
+    devices: OnceLock<ForeignMemory>,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -102,7 +118,7 @@ impl std::fmt::Debug for GuestMemory {
 /// later unless it sealed it with F_SEAL_SHRINK; memfds from QEMU and our
 /// frontend are not shrunk, and guarding against that would take a SIGBUS
 /// handler.)
-fn map_shared(fd: &OwnedFd, len: u64) -> Result<(*mut u8, usize), MemoryError> {
+fn map_shared(fd: &OwnedFd, len: u64) -> Result<(*mut u8, usize, u64), MemoryError> {
     // SAFETY: fstat writes into the zeroed struct we own.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: a valid fd and a valid out pointer.
@@ -126,7 +142,7 @@ fn map_shared(fd: &OwnedFd, len: u64) -> Result<(*mut u8, usize), MemoryError> {
     if p == libc::MAP_FAILED {
         return Err(MemoryError::Mmap { len, err: std::io::Error::last_os_error() });
     }
-    Ok((p as *mut u8, ulen))
+    Ok((p as *mut u8, ulen, blk))
 }
 
 /// Offset of `addr` in [base, base+size) when [addr, addr+len) lies inside.
@@ -145,6 +161,7 @@ impl GuestMemory {
             specs: Vec::new(),
             last: AtomicUsize::new(0),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            devices: OnceLock::new(),
         }
     }
 
@@ -184,10 +201,10 @@ impl GuestMemory {
         for (spec, fd) in regions.iter().zip(fds) {
             let len = spec.mmap_offset + spec.memory_size;
             // On failure `mem` drops and unmaps what was mapped so far.
-            let (map, map_len) = map_shared(&fd, len)?;
+            let (map, map_len, page_size) = map_shared(&fd, len)?;
             // SAFETY: mmap_offset < len, inside the mapping.
             let host = unsafe { map.add(spec.mmap_offset as usize) };
-            mem.regions.push(Region { spec: *spec, host, map, map_len });
+            mem.regions.push(Region { spec: *spec, host, map, map_len, page_size });
             // fd drops here: the mapping keeps the file alive.
         }
         mem.regions.sort_by_key(|r| r.spec.guest_phys_addr);
@@ -276,10 +293,71 @@ impl GuestMemory {
     pub fn is_empty(&self) -> bool {
         self.regions.is_empty()
     }
+
+    /// This memory as devices see it: registered with every device's DMA
+    /// domain on first use, unregistered when the memory goes. A buffer can
+    /// be lent to a device when `device_memory().dma(ptr, len)` answers.
+    pub fn device_memory(&self) -> &ForeignMemory {
+        self.devices.get_or_init(|| ForeignMemory::register(self.segments()))
+    }
+
+    /// Whether the memory was registered with the devices.
+    pub fn has_device_memory(&self) -> bool {
+        self.devices.get().is_some()
+    }
+
+    /// The regions as device segments: huge-page regions by physical
+    /// address (locked first, so the pages stay put) when every page has
+    /// one, anything else by virtual address.
+    fn segments(&self) -> Vec<ForeignSegment> {
+        let mut out = Vec::new();
+        for r in &self.regions {
+            let (virt, len) = (r.host as usize, r.spec.memory_size as usize);
+            match physical_pages(r) {
+                Some(pages) => out.extend(pages),
+                None => out.push(ForeignSegment { virt, dma: virt as u64, len, physical: false }),
+            }
+        }
+        out
+    }
+}
+
+/// A huge-page region's pages by physical address, physically contiguous
+/// neighbours merged; None for ordinary pages, or when a page has no
+/// physical address to give (no CAP_SYS_ADMIN, not resident).
+fn physical_pages(r: &Region) -> Option<Vec<ForeignSegment>> {
+    const HUGE: u64 = 2 << 20;
+    if r.page_size < HUGE || !r.page_size.is_power_of_two() {
+        return None;
+    }
+    let (start, end) = (r.host as usize, r.host as usize + r.spec.memory_size as usize);
+    let ps = r.page_size as usize;
+    let first_page = start & !(ps - 1);
+    // SAFETY: locking pages of our own mapping (whole pages inside it:
+    // the mapping of a hugetlbfs file is made of whole pages).
+    if unsafe { libc::mlock(first_page as *const libc::c_void, end.next_multiple_of(ps) - first_page) } != 0 {
+        log::debug!("vhost-user: mlock of guest memory failed: {}", std::io::Error::last_os_error());
+        return None;
+    }
+    let mut segs: Vec<ForeignSegment> = Vec::new();
+    let mut page = first_page;
+    while page < end {
+        let pa = snabb_core::memory::physical_address(page)?;
+        let (from, to) = (page.max(start), (page + ps).min(end));
+        let dma = pa + (from - page) as u64;
+        match segs.last_mut() {
+            Some(last) if last.virt + last.len == from && last.dma + last.len as u64 == dma => last.len += to - from,
+            _ => segs.push(ForeignSegment { virt: from, dma, len: to - from, physical: true }),
+        }
+        page += ps;
+    }
+    Some(segs)
 }
 
 impl Drop for GuestMemory {
     fn drop(&mut self) {
+        // Devices let go of the memory before it is unmapped.
+        drop(self.devices.take());
         for r in &self.regions {
             // SAFETY: our own mapping, unmapped once; nothing borrows it past
             // the GuestMemory (pointers from translate are used under &self).
@@ -320,7 +398,7 @@ impl DirtyLog {
         let Some(len) = mmap_size.checked_add(mmap_offset).filter(|&n| mmap_size > 0 && n <= isize::MAX as u64) else {
             return Err(bad);
         };
-        let (map, map_len) = map_shared(&fd, len)?;
+        let (map, map_len, _) = map_shared(&fd, len)?;
         // SAFETY: mmap_offset < len, inside the mapping.
         let log = unsafe { map.add(mmap_offset as usize) } as *const AtomicU8;
         Ok(DirtyLog { map, map_len, log, bytes: mmap_size, beyond: AtomicU64::new(0) })

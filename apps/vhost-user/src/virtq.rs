@@ -27,12 +27,35 @@
 //! The used index is stored once per batch (BATCH packets at most: all
 //! their buffers gathered, then all their bytes copied), and the caller asks
 //! `take_signal` afterwards whether the guest wants an interrupt.
+//!
+//! Zero copy. A queue can also *lend* chains instead of copying:
+//!
+//!   * receive: `lend_rx` takes chains off the avail ring whose layout lets a
+//!     NIC write a frame straight into them (the data room right after the
+//!     net header, in one piece, or in the piece after a header-only one)
+//!     and hands each out as a slot; `complete_rx` writes the header and
+//!     the used entry once a frame is in it; `return_rx` takes back one that
+//!     came back empty, as a *spare*, which the copy path uses before the
+//!     avail ring. Chains the NIC could not use (too small, split oddly) are
+//!     spares from the start.
+//!   * transmit: `receive_from_guest` makes a frame of a long enough,
+//!     contiguous chain into a split packet (the first SNAPSHOT bytes copied
+//!     into host memory, where the guest cannot change them; the rest left
+//!     in its buffer), and its used entry waits for `complete_tx`, when the
+//!     packet has been sent or dropped. At most `TxLend::bound` chains are
+//!     out at once; past that, frames are copied.
+//!
+//! Lent chains come back in any order, so a queue lends nothing when
+//! VIRTIO_F_IN_ORDER was negotiated (the device offers it only when it will
+//! not lend).
 
+use std::collections::VecDeque;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering, fence};
 
-use snabb_core::packet::{self, PartialCsum};
-use snabb_core::{Link, Packet};
+use snabb_core::memory::ForeignMemory;
+use snabb_core::packet::{self, ForeignBuffer, PartialCsum};
+use snabb_core::{BufferOwner, Link, Packet};
 
 use crate::memory::{DirtyLog, GuestMemory};
 use crate::virtio::*;
@@ -61,6 +84,15 @@ const BATCH: usize = 32;
 /// How much of a packet's first buffer, past the net header, is fetched
 /// for writing while the rest of its batch is gathered.
 const PREFETCH_WRITE_BYTES: usize = 128;
+/// Bytes of a lent transmit frame copied into host memory: every header a
+/// switch decides on (Ethernet, two VLAN tags, IPv6 with options, TCP with
+/// options) lies in them, where the guest cannot change them any more.
+pub const SNAPSHOT: usize = 128;
+/// Transmit frames shorter than this are copied, not lent: a copy of a few
+/// hundred bytes costs less than lending and completing a chain.
+pub const TX_LEND_MIN: usize = 512;
+/// Receive chains sampled to choose the size a queue lends at.
+const LEND_SAMPLE: u16 = 16;
 
 /// Most descriptors one chain may have, indirect entries included. Linux
 /// guests use at most MAX_SKB_FRAGS + 2 (19); 256 leaves room for any sane
@@ -106,11 +138,28 @@ pub struct QueueStats {
     pub bad_index: u64,
     /// 1 once the queue is stopped (see `Virtqueue::broken`).
     pub broken: u64,
+    /// Bytes of frames copied between guest and host memory (both ways).
+    pub copied_bytes: u64,
+    /// Zero copy: frames delivered in a lent receive buffer, or sent from a
+    /// lent transmit buffer (a split packet).
+    pub zc_packets: u64,
+    /// Zero copy: chains copied into or from, not lent, because their
+    /// layout does not suit (receive: data room smaller than the queue
+    /// lends at, or split; transmit: frame short, or in several pieces).
+    pub zc_unsuitable: u64,
+    /// Zero copy, transmit: frames copied because `bound` chains were out.
+    pub zc_bound: u64,
+    /// Zero copy, receive: bytes header edits moved in lent buffers (a
+    /// stripped tunnel header: the used ring has no offset field).
+    pub zc_moved_bytes: u64,
+    /// Zero copy, receive: lent chains given back with nothing in them
+    /// (length 0) when lending stopped along with the ring.
+    pub zc_unused: u64,
 }
 
 impl QueueStats {
     /// Counter names and values, for reports and shm.
-    pub fn named(&self) -> [(&'static str, u64); 13] {
+    pub fn named(&self) -> [(&'static str, u64); 19] {
         [
             ("packets", self.packets),
             ("bytes", self.bytes),
@@ -125,6 +174,12 @@ impl QueueStats {
             ("split_buffers", self.split_buffers),
             ("bad_index", self.bad_index),
             ("broken", self.broken),
+            ("copied_bytes", self.copied_bytes),
+            ("zc_packets", self.zc_packets),
+            ("zc_unsuitable", self.zc_unsuitable),
+            ("zc_bound", self.zc_bound),
+            ("zc_moved_bytes", self.zc_moved_bytes),
+            ("zc_unused", self.zc_unused),
         ]
     }
 }
@@ -155,11 +210,54 @@ enum ChainError {
 }
 
 /// One piece of a buffer, translated.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 struct Seg {
     ptr: NonNull<u8>,
     gpa: u64,
     len: u32,
+}
+
+/// A chain that is out (lent), by slot.
+#[derive(Clone, Copy, Debug)]
+struct Lent {
+    head: u16,
+    /// Receive: the chain's first piece (the net header goes at its start).
+    hdr: Option<Seg>,
+    /// Receive: the piece a frame is written into, from its start.
+    data: Option<Seg>,
+}
+
+/// A receive buffer a queue lends (see `Virtqueue::lend_rx`).
+#[derive(Clone, Copy, Debug)]
+pub struct LendRx {
+    pub slot: u16,
+    /// Where the frame goes, and its guest-physical address.
+    pub ptr: NonNull<u8>,
+    pub gpa: u64,
+    /// Bytes of room there.
+    pub cap: u32,
+    /// The size the queue lends at (whole KiB; every lent buffer has room
+    /// for at least this much).
+    pub size: u32,
+}
+
+/// What a transmit queue needs to lend (see `Virtqueue::receive_from_guest`).
+pub struct TxLend<'a> {
+    pub owner: &'a BufferOwner,
+    pub device: &'a ForeignMemory,
+    /// This queue's index in the device, for the token.
+    pub ring: u16,
+    /// Chains out at once at most.
+    pub bound: usize,
+}
+
+/// A lent buffer's token: its queue and slot.
+pub fn token(ring: u16, slot: u16) -> u64 {
+    (ring as u64) << 16 | slot as u64
+}
+/// The queue and slot of a token.
+pub fn untoken(t: u64) -> (u16, u16) {
+    ((t >> 16) as u16, t as u16)
 }
 
 /// A descriptor as read from guest memory (little-endian on the wire).
@@ -203,7 +301,7 @@ unsafe fn read_desc(table: *const u8, i: u32) -> Desc {
 /// Ask the CPU to bring `p`'s cache line in. Only a hint: it reads no
 /// memory architecturally and never faults.
 #[inline(always)]
-fn prefetch(p: *const u8) {
+pub fn prefetch(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: PREFETCHT0 takes any address (SSE, always present on x86_64).
     unsafe {
@@ -218,7 +316,7 @@ fn prefetch(p: *const u8) {
 /// a plain store would wait for it to be taken back, packet after packet.
 /// Only a hint, like `prefetch`.
 #[inline(always)]
-fn prefetch_write(p: *const u8) {
+pub fn prefetch_write(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
     {
         if has_prefetchw() {
@@ -419,11 +517,12 @@ impl Ring {
 }
 
 /// A chain gathered for a received packet: its head and its room (its
-/// pieces are in `Virtqueue::segs`, in order).
+/// pieces are in `Virtqueue::segs`, in order), and whether it is a spare.
 #[derive(Clone, Copy)]
 struct Gathered {
     head: u16,
     cap: u32,
+    spare: bool,
 }
 
 /// A packet given its buffers, waiting for its bytes to be copied: its
@@ -482,6 +581,16 @@ pub struct Virtqueue {
     broken: Option<&'static str>,
     /// Avail entries up to here have had their descriptors prefetched.
     prefetched: u16,
+    /// Chains out, by slot (receive buffers lent to a NIC, transmit buffers
+    /// as packet tails), and the free slots.
+    lent: Vec<Option<Lent>>,
+    free_slots: Vec<u16>,
+    /// Receive chains taken off the avail ring and not used: the copy path
+    /// fills these first.
+    spare: VecDeque<u16>,
+    /// The data room (whole KiB) receive buffers are lent with; 0 until
+    /// chosen from the first chains the guest posts.
+    lend_size: u32,
 }
 
 // SAFETY: the raw pointers point into guest memory whose owner (the
@@ -566,6 +675,10 @@ impl Virtqueue {
             stats: QueueStats::default(),
             broken: None,
             prefetched: base,
+            lent: vec![None; size as usize],
+            free_slots: (0..size).rev().collect(),
+            spare: VecDeque::new(),
+            lend_size: 0,
         })
     }
 
@@ -724,11 +837,17 @@ impl Virtqueue {
     /// frame (after the net header) into a fresh host packet, completing a
     /// partial checksum when the header asks for it, hand it to `out`, and
     /// put the chain on the used ring. Returns the chains taken.
+    ///
+    /// With `lend`, a frame of at least TX_LEND_MIN bytes in one piece of
+    /// memory the devices reach is not copied: it goes out as a split
+    /// packet (SNAPSHOT bytes copied, the rest lent), and its chain waits
+    /// for `complete_tx`.
     pub fn receive_from_guest(
         &mut self,
         mem: &GuestMemory,
         log: Option<&DirtyLog>,
         max: usize,
+        mut lend: Option<&TxLend<'_>>,
         mut out: impl FnMut(Packet),
     ) -> usize {
         if !self.ready(mem) {
@@ -736,9 +855,11 @@ impl Virtqueue {
         }
         let Some(avail) = self.avail_idx() else { return 0 };
         let n = (avail.wrapping_sub(self.next_avail) as usize).min(max);
-        let hdr_len = self.hdr_len;
         let ring = self.ring;
         let mut taken = 0;
+        if lend.is_some() && self.mrg_in_order() {
+            lend = None;
+        }
         // Fresh packets for the batch, from the freelist in one go.
         let mut alloc = packet::Allocator::new(n);
         while taken < n {
@@ -746,66 +867,416 @@ impl Virtqueue {
             self.next_avail = self.next_avail.wrapping_add(1);
             taken += 1;
 
-            let mut p = alloc.allocate();
-            let mut hdr = [0u8; NetHdr::MAX_LEN];
-            let mut got = 0usize;
-            let mut too_long = false;
+            // The chain's pieces, then the header out of them (read once).
+            let mut segs = std::mem::take(&mut self.segs);
+            segs.clear();
+            let mut total = 0u64;
             let r = ring.walk(mem, head, false, &mut self.stats.split_buffers, &mut |s| {
-                // SAFETY: s.ptr is valid for s.len bytes (translated). The
-                // guest may change them meanwhile: each byte is read once,
-                // into our packet, and any value is a valid u8.
-                let mut b = unsafe { std::slice::from_raw_parts(s.ptr.as_ptr(), s.len as usize) };
-                if got < hdr_len {
-                    let k = (hdr_len - got).min(b.len());
-                    hdr[got..got + k].copy_from_slice(&b[..k]);
-                    got += k;
-                    b = &b[k..];
-                }
-                // Past a host packet's size: keep walking (a looping chain is
-                // a bad descriptor, not a long frame), stop copying.
-                if too_long || b.len() > p.tailroom() {
-                    too_long = true;
-                    return true;
-                }
-                if !b.is_empty() {
-                    p.append(b);
+                // A looping chain ends as TooLong in walk; past MAX_SEGS
+                // pieces, or a frame longer than a packet, it is dropped.
+                total += s.len as u64;
+                if segs.len() < MAX_SEGS {
+                    segs.push(s);
                 }
                 true
             });
-            self.push_used(log, head, 0);
-            if let Err(e) = r {
-                self.count_bad(e);
-                continue;
-            }
-            if too_long {
-                self.stats.too_long += 1;
-                continue;
-            }
-            if got < hdr_len {
-                self.stats.too_short += 1;
-                continue;
-            }
-            let h = NetHdr::parse(&hdr[..hdr_len]);
-            if h.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
-                if h.csum_start as usize + h.csum_offset as usize + 2 > p.len() {
-                    self.stats.bad_csum += 1;
-                    continue;
+            let complete = segs.len() < MAX_SEGS;
+            let res = self.frame_from_chain(&segs, total, r, complete, head, &mut alloc, lend);
+            self.segs = segs;
+            match res {
+                Ok((p, lent)) => {
+                    if !lent {
+                        self.push_used(log, head, 0);
+                    }
+                    out(p);
                 }
-                // The request travels with the packet (a guest that
-                // accepts partial checksums gets it as it is); one the
-                // packet cannot carry is finished here.
-                let c = PartialCsum { start: h.csum_start, offset: h.csum_offset };
-                if !p.set_partial_csum(Some(c)) {
-                    complete_checksum(p.data_mut(), c.start, c.offset);
-                    self.stats.csum_completed += 1;
+                // A lent chain dropped here comes back through the return ring.
+                Err(lent) => {
+                    if !lent {
+                        self.push_used(log, head, 0);
+                    }
                 }
             }
-            self.stats.packets += 1;
-            self.stats.bytes += p.len() as u64;
-            out(p);
         }
         self.publish(log);
         taken
+    }
+
+    /// VIRTIO_F_IN_ORDER was negotiated: chains must be used in order, so
+    /// none may be lent (lent ones come back in any order).
+    #[inline]
+    fn mrg_in_order(&self) -> bool {
+        has(self.features, VIRTIO_F_IN_ORDER)
+    }
+
+    /// Make a packet of a transmit chain's pieces: a copy, or a split
+    /// packet lending the frame's tail (then `Ok((p, true))`: the chain is
+    /// out until `complete_tx`). Err: the frame was dropped (counted);
+    /// `Err(true)` when it was lent all the same (its chain comes back
+    /// through the return ring).
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn frame_from_chain(
+        &mut self,
+        segs: &[Seg],
+        total: u64,
+        walked: Result<(), ChainError>,
+        complete: bool,
+        head: u16,
+        alloc: &mut packet::Allocator,
+        lend: Option<&TxLend<'_>>,
+    ) -> Result<(Packet, bool), bool> {
+        let hdr_len = self.hdr_len;
+        if let Err(e) = walked {
+            self.count_bad(e);
+            return Err(false);
+        }
+        if !complete {
+            self.count_bad(ChainError::TooLong);
+            return Err(false);
+        }
+        if total < hdr_len as u64 {
+            self.stats.too_short += 1;
+            return Err(false);
+        }
+        let frame_len = total - hdr_len as u64;
+        if frame_len > packet::PAYLOAD_SIZE as u64 {
+            self.stats.too_long += 1;
+            return Err(false);
+        }
+        let frame_len = frame_len as usize;
+        // The header: the first hdr_len bytes, wherever they lie.
+        let mut hdr = [0u8; NetHdr::MAX_LEN];
+        let (mut got, mut i, mut off) = (0usize, 0usize, 0usize);
+        while got < hdr_len {
+            let s = segs[i];
+            let k = (hdr_len - got).min(s.len as usize);
+            // SAFETY: s.ptr is valid for s.len bytes (translated); each byte
+            // is read once, and any value is a valid u8.
+            let b = unsafe { std::slice::from_raw_parts(s.ptr.as_ptr(), k) };
+            hdr[got..got + k].copy_from_slice(b);
+            got += k;
+            if k == s.len as usize {
+                i += 1;
+                off = 0;
+            } else {
+                off = k;
+            }
+        }
+        let h = NetHdr::parse(&hdr[..hdr_len]);
+        // Where the frame lies: pieces from segs[i] at `off`.
+        let one_piece = i < segs.len() && segs[i].len as usize - off == frame_len;
+        let mut lent = false;
+        let mut p = match lend {
+            Some(l) if frame_len >= TX_LEND_MIN && one_piece => {
+                let s = segs[i];
+                // SAFETY: off < s.len: inside the translated piece.
+                let at = unsafe { NonNull::new_unchecked(s.ptr.as_ptr().add(off)) };
+                match self.lend_tx(l, head, at, frame_len, alloc) {
+                    Some(p) => {
+                        lent = true;
+                        p
+                    }
+                    None => self.copy_frame(segs, i, off, frame_len, alloc),
+                }
+            }
+            Some(_) => {
+                self.stats.zc_unsuitable += 1;
+                self.copy_frame(segs, i, off, frame_len, alloc)
+            }
+            None => self.copy_frame(segs, i, off, frame_len, alloc),
+        };
+        if h.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
+            if h.csum_start as usize + h.csum_offset as usize + 2 > p.len() {
+                self.stats.bad_csum += 1;
+                return Err(lent);
+            }
+            // The request travels with the packet (a guest that accepts
+            // partial checksums gets it as it is); one the packet cannot
+            // carry is finished here.
+            let c = PartialCsum { start: h.csum_start, offset: h.csum_offset };
+            if !p.set_partial_csum(Some(c)) {
+                complete_checksum(p.data_mut(), c.start, c.offset);
+                self.stats.csum_completed += 1;
+            }
+        }
+        self.stats.packets += 1;
+        self.stats.bytes += p.len() as u64;
+        Ok((p, lent))
+    }
+
+    /// Copy a frame (from piece `i` at `off`) into a fresh host packet.
+    #[inline]
+    fn copy_frame(&mut self, segs: &[Seg], i: usize, off: usize, len: usize, alloc: &mut packet::Allocator) -> Packet {
+        let mut p = alloc.allocate();
+        let mut off = off;
+        for s in &segs[i..] {
+            let n = s.len as usize - off;
+            if n > 0 {
+                // SAFETY: s.ptr is valid for s.len bytes (translated); the
+                // guest may change them meanwhile: each byte is read once,
+                // into our packet.
+                p.append(unsafe { std::slice::from_raw_parts(s.ptr.as_ptr().add(off), n) });
+            }
+            off = 0;
+        }
+        debug_assert_eq!(p.len(), len);
+        self.stats.copied_bytes += len as u64;
+        p
+    }
+
+    /// Lend a transmit frame of `len` bytes at `at` as a split packet, or
+    /// None (bound reached, unreachable memory, no slot).
+    #[inline]
+    fn lend_tx(
+        &mut self,
+        l: &TxLend<'_>,
+        head: u16,
+        at: NonNull<u8>,
+        len: usize,
+        alloc: &mut packet::Allocator,
+    ) -> Option<Packet> {
+        if self.lent_count() >= l.bound {
+            self.stats.zc_bound += 1;
+            return None;
+        }
+        let Some(dma) = l.device.dma(at.as_ptr() as usize, len) else {
+            self.stats.zc_unsuitable += 1;
+            return None;
+        };
+        let slot = self.free_slots.pop()?;
+        self.lent[slot as usize] = Some(Lent { head, hdr: None, data: None });
+        // SAFETY: `at` is valid for `len` bytes (translated); the snapshot
+        // is read once, and then it is ours.
+        let snap = unsafe { std::slice::from_raw_parts(at.as_ptr(), SNAPSHOT) };
+        let h = alloc.from_bytes(snap);
+        self.stats.copied_bytes += SNAPSHOT as u64;
+        self.stats.zc_packets += 1;
+        let tail = ForeignBuffer {
+            base: at,
+            cap: len as u32,
+            dma,
+            start: SNAPSHOT as u32,
+            len: (len - SNAPSHOT) as u32,
+            token: token(l.ring, slot),
+            fixed_start: false,
+        };
+        // SAFETY: the tail lies in guest memory that the owner's keep-alive
+        // object (the mapping) holds until the token is back.
+        Some(unsafe { l.owner.wrap_tail(h, tail) })
+    }
+
+    /// A lent transmit chain is back (its packet was sent or dropped): its
+    /// used entry goes on the ring (published with the next batch, or by
+    /// `publish_now`).
+    pub fn complete_tx(&mut self, log: Option<&DirtyLog>, slot: u16) -> bool {
+        let Some(l) = self.lent.get_mut(slot as usize).and_then(Option::take) else { return false };
+        self.free_slots.push(slot);
+        if self.broken.is_none() {
+            self.push_used(log, l.head, 0);
+        }
+        true
+    }
+
+    /// Chains out now (lent, not back).
+    pub fn lent_count(&self) -> usize {
+        self.lent.len() - self.free_slots.len()
+    }
+    /// Receive chains taken and not used, waiting for the copy path.
+    pub fn spare_count(&self) -> usize {
+        self.spare.len()
+    }
+
+    /// Store the used entries noted so far and the used index.
+    pub fn publish_now(&mut self, log: Option<&DirtyLog>) {
+        self.publish(log);
+    }
+
+    /// The data room receive buffers are lent with (whole KiB; 0 until the
+    /// first `lend_rx` chose it).
+    pub fn lend_size(&self) -> u32 {
+        self.lend_size
+    }
+
+    /// Receive (a guest RX queue): take chains off the avail ring to lend,
+    /// up to `max`, leaving at least `reserve` of the ring's chains to the
+    /// copy path. Each lendable chain is offered to `offer`, which lends it
+    /// (true) or not (false: the chain becomes a spare and lending stops
+    /// for now). A chain whose layout does not suit is a spare at once
+    /// (counted in `zc_unsuitable`). Returns the chains lent.
+    ///
+    /// A chain suits when a frame of `lend_size` bytes can be written into
+    /// one piece of it at once, where virtio wants the frame: right after
+    /// the net header in the first piece, or from the start of the second
+    /// piece when the first holds the header alone (Linux's "big" layout).
+    /// The size is the smallest data room among the first chains the guest
+    /// posts, in whole KiB (the NIC's SRRCTL.BSIZEPACKET unit).
+    pub fn lend_rx(
+        &mut self,
+        mem: &GuestMemory,
+        log: Option<&DirtyLog>,
+        max: usize,
+        reserve: usize,
+        mut offer: impl FnMut(LendRx) -> bool,
+    ) -> usize {
+        if !self.ready(mem) || self.mrg_in_order() {
+            return 0;
+        }
+        let Some(mut avail) = self.avail_idx() else { return 0 };
+        if self.lend_size == 0 {
+            self.lend_size = self.sample_lend_size(mem, avail);
+            if self.lend_size == 0 {
+                return 0;
+            }
+        }
+        let limit = (self.ring.size as usize).saturating_sub(reserve.max(1));
+        let mut lent = 0;
+        while lent < max && self.lent_count() < limit {
+            if self.next_avail == avail {
+                match self.avail_idx() {
+                    Some(a) if a != self.next_avail => avail = a,
+                    _ => break,
+                }
+            }
+            let Some(head) = self.head_at(self.next_avail) else { break };
+            self.next_avail = self.next_avail.wrapping_add(1);
+            let (first, data) = match self.rx_layout(mem, head) {
+                Ok(Some(x)) => x,
+                Ok(None) => {
+                    self.stats.zc_unsuitable += 1;
+                    self.spare.push_back(head);
+                    continue;
+                }
+                Err(e) => {
+                    self.count_bad(e);
+                    self.push_used(log, head, 0);
+                    continue;
+                }
+            };
+            let Some(slot) = self.free_slots.pop() else {
+                self.spare.push_back(head);
+                break;
+            };
+            self.lent[slot as usize] = Some(Lent { head, hdr: Some(first), data: Some(data) });
+            if !offer(LendRx { slot, ptr: data.ptr, gpa: data.gpa, cap: data.len, size: self.lend_size }) {
+                self.lent[slot as usize] = None;
+                self.free_slots.push(slot);
+                self.spare.push_back(head);
+                break;
+            }
+            lent += 1;
+        }
+        self.publish(log);
+        lent
+    }
+
+    /// The first piece of the chain at `head`, and the piece a frame would
+    /// go into, when the chain suits lending (see `lend_rx`).
+    fn rx_layout(&mut self, mem: &GuestMemory, head: u16) -> Result<Option<(Seg, Seg)>, ChainError> {
+        let mut pieces: [Option<Seg>; 2] = [None, None];
+        let mut n = 0;
+        self.ring.walk(mem, head, true, &mut self.stats.split_buffers, &mut |s| {
+            pieces[n] = Some(s);
+            n += 1;
+            n < 2
+        })?;
+        let hdr_len = self.hdr_len as u32;
+        let need = self.lend_size;
+        Ok(match pieces {
+            [Some(f), _] if f.len >= hdr_len + need => {
+                // SAFETY: hdr_len < f.len: inside the translated piece.
+                let ptr = unsafe { NonNull::new_unchecked(f.ptr.as_ptr().add(hdr_len as usize)) };
+                Some((f, Seg { ptr, gpa: f.gpa + hdr_len as u64, len: f.len - hdr_len }))
+            }
+            [Some(f), Some(d)] if f.len == hdr_len && d.len >= need => Some((f, d)),
+            _ => None,
+        })
+    }
+
+    /// The data room of the first chains posted (up to LEND_SAMPLE), the
+    /// smallest, in whole KiB; 0 when there is no chain yet or none has a
+    /// KiB of room. The chains stay on the ring.
+    fn sample_lend_size(&mut self, mem: &GuestMemory, avail: u16) -> u32 {
+        let n = avail.wrapping_sub(self.next_avail).min(LEND_SAMPLE);
+        let mut least = u32::MAX;
+        self.lend_size = 1024; // measure as if lending at the smallest size
+        for k in 0..n {
+            let head = self.ring.avail_entry(self.next_avail.wrapping_add(k));
+            if head >= self.ring.size {
+                break;
+            }
+            if let Ok(Some((_, d))) = self.rx_layout(mem, head) {
+                least = least.min(d.len);
+            }
+        }
+        if least == u32::MAX { 0 } else { (least / 1024 * 1024).clamp(1024, 16 * 1024) }
+    }
+
+    /// A lent receive chain holds a frame of `len` bytes, written where it
+    /// was lent: write its header (`h`, with num_buffers 1) and its used
+    /// entry. False for a slot that is not out (nothing written).
+    pub fn complete_rx(&mut self, log: Option<&DirtyLog>, slot: u16, len: usize, mut h: NetHdr) -> bool {
+        let Some(Lent { head, hdr: Some(first), data: Some(data) }) =
+            self.lent.get_mut(slot as usize).and_then(Option::take)
+        else {
+            return false;
+        };
+        self.free_slots.push(slot);
+        if self.broken.is_some() || len > data.len as usize {
+            return false;
+        }
+        h.num_buffers = 1;
+        let bytes = h.to_bytes();
+        let hdr = &bytes[..self.hdr_len];
+        let mut w = Scatter { segs: std::slice::from_ref(&first), i: 0, off: 0, log };
+        w.write_unless_equal(hdr);
+        if let Some(log) = log {
+            // The NIC wrote the frame: the pages are dirty all the same.
+            log.mark(data.gpa, len as u64);
+        }
+        self.push_used(log, head, (self.hdr_len + len) as u32);
+        self.stats.packets += 1;
+        self.stats.bytes += len as u64;
+        self.stats.zc_packets += 1;
+        true
+    }
+
+    /// Count bytes header edits moved inside lent receive buffers.
+    pub fn count_moved(&mut self, n: u64) {
+        self.stats.zc_moved_bytes += n;
+    }
+
+    /// A lent receive chain came back empty (the NIC let it go, or its
+    /// packet was dropped): it is a spare now, for the copy path. False
+    /// for a slot that is not out.
+    pub fn return_rx(&mut self, slot: u16) -> bool {
+        let Some(l) = self.lent.get_mut(slot as usize).and_then(Option::take) else { return false };
+        self.free_slots.push(slot);
+        self.spare.push_back(l.head);
+        true
+    }
+
+    /// Give every spare chain back to the guest with nothing in it (length
+    /// 0): lending stops along with the ring, and a chain taken must be
+    /// used. Returns how many.
+    pub fn give_back_spares(&mut self, log: Option<&DirtyLog>) -> usize {
+        let n = self.spare.len();
+        while let Some(head) = self.spare.pop_front() {
+            self.push_used(log, head, 0);
+        }
+        self.stats.zc_unused += n as u64;
+        self.publish(log);
+        n
+    }
+
+    /// Forget every lent chain (the device's memory or ring is going away
+    /// with them still out; their tokens are void from now on).
+    pub fn forget_lent(&mut self) {
+        for (i, l) in self.lent.iter_mut().enumerate() {
+            if l.take().is_some() {
+                self.free_slots.push(i as u16);
+            }
+        }
     }
 
     /// Prefetch the descriptors of the avail entries up to PREFETCH_AHEAD
@@ -837,25 +1308,35 @@ impl Virtqueue {
         let first_seg = self.segs.len();
         let first_chain = self.chains.len();
         let mut peek = self.next_avail;
+        // Spare chains (taken off the avail ring earlier, given back unused
+        // by a NIC) go first.
+        let mut spare_i = 0usize;
         let mut cap = 0usize;
         loop {
             if cap >= need {
                 return Some(Gather::Fits);
             }
             let merged = self.chains.len() - first_chain;
-            let whole_ring = peek.wrapping_sub(self.next_avail) == ring.size;
+            let from_spare = spare_i < self.spare.len();
+            let whole_ring = !from_spare && peek.wrapping_sub(self.next_avail) == ring.size;
             if (!self.mrg_rxbuf && merged > 0) || merged == MAX_MERGE || whole_ring {
                 return Some(Gather::NoRoom);
             }
-            if peek == *avail {
-                *avail = self.avail_idx()?;
+            let head = if from_spare {
+                spare_i += 1;
+                self.spare[spare_i - 1]
+            } else {
                 if peek == *avail {
-                    return Some(Gather::Empty);
+                    *avail = self.avail_idx()?;
+                    if peek == *avail {
+                        return Some(Gather::Empty);
+                    }
                 }
-            }
-            self.prefetch_ahead(*avail);
-            let head = self.head_at(peek)?;
-            peek = peek.wrapping_add(1);
+                self.prefetch_ahead(*avail);
+                let head = self.head_at(peek)?;
+                peek = peek.wrapping_add(1);
+                head
+            };
             let first = self.segs.len();
             let mut chain_cap = 0u64;
             let mut full = false;
@@ -884,22 +1365,37 @@ impl Virtqueue {
                 if merged == 0 {
                     // Nothing gathered yet: give this chain back and go on.
                     self.push_used(log, head, 0);
-                    self.next_avail = peek;
+                    if from_spare {
+                        spare_i -= 1;
+                        self.spare.remove(spare_i);
+                    } else {
+                        self.next_avail = peek;
+                    }
                     continue;
                 }
-                self.chains.push(Gathered { head, cap: 0 });
+                self.chains.push(Gathered { head, cap: 0, spare: from_spare });
                 return Some(Gather::Bad);
             }
             cap += chain_cap as usize;
-            self.chains.push(Gathered { head, cap: chain_cap as u32 });
+            self.chains.push(Gathered { head, cap: chain_cap as u32, spare: from_spare });
         }
+    }
+
+    /// The chains `first..` of the batch were used (or given back empty):
+    /// consume them from where they came from (spares from the front, the
+    /// rest from the avail ring).
+    fn consume_chains(&mut self, first: usize) {
+        let spares = self.chains[first..].iter().filter(|c| c.spare).count();
+        let from_avail = self.chains.len() - first - spares;
+        self.spare.drain(..spares);
+        self.next_avail = self.next_avail.wrapping_add(from_avail as u16);
     }
 
     /// Switch -> guest (a guest RX queue). Deliver packets from `input`
     /// while the guest has buffers; see QueueStats for what is dropped.
     /// Returns the packets delivered.
     pub fn transmit_to_guest(&mut self, mem: &GuestMemory, log: Option<&DirtyLog>, input: &Link) -> usize {
-        self.transmit_to_guest_upto(mem, log, input, usize::MAX)
+        self.transmit_to_guest_upto(mem, log, input, usize::MAX, |_| false)
     }
 
     /// As `transmit_to_guest`, stopping after `max` packets delivered (a
@@ -909,12 +1405,15 @@ impl Virtqueue {
     /// packet's first lines fetched for writing as soon as its buffer is
     /// known, then the batch's bytes are copied and the used index stored.
     /// Copying right after gathering would wait for each line in turn.
+    /// Delivery also stops at a packet `stop` names (a lent buffer of this
+    /// device's, which goes back by `complete_rx` instead).
     pub fn transmit_to_guest_upto(
         &mut self,
         mem: &GuestMemory,
         log: Option<&DirtyLog>,
         input: &Link,
         max: usize,
+        stop: impl Fn(&Packet) -> bool + Copy,
     ) -> usize {
         if !self.ready(mem) {
             return 0;
@@ -922,7 +1421,7 @@ impl Virtqueue {
         let Some(mut avail) = self.avail_idx() else { return 0 };
         let mut sent = 0;
         loop {
-            let more = self.reserve(mem, log, input, max - sent, &mut avail);
+            let more = self.reserve(mem, log, input, max - sent, &mut avail, stop);
             sent += self.batch.len();
             self.copy_batch(log);
             self.publish(log);
@@ -944,6 +1443,7 @@ impl Virtqueue {
         input: &Link,
         max: usize,
         avail: &mut u16,
+        stop: impl Fn(&Packet) -> bool,
     ) -> bool {
         self.segs.clear();
         self.chains.clear();
@@ -952,6 +1452,9 @@ impl Virtqueue {
             // Room for one more packet's worst case (see the capacities).
             if self.segs.len() >= MAX_SEGS || self.chains.len() >= MAX_MERGE {
                 return true;
+            }
+            if input.front_is(&stop) {
+                return false;
             }
             let Some(len) = input.front_len() else { return false };
             let need = self.hdr_len + len;
@@ -971,7 +1474,7 @@ impl Virtqueue {
                         let head = self.chains[i].head;
                         self.push_used(log, head, 0);
                     }
-                    self.next_avail = self.next_avail.wrapping_add((self.chains.len() - first_chain) as u16);
+                    self.consume_chains(first_chain);
                 }
                 Some(Gather::Fits) => {
                     let p = input.receive().expect("front_len saw a packet");
@@ -983,7 +1486,7 @@ impl Virtqueue {
                         self.push_used(log, c.head, n);
                     }
                     let chains = self.chains.len() - first_chain;
-                    self.next_avail = self.next_avail.wrapping_add(chains as u16);
+                    self.consume_chains(first_chain);
                     self.prefetch_frame(first_seg, need);
                     let segs = (first_seg as u32, self.segs.len() as u32);
                     self.batch.push(Reserved { p, segs, chains: chains as u16 });
@@ -1022,25 +1525,37 @@ impl Virtqueue {
 
     /// Write each batched packet's header and frame into its buffers.
     fn copy_batch(&mut self, log: Option<&DirtyLog>) {
-        for mut r in self.batch.drain(..) {
+        let mut batch = std::mem::take(&mut self.batch);
+        for mut r in batch.drain(..) {
             let mut h = NetHdr { num_buffers: if self.mrg_rxbuf { r.chains } else { 1 }, ..NetHdr::default() };
-            if let Some(c) = r.p.partial_csum() {
-                if self.guest_csum {
-                    h.flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
-                    h.csum_start = c.start;
-                    h.csum_offset = c.offset;
-                } else {
-                    r.p.finish_partial_csum();
-                    self.stats.csum_completed += 1;
-                }
-            }
+            csum_flags(self.guest_csum, &mut self.stats, &mut h, &mut r.p);
             let hdr = h.to_bytes();
             let mut w = Scatter { segs: &self.segs[r.segs.0 as usize..r.segs.1 as usize], i: 0, off: 0, log };
             w.write_unless_equal(&hdr[..self.hdr_len]);
-            w.write(r.p.data());
+            // A split packet (another guest's frame) is copied from where
+            // its parts lie: one copy from guest to guest.
+            w.write(r.p.head());
+            if let Some(t) = r.p.tail() {
+                w.write(t.bytes);
+            }
             self.stats.packets += 1;
             self.stats.bytes += r.p.len() as u64;
+            self.stats.copied_bytes += r.p.len() as u64;
         }
+        self.batch = batch;
+    }
+
+    /// Whether the guest takes partial checksums and DATA_VALID (GUEST_CSUM).
+    pub fn guest_csum(&self) -> bool {
+        self.guest_csum
+    }
+
+    /// The net header a packet goes to the guest with, but for num_buffers:
+    /// see `csum_flags`.
+    pub fn header_for(&mut self, p: &mut Packet) -> NetHdr {
+        let mut h = NetHdr::default();
+        csum_flags(self.guest_csum, &mut self.stats, &mut h, p);
+        h
     }
 
     /// After receive/transmit: true when the guest asked for an interrupt
@@ -1091,6 +1606,26 @@ impl Virtqueue {
                 log.mark(gpa + 4 + 8 * self.ring.size as u64, 2);
             }
         }
+    }
+}
+
+/// The header's checksum flags for `p`: its partial checksum handed on
+/// (GUEST_CSUM) or finished, and DATA_VALID when a NIC verified the
+/// checksums and the guest takes the flag (it may be set only with
+/// GUEST_CSUM: virtio 1.2, 5.1.6.3.1).
+#[inline]
+fn csum_flags(guest_csum: bool, stats: &mut QueueStats, h: &mut NetHdr, p: &mut Packet) {
+    if let Some(c) = p.partial_csum() {
+        if guest_csum {
+            h.flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+            h.csum_start = c.start;
+            h.csum_offset = c.offset;
+        } else {
+            p.finish_partial_csum();
+            stats.csum_completed += 1;
+        }
+    } else if guest_csum && p.csum_verified() {
+        h.flags = VIRTIO_NET_HDR_F_DATA_VALID;
     }
 }
 

@@ -40,7 +40,7 @@ impl Rig {
     /// Everything the guest sent, as host packets' bytes.
     fn pull(&mut self) -> Vec<Vec<u8>> {
         let mut got = Vec::new();
-        self.vtx.receive_from_guest(&self.gm, None, usize::MAX, |p: Packet| got.push(p.data().to_vec()));
+        self.vtx.receive_from_guest(&self.gm, None, usize::MAX, None, |p: Packet| got.push(p.data().to_vec()));
         let mut none = Vec::new();
         self.tx.reap(&mut none);
         assert!(none.is_empty());
@@ -337,7 +337,7 @@ fn needs_csum_travels_with_the_packet() {
         assert!(r.tx.send_with_header(&bad, &frame(100, 0)));
 
         let link = Link::new(64);
-        r.vtx.receive_from_guest(&r.gm, None, usize::MAX, |p: Packet| link.transmit(p));
+        r.vtx.receive_from_guest(&r.gm, None, usize::MAX, None, |p: Packet| link.transmit(p));
         r.tx.reap(&mut Vec::new());
         assert_eq!(r.vtx.stats().bad_csum, 1);
         assert_eq!(r.vtx.stats().csum_completed, 1, "only the far one is summed on the way in");
@@ -786,7 +786,7 @@ fn bad_avail_index_breaks_the_queue() {
         let link = Link::new(4);
         link.transmit(Packet::from_bytes(&frame(60, 0)));
         let n = if dir == "tx" {
-            r.vtx.receive_from_guest(&r.gm, None, 64, |_| panic!("no packet from a broken queue"))
+            r.vtx.receive_from_guest(&r.gm, None, 64, None, |_| panic!("no packet from a broken queue"))
         } else {
             r.vrx.transmit_to_guest(&r.gm, None, &link)
         };
@@ -799,7 +799,7 @@ fn bad_avail_index_breaks_the_queue() {
         let q = if dir == "tx" { &mut r.tx } else { &mut r.rx };
         q.set_avail_idx(1);
         let v = if dir == "tx" { &mut r.vtx } else { &mut r.vrx };
-        assert_eq!(v.receive_from_guest(&r.gm, None, 64, |_| ()), 0);
+        assert_eq!(v.receive_from_guest(&r.gm, None, 64, None, |_| ()), 0);
         drop(link);
     }
     // An index exactly `size` ahead is legal (a full ring).
@@ -879,7 +879,7 @@ fn buffer_across_two_regions_is_split() {
     tx.write_desc(0, at, bytes.len() as u32, 0, 0);
     tx.push_avail_raw(0);
     let mut got = Vec::new();
-    vtx.receive_from_guest(&gm, None, 16, |p| got.push(p.data().to_vec()));
+    vtx.receive_from_guest(&gm, None, 16, None, |p| got.push(p.data().to_vec()));
     assert_eq!(got, vec![bytes[12..].to_vec()], "{:?}", vtx.stats());
     assert_eq!(vtx.stats().split_buffers, 1);
 
@@ -945,7 +945,7 @@ fn dirty_log_marks_written_pages() {
 
     // TX writes only its used ring.
     tx.send(&frame(500, 3));
-    vtx.receive_from_guest(&gm, Some(&log), 64, drop);
+    vtx.receive_from_guest(&gm, Some(&log), 64, None, drop);
     assert!(log.is_dirty(tx.used_gpa()));
     assert!(!log.is_dirty(tx.slot_gpa(0)), "the device only read that buffer");
     assert_eq!(log.beyond(), 0);
@@ -1057,7 +1057,7 @@ fn transmit_upto_stops_after_max() {
     for i in 0..200 {
         link.transmit(Packet::from_bytes(&frame(64, i as u8)));
     }
-    assert_eq!(r.vrx.transmit_to_guest_upto(&r.gm, None, &link, 40), 40);
+    assert_eq!(r.vrx.transmit_to_guest_upto(&r.gm, None, &link, 40, |_| false), 40);
     assert_eq!(r.rx.used_idx(), 40);
     assert_eq!(link.nreadable(), 160);
     assert_eq!(r.vrx.transmit_to_guest(&r.gm, None, &link), 160);

@@ -51,7 +51,7 @@ fn bench_device_side() {
         let mut n = 0u64;
         while n < PACKETS {
             repost(&mut q, &v);
-            n += v.receive_from_guest(&gm, None, BATCH as usize, drop) as u64;
+            n += v.receive_from_guest(&gm, None, BATCH as usize, None, drop) as u64;
         }
         let s = t.elapsed().as_secs_f64();
         eprintln!("guest->switch {frame:5} B: {:.2} Mpps ({:.1} ns/packet)", n as f64 / s / 1e6, s * 1e9 / n as f64);

@@ -46,7 +46,7 @@ fn guest_to_switch_across_threads() {
             let mut v = Virtqueue::start(64, &addr, 0, features, &gm).unwrap();
             let mut next = 0u32;
             while next < FRAMES {
-                let n = v.receive_from_guest(&gm, None, 32, |p: Packet| {
+                let n = v.receive_from_guest(&gm, None, 32, None, |p: Packet| {
                     assert_eq!(p.data(), frame(next).as_slice(), "frame {next}");
                     next += 1;
                 });

@@ -270,7 +270,7 @@ fn run_case(seed: u64) -> (u64, u64) {
         let snap = Snapshot::take(&mem, &[&tx, &rx]);
         let log_opt = if rng.chance(50) { Some(&log) } else { None };
         let what = format!("seed {seed:#x} round {round} size {size} features {features:#x}");
-        vtx.receive_from_guest(&gm, log_opt, rng.below(2 * size as u64 + 1) as usize, |p| {
+        vtx.receive_from_guest(&gm, log_opt, rng.below(2 * size as u64 + 1) as usize, None, |p| {
             assert!(p.len() <= packet::PAYLOAD_SIZE);
             moved += 1;
         });
@@ -382,7 +382,7 @@ fn fuzz_concurrent_scribbling() {
                 p.resize(rng.below(9100) as usize);
                 link.transmit(p);
             }
-            vtx.receive_from_guest(&gm, None, 64, |_| moved += 1);
+            vtx.receive_from_guest(&gm, None, 64, None, |_| moved += 1);
             moved += vrx.transmit_to_guest(&gm, None, &link) as u64;
             vtx.take_signal();
             vrx.take_signal();

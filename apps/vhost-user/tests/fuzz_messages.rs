@@ -66,7 +66,9 @@ impl World {
         let base = self.mem.bytes() as u64;
         match r.below(17) {
             0 => Request::GetFeatures,
-            1 => Request::SetFeatures(DeviceConfig { queue_pairs: 2, mtu: 1500, mac: None }.features() & r.next()),
+            1 => Request::SetFeatures(
+                DeviceConfig { queue_pairs: 2, mtu: 1500, mac: None, in_order: true }.features() & r.next(),
+            ),
             2 => Request::GetProtocolFeatures,
             3 => Request::SetProtocolFeatures(r.next() & 0x1_ffff),
             4 => {
@@ -178,7 +180,8 @@ fn random_messages_at_the_device() {
     let link = Link::new(256);
     let (mut messages, mut refused, mut devices) = (0u64, 0u64, 0u64);
     while Instant::now() < end {
-        let mut dev = Device::new(DeviceConfig { queue_pairs: 2, mtu: 1500, mac: Some([2, 0, 0, 0, 0, 1]) });
+        let mut dev =
+            Device::new(DeviceConfig { queue_pairs: 2, mtu: 1500, mac: Some([2, 0, 0, 0, 0, 1]), in_order: true });
         devices += 1;
         for _ in 0..200 {
             let msg = world.message(&mut r);
@@ -200,7 +203,7 @@ fn random_messages_at_the_device() {
                 }
                 dev.to_guest(&link);
                 link.discard();
-                dev.from_guest(64, drop);
+                dev.from_guest(64, false, drop);
                 dev.check_broken();
             }
         }

@@ -1,0 +1,554 @@
+//! Zero copy at the VhostUser port, with the in-repo frontend as the guest
+//! and a stand-in NIC in the test thread: it takes the port's lent receive
+//! buffers off `supply`, writes frames into them (as the 82599 would by
+//! DMA), and puts them on the port's `input`. What is checked here is the
+//! port's side of the contract: exact bytes and headers, counters, spares,
+//! mode switches, control messages that wait for lent buffers, transmit
+//! buffers lent as split packets, and guests that misbehave. The NIC's own
+//! side is tested against the 82599 model in apps/intel10g.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use snabb_apps_vhost_user::VhostUserArgs;
+use snabb_apps_vhost_user::frontend::{Ctl, Frontend, FrontendOptions, Order, Rig, spawn_frontend, temp_socket};
+use snabb_apps_vhost_user::virtio::{self, NetHdr, VIRTIO_NET_HDR_F_DATA_VALID, bit};
+use snabb_apps_vhost_user::virtq::SNAPSHOT;
+use snabb_core::{CopyMode, Packet, packet};
+
+const T: Duration = Duration::from_secs(30);
+
+fn wait(mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    false
+}
+
+/// A frame of `len` bytes, numbered `n`, with a pattern that tells bytes apart.
+fn frame(n: usize, len: usize) -> Vec<u8> {
+    let mut f: Vec<u8> = (0..len).map(|i| (i * 7 + n * 13 + 1) as u8).collect();
+    f[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 2]);
+    if len >= 16 {
+        f[12..14].copy_from_slice(&[0x88, 0xb5]);
+        f[14..16].copy_from_slice(&(n as u16).to_be_bytes());
+    }
+    f
+}
+
+/// What the stand-in NIC does with the buffers it is lent.
+#[derive(Clone, Copy, Default)]
+struct NicPlan {
+    /// Every this many frames, deliver in a host packet instead (a frame
+    /// from elsewhere, copied by the port), keeping the lent buffer.
+    host_every: Option<usize>,
+    /// Every this many frames, drop the filled buffer (a filter in the
+    /// graph): the frame is lost, the buffer goes back to the port.
+    drop_every: Option<usize>,
+    /// Strip this many bytes from the front of each lent frame (a tunnel
+    /// header taken off in a fixed-start buffer).
+    strip: usize,
+    /// Mark frames as checksum-verified.
+    verified: bool,
+    /// Never give back revoked buffers (a wedged NIC).
+    wedged: bool,
+    /// Deliver frames in host packets while not lent any buffer (a NIC
+    /// on host buffers); otherwise they wait, as on a wire.
+    host_when_idle: bool,
+    /// Frames delivered per breath at most (0: all it can).
+    burst: usize,
+}
+
+/// The stand-in NIC: posted buffers, frames to deliver, counts.
+struct Nic {
+    plan: NicPlan,
+    posted: VecDeque<Packet>,
+    frames: VecDeque<(usize, Vec<u8>)>,
+    lending: bool,
+    delivered: usize,
+    dropped: Vec<usize>,
+    released: usize,
+}
+
+impl Nic {
+    fn new(plan: NicPlan) -> Nic {
+        Nic {
+            plan,
+            posted: VecDeque::new(),
+            frames: VecDeque::new(),
+            lending: false,
+            delivered: 0,
+            dropped: Vec::new(),
+            released: 0,
+        }
+    }
+
+    /// One breath of the NIC: take supply, give back revoked buffers,
+    /// deliver what frames it can.
+    fn run(&mut self, rig: &Rig) {
+        // Frames come in once the guest is there to take them.
+        if rig.app.running().0 == 0 {
+            return;
+        }
+        if let Some(s) = &rig.supply {
+            for p in s.drain() {
+                assert!(p.is_foreign() && p.has_fixed_start() && p.is_empty() && p.dma_addr() != 0, "{p:?}");
+                self.lending = true;
+                self.posted.push_back(p);
+            }
+        }
+        if !self.plan.wedged && self.posted.iter().any(Packet::is_revoked) {
+            // As the 82599 does: restart the queue, every buffer goes home.
+            self.released += self.posted.len();
+            self.posted.clear();
+            self.lending = false;
+        }
+        let mut budget = if self.plan.burst == 0 { usize::MAX } else { self.plan.burst };
+        while let Some(&(n, _)) = self.frames.front() {
+            if budget == 0 || (!self.lending && !self.plan.host_when_idle) {
+                break;
+            }
+            budget -= 1;
+            let host = self.plan.host_every.is_some_and(|k| n % k == k - 1) || !self.lending;
+            if host {
+                let (_, f) = self.frames.pop_front().unwrap();
+                rig.input.transmit(Packet::from_bytes(&f));
+                self.delivered += 1;
+                continue;
+            }
+            let Some(mut p) = self.posted.pop_front() else { break };
+            let (n, f) = self.frames.pop_front().unwrap();
+            let pre = self.plan.strip;
+            if pre + f.len() > p.capacity() {
+                // Not the port's business here: a NIC copies such frames.
+                drop(p);
+                rig.input.transmit(Packet::from_bytes(&f));
+                self.delivered += 1;
+                continue;
+            }
+            p.set_len(pre + f.len());
+            p.data_mut()[pre..].copy_from_slice(&f);
+            if pre > 0 {
+                p.shift_left(pre);
+            }
+            p.set_csum_verified(self.plan.verified);
+            if self.plan.drop_every.is_some_and(|k| n % k == k - 1) {
+                self.dropped.push(n);
+                drop(p);
+                continue;
+            }
+            rig.input.transmit(p);
+            self.delivered += 1;
+        }
+    }
+}
+
+/// The frontend thread: connect, set up, keep `buf_len`-byte receive
+/// buffers posted, receive `n` frames with their headers. Returns them,
+/// the features, and the used entries that held nothing.
+fn guest_receiving(
+    path: std::path::PathBuf,
+    opts: FrontendOptions,
+    buf_len: u32,
+    n: usize,
+) -> impl FnOnce(Ctl) -> Result<Guest> + Send + 'static {
+    move |_ctl| {
+        let mut fe = Frontend::connect(&path, opts, T)?;
+        fe.setup()?;
+        fe.post_rx(0, 200, buf_len);
+        let mut got = Vec::new();
+        let ok = wait(|| {
+            fe.queues[0].reap_with_headers(&mut got);
+            if fe.queues[0].num_free() > 32 {
+                fe.post_rx(0, 32, buf_len);
+            }
+            got.len() >= n
+        });
+        ensure!(ok, "received {} of {n}", got.len());
+        Ok(Guest { got, features: fe.features, bad_used: fe.queues[0].bad_used })
+    }
+}
+
+struct Guest {
+    got: Vec<(NetHdr, Vec<u8>)>,
+    features: u64,
+    bad_used: u64,
+}
+
+/// Run a guest receiving `frames` through a port lending to a stand-in
+/// NIC; `between` runs each breath (to switch modes, say).
+fn run_rx(
+    opts: FrontendOptions,
+    buf_len: u32,
+    frames: &[Vec<u8>],
+    plan: NicPlan,
+    mut between: impl FnMut(&mut Rig, &mut Nic, usize),
+) -> Result<(Rig, Nic, Guest)> {
+    let path = temp_socket("zc");
+    let mut rig = Rig::with_supply(VhostUserArgs::new(&path))?;
+    let mut nic = Nic::new(plan);
+    let expect = frames.len() - plan.drop_every.map_or(0, |k| frames.len() / k);
+    let s = spawn_frontend(guest_receiving(path, opts, buf_len, expect));
+    nic.frames.extend(frames.iter().cloned().enumerate());
+    let mut breath = 0;
+    let guest = {
+        let (rig, nic) = (&mut rig, &mut nic);
+        s.finish_with(
+            || {
+                nic.run(rig);
+                between(rig, nic, breath);
+                breath += 1;
+                rig.step();
+                std::thread::sleep(Duration::from_micros(20));
+            },
+            T,
+        )??
+    };
+    Ok((rig, nic, guest))
+}
+
+fn c(rig: &Rig, n: &str) -> u64 {
+    rig.counter(n)
+}
+
+fn mrg(on: bool) -> FrontendOptions {
+    FrontendOptions { refuse: if on { 0 } else { bit(virtio::VIRTIO_NET_F_MRG_RXBUF) }, ..Default::default() }
+}
+
+/// Every frame arrives exactly, in its lent buffer, for buffer sizes the
+/// NIC can use (a KiB of room or more) and frames up to what they hold.
+#[test]
+fn lent_buffers_carry_exact_frames() -> Result<()> {
+    // (buffer length with the header, largest frame it holds, lends?)
+    for (buf_len, mrg_on) in [(2060, true), (2060, false), (1536, true), (1036, true), (4096, false), (16396, true)] {
+        let room = buf_len as usize - 12;
+        let sizes: Vec<usize> = [60, 64, 100, 128, 512, 1000, 1024, 1500, 1514, 2048, 4000, 9000, 9018]
+            .into_iter()
+            .filter(|&l| l <= room)
+            .collect();
+        let frames: Vec<Vec<u8>> = (0..300).map(|n| frame(n, sizes[n % sizes.len()])).collect();
+        let (rig, nic, g) = run_rx(mrg(mrg_on), buf_len, &frames, NicPlan::default(), |_, _, _| ())?;
+        let got: Vec<Vec<u8>> = g.got.iter().map(|(_, f)| f.clone()).collect();
+        ensure!(got == frames, "buf {buf_len} mrg {mrg_on}: frames differ ({} of {})", got.len(), frames.len());
+        ensure!(g.got.iter().all(|(h, _)| h.num_buffers == 1 && h.flags == 0), "headers: {:?}", g.got[0].0);
+        ensure!(nic.lending, "buf {buf_len}: the NIC was lent buffers");
+        ensure!(
+            c(&rig, "tx_zc_packets") == 300,
+            "buf {buf_len}: {} in lent buffers; counters {:?}",
+            c(&rig, "tx_zc_packets"),
+            ["tx_copied_bytes", "tx_zc_unsuitable", "tx_zc_unused", "quiesces", "tx_no_buffer", "tx_bad_descriptor"]
+                .map(|n| c(&rig, n))
+        );
+        ensure!(c(&rig, "tx_copied_bytes") == 0, "buf {buf_len}: {} bytes copied", c(&rig, "tx_copied_bytes"));
+        ensure!(c(&rig, "tx_packets") == 300 && g.bad_used == 0);
+    }
+    Ok(())
+}
+
+/// Buffers under a KiB of room are never lent: the NIC stays on host
+/// buffers and the port copies (counted as unsuitable chains).
+#[test]
+fn small_buffers_are_copied_into() -> Result<()> {
+    let frames: Vec<Vec<u8>> = (0..100).map(|n| frame(n, 60 + n * 5)).collect();
+    let plan = NicPlan { host_when_idle: true, ..Default::default() };
+    let (rig, nic, g) = run_rx(mrg(true), 600, &frames, plan, |_, _, _| ())?;
+    let got: Vec<Vec<u8>> = g.got.iter().map(|(_, f)| f.clone()).collect();
+    ensure!(got == frames, "frames differ");
+    ensure!(!nic.lending && c(&rig, "tx_zc_packets") == 0, "nothing lent");
+    ensure!(c(&rig, "tx_copied_bytes") == frames.iter().map(|f| f.len() as u64).sum::<u64>());
+    Ok(())
+}
+
+/// Lent frames and copied ones (from elsewhere in the graph) interleave
+/// in order; copies go into the chains the NIC was not lent; checksum
+/// verdicts become DATA_VALID for a guest with GUEST_CSUM.
+#[test]
+fn lent_and_copied_frames_interleave_in_order() -> Result<()> {
+    let frames: Vec<Vec<u8>> = (0..400).map(|n| frame(n, [60, 1500, 800][n % 3])).collect();
+    let plan = NicPlan { host_every: Some(5), verified: true, ..Default::default() };
+    let (rig, _nic, g) = run_rx(mrg(true), 2060, &frames, plan, |_, _, _| ())?;
+    let got: Vec<Vec<u8>> = g.got.iter().map(|(_, f)| f.clone()).collect();
+    ensure!(got == frames, "frames differ or out of order");
+    ensure!(c(&rig, "tx_zc_packets") == 400 - 80 && c(&rig, "tx_packets") == 400);
+    ensure!(g.features & bit(virtio::VIRTIO_NET_F_GUEST_CSUM) != 0);
+    for (n, (h, _)) in g.got.iter().enumerate() {
+        let lent = n % 5 != 4;
+        ensure!((h.flags == VIRTIO_NET_HDR_F_DATA_VALID) == lent, "frame {n}: flags {}", h.flags);
+    }
+    Ok(())
+}
+
+/// A lent buffer whose frame is dropped in the graph comes back and is
+/// used again; nothing leaks. A tunnel header stripped in a lent buffer
+/// moves the frame down, counted in bytes.
+#[test]
+fn dropped_lent_buffers_come_back_and_strips_move_bytes() -> Result<()> {
+    let frames: Vec<Vec<u8>> = (0..300).map(|n| frame(n, 1000)).collect();
+    let plan = NicPlan { drop_every: Some(7), strip: 50, ..Default::default() };
+    let before = packet::stats();
+    let (rig, nic, g) = run_rx(mrg(true), 2060, &frames, plan, |_, _, _| ())?;
+    let want: Vec<Vec<u8>> =
+        frames.iter().enumerate().filter(|(n, _)| !nic.dropped.contains(n)).map(|x| x.1.clone()).collect();
+    let got: Vec<Vec<u8>> = g.got.iter().map(|(_, f)| f.clone()).collect();
+    ensure!(nic.dropped.len() == 300 / 7 && got == want, "frames differ ({} dropped)", nic.dropped.len());
+    ensure!(c(&rig, "tx_zc_moved_bytes") == 1000 * want.len() as u64, "moved {}", c(&rig, "tx_zc_moved_bytes"));
+    drop(rig);
+    drop(nic);
+    let after = packet::stats();
+    ensure!(
+        after.foreign_wrapped - before.foreign_wrapped == after.foreign_returned - before.foreign_returned,
+        "a lent buffer did not come back"
+    );
+    Ok(())
+}
+
+/// The port's input link switched to Simd and back while frames flow:
+/// lending stops (the NIC gives back what it holds), frames keep arriving
+/// by copy, lending starts again; none lost or doubled.
+#[test]
+fn copy_mode_switches_keep_every_frame() -> Result<()> {
+    let frames: Vec<Vec<u8>> = (0..1500).map(|n| frame(n, [64, 1400][n % 2])).collect();
+    let mut switches = 0;
+    let plan = NicPlan { host_when_idle: true, burst: 8, ..Default::default() };
+    let (rig, nic, g) = run_rx(mrg(true), 2060, &frames, plan, |rig, _, breath| {
+        if breath > 0 && breath % 40 == 0 {
+            let mode = if (breath / 40) % 2 == 1 { CopyMode::Simd } else { CopyMode::Zero };
+            rig.input.set_copy_mode(mode);
+            switches += 1;
+        }
+    })?;
+    let got: Vec<Vec<u8>> = g.got.iter().map(|(_, f)| f.clone()).collect();
+    ensure!(got == frames, "frames lost, doubled or reordered: {} of {}", got.len(), frames.len());
+    ensure!(switches >= 2 && nic.released > 0, "switches {switches}, buffers released {}", nic.released);
+    ensure!(c(&rig, "tx_zc_packets") > 0 && c(&rig, "tx_copied_bytes") > 0);
+    Ok(())
+}
+
+/// GET_VRING_BASE while buffers are lent: the answer waits until the NIC
+/// has let go of them; chains taken and not used go back empty.
+#[test]
+fn get_vring_base_waits_for_lent_buffers() -> Result<()> {
+    for wedged in [false, true] {
+        let path = temp_socket("zcbase");
+        let mut rig = Rig::with_supply(VhostUserArgs::new(&path))?;
+        let mut nic = Nic::new(NicPlan { wedged, ..Default::default() });
+        let p = path.clone();
+        let s = spawn_frontend(move |_ctl| -> Result<(u16, u16, std::time::Duration)> {
+            let mut fe = Frontend::connect(&p, FrontendOptions::default(), T)?;
+            fe.setup()?;
+            fe.post_rx(0, 100, 2060);
+            // Let the port lend them.
+            std::thread::sleep(Duration::from_millis(200));
+            let t0 = Instant::now();
+            let base = fe.get_vring_base(0)?;
+            Ok((base, fe.queues[0].used_idx(), t0.elapsed()))
+        });
+        let (base, used, took) = {
+            let (rig, nic) = (&mut rig, &mut nic);
+            s.finish_with(
+                || {
+                    nic.run(rig);
+                    rig.step();
+                    std::thread::sleep(Duration::from_micros(50));
+                },
+                T,
+            )??
+        };
+        ensure!(base == 100, "wedged {wedged}: base {base}");
+        if wedged {
+            ensure!(c(&rig, "quiesce_timeouts") == 1 && took >= Duration::from_millis(900), "took {took:?}");
+            ensure!(nic.posted.len() > 0, "the wedged NIC still holds buffers");
+            // It lets go later: nothing breaks, the memory was kept.
+            nic.posted.clear();
+            rig.step();
+        } else {
+            ensure!(c(&rig, "quiesce_timeouts") == 0 && nic.released > 0);
+            ensure!(used == 100, "every chain taken was used (empty): used {used}");
+            ensure!(c(&rig, "tx_zc_unused") >= 1, "unused {}", c(&rig, "tx_zc_unused"));
+        }
+        ensure!(c(&rig, "quiesces") == 1);
+    }
+    Ok(())
+}
+
+#[test]
+fn in_order_is_offered_only_when_nothing_is_lent() -> Result<()> {
+    for (supply, out_mode, want) in
+        [(true, CopyMode::Zero, false), (false, CopyMode::Zero, false), (false, CopyMode::Simd, true)]
+    {
+        let path = temp_socket("zcio");
+        let mut rig =
+            if supply { Rig::with_supply(VhostUserArgs::new(&path))? } else { Rig::new(VhostUserArgs::new(&path))? };
+        rig.output.set_copy_mode(out_mode);
+        rig.relink();
+        let p = path.clone();
+        let s = spawn_frontend(move |_ctl| -> Result<u64> {
+            let mut fe = Frontend::connect(&p, FrontendOptions::default(), T)?;
+            fe.setup()?;
+            Ok(fe.features)
+        });
+        let f = s.finish_with(|| rig.step(), T)??;
+        ensure!((f & bit(virtio::VIRTIO_F_IN_ORDER) != 0) == want, "supply {supply} output {out_mode:?}: {f:#x}");
+    }
+    Ok(())
+}
+
+/// Guest transmit: long frames leave as split packets (the first SNAPSHOT
+/// bytes copied, where the guest cannot change them), their chains are
+/// used once the packets are gone; at most TX_LEND_BOUND are out.
+#[test]
+fn transmit_frames_are_lent_as_split_packets() -> Result<()> {
+    let path = temp_socket("zctx");
+    let mut rig = Rig::new(VhostUserArgs::new(&path))?;
+    rig.keep_packets = Some(Vec::new());
+    let frames: Vec<Vec<u8>> = (0..200).map(|n| frame(n, [1500, 100, 4000][n % 3])).collect();
+    let (f2, p) = (frames.clone(), path.clone());
+    let s = spawn_frontend(move |_ctl| -> Result<()> {
+        let mut fe = Frontend::connect(&p, FrontendOptions::default(), T)?;
+        fe.setup()?;
+        let mut sent = 0;
+        ensure!(wait(|| {
+            fe.reclaim_tx(0);
+            sent += fe.send(0, &f2[sent..(sent + 32).min(f2.len())]);
+            sent == f2.len()
+        }));
+        ensure!(
+            wait(|| {
+                fe.reclaim_tx(0);
+                fe.queues[1].in_flight() == 0
+            }),
+            "{} TX chains never came back",
+            fe.queues[1].in_flight()
+        );
+        Ok(())
+    });
+    let mut held_max = 0usize;
+    let mut breaths = 1usize;
+    s.finish_with(
+        || {
+            rig.step();
+            let k = rig.keep_packets.as_mut().unwrap();
+            held_max = held_max.max(k.iter().filter(|p| p.is_split()).count());
+            // Hold packets a while (a slow consumer), then let them go.
+            if k.len() > 100 || breaths % 50 == 0 {
+                k.clear();
+            }
+            breaths += 1;
+            std::thread::sleep(Duration::from_micros(50));
+        },
+        T,
+    )??;
+    rig.keep_packets = None;
+    let got = rig.take_output();
+    ensure!(got == frames, "frames differ");
+    let long = frames.iter().filter(|f| f.len() >= 512).count() as u64;
+    ensure!(
+        c(&rig, "rx_zc_packets") + c(&rig, "rx_zc_bound") == long,
+        "lent {} bound {}",
+        c(&rig, "rx_zc_packets"),
+        c(&rig, "rx_zc_bound")
+    );
+    ensure!(c(&rig, "rx_zc_packets") > 0 && held_max <= 64, "held at most {held_max}");
+    ensure!(c(&rig, "zc_lent") == 0);
+    Ok(())
+}
+
+/// The guest rewrites a transmitted buffer while it is lent: the headers
+/// the switch saw (the snapshot) do not change.
+#[test]
+fn a_guest_rewriting_a_lent_transmit_buffer_cannot_change_its_headers() -> Result<()> {
+    let path = temp_socket("zcrw");
+    let mut rig = Rig::new(VhostUserArgs::new(&path))?;
+    rig.keep_packets = Some(Vec::new());
+    let f0 = frame(7, 1500);
+    let (f, p) = (f0.clone(), path.clone());
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let s = spawn_frontend(move |_ctl| -> Result<()> {
+        let mut fe = Frontend::connect(&p, FrontendOptions::default(), T)?;
+        fe.setup()?;
+        ensure!(fe.send(0, &[f]) == 1);
+        let _ = rx.recv_timeout(T);
+        // Scribble over the whole data area of the TX queue.
+        let (gpa, len) = (fe.queues[1].slot_gpa(0), fe.queues[1].slot_len() * fe.queues[1].size() as u64);
+        fe.mem.write(gpa, &vec![0xee; len as usize]);
+        Ok(())
+    });
+    let mut told = false;
+    s.finish_with(
+        || {
+            rig.step();
+            if !told && rig.keep_packets.as_ref().unwrap().len() == 1 {
+                let _ = tx.send(());
+                told = true;
+            }
+        },
+        T,
+    )??;
+    let p = rig.keep_packets.take().unwrap().pop().unwrap();
+    ensure!(p.is_split(), "lent");
+    ensure!(p.head() == &f0[..SNAPSHOT], "the snapshot is the guest's frame as it was sent");
+    ensure!(p.tail().unwrap().bytes.iter().all(|&b| b == 0xee), "the tail is the guest's to change");
+    Ok(())
+}
+
+/// A guest's misbehaving receive buffers: read-only ones, ones under a
+/// KiB, and ones rewritten after being posted never make the port write
+/// outside them or stop; good frames keep arriving.
+#[test]
+fn hostile_receive_buffers_are_dropped_or_copied() -> Result<()> {
+    let path = temp_socket("zchost");
+    let mut rig = Rig::with_supply(VhostUserArgs::new(&path))?;
+    let mut nic = Nic::new(NicPlan::default());
+    let frames: Vec<Vec<u8>> = (0..200).map(|n| frame(n, 1200)).collect();
+    nic.frames.extend(frames.iter().cloned().enumerate());
+    let p = path.clone();
+    let s = spawn_frontend(move |_ctl| -> Result<Vec<Vec<u8>>> {
+        let mut fe = Frontend::connect(&p, FrontendOptions::default(), T)?;
+        fe.setup()?;
+        let q = &mut fe.queues[0];
+        // Read-only (no WRITE flag), tiny, and good ones; then rewrite a
+        // posted one's descriptor to point outside memory.
+        let gpa = q.slot_gpa(10);
+        q.write_desc(10, gpa, 2060, 0, 0);
+        q.push_avail_raw(10);
+        q.write_desc(11, q.slot_gpa(11), 8, virtio::VIRTQ_DESC_F_WRITE, 0);
+        q.push_avail_raw(11);
+        q.forget_chains();
+        let mut got = Vec::new();
+        let ok = wait(|| {
+            let q = &mut fe.queues[0];
+            q.reap(&mut got);
+            if q.num_free() > 40 {
+                q.post_rx(32, 2060);
+                // A buffer rewritten after posting.
+                q.write_desc(5, u64::MAX - 4096, 2060, virtio::VIRTQ_DESC_F_WRITE, 0);
+            }
+            got.iter().filter(|f| f.len() == 1200).count() >= 150
+        });
+        ensure!(ok, "good frames kept arriving: {}", got.len());
+        Ok(got)
+    });
+    let got = s.finish_with(
+        || {
+            nic.run(&rig);
+            rig.step();
+            std::thread::sleep(Duration::from_micros(30));
+        },
+        T,
+    )??;
+    ensure!(got.iter().filter(|f| f.len() == 1200).all(|f| frames.contains(f)), "a frame came out wrong");
+    ensure!(c(&rig, "tx_bad_descriptor") >= 2, "bad chains counted: {}", c(&rig, "tx_bad_descriptor"));
+    ensure!(c(&rig, "broken_queues") == 0);
+    Ok(())
+}
+
+#[test]
+fn orders_and_sizes_compile() {
+    let _ = Order::Qemu;
+}
