@@ -198,10 +198,10 @@ pub fn walk(base: &Path, dir: &Path, f: &mut dyn FnMut(&str, &Path)) -> io::Resu
         let p = e.path();
         if e.file_type()?.is_dir() {
             walk(base, &p, f)?;
-        } else if let Some(rel) = p.strip_prefix(base).ok().and_then(|r| r.to_str()) {
-            if let Some(name) = rel.strip_suffix(".counter") {
-                f(name, &p);
-            }
+        } else if let Some(name) =
+            p.strip_prefix(base).ok().and_then(|r| r.to_str()).and_then(|r| r.strip_suffix(".counter"))
+        {
+            f(name, &p);
         }
     }
     Ok(())

@@ -125,7 +125,7 @@ fn measure(c: &Config, packets: u64) -> Result<Rates> {
     let out = |e: &Engine| e.links().filter(|(s, _)| s.to.app == "sink").map(|(_, l)| l.txpackets()).sum::<u64>();
     let (s0, o0) = (sent(&e), out(&e));
     let (start, cpu0) = (Instant::now(), thread_cpu_secs());
-    let mut done = |e: &Engine| e.stats().breaths % 100 == 0 && sent(e) >= s0 + packets;
+    let mut done = |e: &Engine| e.stats().breaths.is_multiple_of(100) && sent(e) >= s0 + packets;
     e.run(Limit::Until(&mut done, None));
     let (secs, cpu) = (start.elapsed().as_secs_f64(), thread_cpu_secs() - cpu0);
     let n = (sent(&e) - s0) as f64;

@@ -6,16 +6,16 @@
 //! |--------------|--------------------------------------------------------------|-----------------------------|
 //! | `VirtioUser` | in: `input` (frames it sends); out: `output` (frames it got) | one virtio-net "VM" NIC     |
 //!
-//! Args (defaults in brackets): `socket`, `server` [false: connect to a
+//! Args (defaults in brackets): `socket`, `server` \[false: connect to a
 //! listening backend, as QEMU's default; true: listen, as QEMU's
-//! `server=on`], `queues` [1 queue pair], `queue_size` [256], `mem_mb`
-//! [what the rings and buffers need], `mac` [none: the device's, if its
-//! config space says], `mtu` [none; else NET_SET_MTU and frames longer
-//! than MTU + 18 are dropped], `mrg_rxbuf` [true], `rx_buffer` [2060:
+//! `server=on`\], `queues` \[1 queue pair\], `queue_size` \[256\], `mem_mb`
+//! \[what the rings and buffers need\], `mac` \[none: the device's, if its
+//! config space says\], `mtu` \[none; else NET_SET_MTU and frames longer
+//! than MTU + 18 are dropped\], `mrg_rxbuf` \[true\], `rx_buffer` \[2060:
 //! bytes per receive buffer, net header included, as DPDK's 2 KiB mbufs;
-//! 1536 is Linux's], `event_idx` [true], `indirect` [true], `csum` [true:
-//! CSUM and GUEST_CSUM], `huge_pages` [true: the memory on huge pages when
-//! there are free ones, ordinary pages otherwise, said in the log].
+//! 1536 is Linux's\], `event_idx` \[true\], `indirect` \[true\], `csum` \[true:
+//! CSUM and GUEST_CSUM\], `huge_pages` \[true: the memory on huge pages when
+//! there are free ones, ordinary pages otherwise, said in the log\].
 //!
 //! The app owns its memory (one memfd, shared with the backend by
 //! SET_MEM_TABLE, kept across connections), its eventfds, and its rings.

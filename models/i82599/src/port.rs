@@ -36,7 +36,7 @@ use crate::wire::{Wire, WireSpec};
 /// Timing and identity of a model port.
 #[derive(Clone, Debug)]
 pub struct ModelConfig {
-    /// The burned-in MAC address (RAL[0]/RAH[0] after reset).
+    /// The burned-in MAC address (`RAL[0]`/`RAH[0]` after reset).
     pub mac: [u8; 6],
     /// STATUS.LAN_ID: which port of the dual-port chip this is.
     pub lan_id: u8,

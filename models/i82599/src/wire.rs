@@ -51,7 +51,7 @@ pub enum WireSpec {
 pub(crate) enum Wire {
     Unplugged,
     Cable(Weak<Shared>),
-    Pcap { input: Option<PcapIn>, output: Option<PcapOut> },
+    Pcap { input: Option<Box<PcapIn>>, output: Option<Box<PcapOut>> },
     Interface(RawSocket),
 }
 
@@ -62,8 +62,8 @@ impl Wire {
             // The registry connects cables; here it is still loose.
             WireSpec::Cable(_) => Wire::Cable(Weak::new()),
             WireSpec::Pcap { input, output, repeat } => Wire::Pcap {
-                input: input.as_ref().map(|p| PcapIn::open(p.clone(), *repeat)).transpose()?,
-                output: output.as_ref().map(|p| PcapOut::create(p.clone())).transpose()?,
+                input: input.as_ref().map(|p| PcapIn::open(p.clone(), *repeat).map(Box::new)).transpose()?,
+                output: output.as_ref().map(|p| PcapOut::create(p.clone()).map(Box::new)).transpose()?,
             },
             WireSpec::Interface(name) => Wire::Interface(RawSocket::open(name)?),
         })
