@@ -28,6 +28,7 @@ record() { RESULTS+=("$1"); case "$1" in FAIL*) FAILED=1;; esac; }
 PKGS=(tcpdump iproute2 iputils-ping procps util-linux
       python3-scapy                                                   # Decap/Encap: apps/decap/tests/scapy.rs
       iperf3 ethtool                                                  # RawSocket: selftest/rawsocket.sh
+      clang libbpf-dev linux-libc-dev                                 # AfXdp: its XDP program is built by clang (build.rs)
       qemu-system-x86 busybox-static dpdk dpdk-dev python3           # vhost-user peers: selftest/peers/install.sh
       openvswitch-switch-dpdk)                                        # OVS-DPDK: selftest/peers/ovs.sh
 missing=()
@@ -91,12 +92,13 @@ for s in selftest/*.sh; do
     args=()
     # The benchmarks once, short: prove they run and packets move
     # (figures from a busy machine; run them by hand for numbers).
-    case $s in selftest/vhost-user-bench.sh|selftest/vswitch-bench.sh) args=(--smoke);; esac
+    case $s in selftest/vhost-user-bench.sh|selftest/vswitch-bench.sh|selftest/afxdp-bench.sh) args=(--smoke);; esac
     say "$s ${args[*]}"
     out=$(bash "$s" "${args[@]}" 2>&1); rc=$?
     echo "$out" | tail -40
     # Parts of a suite skipped inside it (e.g. vhost-user's 2 queue pairs), and the bench's ratios.
-    inner=$(echo "$out" | grep -E '^SKIP |^PASS vhost-user-bench|^PASS vswitch-bench' | cut -c1-200 | tr '\n' ';')
+    inner=$(echo "$out" | grep -E '^SKIP |^PASS vhost-user-bench|^PASS vswitch-bench|^ratio dir=' | cut -c1-200 | tr '
+' ';')
     case $rc in
         0) record "pass $s${inner:+ ($inner)}";;
         43) record "skip $s: $(echo "$out" | grep -m1 '^SKIP' | cut -c6-)";;

@@ -8,6 +8,7 @@
 //! (VFIO, with IOVA = virtual address) or through the 82599 model.
 //!
 //!   alloc_chunk() -> Chunk        a fresh or recycled 2 MiB chunk
+//!   Region::new(len)              whole chunks at consecutive addresses (an AF_XDP UMEM)
 //!   chunks()                      every chunk this process has (for IOMMUs)
 //!   generation()                  bumps when a chunk is added
 //!   DmaBuffer::new(len)           a block for rings and tables, freed on drop
@@ -36,6 +37,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once, Weak};
+use std::time::{Duration, Instant};
 
 /// Size of one chunk: one x86-64 huge page.
 pub const CHUNK_SIZE: usize = 2 << 20;
@@ -106,11 +108,16 @@ pub fn alloc_chunk() -> io::Result<Chunk> {
     if let Some(c) = SPARE.lock().unwrap().pop() {
         return Ok(c);
     }
-    let chunk = match (!hugepages_disabled()).then(map_huge).flatten() {
+    Ok(map_chunks(1)?[0])
+}
+
+/// `n` fresh chunks at consecutive virtual addresses, registered.
+fn map_chunks(n: usize) -> io::Result<Vec<Chunk>> {
+    let chunks = match (!hugepages_disabled()).then(|| map_huge(n)).flatten() {
         Some(c) => c,
-        None => map_ordinary()?,
+        None => map_ordinary(n)?,
     };
-    LOG_BACKING.call_once(|| match chunk.backing {
+    LOG_BACKING.call_once(|| match chunks[0].backing {
         Backing::Huge => log::info!("packet memory: 2 MiB huge pages, physical addresses from /proc/self/pagemap"),
         Backing::Ordinary => log::info!(
             "packet memory: ordinary pages (no huge pages available{}); device addresses are \
@@ -118,9 +125,9 @@ pub fn alloc_chunk() -> io::Result<Chunk> {
             if hugepages_disabled() { ", SNABB_RS_NO_HUGEPAGES is set" } else { "" }
         ),
     });
-    CHUNKS.lock().unwrap().push(chunk);
+    CHUNKS.lock().unwrap().extend_from_slice(&chunks);
     GENERATION.fetch_add(1, Ordering::AcqRel);
-    Ok(chunk)
+    Ok(chunks)
 }
 
 /// Give a chunk back for reuse; its contents are zeroed first.
@@ -131,12 +138,13 @@ pub(crate) fn recycle_chunk(c: Chunk) {
     SPARE.lock().unwrap().push(c);
 }
 
-fn map_huge() -> Option<Chunk> {
+fn map_huge(n: usize) -> Option<Vec<Chunk>> {
+    let len = n * CHUNK_SIZE;
     // SAFETY: a fresh anonymous mapping; no existing memory is affected.
     let p = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
-            CHUNK_SIZE,
+            len,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB | libc::MAP_POPULATE,
             -1,
@@ -146,27 +154,34 @@ fn map_huge() -> Option<Chunk> {
     if p == libc::MAP_FAILED {
         return None;
     }
-    // SAFETY: p is a mapping of CHUNK_SIZE bytes made just above.
+    // SAFETY: p is a mapping of len bytes made just above.
     unsafe {
-        // Locked so the kernel never moves the page under a device.
-        libc::mlock(p, CHUNK_SIZE);
-        std::ptr::write_volatile(p as *mut u8, 0);
+        // Locked so the kernel never moves the pages under a device.
+        libc::mlock(p, len);
     }
-    match physical_address(p as usize) {
-        Some(phys) => Some(Chunk { virt: p as usize, dma: phys, len: CHUNK_SIZE, backing: Backing::Huge }),
-        None => {
-            // No PFNs without CAP_SYS_ADMIN: such a page is no better than
-            // ordinary memory, and ordinary memory is cheaper to get.
-            // SAFETY: unmapping the mapping made above, never shared.
-            unsafe { libc::munmap(p, CHUNK_SIZE) };
-            None
+    let mut chunks = Vec::with_capacity(n);
+    for i in 0..n {
+        let virt = p as usize + i * CHUNK_SIZE;
+        // SAFETY: virt is inside the mapping made above.
+        unsafe { std::ptr::write_volatile(virt as *mut u8, 0) };
+        match physical_address(virt) {
+            Some(phys) => chunks.push(Chunk { virt, dma: phys, len: CHUNK_SIZE, backing: Backing::Huge }),
+            None => {
+                // No PFNs without CAP_SYS_ADMIN: such a page is no better than
+                // ordinary memory, and ordinary memory is cheaper to get.
+                // SAFETY: unmapping the mapping made above, never shared.
+                unsafe { libc::munmap(p, len) };
+                return None;
+            }
         }
     }
+    Some(chunks)
 }
 
-fn map_ordinary() -> io::Result<Chunk> {
-    // Map twice the size and trim, to get 2 MiB alignment.
-    let len = 2 * CHUNK_SIZE;
+fn map_ordinary(n: usize) -> io::Result<Vec<Chunk>> {
+    // Map a chunk more than needed and trim, to get 2 MiB alignment.
+    let want = n * CHUNK_SIZE;
+    let len = want + CHUNK_SIZE;
     // SAFETY: a fresh anonymous mapping.
     let p = unsafe {
         libc::mmap(
@@ -188,14 +203,19 @@ fn map_ordinary() -> io::Result<Chunk> {
         if aligned > start {
             libc::munmap(p, aligned - start);
         }
-        let tail = start + len - (aligned + CHUNK_SIZE);
+        let tail = start + len - (aligned + want);
         if tail > 0 {
-            libc::munmap((aligned + CHUNK_SIZE) as *mut libc::c_void, tail);
+            libc::munmap((aligned + want) as *mut libc::c_void, tail);
         }
-        // Ask for a transparent huge page: fewer TLB misses on the hot path.
-        libc::madvise(aligned as *mut libc::c_void, CHUNK_SIZE, libc::MADV_HUGEPAGE);
+        // Ask for transparent huge pages: fewer TLB misses on the hot path.
+        libc::madvise(aligned as *mut libc::c_void, want, libc::MADV_HUGEPAGE);
     }
-    Ok(Chunk { virt: aligned, dma: aligned as u64, len: CHUNK_SIZE, backing: Backing::Ordinary })
+    Ok((0..n)
+        .map(|i| {
+            let virt = aligned + i * CHUNK_SIZE;
+            Chunk { virt, dma: virt as u64, len: CHUNK_SIZE, backing: Backing::Ordinary }
+        })
+        .collect())
 }
 
 /// Physical address of a resident page from `/proc/self/pagemap` (needs
@@ -432,6 +452,79 @@ impl Drop for DmaBuffer {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Regions: whole chunks at consecutive virtual addresses, for a device that
+// takes one area of memory and addresses buffers by their offset in it (an
+// AF_XDP UMEM). Each 2 MiB of a region is also a chunk of its own, listed by
+// `chunks()`, so a buffer in it has a device address like any other.
+
+/// How long a region given back waits before it is handed out again: a
+/// kernel that held it (an AF_XDP socket, a zero-copy NIC queue) lets go of
+/// it from a work queue after the socket is closed, not at once.
+const REGION_QUARANTINE: Duration = Duration::from_secs(1);
+
+static SPARE_REGIONS: Mutex<Vec<(Vec<Chunk>, Instant)>> = Mutex::new(Vec::new());
+
+/// Whole 2 MiB chunks at consecutive virtual addresses, zeroed, in huge
+/// pages when the kernel has enough of them. Never unmapped: when dropped it
+/// is kept for the next region of the same size.
+pub struct Region {
+    chunks: Vec<Chunk>,
+}
+
+impl Region {
+    /// A region of at least `len` bytes (whole chunks).
+    pub fn new(len: usize) -> io::Result<Region> {
+        if len == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a region of 0 bytes"));
+        }
+        let n = len.div_ceil(CHUNK_SIZE);
+        let reused = {
+            let mut spare = SPARE_REGIONS.lock().unwrap();
+            let now = Instant::now();
+            spare
+                .iter()
+                .position(|(c, at)| c.len() == n && now.duration_since(*at) >= REGION_QUARANTINE)
+                .map(|i| spare.swap_remove(i).0)
+        };
+        let chunks = match reused {
+            Some(c) => {
+                // SAFETY: the region is ours (mapped by map_chunks, never
+                // unmapped) and its last user dropped it.
+                unsafe { std::ptr::write_bytes(c[0].virt as *mut u8, 0, n * CHUNK_SIZE) };
+                c
+            }
+            None => map_chunks(n)?,
+        };
+        Ok(Region { chunks })
+    }
+
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.chunks[0].virt as *mut u8
+    }
+    pub fn len(&self) -> usize {
+        self.chunks.len() * CHUNK_SIZE
+    }
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+    pub fn backing(&self) -> Backing {
+        self.chunks[0].backing
+    }
+    /// The device address of the byte at `offset` (below `len()`).
+    #[inline]
+    pub fn dma(&self, offset: usize) -> u64 {
+        let c = &self.chunks[offset / CHUNK_SIZE];
+        c.dma + (offset % CHUNK_SIZE) as u64
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        SPARE_REGIONS.lock().unwrap().push((std::mem::take(&mut self.chunks), Instant::now()));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -522,5 +615,26 @@ mod tests {
         drop((rd, raw));
         let m3 = ForeignMemory::register(vec![va]);
         assert_eq!(m3.dma(va.virt, 64), Some(va.dma), "no domain left to refuse it");
+    }
+
+    #[test]
+    fn regions_are_contiguous_chunks_and_reused_after_quarantine() {
+        let r = Region::new(CHUNK_SIZE + 1).unwrap();
+        assert_eq!(r.len(), 2 * CHUNK_SIZE);
+        assert_eq!(r.as_ptr() as usize % CHUNK_SIZE, 0);
+        let second = (r.as_ptr() as usize + CHUNK_SIZE + 8) as *const u8;
+        assert_eq!(virt_to_dma(second), Some(r.dma(CHUNK_SIZE + 8)), "each 2 MiB is a chunk");
+        // SAFETY: writing inside our own region.
+        unsafe { r.as_ptr().add(5).write(9) };
+        let p = r.as_ptr();
+        drop(r);
+        let fresh = Region::new(2 * CHUNK_SIZE).unwrap();
+        assert_ne!(fresh.as_ptr(), p, "a region just given back is not handed out again at once");
+        std::thread::sleep(REGION_QUARANTINE);
+        let again = Region::new(2 * CHUNK_SIZE).unwrap();
+        assert_eq!(again.as_ptr(), p, "a region given back a while ago is reused");
+        // SAFETY: reading inside our own region.
+        assert_eq!(unsafe { again.as_ptr().add(5).read() }, 0, "regions come zeroed");
+        assert!(Region::new(0).is_err());
     }
 }

@@ -224,6 +224,7 @@ pub fn registry() -> snabb_core::Registry {
     snabb_apps_rawsocket::register(&mut r);
     snabb_apps_vhost_user::register(&mut r);
     snabb_apps_virtio_user::register(&mut r);
+    snabb_apps_afxdp::register(&mut r);
     r
 }
 

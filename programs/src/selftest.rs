@@ -14,6 +14,7 @@ pub fn all() -> Vec<(&'static str, Selftest)> {
     v.extend(snabb_apps_rawsocket::selftests());
     v.extend(snabb_apps_vhost_user::selftests());
     v.extend(snabb_apps_virtio_user::selftests());
+    v.extend(snabb_apps_afxdp::selftests());
     v
 }
 

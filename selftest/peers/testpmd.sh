@@ -15,6 +15,8 @@
 #                          (--vhost-client: connect to SOCK instead, and reconnect)
 #   --virtio-user SOCK     a net_virtio_user port: testpmd is the frontend (a "guest"); it connects
 #                          to SOCK (--virtio-user-server: listen instead)
+#   --af-xdp IFACE         a net_af_xdp port on a Linux interface, queues 0..--queues (DPDK's
+#                          AF_XDP PMD: libxdp attaches its own XDP program while testpmd runs)
 # options:
 #   --dir DIR              NAME.log, NAME.pid, NAME.prefix live here ($SNABB_RS_PEERS_DIR or /tmp/snabb-rs-peers)
 #   --cpu N                CPU for both lcores: --lcores '0@N,1@N' (default 0). The main lcore only
@@ -63,6 +65,7 @@ parse_start() {
         --dir) DIR=$2; shift 2;;
         --vhost) PORTS+=("vhost:$2"); shift 2;;
         --virtio-user) PORTS+=("virtio:$2"); shift 2;;
+        --af-xdp) PORTS+=("afxdp:$2"); shift 2;;
         --vhost-client) VHOST_CLIENT=1; shift;;
         --virtio-user-server) VU_SERVER=1; shift;;
         --cpu) CPU=$2; shift 2;;
@@ -84,7 +87,7 @@ parse_start() {
         *) die "testpmd.sh: unknown option $1";;
         esac
     done
-    [ ${#PORTS[@]} -gt 0 ] || die "testpmd.sh: give at least one --vhost SOCK or --virtio-user SOCK"
+    [ ${#PORTS[@]} -gt 0 ] || die "testpmd.sh: give at least one --vhost SOCK, --virtio-user SOCK or --af-xdp IFACE"
     [ "$PAUSED" = 1 ] && [ "$INTERACTIVE" = 0 ] && die "testpmd.sh: --paused needs --interactive"
     [[ $CPU =~ ^[0-9]+$ ]] || die "--cpu takes one CPU number"
 }
@@ -102,10 +105,13 @@ build_cmd() {
     CMD=(stdbuf -oL "$TESTPMD" --lcores "0@$CPU,1@$CPU" --no-pci --file-prefix="$PREFIX" -m "$MEM")
     [ "$huge" = no ] && CMD+=(--no-huge)
     [ -n "$LOGLEVEL" ] && CMD+=(--log-level="$LOGLEVEL")
-    local nv=0 nu=0
+    local nv=0 nu=0 nx=0
     for p in "${PORTS[@]}"; do
         kind=${p%%:*} sock=${p#*:}
-        if [ "$kind" = vhost ]; then
+        if [ "$kind" = afxdp ]; then
+            vdev="net_af_xdp$nx,iface=$sock,start_queue=0,queue_count=$QUEUES"
+            nx=$((nx + 1))
+        elif [ "$kind" = vhost ]; then
             vdev="net_vhost$nv,iface=$sock,queues=$QUEUES"
             [ "$VHOST_CLIENT" = 1 ] && vdev+=",client=1"
             nv=$((nv + 1))

@@ -3,6 +3,10 @@
 //! One app instance drives one queue pair of an 82599 port: the port's
 //! single queue, one RSS queue, or one VMDq pool. Frames received on the
 //! queue leave on port `output`; packets arriving on port `input` are sent.
+//! Empty buffers arriving on port `supply` (a guest's receive buffers, lent
+//! by a vhost-user port) are posted on the receive ring instead of host
+//! buffers while `output` is a `copy: Zero` link: the chip then writes
+//! frames straight into them (see `ring.rs`, Lend mode).
 //! Several instances share a port (one per pool, say): the first opens and
 //! initialises it, the others find it open; settings that belong to the
 //! whole port (mode, MTU, VM-to-VM switching) must agree.
@@ -36,7 +40,7 @@ use crate::device::{
 };
 use crate::dma::{DmaMapper, DmaPath};
 use crate::pci::PciDevice;
-use crate::ring::{MAX_RING, MIN_RING, RxQueue, TxQueue, valid_ring_size};
+use crate::ring::{MAX_RING, MIN_RING, RxMode, RxQueue, TxQueue, valid_ring_size};
 use crate::vfio::Vfio;
 
 /// How often the chip's counters are read (each read is a PCIe round trip).
@@ -274,7 +278,7 @@ fn model_device(args: &Intel10gArgs) -> Result<Arc<Device<ModelBar>>> {
     let model = registry::open(&args.pci, args.wire.as_ref()).map_err(anyhow::Error::msg)?;
     let key = format!("{}{}", registry::PREFIX, model.name());
     shared_device(&key, &args.device_settings(), || {
-        let dma = DmaMapper::new(DmaPath::Model(model.clone()))?;
+        let dma = DmaMapper::new(DmaPath::Model(model.clone()), &key)?;
         // The model is an SFP+ port.
         Device::open(&key, ModelBar(model.clone()), dma, args.device_settings(), LinkSetup::Sfi, link_wait(args))
     })
@@ -292,7 +296,7 @@ fn hardware_device(args: &Intel10gArgs) -> Result<Arc<Device<Mmio>>> {
             let v = Arc::new(Vfio::open(&pci)?);
             let bar = v.map_bar0()?;
             v.set_bus_master(true)?;
-            let dma = DmaMapper::new(DmaPath::Vfio(v.clone()))?;
+            let dma = DmaMapper::new(DmaPath::Vfio(v.clone()), &addr)?;
             let dev = Device::open(&addr, bar, dma, args.device_settings(), link, link_wait(args))?;
             dev.on_close(Box::new(move || {
                 let _ = v.set_bus_master(false);
@@ -301,7 +305,7 @@ fn hardware_device(args: &Intel10gArgs) -> Result<Arc<Device<Mmio>>> {
         } else {
             // Physical addresses: refuse before touching the device when
             // packet memory is not in huge pages.
-            let dma = DmaMapper::new(DmaPath::Physical)?;
+            let dma = DmaMapper::new(DmaPath::Physical, &addr)?;
             pci.unbind()?;
             pci.set_bus_master(true)?;
             let bar = pci.map_bar0()?;
@@ -336,7 +340,7 @@ trait Queues: Any {
     fn running(&self) -> bool;
     fn unit(&self) -> u32;
     fn post(&mut self, p: Packet) -> Result<(), Packet>;
-    unsafe fn map_foreign(&self, virt: *mut u8, dma: u64, len: usize) -> Result<()>;
+    fn rx_mode(&self) -> Option<(RxMode, u32)>;
 }
 
 struct Pair<R: Registers> {
@@ -350,6 +354,7 @@ struct Pair<R: Registers> {
     stat_set: u32,
     output: Option<usize>,
     input: Option<usize>,
+    supply: Option<usize>,
     /// Errors logged (so that a persistent one is logged once).
     warned: bool,
     model: Option<Arc<Model82599>>,
@@ -376,6 +381,7 @@ impl<R: Registers> Pair<R> {
             stat_set: SHARED_STAT_SET,
             output: None,
             input: None,
+            supply: None,
             warned: false,
             model,
         };
@@ -438,38 +444,40 @@ impl<R: Registers> Pair<R> {
 impl<R: Registers> Queues for Pair<R> {
     #[inline]
     fn pull(&mut self, io: &Io) {
-        let Some((rx, _)) = &mut self.rings else {
+        let Some((rx, tx)) = &mut self.rings else {
             return;
         };
-        let Some(i) = self.output else { return };
-        let out = io.output.at(i);
-        // As much as the output link takes: a breath never overfills it,
-        // and the ring is emptied as fast as the graph can go.
-        let n = out.nwritable();
-        if n > 0 {
-            let mut tx = out.transmitter();
-            rx.receive(n, |p| tx.send(p));
+        let out = self.output.map(|i| io.output.at(i));
+        let supply = self.supply.map(|i| io.input.at(i));
+        let r = rx.pull(out, supply);
+        // Finished transmit buffers are freed every breath, in push; here
+        // too when nothing feeds the queue (its push has nothing to do).
+        if self.input.is_none() {
+            tx.reclaim();
         }
-        rx.refill();
-        if let Err(e) = rx.flush() {
+        if let Err(e) = r {
             self.fail(e);
         }
     }
 
     #[inline]
     fn push(&mut self, io: &Io) {
-        let Some((_, tx)) = &mut self.rings else {
+        let Some((rx, tx)) = &mut self.rings else {
             return;
         };
-        match self.input {
-            Some(i) => {
-                if let Err(e) = tx.transmit(io.input.at(i)) {
-                    self.fail(e);
-                }
-            }
+        let r = match self.input {
+            Some(i) => tx.transmit(io.input.at(i)).map(drop),
             None => {
                 tx.reclaim();
+                Ok(())
             }
+        };
+        let s = match self.supply {
+            Some(i) => rx.push(self.output.map(|o| io.output.at(o)), io.input.at(i)),
+            None => Ok(()),
+        };
+        if let Err(e) = r.and(s) {
+            self.fail(e);
         }
     }
 
@@ -477,9 +485,10 @@ impl<R: Registers> Queues for Pair<R> {
         self.take_over();
         self.output = io.output.index_of("output");
         self.input = io.input.index_of("input");
+        self.supply = io.input.index_of("supply");
         for (name, _) in io.output.named().chain(io.input.named()) {
-            if name != "output" && name != "input" {
-                log::warn!("intel10g app `{}`: port `{name}` is not used (ports: input, output)", self.owner);
+            if !["output", "input", "supply"].contains(&name) {
+                log::warn!("intel10g app `{}`: port `{name}` is not used (ports: input, supply, output)", self.owner);
             }
         }
     }
@@ -513,6 +522,21 @@ impl<R: Registers> Queues for Pair<R> {
             emit("txbytes", tx.counters.bytes);
             emit("txdrop", tx.counters.dropped);
             emit("txcopied", tx.counters.copied);
+            emit("txsplit", tx.counters.split);
+            emit("txforeign", tx.counters.foreign);
+            let c = &rx.counters;
+            emit("rx_lend", (rx.mode() == RxMode::Lend) as u64);
+            emit("rx_bsize", rx.buffer_size() as u64);
+            emit("rx_lent", c.lent);
+            emit("rx_supply_refused", c.supply_refused);
+            emit("rx_restarts", c.restarts);
+            emit("rx_restart_drop", c.restart_drops);
+            emit("rx_revoked", c.revoked);
+            emit("rx_gathered", c.gathered);
+            emit("rx_gathered_bytes", c.gathered_bytes);
+            emit("rx_copied_long", c.copied_long);
+            emit("rx_csum_verified", c.csum_verified);
+            emit("rx_csum_bad", c.csum_bad);
         }
         let hw = self.dev.stats();
         if self.stat_set != SHARED_STAT_SET {
@@ -533,6 +557,12 @@ impl<R: Registers> Queues for Pair<R> {
             emit("dev_rxdrop", hw.rx_drop());
             emit("dev_rxerrors", hw.rx_errors);
             emit("dev_link_speed", self.dev.link_speed());
+            if let Some(m) = &self.model {
+                // What the model caught the driver doing: DMA outside what
+                // was mapped, and datasheet violations (both 0, always).
+                emit("model_dma_faults", m.fault_count() as u64);
+                emit("model_violations", m.violation_count() as u64);
+            }
         }
     }
 
@@ -550,7 +580,17 @@ impl<R: Registers> Queues for Pair<R> {
         let hw = self.dev.stats();
         match &self.rings {
             Some((rx, tx)) => {
-                let _ = write!(out, "; received {}, sent {}", g(rx.counters.packets), g(tx.counters.packets));
+                let mode = match rx.mode() {
+                    RxMode::Host => "host",
+                    RxMode::Lend => "lend",
+                };
+                let _ = write!(
+                    out,
+                    "; rx {mode} {} KiB; received {}, sent {}",
+                    rx.buffer_size() / 1024,
+                    g(rx.counters.packets),
+                    g(tx.counters.packets)
+                );
                 if self.stat_set != SHARED_STAT_SET {
                     let _ =
                         write!(out, ", dropped for want of buffers {}", g(hw.queues[self.stat_set as usize].rx_drop));
@@ -622,9 +662,8 @@ impl<R: Registers> Queues for Pair<R> {
             None => Err(p),
         }
     }
-    unsafe fn map_foreign(&self, virt: *mut u8, dma: u64, len: usize) -> Result<()> {
-        // SAFETY: the caller's contract.
-        unsafe { self.dev.dma.map_foreign(virt, dma, len) }
+    fn rx_mode(&self) -> Option<(RxMode, u32)> {
+        self.rings.as_ref().map(|(rx, _)| (rx.mode(), rx.buffer_size()))
     }
 }
 
@@ -642,7 +681,7 @@ pub struct Intel10g {
 
 impl AppClass for Intel10g {
     type Args = Intel10gConfig;
-    const PORTS: PortSpec = PortSpec::new(&["input"], &["output"]);
+    const PORTS: PortSpec = PortSpec::new(&["input", "supply"], &["output"]);
 
     fn new(Intel10gConfig(args): Intel10gConfig, ctx: &AppContext) -> Result<Intel10g> {
         let q: Box<dyn Queues> = if args.is_model() {
@@ -723,12 +762,8 @@ impl Intel10g {
     pub fn post_buffer(&mut self, p: Packet) -> Result<(), Packet> {
         self.q.post(p)
     }
-    /// Let the port's device reach memory a lender owns (guest memory).
-    ///
-    /// # Safety
-    /// See [`DmaMapper::map_foreign`].
-    pub unsafe fn map_foreign(&self, virt: *mut u8, dma: u64, len: usize) -> Result<()> {
-        // SAFETY: the caller's contract.
-        unsafe { self.q.map_foreign(virt, dma, len) }
+    /// The receive queue's mode and buffer size (None while not running).
+    pub fn rx_mode(&self) -> Option<(RxMode, u32)> {
+        self.q.rx_mode()
     }
 }

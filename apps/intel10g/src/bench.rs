@@ -107,17 +107,20 @@ impl Drop for ModelQueue {
 }
 
 pub(crate) fn model_queue(ring: u32, buffer_size: u32) -> Result<ModelQueue> {
+    // A wire with carrier that goes nowhere: the link comes up alone.
+    model_queue_with(ring, buffer_size, 1514, WireSpec::Pcap { input: None, output: None, repeat: false })
+}
+
+/// The same with a given MTU and wire.
+pub(crate) fn model_queue_with(ring: u32, buffer_size: u32, mtu: u32, wire: WireSpec) -> Result<ModelQueue> {
     static SERIAL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = format!("queue{n}-{}", std::process::id());
-    // A wire with carrier that goes nowhere: the link comes up alone.
-    let model = registry::open(&name, Some(&WireSpec::Pcap { input: None, output: None, repeat: false }))
-        .map_err(anyhow::Error::msg)?;
+    let model = registry::open(&name, Some(&wire)).map_err(anyhow::Error::msg)?;
     let filters =
         Filters { accept_broadcast: true, accept_multicast: true, accept_untagged: true, ..Filters::default() };
-    let settings =
-        DeviceSettings { mode: Mode::Single, mtu: 1514, vm_to_vm: false, port_filters: Some(filters.clone()) };
-    let dma = DmaMapper::new(DmaPath::Model(model.clone()))?;
+    let settings = DeviceSettings { mode: Mode::Single, mtu, vm_to_vm: false, port_filters: Some(filters.clone()) };
+    let dma = DmaMapper::new(DmaPath::Model(model.clone()), &name)?;
     let dev =
         Arc::new(Device::open(&name, ModelBar(model.clone()), dma, settings, LinkSetup::Sfi, Duration::from_secs(2))?);
     ensure!(dev.link_up(), "the bench port's link did not come up");

@@ -19,6 +19,8 @@ use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 use snabb_core::MacAddr;
 
+use snabb_core::memory::{self, DmaDomain};
+
 use crate::bar::Registers;
 use crate::dma::DmaMapper;
 use crate::regs::*;
@@ -189,7 +191,7 @@ struct StatsState {
 pub struct Device<R: Registers> {
     pub name: String,
     pub(crate) regs: R,
-    pub(crate) dma: DmaMapper,
+    pub(crate) dma: Arc<DmaMapper>,
     pub settings: DeviceSettings,
     ctl: Mutex<Control>,
     stats: Mutex<StatsState>,
@@ -234,7 +236,7 @@ impl<R: Registers> Device<R> {
         let dev = Device {
             name: name.to_string(),
             regs,
-            dma,
+            dma: Arc::new(dma),
             settings,
             ctl: Mutex::new(Control {
                 claims: (0..units).map(|_| None).collect(),
@@ -250,6 +252,11 @@ impl<R: Registers> Device<R> {
             on_close: Mutex::new(None),
         };
         dev.init(link, link_wait).with_context(|| format!("initialising {name}"))?;
+        // From now on every lender's memory is mapped for this device too
+        // (the registry keeps a weak reference: it forgets the device when
+        // it goes).
+        let domain: Arc<dyn DmaDomain> = dev.dma.clone();
+        memory::add_domain(&domain);
         Ok(dev)
     }
 
@@ -320,7 +327,13 @@ impl<R: Registers> Device<R> {
         let rdrxctl = r.read(RDRXCTL) & !RDRXCTL_RSCFRSTSIZE_MASK;
         r.write(RDRXCTL, rdrxctl | RDRXCTL_CRCSTRIP | RDRXCTL_RSCACKC | RDRXCTL_FCOE_WRFIX);
         r.set(RFCTL, RFCTL_RSC_DIS);
-        r.write(RXCSUM, 0);
+        // The chip checks IPv4 header and TCP/UDP checksums whatever RXCSUM
+        // says (7.1.11; the write-back's IPCS, L4CS, IPE, L4E bits). RXCSUM
+        // only picks what the write-back's second dword holds (8.2.3.7.5):
+        // PCSD gives the RSS hash rather than the IP payload (fragment)
+        // checksum, which nothing here uses, as Linux's ixgbe_setup_mrqc
+        // and DPDK's ixgbe_dev_rx_init do.
+        r.write(RXCSUM, RXCSUM_PCSD);
         // Empty filter tables; entry 0 keeps the burned-in address but no pool.
         for i in 1..128 {
             r.write(ral(i), 0);
@@ -581,13 +594,23 @@ impl<R: Registers> Device<R> {
         r.write(rdbal(q), ring.dma() as u32);
         r.write(rdbah(q), (ring.dma() >> 32) as u32);
         r.write(rdlen(q), ring.bytes());
-        r.write(srrctl(q), (rx.buffer_size() / 1024) | SRRCTL_DESCTYPE_ADV_ONEBUF | SRRCTL_DROP_EN);
-        r.write(rdh(q), 0);
-        r.write(rdt(q), 0);
         // 4.6.7: this DCA bit must be cleared (left set, payloads were seen corrupted).
         r.clear(dca_rxctrl(q), DCA_RXCTRL_BIT12);
         let vme = if strip { RXDCTL_VME } else { 0 };
-        r.write(rxdctl(q), (r.read(rxdctl(q)) & !RXDCTL_VME) | vme | RXDCTL_ENABLE);
+        r.write(rxdctl(q), (r.read(rxdctl(q)) & !RXDCTL_VME) | vme);
+        self.rx_enable(q, rx.buffer_size())
+    }
+
+    /// Start receive queue `q` (disabled, its ring programmed) with
+    /// `bsize`-byte buffers, from descriptor 0 and with no buffer posted.
+    /// Every frame that finds no descriptor is dropped (SRRCTL.Drop_En):
+    /// a queue without buffers costs no other queue anything.
+    pub(crate) fn rx_enable(&self, q: u32, bsize: u32) -> Result<()> {
+        let r = &self.regs;
+        r.write(srrctl(q), (bsize / 1024) | SRRCTL_DESCTYPE_ADV_ONEBUF | SRRCTL_DROP_EN);
+        r.write(rdh(q), 0);
+        r.write(rdt(q), 0);
+        r.set(rxdctl(q), RXDCTL_ENABLE);
         r.wait(
             rxdctl(q),
             RXDCTL_ENABLE,
@@ -595,6 +618,14 @@ impl<R: Registers> Device<R> {
             QUEUE_TIMEOUT,
             &format!("receive queue {q} start (RXDCTL.ENABLE)"),
         )
+    }
+
+    /// Stop receive queue `q` and wait until the chip says it has
+    /// (4.6.7.1): only then may its buffers be taken back.
+    pub(crate) fn rx_disable(&self, q: u32) -> Result<()> {
+        let r = &self.regs;
+        r.clear(rxdctl(q), RXDCTL_ENABLE);
+        r.wait(rxdctl(q), RXDCTL_ENABLE, 0, QUEUE_TIMEOUT, &format!("receive queue {q} stop (RXDCTL.ENABLE)"))
     }
 
     fn start_tx(&self, tx: &TxQueue<R>) -> Result<()> {
@@ -629,8 +660,7 @@ impl<R: Registers> Device<R> {
             r.clear(pfvfre(unit / 32), bit);
         }
         let q = rx.queue;
-        r.clear(rxdctl(q), RXDCTL_ENABLE);
-        match r.wait(rxdctl(q), RXDCTL_ENABLE, 0, QUEUE_TIMEOUT, &format!("receive queue {q} stop (RXDCTL.ENABLE)")) {
+        match self.rx_disable(q) {
             Ok(()) => rx.release_buffers(),
             Err(e) => {
                 log::error!("intel10g {}: {e:#}; its buffers are kept out of use", self.name);
@@ -786,16 +816,6 @@ impl<R: Registers> Device<R> {
         let v = self.regs.read(rxdctl(rx_queue)) & !RXDCTL_VME;
         self.regs.write(rxdctl(rx_queue), v | if new.strip_vlan { RXDCTL_VME } else { 0 });
         Ok(())
-    }
-
-    /// Let the device reach memory a lender owns (a guest's, for buffers
-    /// posted to a receive ring or sent in place).
-    ///
-    /// # Safety
-    /// See [`DmaMapper::map_foreign`].
-    pub unsafe fn map_foreign(&self, virt: *mut u8, dma: u64, len: usize) -> Result<()> {
-        // SAFETY: the caller's contract.
-        unsafe { self.dma.map_foreign(virt, dma, len) }
     }
 
     // -- statistics and link ------------------------------------------------------

@@ -26,6 +26,7 @@ pub mod vfio;
 
 pub use app::{Intel10g, Intel10gArgs, Intel10gConfig};
 pub use device::{HwStats, Mode};
+pub use ring::RxMode;
 
 use snabb_core::Registry;
 

@@ -83,6 +83,7 @@ pub const fn rxpbsize(i: u32) -> u32 {
     0x03C00 + 4 * i
 }
 pub const RXCSUM: u32 = 0x05000;
+pub const RXCSUM_PCSD: u32 = 1 << 13;
 pub const RFCTL: u32 = 0x05008;
 pub const FCTRL: u32 = 0x05080;
 pub const VLNCTRL: u32 = 0x05088;
@@ -280,7 +281,17 @@ pub const fn qbtc_h(i: u32) -> u32 {
 pub const RXD_STAT_DD: u32 = 1 << 0;
 pub const RXD_STAT_EOP: u32 = 1 << 1;
 pub const RXD_STAT_VP: u32 = 1 << 3;
-pub const RXD_ERR_MASK: u32 = 0xfff0_0000;
+pub const RXD_STAT_UDPCS: u32 = 1 << 4;
+pub const RXD_STAT_L4CS: u32 = 1 << 5;
+pub const RXD_STAT_IPCS: u32 = 1 << 6;
+/// Errors that make a frame bad: CRC, length, symbol, oversize, undersize
+/// (Linux's IXGBE_RXDADV_ERR_FRAME_ERR_MASK). Checksum errors (L4E, IPE)
+/// leave the frame to be delivered, unverified.
+pub const RXD_ERR_FRAME: u32 = 0x3b00_0000;
+pub const RXD_ERR_L4E: u32 = 1 << 30;
+pub const RXD_ERR_IPE: u32 = 1 << 31;
+/// The write-back's packet type (dword 0, bits 16:4): UDP.
+pub const RXD_PKTTYPE_UDP: u32 = 1 << 9;
 pub const TXD_DTYP_DATA: u32 = 3 << 20;
 pub const TXD_DCMD_EOP: u32 = 1 << 24;
 pub const TXD_DCMD_IFCS: u32 = 1 << 25;

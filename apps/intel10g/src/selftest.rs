@@ -9,6 +9,8 @@
 //!   dma_faults        a DMA nobody mapped is a fault, never a write
 //!   zero_copy_rx      a lender's buffer posted on a receive ring comes back
 //!                     holding a frame
+//!   zero_copy::*      lent receive buffers (sizes, checksums, refusals,
+//!                     revocation, mode switches), split and lent transmit
 //!   bad_configs       refused before the device is touched
 //!   loopback          port 0 -> cable -> port 1: content, order, conservation
 //!   vmdq              8 pools: unicast, broadcast, VLANs, a full ring, VM to VM
@@ -20,6 +22,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
+use snabb_core::memory::{ForeignMemory, ForeignSegment};
 use snabb_core::packet::{self, ForeignBuffer};
 use snabb_core::{App, AppClass, AppContext, Args, BufferOwner, Config, Engine, Io, LinkSettings, PortSpec, Registry};
 use snabb_model_82599::Model82599;
@@ -65,6 +68,8 @@ impl Target {
 
 static SERIAL: AtomicU32 = AtomicU32::new(0);
 
+pub mod zero_copy;
+
 pub fn selftest() -> Result<()> {
     let t = Target::from_env()?;
     if t.is_model() {
@@ -73,6 +78,13 @@ pub fn selftest() -> Result<()> {
         dma_faults().context("DMA faults")?;
         zero_copy_rx().context("zero-copy receive")?;
         partial_csum_tx().context("partial checksum on transmit")?;
+        zero_copy::lend_sizes().context("lent buffers of every size")?;
+        zero_copy::lend_checksums().context("checksum verdicts")?;
+        zero_copy::lend_refusals().context("refused supply")?;
+        zero_copy::lend_revocation().context("revocation under traffic")?;
+        zero_copy::lend_mode_switch().context("Host <-> Lend under traffic")?;
+        zero_copy::split_tx().context("split packets on transmit")?;
+        zero_copy::prompt_reclaim().context("prompt reclaim")?;
     }
     bad_configs(&t).context("bad configs")?;
     loopback(&t).context("loopback")?;
@@ -351,14 +363,13 @@ pub fn dma_faults() -> Result<()> {
     ma.set_quiet(true);
     mb.set_quiet(true);
 
-    // Transmit: a guest-like buffer the driver was told is mapped, whose
-    // mapping then disappears behind its back.
+    // Transmit: a guest-like buffer registered for the devices, whose
+    // mapping then disappears from the model behind the driver's back.
     let mut backing = vec![0u8; 4096];
-    let iova = 0x7e00_0000_0000u64;
-    // SAFETY: `backing` outlives the model's use of it: the mapping is
-    // removed below before the first transmit, and the model never maps
-    // it again.
-    unsafe { nic(&mut e, "a")?.map_foreign(backing.as_mut_ptr(), iova, backing.len())? };
+    let iova = backing.as_mut_ptr() as u64;
+    let seg = ForeignSegment { virt: iova as usize, dma: iova, len: backing.len(), physical: false };
+    let registered = ForeignMemory::register(vec![seg]);
+    ensure!(ma.iommu().is_mapped(iova, 4096), "registered memory is mapped for the device");
     ma.iommu().unmap(iova);
     let owner = BufferOwner::register("selftest", None);
     let pkt = {
@@ -414,6 +425,7 @@ pub fn dma_faults() -> Result<()> {
     }
     e.stop();
     drop(owner);
+    drop(registered);
     Ok(())
 }
 
@@ -476,13 +488,13 @@ pub fn zero_copy_rx() -> Result<()> {
     let n = rx.receive(usize::MAX, drop);
     ensure!(n == 63 && rx.posted() == 0, "{n} host buffers came back, {} still posted", rx.posted());
 
-    // A lender with two buffers: one mapped for the device, one not.
+    // A lender with two buffers: one in memory registered for devices, one
+    // not (IOVA = VA).
     let mut mem = vec![0u8; 2 * 4096];
     let base = mem.as_mut_ptr();
-    let iova = 0x6a00_0000_0000u64;
-    // SAFETY: `mem` outlives every use the model can make of it: the range
-    // is unmapped from the model before the queue and then `mem` go.
-    unsafe { q.dev.map_foreign(base, iova, 4096)? };
+    let iova = base as u64;
+    let registered =
+        ForeignMemory::register(vec![ForeignSegment { virt: base as usize, dma: iova, len: 4096, physical: false }]);
     let owner = BufferOwner::register("guest", None);
     let lend = |i: usize, dma: u64| {
         // SAFETY: the buffers live in `mem`, which outlives every packet here.
@@ -518,7 +530,9 @@ pub fn zero_copy_rx() -> Result<()> {
         model.faults(),
         model.violations()
     );
-    model.iommu().unmap(iova);
+    // No buffer of the lender's is posted any more: it may let go.
+    drop(registered);
+    ensure!(!model.iommu().is_mapped(iova, 1), "unmapped when the lender let go");
     drop(q);
     drop(owner);
     drop(mem);

@@ -5,6 +5,10 @@
 //! (IOVA = the virtual address for ordinary memory, the physical address
 //! for a huge page; an overlap of the two is refused), so a packet's `dma_addr()` works on
 //! every path, and maps new chunks as they appear (`memory::generation()`).
+//! A lender's memory (guest RAM) is mapped the same way when it registers
+//! (`VFIO_IOMMU_MAP_DMA`) and unmapped when it lets go
+//! (`VFIO_IOMMU_UNMAP_DMA`): only then does a stray DMA into it fault in
+//! the IOMMU rather than reach the pages.
 //!
 //!   container  /dev/vfio/vfio, type-1 IOMMU
 //!   group      `/dev/vfio/<N>` (the device's IOMMU group), set to the container
@@ -37,6 +41,7 @@ pub(crate) const VFIO_GROUP_SET_CONTAINER: u64 = vfio_io(4);
 pub(crate) const VFIO_GROUP_GET_DEVICE_FD: u64 = vfio_io(6);
 pub(crate) const VFIO_DEVICE_GET_REGION_INFO: u64 = vfio_io(8);
 pub(crate) const VFIO_IOMMU_MAP_DMA: u64 = vfio_io(13);
+pub(crate) const VFIO_IOMMU_UNMAP_DMA: u64 = vfio_io(14);
 
 const VFIO_API_VERSION: i32 = 0;
 const VFIO_TYPE1_IOMMU: libc::c_ulong = 1;
@@ -70,6 +75,17 @@ pub(crate) struct DmaMap {
     argsz: u32,
     flags: u32,
     vaddr: u64,
+    iova: u64,
+    size: u64,
+}
+
+/// `struct vfio_iommu_type1_dma_unmap` without its flexible tail (no flags:
+/// no dirty bitmap).
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct DmaUnmap {
+    argsz: u32,
+    flags: u32,
     iova: u64,
     size: u64,
 }
@@ -212,6 +228,19 @@ impl Vfio {
         mapped.push((iova, size as u64));
         Ok(())
     }
+
+    /// Take back a range [`Vfio::map_dma`] mapped: from then on a DMA into
+    /// it faults in the IOMMU instead of reaching the pages.
+    pub fn unmap_dma(&self, iova: u64, size: usize) -> Result<()> {
+        let mut mapped = self.mapped.lock().unwrap();
+        let Some(i) = mapped.iter().position(|&(a, l)| a == iova && l == size as u64) else {
+            return Ok(());
+        };
+        let mut u = DmaUnmap { argsz: std::mem::size_of::<DmaUnmap>() as u32, flags: 0, iova, size: size as u64 };
+        ioctl(&self.container, VFIO_IOMMU_UNMAP_DMA, &mut u as *mut _ as libc::c_ulong, "VFIO_IOMMU_UNMAP_DMA")?;
+        mapped.swap_remove(i);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -228,6 +257,9 @@ mod tests {
         assert_eq!(VFIO_GROUP_GET_DEVICE_FD, 0x3b6a);
         assert_eq!(VFIO_DEVICE_GET_REGION_INFO, 0x3b6c);
         assert_eq!(VFIO_IOMMU_MAP_DMA, 0x3b71);
+        assert_eq!(VFIO_IOMMU_UNMAP_DMA, 0x3b72);
+        assert_eq!(std::mem::size_of::<DmaUnmap>(), 24);
+        assert_eq!(std::mem::offset_of!(DmaUnmap, iova), 8);
         assert_eq!(std::mem::size_of::<GroupStatus>(), 8);
         assert_eq!(std::mem::size_of::<RegionInfo>(), 32);
         assert_eq!(std::mem::size_of::<DmaMap>(), 32);

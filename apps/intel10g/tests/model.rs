@@ -60,3 +60,38 @@ fn rss_four_queues() {
 fn vmdq_filters_change_in_place() {
     run("refilter", || selftest::refilter(&Target::Model));
 }
+
+#[test]
+fn lent_buffers_of_every_size() {
+    run("lent buffers of every size", selftest::zero_copy::lend_sizes);
+}
+
+#[test]
+fn checksum_verdicts_reach_the_packets() {
+    run("checksum verdicts", selftest::zero_copy::lend_checksums);
+}
+
+#[test]
+fn supplied_buffers_the_queue_cannot_take_go_home() {
+    run("refused supply", selftest::zero_copy::lend_refusals);
+}
+
+#[test]
+fn revocation_under_traffic_gives_every_buffer_back() {
+    run("revocation under traffic", selftest::zero_copy::lend_revocation);
+}
+
+#[test]
+fn host_lend_switches_under_traffic_conserve_frames() {
+    run("Host <-> Lend under traffic", selftest::zero_copy::lend_mode_switch);
+}
+
+#[test]
+fn split_packets_reach_the_wire_intact() {
+    run("split packets on transmit", selftest::zero_copy::split_tx);
+}
+
+#[test]
+fn a_lone_lent_packet_comes_home_promptly() {
+    run("prompt reclaim", selftest::zero_copy::prompt_reclaim);
+}

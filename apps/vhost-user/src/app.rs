@@ -153,7 +153,7 @@ pub struct VhostUser {
 
 impl AppClass for VhostUser {
     type Args = VhostUserArgs;
-    const PORTS: PortSpec = PortSpec::new(&["input"], &["output"]);
+    const PORTS: PortSpec = PortSpec::new(&["input"], &["output", "supply"]);
     fn validate(args: &VhostUserArgs) -> anyhow::Result<()> {
         device_config(args).map(drop)
     }

@@ -12,6 +12,7 @@
 //! | `regs`      | the register map: offsets, access types, reset values, bits   |
 //! | `port`      | one port: register semantics, checks, the engine thread       |
 //! | `filter`    | receive filtering: MAC, VLAN, VMDq pools, RSS                 |
+//! | `csum`      | receive checksum offload: IPv4 header, TCP and UDP            |
 //! | `dma`       | the translation table every DMA goes through                  |
 //! | `wire`      | what a port is cabled to: another port, pcap, an interface   |
 //! | `registry`  | ports by name (`model:0`), for configs                        |
@@ -27,11 +28,13 @@
 //! [`DmaFault`], and the access is not made.
 //!
 //! What it does not model: interrupts, flow control and DCB, RSC, header
-//! split and legacy descriptors, offloads (checksums, TSO, VLAN insertion
-//! from context descriptors), Flow Director, mirroring, anti-spoofing,
+//! split and legacy descriptors, transmit offloads (checksums, TSO, VLAN
+//! insertion from context descriptors), the fragment checksum and the RSS
+//! hash in the receive write-back, Flow Director, mirroring, anti-spoofing,
 //! the PHY beyond link up/down, and line rate (frames move as fast as the
 //! engine thread does).
 
+pub mod csum;
 pub mod dma;
 pub mod filter;
 pub mod port;

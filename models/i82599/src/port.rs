@@ -210,6 +210,13 @@ impl Model82599 {
     pub fn faults(&self) -> Vec<DmaFault> {
         self.shared.faults.lock().unwrap().clone()
     }
+    /// How many DMA faults and violations so far (cheap: for counters).
+    pub fn fault_count(&self) -> usize {
+        self.shared.faults.lock().unwrap().len()
+    }
+    pub fn violation_count(&self) -> usize {
+        self.shared.violations.lock().unwrap().len()
+    }
     /// Datasheet violations so far.
     pub fn violations(&self) -> Vec<Violation> {
         self.shared.violations.lock().unwrap().clone()
@@ -1093,6 +1100,15 @@ impl Shared {
                 if parts.is_empty() {
                     paylen = olinfo >> TXD_PAYLEN_SHIFT;
                 }
+                // At most 40 - WTHRESH data descriptors per packet, TSO or
+                // not (as DPDK's ixgbe_prep_pkts enforces it).
+                let wthresh = (self.get(Reg::TXDCTL, qi) & TXDCTL_WTHRESH_MASK) >> TXDCTL_WTHRESH_SHIFT;
+                if parts.len() as u32 == 40u32.saturating_sub(wthresh) {
+                    self.violation(format!(
+                        "transmit queue {q}: a packet of more than {} data descriptors (40 - WTHRESH)",
+                        40u32.saturating_sub(wthresh)
+                    ));
+                }
                 let len = cmd & TXD_DTALEN_MASK;
                 if len == 0 {
                     self.violation(format!("transmit queue {q}: data descriptor with DTALEN 0"));
@@ -1407,6 +1423,10 @@ impl Shared {
         if looped {
             status |= RXD_STAT_LB;
         }
+        // Checksums are checked on the frame as it arrived (7.1.11); the
+        // verdicts, like the packet type, go in the EOP descriptor only
+        // (7.1.6.2: earlier descriptors of a frame carry DD and a length).
+        let csum = crate::csum::rx_checksum(frame, vet);
         let vlan = tci.unwrap_or(0) as u32;
         let mut at = rdh;
         for k in 0..need {
@@ -1424,10 +1444,11 @@ impl Shared {
             w.write(0, chunk);
             let last = k + 1 == need;
             // Write-back: everything but the status word first; DD last.
-            d.store32(0, 0);
+            d.store32(0, if last { csum.pkt_type } else { 0 });
             d.store32(4, 0);
             d.store32(12, chunk.len() as u32 | vlan << 16);
-            d.store32(8, status | if last { RXD_STAT_EOP } else { 0 });
+            let end = if last { RXD_STAT_EOP | csum.status | csum.errors } else { 0 };
+            d.store32(8, status | end);
             at = (at + 1) % r.ndesc;
         }
         self.put(Reg::RDH, qi, at);
@@ -1578,6 +1599,57 @@ mod tests {
             // SAFETY: reading a descriptor word the model writes atomically.
             unsafe { AtomicU32::from_ptr((self.mem.as_ptr() as *mut u32).add(4 * i + 2)).load(Ordering::Acquire) }
         }
+        fn word(&self, i: usize) -> u32 {
+            // SAFETY: reading a descriptor word the model writes atomically.
+            unsafe { AtomicU32::from_ptr((self.mem.as_ptr() as *mut u32).add(i)).load(Ordering::Acquire) }
+        }
+    }
+
+    /// A port with queue 0 on TestMem's ring, `bsize` KiB buffers, running
+    /// in manual mode with its link up.
+    fn test_port(name: &str, bsize: u32) -> (Arc<Model82599>, TestMem) {
+        let m = Model82599::new(name, ModelConfig::default());
+        let mem = TestMem::new(&m);
+        m.attach(&WireSpec::Pcap { input: None, output: None, repeat: false }).unwrap();
+        m.write(off(Reg::AUTOC, 0), AUTOC_LMS_10G_SERIAL << AUTOC_LMS_SHIFT | AUTOC_RESTART_AN);
+        m.write(off(Reg::RDBAL, 0), TestMem::IOVA as u32);
+        m.write(off(Reg::RDLEN, 0), 128);
+        m.write(off(Reg::SRRCTL, 0), bsize | SRRCTL_DESCTYPE_ADV_ONEBUF << SRRCTL_DESCTYPE_SHIFT);
+        m.write(off(Reg::DCA_RXCTRL, 0), 0);
+        m.write(off(Reg::RDRXCTL, 0), RDRXCTL_CRCSTRIP);
+        m.write(off(Reg::FCTRL, 0), FCTRL_UPE | FCTRL_BAM);
+        m.write(off(Reg::HLREG0, 0), HLREG0_RXCRCSTRP | HLREG0_JUMBOEN);
+        m.write(off(Reg::MAXFRS, 0), 9018 << 16);
+        m.write(off(Reg::RXDCTL, 0), RXDCTL_ENABLE);
+        wait(&m, Reg::RXDCTL, RXDCTL_ENABLE, RXDCTL_ENABLE);
+        m.write(off(Reg::RDT, 0), 7);
+        m.write(off(Reg::RXCTRL, 0), RXCTRL_RXEN);
+        wait(&m, Reg::LINKS, LINKS_LINK_UP, LINKS_LINK_UP);
+        m.set_manual(true);
+        (m, mem)
+    }
+
+    #[test]
+    fn checksum_verdicts_and_packet_type_go_in_the_eop_descriptor() {
+        let (m, mem) = test_port("t-csum", 1);
+        let mut bad = crate::csum::tests::ipv4_frame(17, 2000, false);
+        bad[14 + 28 + 1500] ^= 1;
+        m.inject(crate::csum::tests::ipv4_frame(6, 100, true));
+        m.inject(bad);
+        m.step();
+        // Descriptor 0: the TCP frame; 1 and 2: the UDP frame over two buffers.
+        let status = |i: usize| mem.word(4 * i + 2);
+        let ip_l4 = RXD_STAT_IPCS | RXD_STAT_L4CS;
+        assert_eq!(status(0), RXD_STAT_DD | RXD_STAT_EOP | RXD_STAT_VP | ip_l4);
+        assert_eq!(mem.word(0), RXD_PKTTYPE_IPV4 | RXD_PKTTYPE_TCP);
+        assert_eq!(status(1), RXD_STAT_DD, "only DD before the EOP descriptor");
+        assert_eq!(mem.word(4), 0);
+        assert_eq!(status(2), RXD_STAT_DD | RXD_STAT_EOP | ip_l4 | RXD_STAT_UDPCS | RXD_ERR_L4E);
+        assert_eq!(mem.word(8), RXD_PKTTYPE_IPV4 | RXD_PKTTYPE_UDP);
+        assert_eq!(mem.word(4 + 3) & 0xffff, 1024);
+        assert_eq!(mem.word(4 * 2 + 3) & 0xffff, 2042 - 1024);
+        assert!(m.violations().is_empty(), "{:?}", m.violations());
+        drop(m);
     }
 
     #[test]

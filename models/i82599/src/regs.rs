@@ -284,8 +284,12 @@ pub mod bits {
     pub const SRRCTL_DESCTYPE_MASK: u32 = 7 << 25;
     pub const SRRCTL_DESCTYPE_ADV_ONEBUF: u32 = 1;
     pub const SRRCTL_DROP_EN: u32 = 1 << 28;
+    pub const RXCSUM_IPPCSE: u32 = 1 << 12;
+    pub const RXCSUM_PCSD: u32 = 1 << 13;
     pub const RXDCTL_ENABLE: u32 = 1 << 25;
     pub const RXDCTL_VME: u32 = 1 << 30;
+    pub const TXDCTL_WTHRESH_SHIFT: u32 = 16;
+    pub const TXDCTL_WTHRESH_MASK: u32 = 0x7f << 16;
     pub const TXDCTL_ENABLE: u32 = 1 << 25;
     pub const TXDCTL_SWFLSH: u32 = 1 << 26;
     pub const TDWBAL_HEAD_WB_EN: u32 = 1 << 0;
@@ -335,8 +339,18 @@ pub mod bits {
     pub const RXD_STAT_DD: u32 = 1 << 0;
     pub const RXD_STAT_EOP: u32 = 1 << 1;
     pub const RXD_STAT_VP: u32 = 1 << 3;
+    pub const RXD_STAT_UDPCS: u32 = 1 << 4;
+    pub const RXD_STAT_L4CS: u32 = 1 << 5;
+    pub const RXD_STAT_IPCS: u32 = 1 << 6;
     pub const RXD_STAT_LB: u32 = 1 << 18;
     pub const RXD_ERR_RXE: u32 = 1 << 29;
+    pub const RXD_ERR_L4E: u32 = 1 << 30;
+    pub const RXD_ERR_IPE: u32 = 1 << 31;
+    // Its packet type field (dword 0, bits 16:4).
+    pub const RXD_PKTTYPE_IPV4: u32 = 1 << 4;
+    pub const RXD_PKTTYPE_IPV6: u32 = 1 << 6;
+    pub const RXD_PKTTYPE_TCP: u32 = 1 << 8;
+    pub const RXD_PKTTYPE_UDP: u32 = 1 << 9;
     // Advanced transmit data descriptor (7.2.3.2.4).
     pub const TXD_DTALEN_MASK: u32 = 0xffff;
     pub const TXD_DTYP_SHIFT: u32 = 20;
