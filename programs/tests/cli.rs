@@ -68,7 +68,7 @@ fn config_check_catches_what_run_refuses() {
     // A misspelled port: the link's place and the ports the class has.
     let e = check(&(vm(&format!("socket: \"{s}\"")) + "  links: [\"vm1.outptu -> sink.input\"],\n)"));
     assert!(e.contains(&format!("{}:6:11: link `vm1.outptu -> sink.input`", f.display())), "{e}");
-    assert!(e.contains("has no output `outptu` (its outputs: output); did you mean `output`?"), "{e}");
+    assert!(e.contains("has no output `outptu` (its outputs: output, supply); did you mean `output`?"), "{e}");
     // A missing field: the app's line and column.
     let e = check("(\n  apps: {\n    \"vm1\": (class: \"VhostUser\"),\n  },\n)");
     assert!(e.contains(&format!("{}:3:5:", f.display())) && e.contains("`socket`"), "{e}");

@@ -1024,6 +1024,7 @@ impl Shared {
                 work += self.transmit_queue(&mut st, q, budget.min(1024));
             }
         }
+        st.wire.end_of_batch();
         work += self.receive_intake(&mut st, budget.min(4096));
         work += self.receive_deliver(&mut st, budget.min(4096));
         work > 0

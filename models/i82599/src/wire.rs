@@ -17,7 +17,6 @@ use std::io::{self, BufReader, BufWriter};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Weak;
-use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use snabb_core::pcap;
@@ -78,6 +77,17 @@ impl Wire {
         }
     }
 
+    /// The frames of one model step are on the wire: a capture file is
+    /// written out now, once per batch rather than once per frame.
+    pub fn end_of_batch(&mut self) {
+        if let Wire::Pcap { output: Some(o), .. } = self
+            && o.dirty
+            && let Err(e) = o.flush()
+        {
+            log::error!("82599 model: pcap output {}: {e}", o.path.display());
+        }
+    }
+
     /// Put a frame on the wire.
     pub fn transmit(&mut self, frame: &[u8]) {
         match self {
@@ -102,11 +112,6 @@ impl Wire {
     /// Frames that arrived from the far end (wires the engine polls).
     pub fn poll(&mut self, max: usize, mut f: impl FnMut(Vec<u8>)) -> usize {
         let mut n = 0;
-        if let Wire::Pcap { output: Some(o), .. } = self
-            && let Err(e) = o.flush_due()
-        {
-            log::error!("82599 model: pcap output {}: {e}", o.path.display());
-        }
         match self {
             Wire::Pcap { input: Some(i), .. } => {
                 while n < max {
@@ -185,39 +190,28 @@ impl PcapIn {
     }
 }
 
-/// Frames the port sends, buffered and written out at most every
-/// `FLUSH_EVERY` (and when the wire goes), not per frame.
+/// Frames the port sends, buffered and written out at the end of each
+/// model step that sent any (and when the wire goes), not per frame.
 pub(crate) struct PcapOut {
     path: PathBuf,
     file: pcap::Writer<BufWriter<File>>,
     dirty: bool,
-    flushed: Instant,
 }
-
-const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 impl PcapOut {
     fn create(path: PathBuf) -> io::Result<PcapOut> {
         let file = pcap::Writer::create(&path, None)?;
-        Ok(PcapOut { path, file, dirty: false, flushed: Instant::now() })
+        Ok(PcapOut { path, file, dirty: false })
     }
 
     fn write(&mut self, frame: &[u8]) -> io::Result<()> {
         self.file.write(frame, std::time::SystemTime::now())?;
         self.dirty = true;
-        self.flush_due()
-    }
-
-    fn flush_due(&mut self) -> io::Result<()> {
-        if self.dirty && self.flushed.elapsed() >= FLUSH_EVERY {
-            self.flush()?;
-        }
         Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
         self.dirty = false;
-        self.flushed = Instant::now();
         self.file.flush()
     }
 }
