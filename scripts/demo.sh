@@ -1,16 +1,16 @@
 #!/bin/bash
-# The main job on a machine with no NIC: build, then run VMDq on the
-# software 82599 (configs/intel10g-vmdq-model.ron): generated traffic goes
-# out of one model port, and the other port splits it into pools by MAC and
-# VLAN, one Intel10g app per pool, for DURATION seconds (default 10), with a
-# per-link report every two seconds. Counters are in /var/run/snabb-rs/<pid>
-# meanwhile: `snabb-rs top` shows them live. CONFIG=... runs another graph
-# (e.g. configs/basic1.ron). The binary is built in $CARGO_TARGET_DIR when
-# that is set.
+# The main job on a machine with no NIC and no VM: build, then run
+# `snabb-rs vmdq-vswitch` on its built-in config (configs/vmdq-vswitch.ron):
+# the 82599 model as the uplink, generated traffic paced on its wire for
+# three VM ports on two VLANs, a per-port report every two seconds, until
+# Ctrl-C (or for DURATION seconds when set). `snabb-rs top` watches it from
+# another terminal. CONFIG=... runs another vswitch config. The binary is
+# built in $CARGO_TARGET_DIR when that is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DURATION=${DURATION:-10}
 cargo build --release -q
 BIN=${CARGO_TARGET_DIR:-target}/release/snabb-rs
 [ -x "$BIN" ] || { echo "demo.sh: no $BIN after the build (CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-unset})" >&2; exit 1; }
-exec "$BIN" run "${CONFIG:-configs/intel10g-vmdq-model.ron}" --duration "$DURATION" --report 2
+args=()
+[ -n "${DURATION:-}" ] && args+=(--duration "$DURATION")
+exec "$BIN" vmdq-vswitch ${CONFIG:+"$CONFIG"} "${args[@]}"

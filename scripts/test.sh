@@ -26,6 +26,8 @@ record() { RESULTS+=("$1"); case "$1" in FAIL*) FAILED=1;; esac; }
 
 # --- packages ---------------------------------------------------------------
 PKGS=(tcpdump iproute2 iputils-ping procps util-linux
+      libpcap-dev                                                     # PcapFilter: libpcap compiles the expressions
+      clang libbpf-dev                                                # selftest/vmdq-vswitch.sh: VLAN ports in tc BPF
       python3-scapy                                                   # Decap/Encap: apps/decap/tests/scapy.rs
       iperf3 ethtool                                                  # RawSocket: selftest/rawsocket.sh
       clang libbpf-dev linux-libc-dev                                 # AfXdp: its XDP program is built by clang (build.rs)

@@ -1,10 +1,11 @@
 #!/bin/bash
-# VM to VM through a switch: snabb-rs (two VhostUser ports through the
-# software VmdqSplitter, standing in for vmdq-vswitch) against OVS-DPDK,
-# with the same frontends (two VirtioUser VMs) on the other CPU, as ratios
-# measured in the same run: selftest/peers/bench-vswitch.sh.
+# VM to VM through a switch: `snabb-rs vmdq-vswitch` (two VM ports, no
+# uplink: selftest/peers/vmdq-vswitch-run.sh) against OVS-DPDK, with the
+# same frontends (two VirtioUser VMs) on the other CPU, as ratios measured
+# in the same run: selftest/peers/bench-vswitch.sh.
 #
-#   vswitch-bench.sh [--smoke] [bench-vswitch.sh options...]
+#   vswitch-bench.sh [--smoke] [bench-vswitch.sh options...] [-- SWITCH_CMD...]
+#     (without a SWITCH_CMD: vmdq-vswitch)
 #     --smoke   one 3-second run of 64-byte frames through each switch (what
 #               scripts/test.sh runs: proves the harness and that frames
 #               move; no figures worth quoting, the machine is busy then);
@@ -26,7 +27,11 @@ fi
 out=$(mktemp "${TMPDIR:-/tmp}/vswitch-bench.XXXXXX")
 trap 'rm -f "$out"' EXIT
 # Bounded: 2 switches x sizes x runs, each at most ~(secs + 40) s.
-timeout -s INT "${VSWITCH_BENCH_LIMIT:-1800}" "$ROOT/selftest/peers/bench-vswitch.sh" "$@" | tee "$out"
+args=("$@")
+if [[ " $* " != *" -- "* ]]; then
+    args=(--name vmdq-vswitch "$@" -- "$ROOT/selftest/peers/vmdq-vswitch-run.sh" {sock0} {sock1} {dir} {cpu})
+fi
+timeout -s INT "${VSWITCH_BENCH_LIMIT:-1800}" "$ROOT/selftest/peers/bench-vswitch.sh" "${args[@]}" | tee "$out"
 rc=${PIPESTATUS[0]}
 ok=1
 while read -r line; do

@@ -19,9 +19,10 @@
 //!   nreadable() / nwritable() / is_empty() / is_full()
 //!   counters()              rx/tx packets and bytes, drops, bytes copied
 //!
-//! In `CopyMode::Simd` the consumer receives a copy of each packet in a
-//! fresh host buffer and the original goes back to its owner at once: this
-//! is how a guest's buffer is detached from the graph.
+//! In `CopyMode::Simd` the consumer receives a copy of each foreign packet
+//! in a fresh host buffer and the original goes back to its owner at once:
+//! this is how a guest's buffer is detached from the graph. Host packets
+//! pass as they are (they are detached already).
 //!
 //! All state is in cells: both endpoint apps hold the link by shared
 //! reference within one thread, and no `&mut` ever aliases. The ring slots
@@ -65,7 +66,7 @@ pub struct LinkCounters {
     pub txpackets: u64,
     pub txbytes: u64,
     pub txdrop: u64,
-    /// Bytes copied by the link in `Simd` mode.
+    /// Bytes copied by the link in `Simd` mode (foreign packets).
     pub copybytes: u64,
 }
 
@@ -212,9 +213,15 @@ impl Link {
         self.write.set(w.wrapping_add(1));
     }
 
+    /// Simd mode: a foreign packet (or a split one, with a foreign tail)
+    /// becomes a host copy and the original goes home at once. A host
+    /// packet is detached already: it passes as it is.
     #[cold]
     #[inline(never)]
     fn copy_packet(&self, p: Packet) -> Packet {
+        if !p.is_foreign() {
+            return p;
+        }
         self.copybytes.set(self.copybytes.get() + p.len() as u64);
         p.copy_to_host()
     }
@@ -860,16 +867,42 @@ mod tests {
         l.transmit(Packet::new());
     }
 
+    /// A foreign packet holding `bytes` (in a buffer leaked for the test).
+    fn lent(owner: &crate::BufferOwner, bytes: &[u8]) -> Packet {
+        let buf: &'static mut [u8] = Box::leak(bytes.to_vec().into_boxed_slice());
+        // SAFETY: the buffer is leaked: valid for as long as the packet.
+        unsafe {
+            owner.wrap(crate::packet::ForeignBuffer {
+                base: std::ptr::NonNull::new(buf.as_mut_ptr()).unwrap(),
+                cap: buf.len() as u32,
+                dma: 0,
+                start: 0,
+                len: buf.len() as u32,
+                token: 0,
+                fixed_start: false,
+            })
+        }
+    }
+
     #[test]
-    fn simd_mode_hands_on_copies() {
+    fn simd_mode_hands_on_copies_of_foreign_packets() {
+        let owner = crate::BufferOwner::register("link test", None);
         let l = Link::new(8);
         l.set_copy_mode(CopyMode::Simd);
-        let p = Packet::from_bytes(b"abcdef");
+        let p = lent(&owner, b"abcdef");
         let addr = p.data().as_ptr();
         l.transmit(p);
+        assert_eq!(owner.returns_pending(), 1, "the original went home at once");
         let q = l.receive().unwrap();
         assert_eq!(q.data(), b"abcdef");
+        assert!(!q.is_foreign());
         assert_ne!(q.data().as_ptr(), addr);
+        assert_eq!(l.counters().copybytes, 6);
+        // A host packet is detached already: it passes as it is.
+        let h = Packet::from_bytes(b"xyz");
+        let addr = h.data().as_ptr();
+        l.transmit(h);
+        assert_eq!(l.receive().unwrap().data().as_ptr(), addr);
         assert_eq!(l.counters().copybytes, 6);
     }
 
@@ -983,20 +1016,21 @@ mod tests {
 
     #[test]
     fn simd_transmitter_copies_and_drops_when_full() {
+        let owner = crate::BufferOwner::register("link test", None);
         let l = Link::new(4);
         l.set_copy_mode(CopyMode::Simd);
-        let keep = Packet::from_bytes(b"xyz");
         {
             let mut t = l.transmitter();
             assert_eq!(t.room(), 4);
             for _ in 0..6 {
-                t.send(keep.clone());
+                t.send(lent(&owner, b"xyz"));
             }
             assert_eq!(t.room(), 0);
         }
         let c = l.counters();
         assert_eq!((c.txpackets, c.txdrop, c.txbytes, c.copybytes), (4, 2, 12, 12));
-        assert!(l.drain().all(|p| p.data() == b"xyz"));
+        assert!(l.drain().all(|p| p.data() == b"xyz" && !p.is_foreign()));
+        owner.drain_returns(|_| {});
     }
 
     #[test]
@@ -1082,12 +1116,14 @@ mod tests {
             assert_eq!(counts(&a), (11, 18, 11, 18, 0));
             assert_eq!(counts(&b), (7, 12, 3, 0, 2));
             assert_eq!(b.drain().map(|p| p.data()[0]).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
-            // Into a link in Simd mode: copies, counted.
+            // Into a link in Simd mode: foreign packets copied, counted.
+            let owner = crate::BufferOwner::register("link test", None);
             b.set_copy_mode(CopyMode::Simd);
-            a.transmit(Packet::from_bytes(b"abc"));
+            a.transmit(lent(&owner, b"abc"));
             assert_eq!(a.transfer(&b), 1);
             assert_eq!(b.counters().copybytes, 3);
             assert_eq!(b.receive().unwrap().data(), b"abc");
+            owner.drain_returns(|_| {});
             // Onto itself: the same packets, in the same order.
             a.transmit(Packet::from_bytes(&[1]));
             a.transmit(Packet::from_bytes(&[2]));

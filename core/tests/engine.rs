@@ -240,7 +240,7 @@ fn reconfiguration_keeps_running_apps_and_queued_packets() {
     assert_eq!(e.stats().reconfig_drops, 0);
     let l = e.link_counters("gen.output -> fwd.input").unwrap();
     assert_eq!((l.txpackets, l.rxpackets, l.txdrop), (100_000, 100_000, 0), "counters carried across the resize");
-    assert!(l.copybytes > 0, "the link copied once in Simd mode");
+    assert_eq!(l.copybytes, 0, "host packets pass a link in Simd mode as they are");
     drop(e);
     assert_eq!(packet::stats().in_use, before.in_use, "every packet went home");
 }

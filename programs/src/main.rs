@@ -10,6 +10,7 @@ mod run;
 mod selftest;
 mod stats;
 mod top;
+mod vswitch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -80,6 +81,40 @@ Counters go to shared memory for `snabb-rs top` and `ps`; SIGINT or SIGTERM stop
         #[arg(long, value_name = "ADDR")]
         metrics_listen: Option<String>,
     },
+    /// The VMDq switch for VMs: an uplink and vhost-user ports from a vswitch
+    /// config (the built-in one when none is given); saving the file, or
+    /// SIGHUP, applies changes live.
+    #[command(
+        name = "vmdq-vswitch",
+        after_help = "\
+Examples:
+  snabb-rs vmdq-vswitch                          the built-in config: the 82599 model, three VM ports
+  snabb-rs vmdq-vswitch --print-default > my.ron a config to edit
+  snabb-rs vmdq-vswitch my.ron                   yours; saving it (or kill -HUP) applies the change
+  snabb-rs vmdq-vswitch my.ron --print-graph     the app graph it makes (a `run` config)"
+    )]
+    VmdqVswitch {
+        /// The vswitch config (default: the built-in configs/vmdq-vswitch.ron).
+        config: Option<PathBuf>,
+        /// Print the app graph the config makes (a `snabb-rs run` config) and exit.
+        #[arg(long)]
+        print_graph: bool,
+        /// Print the built-in config and exit.
+        #[arg(long)]
+        print_default: bool,
+        /// Stop after this many seconds (default: until SIGINT/SIGTERM).
+        #[arg(long, value_name = "SECONDS")]
+        duration: Option<f64>,
+        /// Seconds between per-port reports (0: none).
+        #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
+        report: f64,
+        /// Never sleep when idle.
+        #[arg(long)]
+        busywait: bool,
+        /// Do not publish counters in shared memory.
+        #[arg(long)]
+        no_shm: bool,
+    },
     /// Work with config files.
     Config {
         #[command(subcommand)]
@@ -144,12 +179,13 @@ Examples:
 
 #[derive(Subcommand)]
 enum ConfigCmd {
-    /// Check a config without running it and print its graph.
+    /// Check a config (an app graph, or a vmdq-vswitch config) without
+    /// running it and print its graph.
     #[command(after_help = "\
 Everything `run` would refuse in the config itself is refused here, with the file, line and column:
 unknown classes and fields, bad values, links to ports a class does not have.")]
     Check {
-        /// The config: a RON file of apps and links.
+        /// The config: a RON file of apps and links, or a vmdq-vswitch config.
         config: PathBuf,
     },
 }
@@ -223,6 +259,8 @@ pub fn registry() -> snabb_core::Registry {
     snabb_apps_vmdq_splitter::register(&mut r);
     snabb_apps_rawsocket::register(&mut r);
     snabb_apps_vhost_user::register(&mut r);
+    snabb_apps_rate_limiter::register(&mut r);
+    snabb_apps_pcap_filter::register(&mut r);
     snabb_apps_virtio_user::register(&mut r);
     snabb_apps_afxdp::register(&mut r);
     r
@@ -247,6 +285,17 @@ fn main() -> ExitCode {
                 ..run::RunOptions::new("run")
             },
         ),
+        Program::VmdqVswitch { config, print_graph, print_default, duration, report, busywait, no_shm } => {
+            vswitch::run(vswitch::Options {
+                config,
+                print_graph,
+                print_default,
+                duration,
+                report,
+                busywait,
+                shm: !no_shm,
+            })
+        }
         Program::Config { what: ConfigCmd::Check { config } } => config_check(&config),
         Program::Top { pid, once, interval, json, prometheus, count } => {
             let format = match (json, prometheus) {
@@ -296,6 +345,18 @@ fn main() -> ExitCode {
 }
 
 fn config_check(path: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+    if vswitch::schema::looks_like_vswitch(&text) {
+        let c = vswitch::check_file(path, &registry())?;
+        print!("{}", c.to_ron());
+        eprintln!(
+            "{}: ok, a vmdq-vswitch config ({} apps, {} links)",
+            path.display(),
+            c.apps().count(),
+            c.links().count()
+        );
+        return Ok(());
+    }
     let c = snabb_core::Config::from_file(path)?;
     registry().check(&c)?;
     print!("{}", c.to_ron());

@@ -23,6 +23,22 @@ pub fn catch_signals() -> Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
+/// Stop `engine` (at its next timer check) once SIGINT or SIGTERM came.
+pub fn stop_on_signals(engine: &mut Engine) -> Result<()> {
+    let stop = catch_signals()?;
+    engine.timers().add(
+        "signals",
+        Duration::from_millis(50),
+        true,
+        Box::new(move |e: &mut Engine| {
+            if stop.load(Ordering::Relaxed) {
+                e.request_stop();
+            }
+        }),
+    );
+    Ok(())
+}
+
 pub struct RunOptions {
     pub duration: Option<f64>,
     pub report: Option<f64>,
@@ -64,17 +80,7 @@ pub fn run_engine(engine: &mut Engine, opts: &RunOptions, watch: Option<&Path>) 
         let dir = engine.shm_path().expect("shared memory on").to_path_buf();
         serve_metrics(addr, dir, opts.program.clone())?;
     }
-    let stop = catch_signals()?;
-    engine.timers().add(
-        "signals",
-        Duration::from_millis(50),
-        true,
-        Box::new(move |e: &mut Engine| {
-            if stop.load(Ordering::Relaxed) {
-                e.request_stop();
-            }
-        }),
-    );
+    stop_on_signals(engine)?;
     if let Some(every) = opts.report {
         engine.timers().add(
             "report",

@@ -13,6 +13,8 @@ pub fn all() -> Vec<(&'static str, Selftest)> {
     v.extend(snabb_apps_vmdq_splitter::selftests());
     v.extend(snabb_apps_rawsocket::selftests());
     v.extend(snabb_apps_vhost_user::selftests());
+    v.extend(snabb_apps_rate_limiter::selftests());
+    v.extend(snabb_apps_pcap_filter::selftests());
     v.extend(snabb_apps_virtio_user::selftests());
     v.extend(snabb_apps_afxdp::selftests());
     v

@@ -8,6 +8,9 @@
 #   guest.mode     probe | ping | ping-watch | iperf-server | iperf-client | iperf-daemon | idle | reboot-loop
 #   guest.ip       address(es) for eth0, comma-separated: 169.254.0.1/16,fe80::1/64
 #   guest.peer     the address to ping / to run iperf3 against
+#   guest.peer2    iperf-client: a second iperf3 test, against this address, after the first
+#   guest.gw       a default route through this address (for a peer on another subnet)
+#   guest.tests    iperf-server: tests to serve, one after the other (default 1)
 #   guest.mac      MAC for eth0 (QEMU's device mac= normally already set it)
 #   guest.mtu      MTU for eth0
 #   guest.vlan     802.1Q VLAN id: the addresses go on eth0.ID, and traffic is tagged
@@ -36,13 +39,13 @@ up() { cut -d' ' -f1 /proc/uptime; }
 mark() { echo "$*"; }
 
 # Defaults, then the command line.
-G_mode=idle G_ip='' G_peer='' G_mac='' G_mtu='' G_vlan='' G_queues=1 G_count=5 G_wait=120 G_secs=5 G_streams=1
+G_mode=idle G_ip='' G_peer='' G_peer2='' G_gw='' G_tests=1 G_mac='' G_mtu='' G_vlan='' G_queues=1 G_count=5 G_wait=120 G_secs=5 G_streams=1
 G_reboots=2 G_after=poweroff G_hold=1
 for a in $(cat /proc/cmdline); do
     case $a in
     guest.*=*)
         k=${a%%=*}; k=${k#guest.}
-        case $k in *[!a-z_]*) mark "GUEST_ERROR bad_param=$k"; continue;; esac
+        case $k in *[!a-z0-9_]*) mark "GUEST_ERROR bad_param=$k"; continue;; esac
         eval "G_$k=\${a#*=}";;
     esac
 done
@@ -99,6 +102,7 @@ fi
 for a in $(echo "$G_ip" | tr , ' '); do
     ip addr add "$a" dev "$IF" || mark "GUEST_ERROR ip=$a"
 done
+[ -n "$G_gw" ] && { ip route add default via "$G_gw" dev "$IF" || mark "GUEST_ERROR gw=$G_gw"; }
 if [ "$G_queues" -gt 1 ]; then
     # Spread transmit over every queue by flow hash: with one vCPU, XPS
     # would otherwise send everything on queue 0.
@@ -163,29 +167,36 @@ ping-watch) # one ping a second, forever or guest.count times: shows when traffi
     done
     finish ok;;
 iperf-server)
-    mark "IPERF_SERVER_LISTENING uptime=$(up)"
-    # One test; bounded so a client that never comes does not keep QEMU forever.
-    timeout $((G_wait + G_secs + 60)) iperf3 -s -1 -J > /tmp/iperf.json 2>&1
-    bps=$(json_num /tmp/iperf.json sum_received bits_per_second)
-    mark "IPERF_SERVER_DONE bits_per_second=${bps:-0}"
+    t=0
+    while [ $t -lt "$G_tests" ]; do
+        t=$((t + 1))
+        mark "IPERF_SERVER_LISTENING uptime=$(up) test=$t"
+        # One test; bounded so a client that never comes does not keep QEMU forever.
+        timeout $((G_wait + G_secs + 60)) iperf3 -s -1 -J > /tmp/iperf.json 2>&1
+        bps=$(json_num /tmp/iperf.json sum_received bits_per_second)
+        mark "IPERF_SERVER_DONE bits_per_second=${bps:-0} test=$t"
+    done
     finish ok;;
 iperf-client)
     first_ping || finish fail
     ping_count
-    tries=0
-    # The server may still be starting: retry while the connection is refused.
-    until iperf3 -c "$(peer_for_iperf)" -t "$G_secs" -P "$G_streams" -J > /tmp/iperf.json 2>&1; do
-        tries=$((tries + 1))
-        if [ $tries -ge 15 ]; then
-            mark "IPERF_FAIL $(grep -m1 '"error"' /tmp/iperf.json | tr -d '\t')"
-            finish fail
-        fi
-        sleep 1
+    for target in $G_peer $G_peer2; do
+        G_peer=$target
+        tries=0
+        # The server may still be starting, or busy: retry while the connection is refused.
+        until iperf3 -c "$(peer_for_iperf)" -t "$G_secs" -P "$G_streams" -J > /tmp/iperf.json 2>&1; do
+            tries=$((tries + 1))
+            if [ $tries -ge 15 ]; then
+                mark "IPERF_FAIL peer=$target $(grep -m1 '"error"' /tmp/iperf.json | tr -d '\t')"
+                finish fail
+            fi
+            sleep 1
+        done
+        rx=$(json_num /tmp/iperf.json sum_received bits_per_second)
+        tx=$(json_num /tmp/iperf.json sum_sent bits_per_second)
+        re=$(json_num /tmp/iperf.json sum_sent retransmits)
+        mark "IPERF_RESULT bits_per_second=${rx%.*} sender_bits_per_second=${tx%.*} retransmits=${re:-0} seconds=$G_secs streams=$G_streams peer=$target"
     done
-    rx=$(json_num /tmp/iperf.json sum_received bits_per_second)
-    tx=$(json_num /tmp/iperf.json sum_sent bits_per_second)
-    re=$(json_num /tmp/iperf.json sum_sent retransmits)
-    mark "IPERF_RESULT bits_per_second=${rx%.*} sender_bits_per_second=${tx%.*} retransmits=${re:-0} seconds=$G_secs streams=$G_streams"
     finish ok;;
 idle)
     G_after=idle

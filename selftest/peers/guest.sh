@@ -24,6 +24,7 @@
 #   --peer ADDR          address to ping / connect iperf3 to
 #   --mac MAC            default: 52:54:00 + 3 bytes derived from NAME
 #   --count N --wait S --secs S --streams N --reboots N --after poweroff|idle --hold S --mtu N --vlan ID
+#   --gw ADDR --tests N --peer2 ADDR
 #                        passed to the guest (see guest-init.sh)
 #   --mem MB             guest memory, shared memfd (default 512)
 #   --hugepages          back guest memory with 2 MiB huge pages (memfd hugetlb)
@@ -124,7 +125,7 @@ cmd_start() {
         --ip) ip=$2; shift 2;;
         --peer) peer=$2; shift 2;;
         --mac) mac=$2; shift 2;;
-        --count|--wait|--secs|--streams|--reboots|--after|--hold|--mtu|--vlan)
+        --count|--wait|--secs|--streams|--reboots|--after|--hold|--mtu|--vlan|--gw|--tests|--peer2)
             gargs+=" guest.${1#--}=$2"; shift 2;;
         --mem) mem=$2; shift 2;;
         --hugepages) huge=1; shift;;

@@ -6,6 +6,13 @@
 //! ethertype and, when `vlan` is set, an 802.1Q tag; the payload is zero,
 //! or with `numbered` starts with a 32-bit sequence number right after the
 //! header, so that a receiver can check order and loss.
+//!
+//! Paced with `pps` (frames per second) or `gbps` (Gbit/s of frames, from
+//! the destination address to the end of the payload), it sends no faster
+//! than that on each output, counted from its first breath: a breath sends
+//! what is due by then (at most `PULL_NPACKETS`), so a late breath catches
+//! up and the long-run rate is the one asked for, as long as the engine
+//! keeps up. Unpaced, it sends as fast as the engine runs.
 
 use serde::{Deserialize, Serialize};
 use snabb_core::ethernet::{self, MacAddr};
@@ -27,6 +34,10 @@ pub struct SourceArgs {
     pub vlan: Option<u16>,
     /// Put a big-endian sequence number after the header.
     pub numbered: bool,
+    /// Pace: frames per second (per output).
+    pub pps: Option<f64>,
+    /// Pace: Gbit/s of frames (per output).
+    pub gbps: Option<f64>,
 }
 
 impl Default for SourceArgs {
@@ -40,6 +51,8 @@ impl Default for SourceArgs {
             ethertype: 0x88b5, // IEEE local experimental
             vlan: None,
             numbered: false,
+            pps: None,
+            gbps: None,
         }
     }
 }
@@ -60,6 +73,18 @@ pub struct Source {
     seq_at: usize,
     seq: u32,
     numbered: bool,
+    pace: Option<Pace>,
+}
+
+/// How many frames are due: `rate` frames (or bytes) a second from `start`.
+struct Pace {
+    /// Frames or bytes per second.
+    rate: f64,
+    /// Whether `rate` counts bytes.
+    bytes: bool,
+    start: Option<std::time::Instant>,
+    /// Frames or bytes sent since `start`.
+    done: f64,
 }
 
 fn frame(args: &SourceArgs, size: usize) -> Packet {
@@ -98,6 +123,12 @@ impl AppClass for Source {
         if let Some(v) = args.vlan {
             anyhow::ensure!(v < 4096, "vlan {v}: must be below 4096");
         }
+        for (what, r) in [("pps", args.pps), ("gbps", args.gbps)] {
+            if let Some(r) = r {
+                anyhow::ensure!(r.is_finite() && r > 0.0, "{what} {r}: a rate above 0");
+            }
+        }
+        anyhow::ensure!(args.pps.is_none() || args.gbps.is_none(), "pace with `pps` or `gbps`, not both");
         if args.numbered {
             anyhow::ensure!(
                 sizes.iter().all(|&s| s >= header + 4),
@@ -110,6 +141,11 @@ impl AppClass for Source {
 
     fn new(args: SourceArgs, _ctx: &AppContext) -> anyhow::Result<Source> {
         let (sizes, header) = args.sizes_and_header();
+        let pace = match (args.pps, args.gbps) {
+            (Some(r), _) => Some(Pace { rate: r, bytes: false, start: None, done: 0.0 }),
+            (_, Some(g)) => Some(Pace { rate: g * 1e9 / 8.0, bytes: true, start: None, done: 0.0 }),
+            _ => None,
+        };
         Ok(Source {
             templates: sizes.iter().map(|&s| frame(&args, s)).collect(),
             next: 0,
@@ -118,6 +154,7 @@ impl AppClass for Source {
             seq_at: header,
             seq: 0,
             numbered: args.numbered,
+            pace,
         })
     }
 }
@@ -143,6 +180,12 @@ impl App for Source {
         if let Some(c) = self.count {
             n = n.min(c - self.sent);
         }
+        if let Some(p) = &mut self.pace {
+            n = n.min(due(p, &self.templates, self.next, n));
+            if n == 0 {
+                return;
+            }
+        }
         for out in io.output.iter() {
             match (self.templates.len(), self.numbered) {
                 // One size, no numbers: the plain loop.
@@ -158,6 +201,24 @@ impl App for Source {
     fn counters(&self, emit: &mut dyn FnMut(&str, u64)) {
         emit("sent", self.sent);
     }
+}
+
+/// How many of the next `max` frames (templates from `next` on) are due
+/// now; counts them as done.
+fn due(p: &mut Pace, templates: &[Packet], next: usize, max: u64) -> u64 {
+    due_at(p, templates, next, max, std::time::Instant::now())
+}
+
+fn due_at(p: &mut Pace, templates: &[Packet], next: usize, max: u64, now: std::time::Instant) -> u64 {
+    let start = *p.start.get_or_insert(now);
+    let allowed = (now - start).as_secs_f64() * p.rate;
+    let mut n = 0;
+    // A frame is due when what went before it fits in the time so far.
+    while n < max && p.done <= allowed {
+        p.done += if p.bytes { templates[(next + n as usize) % templates.len()].len() as f64 } else { 1.0 };
+        n += 1;
+    }
+    n
 }
 
 impl Source {
@@ -218,6 +279,25 @@ pub fn selftest() -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn paced_frames_come_when_due() {
+        use std::time::{Duration, Instant};
+        let t =
+            vec![super::frame(&super::SourceArgs::default(), 100), super::frame(&super::SourceArgs::default(), 1000)];
+        // 1000 frames/s: the first at once, then one a millisecond.
+        let mut p = super::Pace { rate: 1000.0, bytes: false, start: None, done: 0.0 };
+        let t0 = Instant::now();
+        assert_eq!(super::due_at(&mut p, &t, 0, 100, t0), 1);
+        assert_eq!(super::due_at(&mut p, &t, 0, 100, t0 + Duration::from_micros(500)), 0);
+        assert_eq!(super::due_at(&mut p, &t, 0, 100, t0 + Duration::from_millis(10)), 10);
+        assert_eq!(super::due_at(&mut p, &t, 0, 5, t0 + Duration::from_secs(1)), 5, "at most max a breath");
+        assert_eq!(super::due_at(&mut p, &t, 0, 10_000, t0 + Duration::from_secs(1)), 1001 - 16);
+        // 8.8 Mbit/s of 100- and 1000-byte frames: 1100 bytes a ms.
+        let mut p = super::Pace { rate: 8.8e6 / 8.0, bytes: true, start: None, done: 0.0 };
+        assert_eq!(super::due_at(&mut p, &t, 0, 100, t0), 1);
+        assert_eq!(super::due_at(&mut p, &t, 1, 100, t0 + Duration::from_millis(10)), 20, "11000 bytes: 10 of each");
+    }
+
     #[test]
     fn frame_layout() {
         let args = super::SourceArgs { vlan: Some(7), ..Default::default() };

@@ -206,10 +206,9 @@ fn both_modes_deliver_every_packet() {
             assert_eq!((l.txpackets, l.rxpackets, l.txdrop), (30000, 30000, 0), "{mode:?}");
             let bytes = 10000 * (60 + 1514 + 9000);
             assert_eq!(l.txbytes, bytes);
-            match mode {
-                CopyMode::Zero => assert_eq!(l.copybytes, 0),
-                CopyMode::Simd => assert_eq!(l.copybytes, bytes, "every byte was copied once"),
-            }
+            // Host packets are never copied by a link: they are detached
+            // already (foreign ones are: see the lender tests below).
+            assert_eq!(l.copybytes, 0, "{mode:?}");
             assert_eq!(e.app::<InOrder>("check").unwrap().out_of_order, 0);
             assert_eq!(e.app::<Sink>("sink").unwrap().bytes(), bytes);
         }
@@ -254,7 +253,7 @@ fn switching_modes_live_conserves_packets() {
         e.run(Limit::Breaths(3));
         assert!(switches > 10, "only {switches} switches");
         assert_eq!(copied_in_zero, 0, "nothing is copied in Zero mode");
-        assert!(copied_in_simd > 0, "Simd mode copied");
+        assert_eq!(copied_in_simd, 0, "host packets are not copied in Simd mode either");
 
         // Conservation: what the source sent is what the sink got, plus
         // counted drops (none expected here), with no packet reordered.

@@ -544,6 +544,7 @@ impl<R: Registers> Queues for Pair<R> {
         }
         emit("link_up", self.dev.link_up() as u64);
         if self.id.is_some_and(|id| self.dev.is_reporter(id)) {
+            emit("dev_rxtotal", hw.rx_total);
             emit("dev_rxpackets", hw.rx_packets);
             emit("dev_rxbytes", hw.rx_bytes);
             emit("dev_txpackets", hw.tx_packets);

@@ -39,8 +39,10 @@
 //! `tx_*` what went to it, each queue counter of [`QueueStats`] summed over
 //! the queues of that direction (`rx_packets`, `tx_bytes`, `tx_no_room`,
 //! `rx_bad_descriptor` ...). `tx_no_guest`: packets on `input` discarded
-//! while no receive queue ran; `rx_no_output`: guest packets dropped for
-//! want of an `output` link. `connections`, `disconnects`,
+//! while no receive queue ran; `tx_backlog_drops`: packets for the guest
+//! dropped because it had no receive buffers for them while half of `input`
+//! was already waiting (see `push`); `rx_no_output`: guest packets dropped
+//! for want of an `output` link. `connections`, `disconnects`,
 //! `refused_connections` (a second frontend), `protocol_errors` (malformed
 //! messages), `request_errors` (requests refused), `broken_queues`,
 //! `rarp_sent`, and `link_up` (1 while a guest has queues running; the
@@ -122,6 +124,7 @@ struct Totals {
     to_guest: QueueStats,
     from_guest: QueueStats,
     tx_no_guest: u64,
+    tx_backlog_drops: u64,
     rx_no_output: u64,
     connections: u64,
     disconnects: u64,
@@ -462,6 +465,21 @@ impl App for VhostUser {
             match &mut self.conn {
                 Some(c) if c.dev.running().0 > 0 => {
                     c.dev.to_guest(input);
+                    // What the guest has no buffers for waits on `input` for
+                    // the next breath, but never more than half of it: the
+                    // oldest of the rest are dropped and counted here. Else a
+                    // guest that enables its receive queue and posts nothing
+                    // (or takes less than it is sent) would fill `input`, and
+                    // whatever feeds it, another port pulling only what its
+                    // output link has room for, would stop: one port's guest
+                    // would hold back the others'. (A lent buffer dropped
+                    // here goes back to its chain, empty.)
+                    let keep = input.capacity() / 2;
+                    let waiting = input.nreadable();
+                    if waiting > keep {
+                        input.drain().take(waiting - keep).for_each(drop);
+                        self.past.tx_backlog_drops += (waiting - keep) as u64;
+                    }
                 }
                 _ => self.past.tx_no_guest += input.discard().0,
             }
@@ -511,6 +529,7 @@ impl App for VhostUser {
             emit(&format!("tx_{name}"), v);
         }
         emit("tx_no_guest", t.tx_no_guest);
+        emit("tx_backlog_drops", t.tx_backlog_drops);
         emit("rx_no_output", t.rx_no_output);
         emit("broken_queues", t.broken_queues);
         // 1 while a guest has queues running (what a NIC's carrier would say).
@@ -553,12 +572,13 @@ impl App for VhostUser {
         }
         let _ = writeln!(
             out,
-            "  to guest {} packets {} bytes ({} dropped: no room; {} dropped: no guest; out of buffers {} times); \
-             from guest {} packets {} bytes ({} bad descriptors)",
+            "  to guest {} packets {} bytes ({} dropped: no room; {} dropped: no guest; {} dropped: not taken; \
+             out of buffers {} times); from guest {} packets {} bytes ({} bad descriptors)",
             t.to_guest.packets,
             t.to_guest.bytes,
             t.to_guest.no_room,
             t.tx_no_guest,
+            t.tx_backlog_drops,
             t.to_guest.no_buffer,
             t.from_guest.packets,
             t.from_guest.bytes,

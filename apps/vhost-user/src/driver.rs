@@ -177,11 +177,15 @@ pub struct SendLayout {
     pub pieces: usize,
     /// All descriptors in an indirect table.
     pub indirect: bool,
+    /// When not 0: the frame's first this many bytes in one piece, the rest
+    /// in another (as Linux sends: headers in the linear part, payload in a
+    /// page fragment); `pieces` is then not used.
+    pub head_bytes: usize,
 }
 
 impl Default for SendLayout {
     fn default() -> Self {
-        SendLayout { header_apart: false, pieces: 1, indirect: false }
+        SendLayout { header_apart: false, pieces: 1, indirect: false, head_bytes: 0 }
     }
 }
 
@@ -480,7 +484,12 @@ impl DriverQueue {
         let mut pieces: Vec<Vec<u8>> = Vec::new();
         let n = self.layout.pieces.max(1);
         let step = frame.len().div_ceil(n).max(1);
-        let mut parts: Vec<&[u8]> = frame.chunks(step).collect();
+        let mut parts: Vec<&[u8]> = if self.layout.head_bytes > 0 && self.layout.head_bytes < frame.len() {
+            let (a, b) = frame.split_at(self.layout.head_bytes);
+            vec![a, b]
+        } else {
+            frame.chunks(step).collect()
+        };
         if parts.is_empty() {
             parts.push(&[]);
         }

@@ -35,9 +35,10 @@
 //!     net header, in one piece, or in the piece after a header-only one)
 //!     and hands each out as a slot; `complete_rx` writes the header and
 //!     the used entry once a frame is in it; `return_rx` takes back one that
-//!     came back empty, as a *spare*, which the copy path uses before the
-//!     avail ring. Chains the NIC could not use (too small, split oddly) are
-//!     spares from the start.
+//!     came back empty (the NIC let it go, its frame was dropped, or the
+//!     frame was moved into the buffer before it), to be lent again first.
+//!     Chains the NIC could not use (too small, split oddly) are *spares*:
+//!     the copy path uses those, then returned ones, before the avail ring.
 //!   * transmit: `receive_from_guest` makes a frame of a long enough,
 //!     contiguous chain into a split packet (the first SNAPSHOT bytes copied
 //!     into host memory, where the guest cannot change them; the rest left
@@ -249,6 +250,26 @@ pub struct TxLend<'a> {
     pub ring: u16,
     /// Chains out at once at most.
     pub bound: usize,
+}
+
+/// Where frame byte SNAPSHOT lies, when every byte from there to the end
+/// of the frame (`len` bytes from piece `i` at `off`) is in that one piece.
+fn tail_piece(segs: &[Seg], i: usize, off: usize, len: usize) -> Option<NonNull<u8>> {
+    let mut at = 0usize; // frame offset of the current piece's first byte used
+    let mut off = off;
+    for s in &segs[i..] {
+        let n = s.len as usize - off;
+        if at + n > SNAPSHOT {
+            let k = off + (SNAPSHOT - at);
+            // The rest of the frame must end in this piece.
+            return (at + n == len)
+                // SAFETY: k < s.len: inside the translated piece.
+                .then(|| unsafe { NonNull::new_unchecked(s.ptr.as_ptr().add(k)) });
+        }
+        at += n;
+        off = 0;
+    }
+    None
 }
 
 /// A lent buffer's token: its queue and slot.
@@ -585,9 +606,11 @@ pub struct Virtqueue {
     /// as packet tails), and the free slots.
     lent: Vec<Option<Lent>>,
     free_slots: Vec<u16>,
-    /// Receive chains taken off the avail ring and not used: the copy path
-    /// fills these first.
+    /// Receive chains taken off the avail ring and not used: ones not fit
+    /// to lend (`spare`) and lent ones that came back empty (`returned`,
+    /// lent again first). The copy path fills spares, then returned ones.
     spare: VecDeque<u16>,
+    returned: VecDeque<u16>,
     /// The data room (whole KiB) receive buffers are lent with; 0 until
     /// chosen from the first chains the guest posts.
     lend_size: u32,
@@ -678,6 +701,7 @@ impl Virtqueue {
             lent: vec![None; size as usize],
             free_slots: (0..size).rev().collect(),
             spare: VecDeque::new(),
+            returned: VecDeque::new(),
             lend_size: 0,
         })
     }
@@ -965,14 +989,15 @@ impl Virtqueue {
         }
         let h = NetHdr::parse(&hdr[..hdr_len]);
         // Where the frame lies: pieces from segs[i] at `off`.
-        let one_piece = i < segs.len() && segs[i].len as usize - off == frame_len;
+        // The tail that could be lent: from frame byte SNAPSHOT to the end,
+        // if it lies in one piece (Linux puts a frame's headers in the
+        // first descriptor and its payload in the next ones).
+        let tail = if frame_len >= TX_LEND_MIN { tail_piece(segs, i, off, frame_len) } else { None };
         let mut lent = false;
         let mut p = match lend {
-            Some(l) if frame_len >= TX_LEND_MIN && one_piece => {
-                let s = segs[i];
-                // SAFETY: off < s.len: inside the translated piece.
-                let at = unsafe { NonNull::new_unchecked(s.ptr.as_ptr().add(off)) };
-                match self.lend_tx(l, head, at, frame_len, alloc) {
+            Some(l) if tail.is_some() => {
+                let at = tail.expect("checked");
+                match self.lend_tx(l, head, (segs, i, off), at, frame_len, alloc) {
                     Some(p) => {
                         lent = true;
                         p
@@ -1028,36 +1053,50 @@ impl Virtqueue {
     /// Lend a transmit frame of `len` bytes at `at` as a split packet, or
     /// None (bound reached, unreachable memory, no slot).
     #[inline]
+    /// `frame` says where the frame starts (pieces from `segs[i]` at
+    /// `off`), `tail` where its byte SNAPSHOT is (the rest lies there).
+    #[allow(clippy::type_complexity)]
     fn lend_tx(
         &mut self,
         l: &TxLend<'_>,
         head: u16,
-        at: NonNull<u8>,
+        frame: (&[Seg], usize, usize),
+        tail: NonNull<u8>,
         len: usize,
         alloc: &mut packet::Allocator,
     ) -> Option<Packet> {
+        let tail_len = len - SNAPSHOT;
         if self.lent_count() >= l.bound {
             self.stats.zc_bound += 1;
             return None;
         }
-        let Some(dma) = l.device.dma(at.as_ptr() as usize, len) else {
+        let Some(dma) = l.device.dma(tail.as_ptr() as usize, tail_len) else {
             self.stats.zc_unsuitable += 1;
             return None;
         };
         let slot = self.free_slots.pop()?;
         self.lent[slot as usize] = Some(Lent { head, hdr: None, data: None });
-        // SAFETY: `at` is valid for `len` bytes (translated); the snapshot
-        // is read once, and then it is ours.
-        let snap = unsafe { std::slice::from_raw_parts(at.as_ptr(), SNAPSHOT) };
-        let h = alloc.from_bytes(snap);
+        // The snapshot: the frame's first SNAPSHOT bytes, read once, ours
+        // from then on.
+        let (segs, i, mut off) = frame;
+        let mut h = alloc.allocate();
+        for s in &segs[i..] {
+            let n = (s.len as usize - off).min(SNAPSHOT - h.len());
+            // SAFETY: off + n <= s.len: inside the translated piece.
+            h.append(unsafe { std::slice::from_raw_parts(s.ptr.as_ptr().add(off), n) });
+            off = 0;
+            if h.len() == SNAPSHOT {
+                break;
+            }
+        }
         self.stats.copied_bytes += SNAPSHOT as u64;
         self.stats.zc_packets += 1;
         let tail = ForeignBuffer {
-            base: at,
-            cap: len as u32,
+            base: tail,
+            cap: tail_len as u32,
             dma,
-            start: SNAPSHOT as u32,
-            len: (len - SNAPSHOT) as u32,
+            start: 0,
+            len: tail_len as u32,
             token: token(l.ring, slot),
             fixed_start: false,
         };
@@ -1084,7 +1123,28 @@ impl Virtqueue {
     }
     /// Receive chains taken and not used, waiting for the copy path.
     pub fn spare_count(&self) -> usize {
-        self.spare.len()
+        self.spare.len() + self.returned.len()
+    }
+
+    /// Spare chain `i` of the copy path's order (spares, then returned).
+    #[inline]
+    fn spare_at(&self, i: usize) -> u16 {
+        if i < self.spare.len() { self.spare[i] } else { self.returned[i - self.spare.len()] }
+    }
+    #[inline]
+    fn spare_remove(&mut self, i: usize) {
+        if i < self.spare.len() {
+            self.spare.remove(i);
+        } else {
+            self.returned.remove(i - self.spare.len());
+        }
+    }
+    /// The first `k` of the copy path's spare chains were used.
+    #[inline]
+    fn spare_drain(&mut self, k: usize) {
+        let a = k.min(self.spare.len());
+        self.spare.drain(..a);
+        self.returned.drain(..k - a);
     }
 
     /// Store the used entries noted so far and the used index.
@@ -1132,14 +1192,20 @@ impl Virtqueue {
         let limit = (self.ring.size as usize).saturating_sub(reserve.max(1));
         let mut lent = 0;
         while lent < max && self.lent_count() < limit {
-            if self.next_avail == avail {
-                match self.avail_idx() {
-                    Some(a) if a != self.next_avail => avail = a,
-                    _ => break,
+            // Chains that came back empty go out again first.
+            let head = if let Some(h) = self.returned.pop_front() {
+                h
+            } else {
+                if self.next_avail == avail {
+                    match self.avail_idx() {
+                        Some(a) if a != self.next_avail => avail = a,
+                        _ => break,
+                    }
                 }
-            }
-            let Some(head) = self.head_at(self.next_avail) else { break };
-            self.next_avail = self.next_avail.wrapping_add(1);
+                let Some(head) = self.head_at(self.next_avail) else { break };
+                self.next_avail = self.next_avail.wrapping_add(1);
+                head
+            };
             let (first, data) = match self.rx_layout(mem, head) {
                 Ok(Some(x)) => x,
                 Ok(None) => {
@@ -1246,13 +1312,14 @@ impl Virtqueue {
         self.stats.zc_moved_bytes += n;
     }
 
-    /// A lent receive chain came back empty (the NIC let it go, or its
-    /// packet was dropped): it is a spare now, for the copy path. False
-    /// for a slot that is not out.
+    /// A lent receive chain came back empty (the NIC let it go, its
+    /// packet was dropped, its frame was moved into the buffer before it):
+    /// it goes out again first, or serves the copy path. False for a slot
+    /// that is not out.
     pub fn return_rx(&mut self, slot: u16) -> bool {
         let Some(l) = self.lent.get_mut(slot as usize).and_then(Option::take) else { return false };
         self.free_slots.push(slot);
-        self.spare.push_back(l.head);
+        self.returned.push_back(l.head);
         true
     }
 
@@ -1260,8 +1327,8 @@ impl Virtqueue {
     /// 0): lending stops along with the ring, and a chain taken must be
     /// used. Returns how many.
     pub fn give_back_spares(&mut self, log: Option<&DirtyLog>) -> usize {
-        let n = self.spare.len();
-        while let Some(head) = self.spare.pop_front() {
+        let n = self.spare_count();
+        while let Some(head) = self.spare.pop_front().or_else(|| self.returned.pop_front()) {
             self.push_used(log, head, 0);
         }
         self.stats.zc_unused += n as u64;
@@ -1317,14 +1384,14 @@ impl Virtqueue {
                 return Some(Gather::Fits);
             }
             let merged = self.chains.len() - first_chain;
-            let from_spare = spare_i < self.spare.len();
+            let from_spare = spare_i < self.spare_count();
             let whole_ring = !from_spare && peek.wrapping_sub(self.next_avail) == ring.size;
             if (!self.mrg_rxbuf && merged > 0) || merged == MAX_MERGE || whole_ring {
                 return Some(Gather::NoRoom);
             }
             let head = if from_spare {
                 spare_i += 1;
-                self.spare[spare_i - 1]
+                self.spare_at(spare_i - 1)
             } else {
                 if peek == *avail {
                     *avail = self.avail_idx()?;
@@ -1367,7 +1434,7 @@ impl Virtqueue {
                     self.push_used(log, head, 0);
                     if from_spare {
                         spare_i -= 1;
-                        self.spare.remove(spare_i);
+                        self.spare_remove(spare_i);
                     } else {
                         self.next_avail = peek;
                     }
@@ -1387,7 +1454,7 @@ impl Virtqueue {
     fn consume_chains(&mut self, first: usize) {
         let spares = self.chains[first..].iter().filter(|c| c.spare).count();
         let from_avail = self.chains.len() - first - spares;
-        self.spare.drain(..spares);
+        self.spare_drain(spares);
         self.next_avail = self.next_avail.wrapping_add(from_avail as u16);
     }
 

@@ -95,7 +95,7 @@ impl PoolArgs {
 }
 
 /// The pools, and the settings the 82599 keeps for all of them.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmdqSplitterArgs {
     /// At most 64; each pool's `name` is its output port.
@@ -113,6 +113,30 @@ pub struct VmdqSplitterArgs {
     /// when no pool has them in `macs` (exact here, hashed in the NIC).
     #[serde(default)]
     pub uta: Vec<MacAddr>,
+    /// The output that stands for the wire (the NIC's transmit side). Set,
+    /// it makes the pools send as well as receive: an input named after a
+    /// pool carries what that pool sends, and such frames leave on this
+    /// output (and, with `vm_to_vm`, reach the other local pools).
+    #[serde(default)]
+    pub wire: Option<String>,
+    /// PFDTXGSWC.LBE: frames a pool sends reach the other local pools that
+    /// take them, as frames from the wire would; unicast to a local address
+    /// stays inside, the rest also goes out on `wire`. Default: on.
+    #[serde(default = "yes")]
+    pub vm_to_vm: bool,
+}
+
+impl Default for VmdqSplitterArgs {
+    fn default() -> Self {
+        VmdqSplitterArgs {
+            pools: Vec::new(),
+            default_pool: None,
+            mta: Vec::new(),
+            uta: Vec::new(),
+            wire: None,
+            vm_to_vm: true,
+        }
+    }
 }
 
 /// Arguments as the engine parses them: checked while parsing, so that

@@ -84,8 +84,14 @@ pub struct Filters {
     /// Pools by VLAN id: [0] the pools with AUPE, [v] the pools of VLAN v.
     vlan_pools: Box<[u64]>,
     mpe: u64,
-    strip: u64,
+    pub(crate) strip: u64,
     default_pool: u64,
+    /// Each pool's VLAN (0: none), by pool number: the tag a pool that
+    /// strips it gets back on what it sends (PFVMVIR).
+    pub(crate) pool_vlans: Vec<u16>,
+    /// The wire's output, when the pools also send.
+    pub wire: Option<String>,
+    pub(crate) vm_to_vm: bool,
     /// Pool names, by pool number.
     pub names: Vec<String>,
     /// What an 82599 could not hold (more MAC or VLAN filters than it has):
@@ -196,6 +202,14 @@ impl Filters {
             }
             uta.insert(m);
         }
+        if let Some(w) = &a.wire {
+            if !snabb_core::config::valid_name(w) {
+                return Err(format!("wire `{w}`: letters, digits, `_`, `-` only (it is an output port)"));
+            }
+            if names.contains_key(w.as_str()) {
+                return Err(format!("wire `{w}` is also a pool's name: one output cannot be both"));
+            }
+        }
         let default_pool = match &a.default_pool {
             None => 0,
             Some(d) => match names.get(d.as_str()) {
@@ -258,6 +272,9 @@ impl Filters {
             mpe,
             strip,
             default_pool,
+            pool_vlans: a.pools.iter().map(|p| p.vlan.unwrap_or(0)).collect(),
+            wire: a.wire.clone(),
+            vm_to_vm: a.vm_to_vm,
             names: a.pools.iter().map(|p| p.name.clone()).collect(),
             warnings,
         })

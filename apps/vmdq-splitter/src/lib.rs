@@ -4,7 +4,7 @@
 //!
 //! | class          | ports                               | does                                   |
 //! |----------------|-------------------------------------|----------------------------------------|
-//! | `VmdqSplitter` | in: any (one); out: one per pool    | frames to the pools that take them     |
+//! | `VmdqSplitter` | in: any; out: one per pool, `wire`  | frames to the pools that take them     |
 //!
 //! Each pool has MAC addresses, an optional VLAN, and the 82599's per-pool
 //! flags (VMOLR.AUPE, BAM, MPE, ROMPE, ROPE; RXDCTL.VME to strip the tag).
@@ -12,6 +12,13 @@
 //! broadcast and multicast go to every pool that takes them; unknown unicast
 //! goes to the default pool or is dropped. The rules, with their register
 //! names, are in [`filters`]; the arguments in [`args`].
+//!
+//! With `wire: Some("...")` the pools send too, as on the NIC: an input
+//! named after a pool carries what that pool sends; it gets the pool's tag
+//! back if the pool strips it, reaches the other local pools that take it
+//! (`vm_to_vm`, PFDTXGSWC.LBE; never its sender, never the default pool),
+//! and leaves on the `wire` output unless it is unicast to a local pool's
+//! address. Inputs with other names carry frames from the wire.
 //!
 //! Counters (under `apps/<name>/` in shared memory):
 //!
@@ -26,7 +33,10 @@
 //! | `drop/vlan`                | tagged with a VLAN no pool has                    |
 //! | `drop/unknown_unicast`     | unicast no pool took, and no default pool         |
 //! | `drop/no_pool`             | broadcast or multicast no pool took               |
-//! | `drop/unlinked`            | for a pool whose output has no link               |
+//! | `drop/unlinked`            | for a pool (or the wire) whose output has no link |
+//! | `pool/<pool>/sent_packets`, `sent_bytes` | frames the pool sent (with `wire`)  |
+//! | `wire/packets`, `wire/bytes` | frames out on the wire (with `wire`)            |
+//! | `looped`                   | frames a pool sent that reached another pool      |
 //!
 //! A frame dropped because a pool's link is full counts in that link's
 //! `txdrop`, as everywhere in snabb-rs.

@@ -1,6 +1,13 @@
 //! VMDQ SPLITTER: one input, one output per pool, pools chosen as the
 //! 82599 chooses them (see `filters`).
 //!
+//! With a `wire` output the pools also send: an input named after a pool
+//! is that pool's transmit queue. What it sends gets the pool's tag if the
+//! pool strips it (PFVMVIR), goes to the other local pools that take it
+//! (PFDTXGSWC.LBE, `vm_to_vm`), as a frame from the wire would but never
+//! back to its sender and never to the default pool, and out on `wire`
+//! unless it is unicast to a local pool's address (7.10.3.4).
+//!
 //! Per packet: one 8-byte load for the destination MAC, a look at the
 //! ethertype for an 802.1Q tag, one table lookup, one transmit. A frame for
 //! one pool moves on in its own buffer; a frame for several is copied for
@@ -22,6 +29,10 @@ pub struct VmdqSplitter {
     linked: u64,
     /// Ports must be looked up again (new ports, or new pools).
     stale: bool,
+    /// The wire's output port, when linked.
+    wire: Option<usize>,
+    /// By input port: the pool that sends on it (when the pools send).
+    sources: Vec<Option<usize>>,
     c: Counters,
     /// Counter names, made once: `pool/<name>/packets` and `.../bytes`.
     names: Vec<(String, String)>,
@@ -45,6 +56,13 @@ struct Counters {
     drops: [u64; Reason::ALL.len()],
     to_default: u64,
     replicas: u64,
+    /// By pool number: frames the pool sent.
+    sent: Box<[PoolCount; MAX_POOLS]>,
+    /// Frames out on the wire, and those for it with no wire linked.
+    wire: PoolCount,
+    wire_unlinked: u64,
+    /// Frames a pool sent that reached another local pool.
+    looped: u64,
 }
 
 impl AppClass for VmdqSplitter {
@@ -64,6 +82,8 @@ impl AppClass for VmdqSplitter {
             ports: vec![None; n],
             linked: 0,
             stale: true,
+            wire: None,
+            sources: Vec::new(),
             c: Counters::new(n),
             names: Vec::new(),
         };
@@ -77,10 +97,12 @@ impl AppClass for VmdqSplitter {
         let filters = compile(&args.0)?;
         let n = filters.len();
         let old = self.c.clone();
-        let mut c = Counters { pools: Counters::new(n).pools, unlinked: vec![0; n], ..old.clone() };
+        let fresh = Counters::new(n);
+        let mut c = Counters { pools: fresh.pools, sent: fresh.sent, unlinked: vec![0; n], ..old.clone() };
         for (i, name) in filters.names.iter().enumerate() {
             if let Some(j) = self.filters.names.iter().position(|o| o == name) {
                 c.pools[i] = old.pools[j];
+                c.sent[i] = old.sent[j];
                 c.unlinked[i] = old.unlinked[j];
             }
         }
@@ -104,6 +126,10 @@ impl Counters {
             drops: [0; Reason::ALL.len()],
             to_default: 0,
             replicas: 0,
+            sent: Box::new([PoolCount::default(); MAX_POOLS]),
+            wire: PoolCount::default(),
+            wire_unlinked: 0,
+            looped: 0,
         }
     }
 }
@@ -130,11 +156,18 @@ impl VmdqSplitter {
                 self.linked |= 1 << i;
             }
         }
+        let wire = self.filters.wire.as_deref();
         for (port, _) in io.output.named() {
-            if !self.filters.names.iter().any(|n| n == port) {
+            if !self.filters.names.iter().any(|n| n == port) && Some(port) != wire {
                 log::warn!("VmdqSplitter: output `{port}` is not a pool: nothing will be sent on it");
             }
         }
+        self.wire = wire.and_then(|w| io.output.index_of(w));
+        self.sources = io
+            .input
+            .named()
+            .map(|(port, _)| wire.and_then(|_| self.filters.names.iter().position(|n| n == port)))
+            .collect();
         self.stale = false;
     }
 
@@ -213,6 +246,86 @@ impl VmdqSplitter {
     }
 }
 
+impl VmdqSplitter {
+    /// Frames pool `s` sent (the input named after it): to the other local
+    /// pools that take them and to the wire, as the 82599's internal switch
+    /// sends them (see the module comment).
+    fn send(&mut self, s: usize, input: &Link, links: &[Option<&Link>; MAX_POOLS], wire: Option<&Link>) {
+        let mut out = Outputs { links };
+        let c = &mut self.c;
+        let f = &self.filters;
+        let linked = self.linked;
+        let me = 1u64 << s;
+        let tag = if f.strip & me != 0 { f.pool_vlans[s] } else { 0 };
+        for mut p in input.drain() {
+            let sent = &mut c.sent[s & (MAX_POOLS - 1)];
+            sent.packets += 1;
+            sent.bytes += p.len() as u64;
+            if p.len() < 14 {
+                c.drops[Reason::Runt as usize] += 1;
+                continue;
+            }
+            if tag != 0 {
+                insert_tag(&mut p, tag);
+            }
+            let d = p.data();
+            let mac = u64::from_le_bytes(d[..8].try_into().unwrap()) & MAC_BITS;
+            let tagged = d[12] == 0x81 && d[13] == 0x00;
+            if tagged && d.len() < 18 {
+                c.drops[Reason::Runt as usize] += 1;
+                continue;
+            }
+            let vid = if tagged { u16::from_be_bytes([d[14], d[15]]) & 0x0fff } else { 0 };
+            // Local pools that take it; `exact`: by an address a pool names.
+            let (pools, strip, exact) = if !f.vm_to_vm {
+                (0, 0, false)
+            } else {
+                match f.table.get(mac | (vid as u64) << 48) {
+                    Some(r) => (r.pools, r.strip, true),
+                    None => match f.miss(mac, vid) {
+                        Verdict::Deliver(r) => (r.pools, r.strip, false),
+                        // Unknown unicast, a VLAN no pool has: the wire's.
+                        Verdict::Default(_) | Verdict::Drop(_) => (0, 0, false),
+                    },
+                }
+            };
+            let pools = pools & !me;
+            let to_wire = !(mac & 1 == 0 && exact && pools != 0);
+            if pools != 0 {
+                c.looped += 1;
+            }
+            if pools & !linked != 0 {
+                count_unlinked(c, pools & !linked);
+            }
+            // A copy for each local pool; the frame itself to the wire, or
+            // to the last pool when it stays inside.
+            let mut rest = pools & linked;
+            let mut frame = Some(p);
+            while rest != 0 {
+                let i = rest.trailing_zeros() as usize;
+                rest &= rest - 1;
+                let q = if rest == 0 && !to_wire {
+                    frame.take().unwrap()
+                } else {
+                    c.replicas += 1;
+                    frame.as_ref().unwrap().clone()
+                };
+                deliver(c, &mut out, i, q, strip);
+            }
+            if let Some(p) = frame.filter(|_| to_wire) {
+                match wire {
+                    Some(w) => {
+                        c.wire.packets += 1;
+                        c.wire.bytes += p.len() as u64;
+                        w.transmit(p);
+                    }
+                    None => c.wire_unlinked += 1,
+                }
+            }
+        }
+    }
+}
+
 /// The pool links, by pool number (None: not linked).
 struct Outputs<'a> {
     links: &'a [Option<&'a Link>; MAX_POOLS],
@@ -263,6 +376,17 @@ fn count_unlinked(c: &mut Counters, mut pools: u64) {
     }
 }
 
+/// Add an 802.1Q tag (priority 0): the start moves back 4 bytes and the
+/// addresses move down over the room made.
+#[inline]
+fn insert_tag(p: &mut Packet, vid: u16) {
+    p.shift_right(4);
+    let d = p.data_mut();
+    d.copy_within(4..16, 0);
+    d[12..14].copy_from_slice(&[0x81, 0x00]);
+    d[14..16].copy_from_slice(&vid.to_be_bytes());
+}
+
 /// Remove the 802.1Q tag: the addresses move up over it and the start moves
 /// past them (the payload stays where it is).
 #[inline]
@@ -284,9 +408,14 @@ impl App for VmdqSplitter {
         for (i, port) in self.ports.iter().enumerate() {
             links[i] = port.map(|k| io.output.at(k));
         }
-        for input in io.input.iter() {
-            if !input.is_empty() {
-                self.split(input, &links);
+        let wire = self.wire.map(|k| io.output.at(k));
+        for (k, input) in io.input.iter().enumerate() {
+            if input.is_empty() {
+                continue;
+            }
+            match self.sources.get(k).copied().flatten() {
+                Some(pool) => self.send(pool, input, &links, wire),
+                None => self.split(input, &links),
             }
         }
     }
@@ -302,9 +431,18 @@ impl App for VmdqSplitter {
         for r in Reason::ALL {
             emit(r.counter(), c.drops[r as usize]);
         }
-        emit("drop/unlinked", c.unlinked.iter().sum());
+        emit("drop/unlinked", c.unlinked.iter().sum::<u64>() + c.wire_unlinked);
         emit("default", c.to_default);
         emit("replicas", c.replicas);
+        if self.filters.wire.is_some() {
+            for (i, n) in self.filters.names.iter().enumerate() {
+                emit(&format!("pool/{n}/sent_packets"), c.sent[i].packets);
+                emit(&format!("pool/{n}/sent_bytes"), c.sent[i].bytes);
+            }
+            emit("wire/packets", c.wire.packets);
+            emit("wire/bytes", c.wire.bytes);
+            emit("looped", c.looped);
+        }
     }
 
     fn report(&self, out: &mut String) {
@@ -315,7 +453,18 @@ impl App for VmdqSplitter {
         ));
         for (i, n) in self.filters.names.iter().enumerate() {
             let unlinked = if c.unlinked[i] > 0 { format!(" ({} unlinked)", c.unlinked[i]) } else { String::new() };
-            out.push_str(&format!("pool {n}: {} packets, {} bytes{unlinked}\n", c.pools[i].packets, c.pools[i].bytes));
+            let sent =
+                if self.filters.wire.is_some() { format!("; sent {}", c.sent[i].packets) } else { String::new() };
+            out.push_str(&format!(
+                "pool {n}: {} packets, {} bytes{unlinked}{sent}\n",
+                c.pools[i].packets, c.pools[i].bytes
+            ));
+        }
+        if let Some(w) = &self.filters.wire {
+            out.push_str(&format!(
+                "to the wire (`{w}`): {} packets, {} bytes; {} switched between pools\n",
+                c.wire.packets, c.wire.bytes, c.looped
+            ));
         }
         let drops: Vec<String> = Reason::ALL
             .iter()

@@ -663,6 +663,7 @@ fn arb_args() -> impl Strategy<Value = VmdqSplitterArgs> {
                 default_pool,
                 mta: mta.into_iter().map(|i| mac(UNIVERSE[i])).collect(),
                 uta: uta.into_iter().map(|i| mac(UNIVERSE[i])).collect(),
+                ..Default::default()
             }
         })
 }

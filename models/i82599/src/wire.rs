@@ -7,7 +7,9 @@
 //!                        when its name ends in `.pcapng`)
 //!   Interface("veth0")   a Linux interface through an AF_PACKET socket, so
 //!                        that real traffic (a network namespace, say)
-//!                        reaches the model
+//!                        reaches the model (short frames padded to 60
+//!                        bytes, and checksums a local sender left to
+//!                        offload finished, as the sender's NIC would)
 //!
 //! Frames on a wire have no FCS: the model adds one only where software
 //! could see it (CRC stripping off).
@@ -127,7 +129,15 @@ impl Wire {
             Wire::Interface(s) => {
                 while n < max {
                     match s.recv() {
-                        Some(frame) => {
+                        Some(mut frame) => {
+                            // On a real wire the sender pads a frame to
+                            // the minimum (60 bytes before the FCS); a
+                            // Linux interface hands us them unpadded (an
+                            // ARP request is 42 bytes), which the port
+                            // would count as runts.
+                            if frame.len() < 60 {
+                                frame.resize(60, 0);
+                            }
                             f(frame);
                             n += 1;
                         }
@@ -351,6 +361,11 @@ impl RawSocket {
             tag[0..2].copy_from_slice(&tpid.to_be_bytes());
             tag[2..4].copy_from_slice(&a.tp_vlan_tci.to_be_bytes());
             frame.splice(12..12, tag);
+        }
+        // A local sender (a veth peer) may have left its TCP or UDP checksum
+        // to the NIC; on a real wire it would be finished.
+        if aux.is_some_and(|a| a.tp_status & libc::TP_STATUS_CSUMNOTREADY != 0) {
+            snabb_apps_rawsocket::csum::complete(&mut frame);
         }
         Some(frame)
     }
