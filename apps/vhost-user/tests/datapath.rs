@@ -89,13 +89,13 @@ fn guest_to_switch_all_sizes_and_layouts() {
         let indirect = has(features, VIRTIO_RING_F_INDIRECT_DESC);
         let mut layouts = vec![
             SendLayout::default(),
-            SendLayout { header_apart: true, pieces: 1, indirect: false },
-            SendLayout { header_apart: false, pieces: 3, indirect: false },
-            SendLayout { header_apart: true, pieces: 7, indirect: false },
+            SendLayout { header_apart: true, pieces: 1, indirect: false, head_bytes: 0 },
+            SendLayout { header_apart: false, pieces: 3, indirect: false, head_bytes: 0 },
+            SendLayout { header_apart: true, pieces: 7, indirect: false, head_bytes: 0 },
         ];
         if indirect {
-            layouts.push(SendLayout { header_apart: false, pieces: 1, indirect: true });
-            layouts.push(SendLayout { header_apart: true, pieces: 5, indirect: true });
+            layouts.push(SendLayout { header_apart: false, pieces: 1, indirect: true, head_bytes: 0 });
+            layouts.push(SendLayout { header_apart: true, pieces: 5, indirect: true, head_bytes: 0 });
         }
         let mut r = rig(features);
         for layout in layouts {
