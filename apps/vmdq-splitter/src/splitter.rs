@@ -67,11 +67,12 @@ struct Counters {
 
 impl AppClass for VmdqSplitter {
     type Args = Checked;
-    /// Outputs: one per pool, named after it (see `ports`).
+    /// Outputs: one per pool, named after it, and `wire` when set (see `ports`).
     const PORTS: PortSpec = PortSpec::new(&["*"], &["*"]);
 
     fn ports(args: &Checked) -> PortSpec {
-        PortSpec::owned(vec!["*".into()], args.0.pools.iter().map(|p| p.name.clone()).collect())
+        let outputs = args.0.pools.iter().map(|p| p.name.clone()).chain(args.0.wire.clone()).collect();
+        PortSpec::owned(vec!["*".into()], outputs)
     }
 
     fn new(args: Checked, _ctx: &AppContext) -> anyhow::Result<VmdqSplitter> {
