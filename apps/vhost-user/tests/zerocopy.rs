@@ -175,7 +175,7 @@ fn get_vring_base_waits_for_lent_buffers() -> Result<()> {
         ensure!(base == 100, "wedged {wedged}: base {base}");
         if wedged {
             ensure!(c(&rig, "quiesce_timeouts") == 1 && took >= Duration::from_millis(900), "took {took:?}");
-            ensure!(nic.posted.len() > 0, "the wedged NIC still holds buffers");
+            ensure!(!nic.posted.is_empty(), "the wedged NIC still holds buffers");
             // It lets go later: nothing breaks, the memory was kept.
             nic.posted.clear();
             rig.step();
@@ -248,7 +248,7 @@ fn transmit_frames_are_lent_as_split_packets() -> Result<()> {
             let k = rig.keep_packets.as_mut().unwrap();
             held_max = held_max.max(k.iter().filter(|p| p.is_split()).count());
             // Hold packets a while (a slow consumer), then let them go.
-            if k.len() > 100 || breaths % 50 == 0 {
+            if k.len() > 100 || breaths.is_multiple_of(50) {
                 k.clear();
             }
             breaths += 1;
