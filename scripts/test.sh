@@ -77,7 +77,7 @@ hygiene doc env RUSTDOCFLAGS="-D warnings" cargo doc --release --workspace --no-
 # --- 1. cargo tests ---------------------------------------------------------
 say "cargo test (release) for the whole workspace"
 TESTLOG=$LOGS/cargo-test.log
-if cargo test --release --workspace 2>&1 | tee "$TESTLOG" | grep -E '^(test result|running|failures:|---- )|FAILED|panicked'; then :; fi
+if cargo test --release --workspace --no-fail-fast 2>&1 | tee "$TESTLOG" | grep -E '^(test result|running|failures:|---- )|FAILED|panicked'; then :; fi
 if grep -q 'test result: FAILED\|error\[\|error: could not compile\|error: test failed' "$TESTLOG"; then
     record "FAIL cargo test (see $TESTLOG)"
 else
