@@ -24,7 +24,10 @@ fn frame(n: usize, len: usize) -> Vec<u8> {
 
 fn run(buf_len: u32, sizes: &[usize], n: usize) -> Result<(Engine, RxMode, u32)> {
     let path = temp_socket("nic");
-    let port = format!("model:zce2e{buf_len}-{}", std::process::id());
+    // One model per run: tests in this binary run at once.
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let k = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let port = format!("model:zce2e{buf_len}-{}-{k}", std::process::id());
     let mut r = snabb_apps_intel10g::registry();
     snabb_apps_vhost_user::register(&mut r);
     let mut c = Config::new();
