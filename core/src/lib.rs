@@ -13,12 +13,13 @@ pub mod interlink;
 pub mod link;
 pub mod memory;
 pub mod packet;
+pub mod pcap;
 pub mod selftest;
 pub mod shm;
 pub mod timer;
 pub mod worker;
 
-pub use app::{App, AppClass, AppContext, Io, Ports, Registry};
+pub use app::{App, AppClass, AppContext, Io, PortSpec, Ports, Registry};
 pub use config::{Args, Config, ConfigError, LinkSettings, LinkSpec};
 pub use engine::{Engine, Limit, ShmOptions};
 pub use ethernet::MacAddr;

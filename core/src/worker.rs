@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::app::{App, AppClass, AppContext, Io, Registry};
+use crate::app::{App, AppClass, AppContext, Io, PortSpec, Registry};
 use crate::config::{Config, ConfigError, LinkSettings, MAIN};
 use crate::engine::{Engine, Limit, ShmOptions};
 use crate::interlink::{self, Interlink};
@@ -72,6 +72,7 @@ pub struct InterlinkSend {
 
 impl AppClass for InterlinkSend {
     type Args = InterlinkArgs;
+    const PORTS: PortSpec = PortSpec::new(&["input"], &[]);
     fn new(a: InterlinkArgs, _: &AppContext) -> anyhow::Result<Self> {
         let il = interlink::named(&a.link, a.size);
         let attached = il.attach(true);
@@ -116,6 +117,7 @@ pub struct InterlinkReceive {
 
 impl AppClass for InterlinkReceive {
     type Args = InterlinkArgs;
+    const PORTS: PortSpec = PortSpec::new(&[], &["output"]);
     fn new(a: InterlinkArgs, _: &AppContext) -> anyhow::Result<Self> {
         packet::expect_visitors();
         let il = interlink::named(&a.link, a.size);

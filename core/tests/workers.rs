@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use snabb_core::config::WorkerSpec;
-use snabb_core::{App, AppClass, AppContext, Config, Engine, Io, Packet, Registry, packet, worker};
+use snabb_core::{App, AppClass, AppContext, Config, Engine, Io, Packet, PortSpec, Registry, packet, worker};
 
 /// What the apps saw, by app name (apps run on other threads).
 static SEEN: Mutex<BTreeMap<String, Seen>> = Mutex::new(BTreeMap::new());
@@ -44,6 +44,7 @@ struct GenArgs {
 
 impl AppClass for Gen {
     type Args = GenArgs;
+    const PORTS: PortSpec = PortSpec::new(&[], &["output"]);
     fn new(a: GenArgs, ctx: &AppContext) -> anyhow::Result<Gen> {
         Ok(Gen { name: ctx.name.to_string(), burst: a.burst, count: a.count, sent: 0 })
     }
@@ -86,6 +87,7 @@ struct FwdArgs {
 
 impl AppClass for Fwd {
     type Args = FwdArgs;
+    const PORTS: PortSpec = PortSpec::new(&["input"], &["output"]);
     fn new(a: FwdArgs, _: &AppContext) -> anyhow::Result<Fwd> {
         Ok(Fwd { panic_at: a.panic_at, n: 0 })
     }
@@ -113,6 +115,7 @@ struct Sink {
 
 impl AppClass for Sink {
     type Args = ();
+    const PORTS: PortSpec = PortSpec::new(&["input"], &[]);
     fn new(_: (), ctx: &AppContext) -> anyhow::Result<Sink> {
         Ok(Sink { name: ctx.name.to_string(), next: 0 })
     }
