@@ -151,7 +151,8 @@ impl AfXdpArgs {
         }
     }
 
-    fn check(&self) -> anyhow::Result<()> {
+    /// The arguments' own consistency (names, ring and frame sizes).
+    pub fn check(&self) -> anyhow::Result<()> {
         let n = &self.interface;
         anyhow::ensure!(
             !n.is_empty() && n.len() < libc::IFNAMSIZ && !n.contains(['/', ':', ' ', '\0']) && n != "." && n != "..",
@@ -178,6 +179,11 @@ impl AfXdpArgs {
     /// that it still has a ring's worth while ours is full.
     fn fill_frames(&self) -> u32 {
         2 * self.rx_ring
+    }
+
+    /// Bytes of UMEM the socket pins (locked memory).
+    pub fn umem_bytes(&self) -> u64 {
+        self.frames() as u64 * self.frame_size as u64
     }
 
     fn frames(&self) -> u32 {
@@ -280,14 +286,23 @@ pub struct AfXdp {
 const STATS_EVERY: Duration = Duration::from_millis(100);
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
+/// Queues of an interface whose name starts with `prefix` (`rx-`, `tx-`),
+/// as sysfs lists them; None when the interface is not there.
+fn sysfs_queues(ifname: &str, prefix: &str) -> Option<u32> {
+    let d = std::fs::read_dir(format!("/sys/class/net/{ifname}/queues")).ok()?;
+    Some(d.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with(prefix)).count() as u32)
+}
+
 /// The number of queues of an interface (the larger of its RX and TX counts).
 fn queue_count(ifname: &str) -> u32 {
-    let count = |prefix: &str| {
-        std::fs::read_dir(format!("/sys/class/net/{ifname}/queues"))
-            .map(|d| d.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with(prefix)).count())
-            .unwrap_or(1)
-    };
-    count("rx-").max(count("tx-")).max(1) as u32
+    let count = |prefix| sysfs_queues(ifname, prefix).unwrap_or(1);
+    count("rx-").max(count("tx-")).max(1)
+}
+
+/// The receive queues of an interface (its channels: `ethtool -l`), the
+/// ones frames arrive on; None when there is no such interface.
+pub fn rx_queue_count(ifname: &str) -> Option<u32> {
+    sysfs_queues(ifname, "rx-").map(|n| n.max(1))
 }
 
 fn open(a: &AfXdpArgs, app: &str) -> anyhow::Result<Port> {
