@@ -4,6 +4,7 @@ mod bench;
 mod bench_copy;
 mod bench_decap;
 mod bench_splitter;
+mod bench_zerocopy;
 mod logger;
 mod run;
 mod selftest;
@@ -148,6 +149,27 @@ enum Bench {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Zero copy between an 82599 pool (the model) and a guest (the in-repo
+    /// frontend): the switch's ns and bytes copied or moved per packet,
+    /// lending (copy: Zero) against copying (copy: Simd).
+    Zerocopy {
+        /// Packets timed per case.
+        #[arg(long, default_value_t = 200_000)]
+        packets: u64,
+        /// Frame sizes in bytes.
+        #[arg(long, value_delimiter = ',', default_value = "64,1500,9000")]
+        sizes: Vec<usize>,
+        /// Guest receive buffer lengths, net header included (2060: DPDK's
+        /// 2 KiB mbufs; 1536: Linux's mergeable buffers for 1500-byte traffic).
+        #[arg(long, value_delimiter = ',', default_value = "2060,1536")]
+        buffers: Vec<u32>,
+        /// Packets per batch (one breath's worth).
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Directions: rx (NIC to guest), tx (guest to NIC).
+        #[arg(long, value_delimiter = ',', default_value = "rx,tx")]
+        dirs: Vec<String>,
+    },
     /// VmdqSplitter: Mpps with 64-byte frames, unicast over the pools and 1/4 broadcast.
     Splitter {
         /// Frames per figure.
@@ -217,6 +239,9 @@ fn main() -> ExitCode {
         }
         Program::Bench { which: Bench::Decap { packets, rounds, only } } => {
             bench_decap::run(packets, rounds, only.as_deref())
+        }
+        Program::Bench { which: Bench::Zerocopy { packets, sizes, buffers, batch, dirs } } => {
+            bench_zerocopy::run(&bench_zerocopy::Options { packets, sizes, buffers, batch, dirs })
         }
         Program::Bench { which: Bench::Splitter { packets, pools, only } } => {
             bench_splitter::splitter(packets, &pools, only)

@@ -152,3 +152,20 @@ fn an_edited_config_is_applied_live() {
     assert!(stdout.contains("sent on src.copy -> sink2.input"), "{stdout}");
     assert!(stdout.contains("configs"), "{stdout}");
 }
+
+/// `bench zerocopy` runs both modes and directions and checks what it
+/// measures (every frame delivered, the model clean); a short run.
+#[test]
+fn bench_zerocopy_runs() {
+    let out = bin()
+        .args(["bench", "zerocopy", "--packets", "3000", "--sizes", "64,1500", "--buffers", "2060", "--dirs", "rx,tx"])
+        .env("SNABB_RS_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(text.matches("ZEROCOPY_RATIO").count(), 4, "{text}");
+    // Lending copies nothing at 1500 bytes into 2 KiB buffers.
+    let row = text.lines().find(|l| l.starts_with("rx") && l.contains(" 1500 ") && l.contains("Zero")).unwrap();
+    assert_eq!(row.split_whitespace().nth(5), Some("0"), "{row}");
+}

@@ -535,6 +535,7 @@ impl<R: Registers> Queues for Pair<R> {
             emit("rx_gathered", c.gathered);
             emit("rx_gathered_bytes", c.gathered_bytes);
             emit("rx_copied_long", c.copied_long);
+            emit("rx_copied_long_bytes", c.copied_long_bytes);
             emit("rx_csum_verified", c.csum_verified);
             emit("rx_csum_bad", c.csum_bad);
         }

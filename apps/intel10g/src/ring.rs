@@ -207,8 +207,10 @@ pub struct RxCounters {
     /// the first (it had room for the whole frame), and the bytes copied.
     pub gathered: u64,
     pub gathered_bytes: u64,
-    /// Frames over several descriptors copied into a fresh host packet.
+    /// Frames over several descriptors copied into a fresh host packet,
+    /// and their bytes.
     pub copied_long: u64,
+    pub copied_long_bytes: u64,
     /// Supplied buffers posted, and refused (revoked, too small, out of
     /// the device's reach, not empty, or supplied while the queue does not
     /// lend): a refused buffer goes straight home.
@@ -761,6 +763,7 @@ impl<R: Registers> RxQueue<R> {
                 at += lens[k];
             }
             self.counters.copied_long += 1;
+            self.counters.copied_long_bytes += total as u64;
             h
         };
         // The other buffers go home here, as they are dropped.

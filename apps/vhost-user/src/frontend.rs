@@ -55,6 +55,8 @@ pub struct FrontendOptions {
     /// Kick and call through eventfds (true) or poll (false, "no fd").
     pub eventfds: bool,
     pub order: Order,
+    /// Guest memory on 2 MiB huge pages (memfd, MFD_HUGETLB).
+    pub huge_pages: bool,
 }
 
 impl Default for FrontendOptions {
@@ -67,6 +69,7 @@ impl Default for FrontendOptions {
             protocol: pf::MQ | pf::REPLY_ACK | pf::LOG_SHMFD | pf::RARP | pf::NET_MTU | pf::STATUS | pf::CONFIG,
             eventfds: true,
             order: Order::Qemu,
+            huge_pages: false,
         }
     }
 }
@@ -142,7 +145,8 @@ impl Frontend {
 
     /// A frontend on a connected socket (nothing sent yet).
     pub fn on(sock: UnixStream, opts: FrontendOptions) -> anyhow::Result<Frontend> {
-        let mem = DriverMemory::new(opts.mem_size)?;
+        let mem =
+            if opts.huge_pages { DriverMemory::new_huge(opts.mem_size)? } else { DriverMemory::new(opts.mem_size)? };
         let n = 2 * opts.queue_pairs as usize;
         let queues = Frontend::make_queues(&mem, &opts, 0);
         let mk = || -> anyhow::Result<Vec<Option<OwnedFd>>> {
