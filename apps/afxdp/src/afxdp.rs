@@ -382,6 +382,16 @@ fn open(a: &AfXdpArgs, app: &str) -> anyhow::Result<Port> {
         },
         if xsk.sg { ", multi-buffer" } else { "" },
     );
+    // A NIC (a bus device: not a veth or tap, whose flag means nothing for
+    // frames their peer sends) that strips tags hands XDP untagged frames.
+    if snabb_apps_rawsocket::socket::strips_vlan_tags(name) == Some(true)
+        && std::path::Path::new(&format!("/sys/class/net/{name}/device")).exists()
+    {
+        log::warn!(
+            "AfXdp `{app}`: interface `{name}` strips VLAN tags into its descriptors (rx-vlan-offload), where XDP \
+             does not see them: tagged frames arrive untagged; `ethtool -K {name} rxvlan off` if VLANs matter"
+        );
+    }
     if a.mode == Mode::Auto && !xsk.zerocopy {
         log::info!("AfXdp `{app}`: the driver of `{name}` has no zero-copy AF_XDP: frames are copied by the kernel");
     }
