@@ -1,15 +1,22 @@
 #!/bin/bash
 # The whole test suite. Installs the Debian packages it needs when they are
 # missing, reserves huge pages, then runs:
+#   0. hygiene: cargo fmt --check, cargo clippy (warnings denied) and
+#      cargo doc (warnings denied),
 #   1. the unit and integration tests of every crate (cargo test),
 #   2. every app's selftest through the snabb-rs command,
 #   3. the suites in selftest/*.sh (real peers: tcpdump, QEMU, DPDK...).
 # Fuzzing and soak runs are bounded in time. At the end it says what ran,
 # what was skipped and why. Exit status: non-zero if anything failed.
+# Builds go to $CARGO_TARGET_DIR when it is set; logs to a directory of this
+# run's own (said at the start), so that two runs do not overwrite each other.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export SNABB_RS_CI=1            # tests that need a peer fail, not skip, when it is missing
 export CARGO_TERM_COLOR=never
+BIN=${CARGO_TARGET_DIR:-target}/release/snabb-rs
+LOGS=$(mktemp -d "${TMPDIR:-/tmp}/snabb-rs-test.XXXXXX")
+echo "=== logs in $LOGS" 
 START=$(date +%s)
 RESULTS=()
 FAILED=0
@@ -51,18 +58,35 @@ else
     say "huge pages: not root, packet memory will use ordinary pages"
 fi
 
+# --- 0. hygiene -------------------------------------------------------------
+# Each one fails the run on any finding; its output is in the run's logs.
+hygiene() {
+    local name=$1; shift
+    say "$name"
+    if "$@" >"$LOGS/$name.log" 2>&1; then
+        record "pass $name"
+    else
+        tail -30 "$LOGS/$name.log"
+        record "FAIL $name (see $LOGS/$name.log)"
+    fi
+}
+hygiene fmt cargo fmt --all --check
+hygiene clippy cargo clippy --release --workspace --all-targets -- -D warnings
+hygiene doc env RUSTDOCFLAGS="-D warnings" cargo doc --release --workspace --no-deps
+
 # --- 1. cargo tests ---------------------------------------------------------
 say "cargo test (release) for the whole workspace"
-if cargo test --release --workspace 2>&1 | tee /tmp/snabb-rs-cargo-test.log | grep -E '^(test result|running|failures:|---- )|FAILED|panicked'; then :; fi
-if grep -q 'test result: FAILED\|error\[\|error: could not compile\|error: test failed' /tmp/snabb-rs-cargo-test.log; then
-    record "FAIL cargo test (see /tmp/snabb-rs-cargo-test.log)"
+TESTLOG=$LOGS/cargo-test.log
+if cargo test --release --workspace --no-fail-fast 2>&1 | tee "$TESTLOG" | grep -E '^(test result|running|failures:|---- )|FAILED|panicked'; then :; fi
+if grep -q 'test result: FAILED\|error\[\|error: could not compile\|error: test failed' "$TESTLOG"; then
+    record "FAIL cargo test (see $TESTLOG)"
 else
-    record "pass cargo test: $(grep -c '^test .* ok$' /tmp/snabb-rs-cargo-test.log) tests"
+    record "pass cargo test: $(grep -c '^test .* ok$' "$TESTLOG") tests"
 fi
 
 # --- 2. app selftests through the command ------------------------------------
 say "snabb-rs selftest"
-if target/release/snabb-rs selftest; then record "pass snabb-rs selftest"; else record "FAIL snabb-rs selftest"; fi
+if "$BIN" selftest; then record "pass snabb-rs selftest"; else record "FAIL snabb-rs selftest"; fi
 
 # --- 3. suites against real peers -------------------------------------------
 for s in selftest/*.sh; do

@@ -126,14 +126,14 @@ t0=$(date +%s.%N)
 "$G" start g2 --sock "$W/v1.sock" --mode iperf-client --ip fe80::2/64,169.254.0.2/16 --peer fe80::1 --secs 5 | sed 's/^/  /'
 line=$("$G" wait g2 FIRST_PING_OK --timeout 120)
 check "guest 2 reaches guest 1 through the switch ($line, $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s after start)" \
-    grep -q FIRST_PING_OK <<<"$line"
+    grep -q "^FIRST_PING_OK" <<<"$line"
 line=$("$G" wait g2 PING_RESULT --timeout 30)
 check "pings answered: $line" test "$(field "$line" received)" = "$(field "$line" sent)" -a "$(field "$line" sent)" -gt 0
 line=$("$G" wait g2 IPERF_RESULT --timeout 60)
 bps=$(field "$line" bits_per_second)
 check "iperf3 guest 2 -> guest 1: $line" test "${bps:-0}" -gt 1000000
 line=$("$G" wait g1 IPERF_SERVER_DONE --timeout 20)
-check "iperf3 server saw the test: $line" grep -q IPERF_SERVER_DONE <<<"$line"
+check "iperf3 server saw the test: $line" grep -q "^IPERF_SERVER_DONE" <<<"$line"
 line=$("$G" wait g2 GUEST_DONE --timeout 20)
 check "guest 2 done: $line" grep -q 'status=ok' <<<"$line"
 if [ -z "$SWITCH_CMD" ]; then

@@ -191,6 +191,9 @@ gstart() { # NAME ARGS...: guest.sh start, one line of evidence
     echo "  $(grep GUEST_STARTED <<<"$out" | cut -d' ' -f1-5,8-)"
 }
 gwait() { "$G" wait "$@"; }
+# is LINE (gwait's answer) the marker line? guest.sh's timeout and exit lines name
+# the marker too, so a plain grep would pass on them.
+has() { [[ $2 != GUEST_WAIT_* ]] && grep -q -E -- "$1" <<<"$2"; }
 
 echo "--- switch: $SWITCH$([ "$SWITCH" = snabb-rs ] && echo " ($B)")    $("$G" accel)"
 V4_1=169.254.0.1 V4_2=169.254.0.2
@@ -207,15 +210,15 @@ if step 1 || step 2 || step 3 || step 4; then
         gstart g1 --sock "$W/v1.sock" --mode iperf-server --ip fe80::1/64,$V4_1/16 --after idle --wait 150
         gstart g2 --sock "$W/v2.sock" --mode iperf-client --ip fe80::2/64,$V4_2/16 --peer fe80::1 --secs 5 --count 5
         line=$(gwait g2 FIRST_PING_OK --timeout 150)
-        check "1. guest 2 reaches guest 1 through the switch, $(since "$t0") s after start: $line" grep -q FIRST_PING_OK <<<"$line"
+        check "1. guest 2 reaches guest 1 through the switch, $(since "$t0") s after start: $line" has FIRST_PING_OK "$line"
         line=$(gwait g2 PING_RESULT --timeout 30)
         check "1. ping guest 2 -> guest 1: $line" test "$(field "$line" received)" = "$(field "$line" sent)" -a "$(field "$line" sent)0" -gt 0
         line=$(gwait g2 IPERF_RESULT --timeout 90)
         check "1. iperf3 guest 2 -> guest 1: $line" test "$(field "$line" bits_per_second)0" -gt 10000000
         line=$(gwait g1 IPERF_SERVER_DONE --timeout 20)
-        check "1. iperf3 server saw the test: $line" grep -q IPERF_SERVER_DONE <<<"$line"
+        check "1. iperf3 server saw the test: $line" has IPERF_SERVER_DONE "$line"
         line=$(gwait g2 GUEST_DONE --timeout 30)
-        check "1. guest 2 done: $line" grep -q 'status=ok' <<<"$line"
+        check "1. guest 2 done: $line" has 'status=ok' "$line"
         gwait g2 GUEST_NETDEV --timeout 5 | sed 's/^/  guest 2: /'
         check "1. the switch is still running" switch_alive
 
@@ -227,12 +230,12 @@ if step 1 || step 2 || step 3 || step 4; then
             for r in 1 2; do
                 what="new QEMU process"; [ "$r" = 2 ] && what="after the guest rebooted"
                 line=$(gwait g2 REBOOT_ROUND --nth "$r" --timeout 150)
-                check "2. boot $r ($what): $line" grep -q "round=$r " <<<"$line"
+                check "2. boot $r ($what): $line" has "round=$r " "$line"
                 line=$(gwait g2 PING_RESULT --nth "$r" --timeout 10)
                 check "2. boot $r ($what) pings guest 1: $line" test "$(field "$line" received)" = 3
             done
             line=$(gwait g2 GUEST_DONE --timeout 30)
-            check "2. rebooting guest done: $line" grep -q 'status=ok' <<<"$line"
+            check "2. rebooting guest done: $line" has 'status=ok' "$line"
             check "2. the switch was not restarted (pid $SW_PID still running)" switch_alive
         fi
         if step 3; then
@@ -243,7 +246,7 @@ if step 1 || step 2 || step 3 || step 4; then
             echo "  $("$G" stop g1)"
             gstart g1 --sock "$W/v1.sock" --mode ping --ip $V4_1/16 --peer $V4_2 --count 5 --after idle
             line=$(gwait g1 FIRST_PING_OK --timeout 150)
-            check "3. guest 1 (new QEMU) reaches guest 2: $line" grep -q FIRST_PING_OK <<<"$line"
+            check "3. guest 1 (new QEMU) reaches guest 2: $line" has FIRST_PING_OK "$line"
             line=$(gwait g1 PING_RESULT --timeout 30)
             check "3. ping guest 1 -> guest 2: $line" test "$(field "$line" received)" = 5
             check "3. the switch was not restarted" switch_alive
@@ -262,7 +265,7 @@ if step 1 || step 2 || step 3 || step 4; then
             "$G" stop g2 >/dev/null
             gstart g2 --sock "$W/v2.sock" --mode ping --ip $V4_2/16 --peer $V4_1 --count 5
             line=$(gwait g2 FIRST_PING_OK --timeout 150)
-            check "4. guest 2 (after a killed QEMU) reaches guest 1: $line" grep -q FIRST_PING_OK <<<"$line"
+            check "4. guest 2 (after a killed QEMU) reaches guest 1: $line" has FIRST_PING_OK "$line"
             line=$(gwait g2 PING_RESULT --timeout 30)
             check "4. ping guest 2 -> guest 1: $line" test "$(field "$line" received)" = 5
             check "4. the switch was not restarted" switch_alive
@@ -285,14 +288,14 @@ if step 5; then
         fail "5. the switch starts in client mode"
     else
         line=$(gwait g2 PING_OK --timeout 150)
-        check "5. guests boot once the switch connected, guest 2 pings guest 1, $(since "$t0") s: $line" grep -q PING_OK <<<"$line"
+        check "5. guests boot once the switch connected, guest 2 pings guest 1, $(since "$t0") s: $line" has PING_OK "$line"
         line=$(gwait g2 PING_OK --nth 3 --timeout 20)
-        check "5. pings keep coming: $line" grep -q PING_OK <<<"$line"
+        check "5. pings keep coming: $line" has PING_OK "$line"
         nl=$(tr -d '\r' <"$W/g2.log" | grep -a -c 'PING_LOST')
         echo "  $(stop_switch)"
         switch_report
         line=$(gwait g2 PING_LOST --nth $((nl + 1)) --timeout 20)
-        check "5. with the switch stopped, pings are lost: $line" grep -q PING_LOST <<<"$line"
+        check "5. with the switch stopped, pings are lost: $line" has PING_LOST "$line"
         lost_seq=$(field "$line" seq)
         check "5. both guests keep running" "$G" status g1 >/dev/null
         "$G" status g2 >/dev/null || fail "5. guest 2 keeps running"
@@ -308,7 +311,7 @@ if step 5; then
             check "5. after the restart guest 2 pings again, $(since "$t0") s: $line (lost from seq $lost_seq)" \
                 test "${seq:-0}" -gt "${lost_seq:-0}"
             line=$(gwait g2 PING_OK --nth $((n + 3)) --timeout 20)
-            check "5. and keeps pinging: $line" grep -q PING_OK <<<"$line"
+            check "5. and keeps pinging: $line" has PING_OK "$line"
             if [ "$SWITCH" = snabb-rs ]; then
                 grep -a -i -E 'connect|reconnect' "$(switch_log)" | head -4 | sed 's/^/  switch: /'
             fi
@@ -385,18 +388,18 @@ for st in 6 7; do
         gstart g1 --sock "$W/v1.sock" "${g1args[@]}"
         gstart g2 --sock "$W/v2.sock" --mode ping-watch --count 0 --ip $V4_2/16 --peer $V4_1
         line=$(gwait g2 PING_OK --timeout 150)
-        check "6. guest 2 pings guest 1 before the migration: $line" grep -q PING_OK <<<"$line"
+        check "6. guest 2 pings guest 1 before the migration: $line" has PING_OK "$line"
         n=$(tr -d '\r' <"$W/g2.log" | grep -a -c 'PING_OK')
         if migrate_g1 6 "${g1args[@]}"; then
             MIG=done
             line=$(gwait g2 PING_OK --nth $((n + 5)) --timeout 60)
-            check "6. guest 2 keeps pinging guest 1 (now on vm1m): $line" grep -q PING_OK <<<"$line"
+            check "6. guest 2 keeps pinging guest 1 (now on vm1m): $line" has PING_OK "$line"
             echo "  pings lost over the whole step: $(tr -d '\r' <"$W/g2.log" | grep -a -c PING_LOST)"
         fi
     else
         g1args=(--mode iperf-server --after idle --wait 150 --ip $V4_1/16 --mac 52:54:00:00:00:01)
         gstart g1 --sock "$W/v1.sock" "${g1args[@]}"
-        gstart g2 --sock "$W/v2.sock" --mode iperf-client --secs 12 --count 3 --ip $V4_2/16 --peer $V4_1
+        gstart g2 --sock "$W/v2.sock" --mode iperf-client --secs 30 --count 3 --ip $V4_2/16 --peer $V4_1
         line=$(gwait g2 PING_RESULT --timeout 150)
         check "7. guest 2 pings guest 1 before the migration: $line" test "$(field "$line" received)" = 3
         sleep 4 # iperf3 is under way
@@ -405,7 +408,7 @@ for st in 6 7; do
             line=$(gwait g2 IPERF_RESULT --timeout 90)
             check "7. the iperf3 stream survives the migration: $line" test "$(field "$line" bits_per_second)0" -gt 10000000
             line=$(gwait g1m IPERF_SERVER_DONE --timeout 30)
-            check "7. the server, now on the target, finished the test: $line" grep -q IPERF_SERVER_DONE <<<"$line"
+            check "7. the server, now on the target, finished the test: $line" has IPERF_SERVER_DONE "$line"
         fi
     fi
     for g in g1 g1m g2; do "$G" stop "$g" >/dev/null; done
@@ -413,7 +416,10 @@ for st in 6 7; do
     switch_report
     if [ "$MIG" = done ]; then
         n=$(to_guest vm1m)
-        check "$st. after the migration the switch delivered to guest 1 through vm1m ($n packets)" test "${n:-0}" -gt 0
+        # Under iperf3 the stream goes on past the migration: the target takes
+        # thousands of frames, not a stray one.
+        least=0; [ "$st" = 7 ] && least=1000
+        check "$st. after the migration the switch delivered to guest 1 through vm1m ($n packets)" test "${n:-0}" -gt $least
     fi
 done
 

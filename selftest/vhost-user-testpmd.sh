@@ -142,7 +142,7 @@ app_counters() { # APP: name=value ... (nonzero ones)
 # snabb-rs, from its shm counters: took = vmFROM's rx_packets + its guest-side
 # drops (rx_bad_descriptor, rx_too_short, rx_too_long, rx_bad_csum) + rx_no_output;
 # delivered = vmTO's tx_packets; on the way: the link's drops (full) and what is
-# left on it, vmTO's tx_no_guest, tx_no_room, tx_bad_descriptor.
+# left on it, vmTO's tx_no_guest, tx_no_room, tx_bad_descriptor, tx_backlog_drops.
 # testpmd: port FROM-1 rx, port TO-1 tx, and its tx drops.
 switch_path() {
     local from=$1 to=$2
@@ -156,7 +156,7 @@ switch_path() {
     l="$(shm_dir)/links/$f.output -> $t.input"
     tx=$(ctr "$l/txpackets.counter") txdrop=$(ctr "$l/txdrop.counter") rx=$(ctr "$l/rxpackets.counter")
     for c in rx_bad_descriptor rx_too_short rx_too_long rx_bad_csum rx_no_output; do guest_drops=$((guest_drops + $(app_ctr $f $c))); done
-    for c in tx_no_guest tx_no_room tx_bad_descriptor; do way_drops=$((way_drops + $(app_ctr $t $c))); done
+    for c in tx_no_guest tx_no_room tx_bad_descriptor tx_backlog_drops; do way_drops=$((way_drops + $(app_ctr $t $c))); done
     echo "$(( $(app_ctr $f rx_packets) + guest_drops )) $(app_ctr $t tx_packets) $((guest_drops + txdrop + (tx - rx) + way_drops))"
     echo "  link $f.output -> $t.input: txpackets=$tx txdrop=$txdrop rxpackets=$rx left=$((tx - rx))" >&2
 }

@@ -9,10 +9,12 @@
 //! changed), `stop`, `report` and `counters`. Ports are named; `io.input`
 //! and `io.output` list the links attached to this app by port name.
 //!
-//! An app *class* ([`AppClass`]) says how to make an app from arguments
-//! parsed out of the config, and optionally how to take new arguments
-//! without a restart. Classes are put in a [`Registry`] by name; any crate
-//! can add its own.
+//! An app *class* ([`AppClass`]) says which ports its apps have
+//! ([`PortSpec`]), how to check arguments parsed out of the config, how to
+//! make an app from them, and optionally how to take new arguments without a
+//! restart. Classes are put in a [`Registry`] by name; any crate can add its
+//! own. `Registry::check` refuses a link to a port the class does not have,
+//! so a misspelled port name is an error, not a link that carries nothing.
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -127,6 +129,130 @@ pub trait App: AsAny {
     fn counters(&self, _emit: &mut dyn FnMut(&str, u64)) {}
 }
 
+/// The port names of one direction: names (`"input"`) and patterns. A
+/// pattern ends in `*` (any name characters after the prefix: `"*"` is any
+/// port at all) or in `#` (one or more decimal digits: `"pool#"` is `pool0`,
+/// `pool1`, ...).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortNames {
+    Static(&'static [&'static str]),
+    Owned(Vec<String>),
+}
+
+impl PortNames {
+    fn iter(&self) -> impl Iterator<Item = &str> {
+        let (a, b): (&[&str], &[String]) = match self {
+            PortNames::Static(s) => (s, &[]),
+            PortNames::Owned(v) => (&[], v),
+        };
+        a.iter().copied().chain(b.iter().map(String::as_str))
+    }
+
+    /// Whether `port` is one of these names or matches one of the patterns.
+    pub fn accepts(&self, port: &str) -> bool {
+        self.iter().any(|n| name_matches(n, port))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
+
+    /// For messages: `input, output` or `any name`, `none`.
+    pub fn describe(&self) -> String {
+        let v: Vec<String> = self
+            .iter()
+            .map(|n| match n {
+                "*" => "any name".to_string(),
+                n if n.ends_with('#') => format!("{}N (N a number)", &n[..n.len() - 1]),
+                n if n.ends_with('*') => format!("{n} (any name starting `{}`)", &n[..n.len() - 1]),
+                n => n.to_string(),
+            })
+            .collect();
+        if v.is_empty() { "none".to_string() } else { v.join(", ") }
+    }
+
+    /// The declared name closest to `port` (a likely misspelling).
+    fn closest(&self, port: &str) -> Option<&str> {
+        self.iter()
+            .filter(|n| !n.ends_with('*') && !n.ends_with('#'))
+            .map(|n| (edit_distance(n, port), n))
+            .filter(|&(d, n)| d <= 2 && d < n.len())
+            .min()
+            .map(|(_, n)| n)
+    }
+}
+
+fn name_matches(pattern: &str, port: &str) -> bool {
+    if let Some(prefix) = pattern.strip_suffix('*') {
+        port.len() > prefix.len() && port.starts_with(prefix)
+    } else if let Some(prefix) = pattern.strip_suffix('#') {
+        port.strip_prefix(prefix).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    } else {
+        pattern == port
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// The ports an app class has: what links may attach to, by direction.
+///
+/// ```
+/// use snabb_core::app::PortSpec;
+/// // Decap: packets in on any port; `output` and `reject` out.
+/// const PORTS: PortSpec = PortSpec::new(&["*"], &["output", "reject"]);
+/// assert!(PORTS.outputs.accepts("reject") && !PORTS.outputs.accepts("rejects"));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortSpec {
+    pub inputs: PortNames,
+    pub outputs: PortNames,
+}
+
+impl PortSpec {
+    pub const fn new(inputs: &'static [&'static str], outputs: &'static [&'static str]) -> PortSpec {
+        PortSpec { inputs: PortNames::Static(inputs), outputs: PortNames::Static(outputs) }
+    }
+
+    /// Ports that depend on the arguments (one output per pool, say).
+    pub fn owned(inputs: Vec<String>, outputs: Vec<String>) -> PortSpec {
+        PortSpec { inputs: PortNames::Owned(inputs), outputs: PortNames::Owned(outputs) }
+    }
+
+    /// `in: input; out: output, reject`, for listings.
+    pub fn describe(&self) -> String {
+        format!("in: {}; out: {}", self.inputs.describe(), self.outputs.describe())
+    }
+
+    /// Why `port` cannot take a link in this direction, if it cannot.
+    pub fn refuse(&self, output: bool, port: &str) -> Option<String> {
+        let (names, dir) = if output { (&self.outputs, "output") } else { (&self.inputs, "input") };
+        if names.accepts(port) {
+            return None;
+        }
+        let mut msg = match names.is_empty() {
+            true => format!("has no {dir} ports"),
+            false => format!("has no {dir} `{port}` (its {dir}s: {})", names.describe()),
+        };
+        if let Some(c) = names.closest(port) {
+            msg += &format!("; did you mean `{c}`?");
+        }
+        Some(msg)
+    }
+}
+
 /// What an app is told when it is made.
 pub struct AppContext<'a> {
     /// The app's name in the config.
@@ -136,8 +262,31 @@ pub struct AppContext<'a> {
 
 /// A kind of app that can be made from config arguments.
 pub trait AppClass: App + Sized + 'static {
-    /// The arguments, parsed from RON (use `#[serde(deny_unknown_fields)]`).
+    /// The arguments, parsed from RON (use `#[serde(deny_unknown_fields)]`,
+    /// and typed fields: `MacAddr`, `IpAddr`, enums, so that a bad value is
+    /// refused while parsing, at its line and column).
     type Args: DeserializeOwned;
+
+    /// The ports of this class. Required: a class that does not say which
+    /// ports it has does not compile, and a link to a port it does not
+    /// declare is a config error (`"*"` accepts any name).
+    const PORTS: PortSpec;
+
+    /// The ports of an app with these arguments, when they depend on them
+    /// (a splitter's pools). `PORTS` by default.
+    fn ports(_args: &Self::Args) -> PortSpec {
+        Self::PORTS
+    }
+
+    /// Check the arguments as a whole, beyond what parsing checks (values
+    /// that must agree with each other), without making anything or
+    /// touching the system: `snabb-rs config check` runs this, and the
+    /// engine runs it before `new` and `reconfigure`, so `new` can take its
+    /// arguments as checked. Resources (files, interfaces, devices) are
+    /// looked at by `new`.
+    fn validate(_args: &Self::Args) -> anyhow::Result<()> {
+        Ok(())
+    }
 
     fn new(args: Self::Args, ctx: &AppContext) -> anyhow::Result<Self>;
 
@@ -149,7 +298,7 @@ pub trait AppClass: App + Sized + 'static {
 }
 
 type Create = fn(&Args, &AppContext) -> Result<Box<dyn App>, AppFailure>;
-type Check = fn(&Args) -> Result<(), ConfigError>;
+type Check = fn(&Args) -> Result<PortSpec, ConfigError>;
 type Reconfigure = fn(&mut dyn App, &Args, &AppContext) -> Result<bool, AppFailure>;
 
 /// Why an app could not be made or reconfigured.
@@ -162,20 +311,28 @@ struct Class {
     create: Create,
     check: Check,
     reconfigure: Reconfigure,
+    ports: PortSpec,
     doc: &'static str,
 }
 
+/// Parse and validate: everything `config check` can know.
+fn parse_checked<C: AppClass>(args: &Args) -> Result<C::Args, ConfigError> {
+    let a = args.parse::<C::Args>()?;
+    C::validate(&a).map_err(|e| args.error(format!("{e:#}")))?;
+    Ok(a)
+}
+
 fn create<C: AppClass>(args: &Args, ctx: &AppContext) -> Result<Box<dyn App>, AppFailure> {
-    let a = args.parse::<C::Args>().map_err(AppFailure::Args)?;
+    let a = parse_checked::<C>(args).map_err(AppFailure::Args)?;
     C::new(a, ctx).map(|app| Box::new(app) as Box<dyn App>).map_err(AppFailure::App)
 }
 
-fn check<C: AppClass>(args: &Args) -> Result<(), ConfigError> {
-    args.parse::<C::Args>().map(drop)
+fn check<C: AppClass>(args: &Args) -> Result<PortSpec, ConfigError> {
+    parse_checked::<C>(args).map(|a| C::ports(&a))
 }
 
 fn reconfigure<C: AppClass>(app: &mut dyn App, args: &Args, ctx: &AppContext) -> Result<bool, AppFailure> {
-    let a = args.parse::<C::Args>().map_err(AppFailure::Args)?;
+    let a = parse_checked::<C>(args).map_err(AppFailure::Args)?;
     match app.as_any_mut().downcast_mut::<C>() {
         Some(app) => app.reconfigure(a, ctx).map_err(AppFailure::App),
         None => Ok(false),
@@ -197,7 +354,7 @@ impl Registry {
     pub fn register<C: AppClass>(&mut self, name: &str, doc: &'static str) -> &mut Registry {
         let old = self.classes.insert(
             name.to_string(),
-            Class { create: create::<C>, check: check::<C>, reconfigure: reconfigure::<C>, doc },
+            Class { create: create::<C>, check: check::<C>, reconfigure: reconfigure::<C>, ports: C::PORTS, doc },
         );
         assert!(old.is_none(), "app class `{name}` registered twice");
         self
@@ -206,6 +363,11 @@ impl Registry {
     /// Class names and descriptions.
     pub fn classes(&self) -> impl Iterator<Item = (&str, &str)> {
         self.classes.iter().map(|(k, c)| (k.as_str(), c.doc))
+    }
+
+    /// The ports a class declares (`AppClass::PORTS`).
+    pub fn ports(&self, class: &str) -> Option<&PortSpec> {
+        self.classes.get(class).map(|c| &c.ports)
     }
 
     pub fn contains(&self, class: &str) -> bool {
@@ -222,13 +384,24 @@ impl Registry {
         })
     }
 
-    /// Check a whole config: its shape, that every class exists and that
-    /// every app's arguments parse. Nothing is created.
+    /// Check a whole config: its shape, that every class exists, that every
+    /// app's arguments parse and pass the class's `validate`, and that every
+    /// link joins ports the classes have. Nothing is created.
     pub fn check(&self, config: &Config) -> Result<(), ConfigError> {
         config.validate()?;
+        let mut ports = BTreeMap::new();
         for (name, spec) in config.apps() {
             let class = self.class(config, name, &spec.class)?;
-            (class.check)(&spec.args).map_err(|e| args_error(name, &spec.class, e))?;
+            let p = (class.check)(&spec.args).map_err(|e| args_error(name, &spec.class, e))?;
+            ports.insert(name, p);
+        }
+        for (link, _) in config.links() {
+            for (end, output) in [(&link.from, true), (&link.to, false)] {
+                if let Some(why) = ports[end.app.as_str()].refuse(output, &end.port) {
+                    let class = &config.app_spec(&end.app).expect("app in config").class;
+                    return Err(config.link_error(link, format!("link `{link}`: `{}` ({class}) {why}", end.app)));
+                }
+            }
         }
         Ok(())
     }
@@ -256,5 +429,80 @@ fn failure(config: &Config, app: &str, class: &str, f: AppFailure) -> ConfigErro
     match f {
         AppFailure::Args(e) => args_error(app, class, e),
         AppFailure::App(e) => config.app_error(app, format!("app `{app}` (class `{class}`): {e:#}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fwd;
+    impl App for Fwd {}
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct FwdArgs {
+        #[allow(dead_code)]
+        n: u32,
+    }
+    impl AppClass for Fwd {
+        type Args = FwdArgs;
+        const PORTS: PortSpec = PortSpec::new(&["input"], &["output", "pool#", "x*"]);
+        fn validate(a: &FwdArgs) -> anyhow::Result<()> {
+            anyhow::ensure!(a.n > 0, "n must be at least 1");
+            Ok(())
+        }
+        fn new(_: FwdArgs, _: &AppContext) -> anyhow::Result<Fwd> {
+            Ok(Fwd)
+        }
+    }
+
+    fn check(text: &str) -> Result<(), String> {
+        let mut r = Registry::new();
+        r.register::<Fwd>("Fwd", "test");
+        let c = Config::parse(text, Some("t.ron")).map_err(|e| e.to_string())?;
+        r.check(&c).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn patterns() {
+        let p = PortSpec::new(&["input"], &["output", "pool#", "x*"]);
+        for ok in ["output", "pool0", "pool63", "xy", "x-1"] {
+            assert!(p.outputs.accepts(ok), "{ok}");
+        }
+        for bad in ["outputs", "pool", "poolx", "pool1a", "x", "input"] {
+            assert!(!p.outputs.accepts(bad), "{bad}");
+        }
+        assert!(PortSpec::new(&["*"], &[]).inputs.accepts("anything"));
+        assert_eq!(p.describe(), "in: input; out: output, poolN (N a number), x* (any name starting `x`)");
+        assert_eq!(PortSpec::new(&[], &["*"]).describe(), "in: none; out: any name");
+    }
+
+    #[test]
+    fn a_misspelled_port_is_an_error_at_its_link() {
+        let apps = "(apps: {\n  \"a\": (class: \"Fwd\", args: (n: 1)),\n  \"b\": (class: \"Fwd\", args: (n: 1)),\n},\n";
+        check(&format!("{apps}links: [\"a.output -> b.input\", \"a.pool7 -> b.input2\"])")).unwrap_err();
+        assert_eq!(
+            check(&format!("{apps}links: [\"a.output -> b.input\", \"a.pool7 -> b.x\"])")).unwrap_err(),
+            "t.ron:5:32: link `a.pool7 -> b.x`: `b` (Fwd) has no input `x` (its inputs: input)"
+        );
+        assert_eq!(
+            check(&format!("{apps}links: [\"a.outptu -> b.input\"])")).unwrap_err(),
+            "t.ron:5:9: link `a.outptu -> b.input`: `a` (Fwd) has no output `outptu` \
+             (its outputs: output, poolN (N a number), x* (any name starting `x`)); did you mean `output`?"
+        );
+        check(&format!("{apps}links: [\"a.output -> b.input\"])")).unwrap();
+    }
+
+    #[test]
+    fn argument_errors_have_a_place() {
+        // A missing field, with no args at all: the app's name.
+        let e = check("(apps: {\n  \"a\": (class: \"Fwd\"),\n})").unwrap_err();
+        assert!(e.starts_with("t.ron:2:3: app `a` (class `Fwd`): ") && e.contains("`n`"), "{e}");
+        // With args: where the struct that lacks it starts.
+        let e = check("(apps: {\n  \"a\": (class: \"Fwd\", args: (\n  )),\n})").unwrap_err();
+        assert!(e.starts_with("t.ron:2:30: ") && e.contains("`n`"), "{e}");
+        // `validate`: where the args start.
+        let e = check("(apps: {\n  \"a\": (class: \"Fwd\", args: (n: 0)),\n})").unwrap_err();
+        assert_eq!(e, "t.ron:2:29: app `a` (class `Fwd`): n must be at least 1");
     }
 }

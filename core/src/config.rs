@@ -101,6 +101,9 @@ pub struct Args {
     text: String,
     /// Position of the text's first byte in its file, if it came from one.
     pos: Option<Pos>,
+    /// The text is not in the file (an app given no `args`): errors point
+    /// at `pos` itself, the app's name.
+    absent: bool,
     origin: Origin,
     /// The parsed value, for comparing configs.
     value: ron::Value,
@@ -110,7 +113,7 @@ impl Args {
     /// Arguments from RON text.
     pub fn from_ron(text: &str) -> Result<Args, ConfigError> {
         let value = ron_options().from_str(text).map_err(|e| ConfigError::new(format!("arguments `{text}`: {e}")))?;
-        Ok(Args { text: text.to_string(), pos: None, origin: Origin::default(), value })
+        Ok(Args { text: text.to_string(), pos: None, absent: false, origin: Origin::default(), value })
     }
 
     /// Arguments serialised from a value (for configs built in code).
@@ -133,14 +136,26 @@ impl Args {
         ron_options().from_str(&self.text).map_err(|e| {
             let pos = self.pos.map(|base| {
                 let p = e.span.start;
-                if p.line <= 1 {
+                if self.absent {
+                    base
+                } else if p.line <= 1 {
                     Pos { line: base.line, col: base.col + p.col.saturating_sub(1) }
                 } else {
                     Pos { line: base.line + p.line - 1, col: p.col }
                 }
             });
-            ConfigError::at(&self.origin, pos, e.code.to_string())
+            let mut msg = e.code.to_string();
+            if self.absent {
+                msg += " (no `args` given)";
+            }
+            ConfigError::at(&self.origin, pos, msg)
         })
+    }
+
+    /// An error about these arguments as a whole (a check across fields),
+    /// placed where they start in the file.
+    pub fn error(&self, msg: impl Into<String>) -> ConfigError {
+        ConfigError::at(&self.origin, self.pos, msg)
     }
 }
 
@@ -314,6 +329,12 @@ impl Config {
         ConfigError::at(&self.origin, pos, msg)
     }
 
+    /// An error about link `spec`, placed at its entry when known.
+    pub fn link_error(&self, spec: &LinkSpec, msg: impl Into<String>) -> ConfigError {
+        let pos = self.links.get(spec).and_then(|l| l.pos);
+        ConfigError::at(&self.origin, pos, msg)
+    }
+
     /// Read and parse a RON config file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let path = path.as_ref();
@@ -346,12 +367,13 @@ impl Config {
                 Some(raw) => Args {
                     text: raw.get_ron().to_string(),
                     pos: Some(origin.pos_of(offset(raw.get_ron()))),
+                    absent: false,
                     origin: origin.clone(),
                     value: ron_options().from_str(raw.get_ron()).map_err(|e| {
                         ConfigError::at(&origin, Some(origin.pos_of(offset(raw.get_ron()))), e.code.to_string())
                     })?,
                 },
-                None => Args { origin: origin.clone(), ..Args::unit() },
+                None => Args { origin: origin.clone(), pos: Some(name_pos), absent: true, ..Args::unit() },
             };
             c.apps.insert(name.to_string(), AppSpec { class: app.class, args, pos: Some(name_pos) });
         }

@@ -10,6 +10,7 @@
 //!      push again, until a pass moves nothing (at most `MAX_PASSES`);
 //!   3. ticks and timers when due; counters committed to shared memory every
 //!      `COMMIT_BREATHS` breaths.
+//!
 //! When a breath moves no packet the engine sleeps, 1 µs longer each idle
 //! breath up to 100 µs, and halves the sleep again when traffic returns.
 //!
@@ -204,6 +205,8 @@ impl Engine {
     pub fn enable_shm(&mut self, opts: &ShmOptions) -> std::io::Result<()> {
         let dir = ShmDir::create(&opts.root, &opts.name)?;
         dir.write_text("program", &opts.program)?;
+        // The graph running now; rewritten by each `configure`.
+        dir.write_text("config.ron", &self.config.to_ron())?;
         let mut ec = Vec::new();
         for n in ["breaths", "configs", "reconfig_drops", "idle_breaths", "packets_in_use", "packets_total"] {
             ec.push((n, dir.counter(&format!("engine/{n}"))?));
@@ -467,7 +470,7 @@ impl Engine {
             }
             self.timers.put_back(due, now);
         }
-        if self.stats.breaths % COMMIT_BREATHS == 0 {
+        if self.stats.breaths.is_multiple_of(COMMIT_BREATHS) {
             self.commit();
         }
         if moved == 0 {
@@ -660,7 +663,7 @@ pub fn group(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

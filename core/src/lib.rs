@@ -12,11 +12,12 @@ pub mod ethernet;
 pub mod link;
 pub mod memory;
 pub mod packet;
+pub mod pcap;
 pub mod selftest;
 pub mod shm;
 pub mod timer;
 
-pub use app::{App, AppClass, AppContext, Io, Ports, Registry};
+pub use app::{App, AppClass, AppContext, Io, PortSpec, Ports, Registry};
 pub use config::{Args, Config, ConfigError, LinkSettings, LinkSpec};
 pub use engine::{Engine, Limit, ShmOptions};
 pub use ethernet::MacAddr;

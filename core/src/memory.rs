@@ -383,7 +383,10 @@ impl std::fmt::Debug for ForeignMemory {
 
 const MIN_BLOCK: usize = 4096;
 
-static BLOCKS: Mutex<BTreeMap<usize, Vec<(usize, u64, Backing)>>> = Mutex::new(BTreeMap::new());
+/// Free blocks by size class: (address, device address, what backs it).
+type FreeBlocks = BTreeMap<usize, Vec<(usize, u64, Backing)>>;
+
+static BLOCKS: Mutex<FreeBlocks> = Mutex::new(BTreeMap::new());
 
 /// A zeroed block of DMA memory, 4 KiB-aligned (aligned to its size class),
 /// physically contiguous when backed by a huge page.

@@ -117,11 +117,11 @@ impl PartialCsum {
     #[inline]
     fn encode(self) -> Option<u32> {
         (self.start < 1024 && self.offset.is_multiple_of(2) && (2..=62).contains(&self.offset))
-            .then(|| ((self.start as u32) << 5) | (self.offset as u32 >> 1))
+            .then_some(((self.start as u32) << 5) | (self.offset as u32 >> 1))
     }
     #[inline]
     fn decode(bits: u32) -> Option<PartialCsum> {
-        (bits & 31 != 0).then(|| PartialCsum { start: (bits >> 5) as u16, offset: ((bits & 31) << 1) as u16 })
+        (bits & 31 != 0).then_some(PartialCsum { start: (bits >> 5) as u16, offset: ((bits & 31) << 1) as u16 })
     }
 }
 
@@ -1844,6 +1844,8 @@ mod tests {
 
     /// A test owner: a pool of plain buffers lent out by index.
     struct TestOwner {
+        // Boxed: each buffer's address is lent out and must not move.
+        #[allow(clippy::vec_box)]
         bufs: Vec<Box<[u8; 2048]>>,
         owner: BufferOwner,
     }

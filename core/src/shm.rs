@@ -11,7 +11,10 @@
 //! ```
 //!
 //! A counter is one native-endian u64 in a file of 8 bytes (`od -t u8`
-//! reads it). The root is `$SNABB_RS_SHM_ROOT`, else `/var/run/snabb-rs`.
+//! reads it). The root is `$SNABB_RS_SHM_ROOT` when set; else
+//! `/var/run/snabb-rs`, and for a user who may not write there
+//! `$XDG_RUNTIME_DIR/snabb-rs`, or `<temp dir>/snabb-rs-<uid>` (see
+//! [`roots`]): readers (`snabb-rs top`, `ps`) look in all of them.
 //! The hot path never touches these files: the engine keeps private counts
 //! and commits them here every so many breaths (see `engine`), because
 //! page-aligned counters would all share the same cache sets.
@@ -26,10 +29,47 @@ use memmap2::{Mmap, MmapMut, MmapOptions};
 
 /// Where counter directories live unless told otherwise.
 pub fn default_root() -> PathBuf {
-    match std::env::var_os("SNABB_RS_SHM_ROOT") {
-        Some(r) if !r.is_empty() => PathBuf::from(r),
-        _ => PathBuf::from("/var/run/snabb-rs"),
+    roots().swap_remove(0)
+}
+
+/// Where counter directories may be, in the order a writer tries them:
+/// `$SNABB_RS_SHM_ROOT` alone when it is set; else `/var/run/snabb-rs`
+/// (root's), `$XDG_RUNTIME_DIR/snabb-rs` (a user's, when the variable is
+/// set) and `<temp dir>/snabb-rs-<uid>`.
+pub fn roots() -> Vec<PathBuf> {
+    if let Some(r) = std::env::var_os("SNABB_RS_SHM_ROOT").filter(|r| !r.is_empty()) {
+        return vec![PathBuf::from(r)];
     }
+    let mut v = vec![PathBuf::from("/var/run/snabb-rs")];
+    if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR").filter(|x| !x.is_empty()) {
+        v.push(Path::new(&x).join("snabb-rs"));
+    }
+    // SAFETY: getuid cannot fail and touches no memory.
+    let uid = unsafe { libc::getuid() };
+    v.push(std::env::temp_dir().join(format!("snabb-rs-{uid}")));
+    v
+}
+
+/// Make `root` for this user's counters: created with mode 0700 when it
+/// does not exist; refused when it belongs to someone else (a shared
+/// temp dir where another user made the name first).
+pub fn prepare_root(root: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match fs::DirBuilder::new().recursive(true).mode(0o700).create(root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = fs::symlink_metadata(root)?;
+    // SAFETY: getuid cannot fail and touches no memory.
+    let uid = unsafe { libc::getuid() };
+    if !meta.is_dir() || (meta.uid() != uid && uid != 0) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{} is not a directory of user {uid}", root.display()),
+        ));
+    }
+    Ok(())
 }
 
 /// A counter this process writes.
@@ -158,13 +198,22 @@ pub fn walk(base: &Path, dir: &Path, f: &mut dyn FnMut(&str, &Path)) -> io::Resu
         let p = e.path();
         if e.file_type()?.is_dir() {
             walk(base, &p, f)?;
-        } else if let Some(rel) = p.strip_prefix(base).ok().and_then(|r| r.to_str()) {
-            if let Some(name) = rel.strip_suffix(".counter") {
-                f(name, &p);
-            }
+        } else if let Some(name) =
+            p.strip_prefix(base).ok().and_then(|r| r.to_str()).and_then(|r| r.strip_suffix(".counter"))
+        {
+            f(name, &p);
         }
     }
     Ok(())
+}
+
+/// Process directories under every root ([`roots`]) whose process still
+/// runs, by pid.
+pub fn live_everywhere() -> Vec<(u32, PathBuf)> {
+    let mut v: Vec<(u32, PathBuf)> = roots().iter().flat_map(|r| live_processes(r)).collect();
+    v.sort();
+    v.dedup_by_key(|(p, _)| *p);
+    v
 }
 
 /// Process directories under `root` whose process still runs, by pid.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use snabb_core::packet::{self, BufferOwner, ForeignBuffer};
-use snabb_core::{App, AppClass, AppContext, Config, Engine, Io, Limit, Packet, Registry};
+use snabb_core::{App, AppClass, AppContext, Config, Engine, Io, Limit, Packet, PortSpec, Registry};
 
 /// Sends `burst` numbered packets per breath until `count` are sent.
 struct Gen {
@@ -27,6 +27,7 @@ struct GenArgs {
 
 impl AppClass for Gen {
     type Args = GenArgs;
+    const PORTS: PortSpec = PortSpec::new(&[], &["*"]);
     fn new(a: GenArgs, _: &AppContext) -> anyhow::Result<Gen> {
         anyhow::ensure!(a.burst > 0, "burst must be positive");
         Ok(Gen { burst: a.burst, count: a.count, sent: 0 })
@@ -64,6 +65,7 @@ struct FwdArgs {
 
 impl AppClass for Fwd {
     type Args = FwdArgs;
+    const PORTS: PortSpec = PortSpec::new(&["*"], &["*"]);
     fn new(a: FwdArgs, _: &AppContext) -> anyhow::Result<Fwd> {
         Ok(Fwd { per_breath: a.per_breath, generation: a.generation })
     }
@@ -96,6 +98,7 @@ struct Count {
 
 impl AppClass for Count {
     type Args = ();
+    const PORTS: PortSpec = PortSpec::new(&["*"], &[]);
     fn new(_: (), _: &AppContext) -> anyhow::Result<Count> {
         Ok(Count::default())
     }
@@ -137,6 +140,7 @@ struct TraceArgs {
 
 impl AppClass for Trace {
     type Args = TraceArgs;
+    const PORTS: PortSpec = PortSpec::new(&["*"], &["*"]);
     fn new(a: TraceArgs, ctx: &AppContext) -> anyhow::Result<Trace> {
         Ok(Trace { name: ctx.name.to_string(), log: TRACE.with(Rc::clone), pulls: a.pulls })
     }
@@ -314,6 +318,7 @@ fn foreign_buffers_go_home_when_the_engine_stops() {
     }
     impl AppClass for Lender {
         type Args = ();
+        const PORTS: PortSpec = PortSpec::new(&["*"], &["*"]);
         fn new(_: (), _: &AppContext) -> anyhow::Result<Lender> {
             let bufs = Rc::new(RefCell::new(vec![[7u8; 256]; 64]));
             let keep: Rc<dyn std::any::Any> = bufs.clone();

@@ -27,7 +27,7 @@ pub fn basic1(packets: u64) -> Result<f64> {
     let start = Instant::now();
     let target = start_count + packets;
     // Checked every 100 breaths: a check costs a lookup by name.
-    let mut done = |e: &Engine| e.stats().breaths % 100 == 0 && sent(e) >= target;
+    let mut done = |e: &Engine| e.stats().breaths.is_multiple_of(100) && sent(e) >= target;
     e.run(Limit::Until(&mut done, None));
     let secs = start.elapsed().as_secs_f64();
     let sent = sent(&e) - start_count;

@@ -19,7 +19,9 @@ use snabb_apps_decap::encap::Builder;
 use snabb_apps_decap::{DecapArgs, EncapArgs, Tunnel};
 use snabb_core::ethernet::MacAddr;
 use snabb_core::packet::{Allocator, BufferOwner, ForeignBuffer};
-use snabb_core::{App, AppClass, AppContext, Args, Config, Engine, Io, Limit, PULL_NPACKETS, Packet, Registry};
+use snabb_core::{
+    App, AppClass, AppContext, Args, Config, Engine, Io, Limit, PULL_NPACKETS, Packet, PortSpec, Registry,
+};
 
 /// Sends copies of `frame`, `PULL_NPACKETS` a breath: in host buffers, or
 /// with `fixed_start` in lent buffers whose start is fixed.
@@ -45,6 +47,7 @@ const LENT: usize = 1024;
 
 impl AppClass for Replay {
     type Args = ReplayArgs;
+    const PORTS: PortSpec = PortSpec::new(&[], &["*"]);
     fn new(a: ReplayArgs, _: &AppContext) -> Result<Replay> {
         ensure!(a.frame.len() <= 2048 - 64, "frame too long for a lent buffer");
         let lender = a.fixed_start.then(|| {
@@ -151,12 +154,14 @@ fn cases() -> Result<Vec<Case>> {
     ];
     for (name, t) in strips {
         let t = tunnel(t);
-        let args = Args::from_value(&DecapArgs { tunnel: t.clone(), verify_udp_checksum: false })?;
+        let args =
+            Args::from_value(&DecapArgs { tunnel: t.clone(), verify_udp_checksum: false, refuse_ip_options: false })?;
         v.push(Case { name, frame: encapsulated(&t, &inner)?, fixed_start: false, app: Some(("Decap", args)) });
     }
     for (name, t) in [("vlan strip, fixed start", "Vlan(vid: 100)"), ("vxlan4 strip, fixed start", strips[2].1)] {
         let t = tunnel(t);
-        let args = Args::from_value(&DecapArgs { tunnel: t.clone(), verify_udp_checksum: false })?;
+        let args =
+            Args::from_value(&DecapArgs { tunnel: t.clone(), verify_udp_checksum: false, refuse_ip_options: false })?;
         v.push(Case { name, frame: encapsulated(&t, &inner)?, fixed_start: true, app: Some(("Decap", args)) });
     }
     for (name, t) in [

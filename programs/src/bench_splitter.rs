@@ -12,7 +12,9 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use snabb_apps_vmdq_splitter::{PoolArgs, VmdqSplitterArgs};
 use snabb_core::packet::Allocator;
-use snabb_core::{App, AppClass, AppContext, Config, Engine, Io, Limit, MacAddr, PULL_NPACKETS, Packet, Registry};
+use snabb_core::{
+    App, AppClass, AppContext, Config, Engine, Io, Limit, MacAddr, PULL_NPACKETS, Packet, PortSpec, Registry,
+};
 
 /// Frames for the bench: copies of a list of templates, in turn.
 struct Frames {
@@ -29,6 +31,7 @@ struct FramesArgs {
 
 impl AppClass for Frames {
     type Args = FramesArgs;
+    const PORTS: PortSpec = PortSpec::new(&[], &["*"]);
     fn new(a: FramesArgs, _ctx: &AppContext) -> Result<Frames> {
         anyhow::ensure!(!a.dsts.is_empty() && a.size >= 14, "bench frames: dsts and a size of 14 or more");
         let templates = a
@@ -122,7 +125,7 @@ fn measure(c: &Config, packets: u64) -> Result<Rates> {
     let out = |e: &Engine| e.links().filter(|(s, _)| s.to.app == "sink").map(|(_, l)| l.txpackets()).sum::<u64>();
     let (s0, o0) = (sent(&e), out(&e));
     let (start, cpu0) = (Instant::now(), thread_cpu_secs());
-    let mut done = |e: &Engine| e.stats().breaths % 100 == 0 && sent(e) >= s0 + packets;
+    let mut done = |e: &Engine| e.stats().breaths.is_multiple_of(100) && sent(e) >= s0 + packets;
     e.run(Limit::Until(&mut done, None));
     let (secs, cpu) = (start.elapsed().as_secs_f64(), thread_cpu_secs() - cpu0);
     let n = (sent(&e) - s0) as f64;

@@ -6,18 +6,44 @@ mod bench_decap;
 mod bench_splitter;
 mod bench_zerocopy;
 mod logger;
+mod ps;
 mod run;
 mod selftest;
+mod stats;
 mod top;
 mod vswitch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+
+const EXAMPLES: &str = "\
+Examples:
+  snabb-rs apps                                  the app classes, with their ports
+  snabb-rs config check configs/basic1.ron       check a config, print its graph
+  snabb-rs run configs/basic1.ron --report 1     run it; edit the file to reconfigure live
+  snabb-rs ps                                    the instances running
+  snabb-rs top                                   live rates of the only instance (or: top PID)
+  snabb-rs top --once --json                     one sample as JSON, for scripts
+  snabb-rs selftest Tee                          one app's selftest (all without a name)
+  snabb-rs completions bash > /etc/bash_completion.d/snabb-rs
+
+Environment:
+  SNABB_RS_LOG            log level and per-module levels: info (default), debug,
+                          warn,snabb_apps_vhost_user=debug ...
+  SNABB_RS_SHM_ROOT       where counters go (default /var/run/snabb-rs, else
+                          $XDG_RUNTIME_DIR/snabb-rs or a temp dir for other users)
+  SNABB_RS_NO_HUGEPAGES   1: keep packet memory off huge pages
+  SNABB_RS_COPY           avx2, sse2 or portable: cap the SIMD copier";
 
 #[derive(Parser)]
-#[command(name = "snabb-rs", version, about = "Packet processing with app graphs, in the tradition of Snabb")]
+#[command(
+    name = "snabb-rs",
+    version,
+    about = "Packet processing with app graphs, in the tradition of Snabb",
+    after_help = EXAMPLES
+)]
 struct Cli {
     #[command(subcommand)]
     program: Program,
@@ -26,25 +52,48 @@ struct Cli {
 #[derive(Subcommand)]
 enum Program {
     /// Run the app graph in a RON config file (re-applied live when the file changes).
+    #[command(after_help = "\
+Examples:
+  snabb-rs run configs/basic1.ron --report 1
+  snabb-rs run configs/vhost-vm-pair.ron --metrics /var/lib/node_exporter/snabb.prom
+  snabb-rs run my.ron --metrics-listen 127.0.0.1:9417 --duration 60
+
+Counters go to shared memory for `snabb-rs top` and `ps`; SIGINT or SIGTERM stop cleanly.")]
     Run {
+        /// The config: a RON file of apps and links (see configs/ and the README).
         config: PathBuf,
         /// Stop after this many seconds (default: until SIGINT/SIGTERM).
-        #[arg(long)]
+        #[arg(long, value_name = "SECONDS")]
         duration: Option<f64>,
         /// Print a per-link report every this many seconds.
-        #[arg(long)]
+        #[arg(long, value_name = "SECONDS")]
         report: Option<f64>,
-        /// Never sleep when idle.
+        /// Never sleep when idle (lowest latency, one CPU always busy).
         #[arg(long)]
         busywait: bool,
-        /// Do not publish counters in shared memory.
+        /// Do not publish counters in shared memory (no `top`, `ps` or metrics then).
         #[arg(long)]
         no_shm: bool,
+        /// Write every counter in Prometheus text format to this file, rewritten every second
+        /// (for node_exporter's textfile collector).
+        #[arg(long, value_name = "FILE")]
+        metrics: Option<PathBuf>,
+        /// Serve every counter in Prometheus text format over HTTP at ADDR/metrics.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<String>,
     },
     /// The VMDq switch for VMs: an uplink and vhost-user ports from a vswitch
     /// config (the built-in one when none is given); saving the file, or
     /// SIGHUP, applies changes live.
-    #[command(name = "vmdq-vswitch")]
+    #[command(
+        name = "vmdq-vswitch",
+        after_help = "\
+Examples:
+  snabb-rs vmdq-vswitch                          the built-in config: the 82599 model, three VM ports
+  snabb-rs vmdq-vswitch --print-default > my.ron a config to edit
+  snabb-rs vmdq-vswitch my.ron                   yours; saving it (or kill -HUP) applies the change
+  snabb-rs vmdq-vswitch my.ron --print-graph     the app graph it makes (a `run` config)"
+    )]
     VmdqVswitch {
         /// The vswitch config (default: the built-in configs/vmdq-vswitch.ron).
         config: Option<PathBuf>,
@@ -55,10 +104,10 @@ enum Program {
         #[arg(long)]
         print_default: bool,
         /// Stop after this many seconds (default: until SIGINT/SIGTERM).
-        #[arg(long)]
+        #[arg(long, value_name = "SECONDS")]
         duration: Option<f64>,
         /// Seconds between per-port reports (0: none).
-        #[arg(long, default_value_t = 2.0)]
+        #[arg(long, default_value_t = 2.0, value_name = "SECONDS")]
         report: f64,
         /// Never sleep when idle.
         #[arg(long)]
@@ -72,24 +121,56 @@ enum Program {
         #[command(subcommand)]
         what: ConfigCmd,
     },
-    /// Show the link rates of a running snabb-rs process.
+    /// Show the link rates and app counters of a running snabb-rs process.
+    #[command(after_help = "\
+Examples:
+  snabb-rs top                       terminal UI (Tab: pane, arrows/PgUp/PgDn: scroll, q: quit)
+  snabb-rs top 4242 --once           one plain sample of process 4242
+  snabb-rs top --once --json         every counter and rate as JSON
+  snabb-rs top --once --prometheus   Prometheus text exposition
+  snabb-rs top | tee log             without a terminal: a plain sample every interval")]
     Top {
-        /// The process (default: the only one running).
+        /// The process id (default: the only one running; `snabb-rs ps` lists them).
         pid: Option<u32>,
-        /// Print one plain-text sample and exit.
+        /// Print one sample and exit.
         #[arg(long)]
         once: bool,
         /// Seconds between samples.
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
         interval: f64,
+        /// Print samples as JSON objects (with --once: one).
+        #[arg(long, conflicts_with = "prometheus")]
+        json: bool,
+        /// Print samples in Prometheus text exposition format.
+        #[arg(long)]
+        prometheus: bool,
+        /// Print this many samples, then exit (plain output, no terminal UI).
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
+    /// List the running snabb-rs processes: pid, program, uptime, CPU, config, threads.
+    Ps {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Run each app's selftest, or one app's.
     Selftest {
         /// App class (e.g. Tee); all when omitted.
         app: Option<String>,
     },
-    /// List the app classes this binary knows.
+    /// List the app classes this binary knows, with their ports.
     Apps,
+    /// Print a shell completion script.
+    #[command(after_help = "\
+Examples:
+  snabb-rs completions bash > /etc/bash_completion.d/snabb-rs
+  snabb-rs completions zsh > \"${fpath[1]}/_snabb-rs\"
+  snabb-rs completions fish > ~/.config/fish/completions/snabb-rs.fish")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -101,7 +182,13 @@ enum Program {
 enum ConfigCmd {
     /// Check a config (an app graph, or a vmdq-vswitch config) without
     /// running it and print its graph.
-    Check { config: PathBuf },
+    #[command(after_help = "\
+Everything `run` would refuse in the config itself is refused here, with the file, line and column:
+unknown classes and fields, bad values, links to ports a class does not have.")]
+    Check {
+        /// The config: a RON file of apps and links, or a vmdq-vswitch config.
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -202,12 +289,24 @@ pub fn registry() -> snabb_core::Registry {
 }
 
 fn main() -> ExitCode {
-    logger::init();
     let cli = Cli::parse();
+    if let Err(e) = logger::init() {
+        eprintln!("snabb-rs: {e}");
+        return ExitCode::from(2);
+    }
     let r = match cli.program {
-        Program::Run { config, duration, report, busywait, no_shm } => {
-            run::run(&config, run::RunOptions { duration, report, busywait, shm: !no_shm, program: "run".into() })
-        }
+        Program::Run { config, duration, report, busywait, no_shm, metrics, metrics_listen } => run::run(
+            &config,
+            run::RunOptions {
+                duration,
+                report,
+                busywait,
+                shm: !no_shm,
+                metrics,
+                metrics_listen,
+                ..run::RunOptions::new("run")
+            },
+        ),
         Program::VmdqVswitch { config, print_graph, print_default, duration, report, busywait, no_shm } => {
             vswitch::run(vswitch::Options {
                 config,
@@ -220,11 +319,25 @@ fn main() -> ExitCode {
             })
         }
         Program::Config { what: ConfigCmd::Check { config } } => config_check(&config),
-        Program::Top { pid, once, interval } => top::top(pid, once, interval),
+        Program::Top { pid, once, interval, json, prometheus, count } => {
+            let format = match (json, prometheus) {
+                (true, _) => top::Format::Json,
+                (_, true) => top::Format::Prometheus,
+                _ => top::Format::Plain,
+            };
+            top::top(top::TopOptions { pid, once, interval, format, count })
+        }
+        Program::Ps { json } => ps::ps(json),
+        Program::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "snabb-rs", &mut std::io::stdout());
+            Ok(())
+        }
         Program::Selftest { app } => selftest::run(app.as_deref()),
         Program::Apps => {
-            for (name, doc) in registry().classes() {
+            let r = registry();
+            for (name, doc) in r.classes() {
                 println!("{name:<16} {doc}");
+                println!("{:<16} ports: {}", "", r.ports(name).map(|p| p.describe()).unwrap_or_default());
             }
             Ok(())
         }

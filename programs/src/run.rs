@@ -6,40 +6,37 @@
 //! a per-link report is printed at the end (and every `--report` seconds).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
-use snabb_core::{Config, Engine, Limit, ShmOptions};
+use snabb_core::{Config, Engine, Limit, ShmOptions, shm};
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
-
-/// Stop on SIGINT and SIGTERM instead of dying mid-breath.
-pub fn catch_signals() {
-    // SAFETY: the handler only stores to an atomic, which is
-    // async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+/// Stop on SIGINT and SIGTERM instead of dying mid-breath: signal-hook's
+/// handler only sets the flag returned, which a timer looks at.
+pub fn catch_signals() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).with_context(|| format!("catching signal {sig}"))?;
     }
+    Ok(stop)
 }
 
 /// Stop `engine` (at its next timer check) once SIGINT or SIGTERM came.
-pub fn stop_on_signals(engine: &mut Engine) {
+pub fn stop_on_signals(engine: &mut Engine) -> Result<()> {
+    let stop = catch_signals()?;
     engine.timers().add(
         "signals",
         Duration::from_millis(50),
         true,
-        Box::new(|e: &mut Engine| {
-            if STOP.load(Ordering::Relaxed) {
+        Box::new(move |e: &mut Engine| {
+            if stop.load(Ordering::Relaxed) {
                 e.request_stop();
             }
         }),
     );
+    Ok(())
 }
 
 pub struct RunOptions {
@@ -48,18 +45,42 @@ pub struct RunOptions {
     pub busywait: bool,
     pub shm: bool,
     pub program: String,
+    /// Prometheus text exposition, rewritten every second.
+    pub metrics: Option<PathBuf>,
+    /// Prometheus text exposition served over HTTP at this address.
+    pub metrics_listen: Option<String>,
+}
+
+impl RunOptions {
+    pub fn new(program: &str) -> RunOptions {
+        RunOptions {
+            duration: None,
+            report: None,
+            busywait: false,
+            shm: true,
+            program: program.into(),
+            metrics: None,
+            metrics_listen: None,
+        }
+    }
 }
 
 /// Run `engine` (already configured) with the options' reports and limits.
 pub fn run_engine(engine: &mut Engine, opts: &RunOptions, watch: Option<&Path>) -> Result<()> {
     engine.busywait = opts.busywait;
     if opts.shm {
-        let so = ShmOptions::for_process(&opts.program);
-        engine.enable_shm(&so).with_context(|| format!("counters in {}", so.root.join(&so.name).display()))?;
-        log::info!("counters in {}", engine.shm_path().unwrap().display());
+        enable_shm(engine, opts, watch)?;
+    } else if opts.metrics.is_some() || opts.metrics_listen.is_some() {
+        anyhow::bail!("--metrics and --metrics-listen read the counters in shared memory: drop --no-shm");
     }
-    catch_signals();
-    stop_on_signals(engine);
+    if let Some(file) = &opts.metrics {
+        metrics_file(engine, &opts.program, file.clone())?;
+    }
+    if let Some(addr) = &opts.metrics_listen {
+        let dir = engine.shm_path().expect("shared memory on").to_path_buf();
+        serve_metrics(addr, dir, opts.program.clone())?;
+    }
+    stop_on_signals(engine)?;
     if let Some(every) = opts.report {
         engine.timers().add(
             "report",
@@ -76,6 +97,98 @@ pub fn run_engine(engine: &mut Engine, opts: &RunOptions, watch: Option<&Path>) 
         None => engine.run(Limit::Forever),
     }
     print!("{}{}{}", engine.report_load(), engine.report_links(), engine.report_apps());
+    Ok(())
+}
+
+/// Counters in the first root of `shm::roots()` this user can write: the
+/// system's, else the user's runtime directory or a temp dir (said in the
+/// log, since `top` and `ps` look in all of them).
+fn enable_shm(engine: &mut Engine, opts: &RunOptions, config_file: Option<&Path>) -> Result<()> {
+    let mut refused = Vec::new();
+    for (i, root) in shm::roots().into_iter().enumerate() {
+        let so = ShmOptions { root, ..ShmOptions::for_process(&opts.program) };
+        let dir = so.root.join(&so.name);
+        let made = if i > 0 { shm::prepare_root(&so.root) } else { Ok(()) };
+        match made.and_then(|()| engine.enable_shm(&so)) {
+            Ok(()) => {
+                if refused.is_empty() {
+                    log::info!("counters in {}", dir.display());
+                } else {
+                    log::warn!("counters in {} ({})", dir.display(), refused.join("; "));
+                }
+                if let Some(f) = config_file {
+                    let f = std::fs::canonicalize(f).unwrap_or_else(|_| f.to_path_buf());
+                    std::fs::write(dir.join("config_file"), f.display().to_string())
+                        .with_context(|| format!("counters in {}", dir.display()))?;
+                }
+                return Ok(());
+            }
+            Err(e) => refused.push(format!("cannot use {}: {e}", so.root.display())),
+        }
+    }
+    anyhow::bail!("no place for counters: {} (or run with --no-shm)", refused.join("; "))
+}
+
+/// Write the Prometheus exposition to `file` every second (to a temporary
+/// file renamed over it, so a reader never sees half of one).
+fn metrics_file(engine: &mut Engine, program: &str, file: PathBuf) -> Result<()> {
+    let dir = engine.shm_path().expect("shared memory on").to_path_buf();
+    let tmp = file.with_extension("prom.tmp");
+    let write = {
+        let (program, file) = (program.to_string(), file.clone());
+        move || -> std::io::Result<()> {
+            let counters = shm::read_tree(&dir)?;
+            std::fs::write(&tmp, crate::stats::prometheus(std::process::id(), &program, &counters))?;
+            std::fs::rename(&tmp, &file)
+        }
+    };
+    write().with_context(|| format!("--metrics {}", file.display()))?;
+    let mut failing = false;
+    engine.timers().add(
+        "metrics",
+        Duration::from_secs(1),
+        true,
+        Box::new(move |e: &mut Engine| {
+            e.commit();
+            match write() {
+                Ok(()) => failing = false,
+                Err(err) if !failing => {
+                    log::warn!("--metrics {}: {err}", file.display());
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+        }),
+    );
+    Ok(())
+}
+
+/// Serve `GET /metrics` at `addr` from a thread of its own, reading the
+/// counters in shared memory as `top` does (the engine thread is not
+/// involved).
+fn serve_metrics(addr: &str, dir: PathBuf, program: String) -> Result<()> {
+    let server = tiny_http::Server::http(addr).map_err(|e| anyhow::anyhow!("--metrics-listen {addr}: {e}"))?;
+    log::info!("metrics at http://{}/metrics", server.server_addr());
+    std::thread::Builder::new().name("metrics".into()).spawn(move || {
+        for req in server.incoming_requests() {
+            let resp = if req.url() != "/metrics" {
+                tiny_http::Response::from_string("not found: try /metrics\n").with_status_code(404)
+            } else {
+                match shm::read_tree(&dir) {
+                    Ok(c) => {
+                        tiny_http::Response::from_string(crate::stats::prometheus(std::process::id(), &program, &c))
+                            .with_header(
+                                "Content-Type: text/plain; version=0.0.4; charset=utf-8"
+                                    .parse::<tiny_http::Header>()
+                                    .expect("header"),
+                            )
+                    }
+                    Err(e) => tiny_http::Response::from_string(format!("counters: {e}\n")).with_status_code(500),
+                }
+            };
+            let _ = req.respond(resp);
+        }
+    })?;
     Ok(())
 }
 

@@ -41,6 +41,42 @@ fn bad_config_names_file_line_and_column() {
     assert!(err.contains("app `src` (class `Source`)") && err.contains("colour"), "{err}");
 }
 
+/// What `run` would refuse, `config check` refuses, at the place in the file.
+#[test]
+fn config_check_catches_what_run_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.ron");
+    let check = |text: &str| {
+        std::fs::write(&f, text).unwrap();
+        let check = bin().args(["config", "check"]).arg(&f).output().unwrap();
+        let run = bin().args(["run", "--no-shm", "--duration", "0"]).arg(&f).output().unwrap();
+        assert!(!check.status.success() && !run.status.success(), "{text}");
+        let (c, r) = (String::from_utf8_lossy(&check.stderr), String::from_utf8_lossy(&run.stderr));
+        assert!(r.contains(c.trim_end().trim_start_matches("snabb-rs: ")), "check: {c}\nrun: {r}");
+        c.to_string()
+    };
+    let vm = |args: &str| {
+        format!(
+            "(\n  apps: {{\n    \"vm1\": (class: \"VhostUser\", args: ({args})),\n    \"sink\": (class: \"Sink\"),\n  }},\n"
+        )
+    };
+    let sock = dir.path().join("vm1.sock");
+    let s = sock.display();
+    // A MAC with five bytes: refused while parsing, at its place.
+    let e = check(&(vm(&format!("socket: \"{s}\", mac: Some(\"52:54:00:12:34\")")) + ")"));
+    assert!(e.contains(&format!("{}:3:", f.display())) && e.contains("52:54:00:12:34"), "{e}");
+    // A misspelled port: the link's place and the ports the class has.
+    let e = check(&(vm(&format!("socket: \"{s}\"")) + "  links: [\"vm1.outptu -> sink.input\"],\n)"));
+    assert!(e.contains(&format!("{}:6:11: link `vm1.outptu -> sink.input`", f.display())), "{e}");
+    assert!(e.contains("has no output `outptu` (its outputs: output, supply); did you mean `output`?"), "{e}");
+    // A missing field: the app's line and column.
+    let e = check("(\n  apps: {\n    \"vm1\": (class: \"VhostUser\"),\n  },\n)");
+    assert!(e.contains(&format!("{}:3:5:", f.display())) && e.contains("`socket`"), "{e}");
+    // A value out of range (checked by the class's `validate`).
+    let e = check(&(vm(&format!("socket: \"{s}\", queues: 0")) + ")"));
+    assert!(e.contains(&format!("{}:3:", f.display())) && e.contains("queues 0"), "{e}");
+}
+
 #[test]
 fn usage_errors_print_help_and_fail() {
     let out = bin().output().unwrap();
@@ -151,6 +187,183 @@ fn an_edited_config_is_applied_live() {
     assert!(stderr.contains("no app class `Nope`") && stderr.contains("still running the previous config"), "{stderr}");
     assert!(stdout.contains("sent on src.copy -> sink2.input"), "{stdout}");
     assert!(stdout.contains("configs"), "{stdout}");
+}
+
+/// Starts `run CONFIG` with counters under `root`, and waits for its counters.
+fn start(config: &Path, root: &Path, extra: &[&str]) -> (Child, u32, PathBuf) {
+    let child = bin()
+        .args(["run", "--duration", "20"])
+        .args(extra)
+        .arg(config)
+        .env("SNABB_RS_SHM_ROOT", root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let dir = root.join(pid.to_string());
+    assert!(wait_for(|| dir.join("engine/breaths.counter").exists(), 10), "counters appear");
+    (Child(child), pid, dir)
+}
+
+#[test]
+fn top_without_a_terminal_prints_plain_samples() {
+    let root = tempfile::tempdir().unwrap();
+    let (_child, pid, dir) = start(&repo().join("configs/basic1.ron"), root.path(), &[]);
+    // config.ron is there from the start, not only after a reload.
+    assert!(std::fs::read_to_string(dir.join("config.ron")).unwrap().contains("source.tx -> tee.rx"));
+    // stdout a pipe, stdin nothing: no terminal UI, plain samples.
+    let out = bin()
+        .args(["top", "--interval", "0.2", "--count", "2"])
+        .env("SNABB_RS_SHM_ROOT", root.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(text.matches(&format!("snabb-rs process {pid}")).count(), 2, "{text}");
+    assert!(text.contains("per second") && text.contains("source/sent"), "{text}");
+    // And without --count too: it runs until stopped, never panics.
+    let mut top = Child(
+        bin()
+            .args(["top", "--interval", "0.2"])
+            .env("SNABB_RS_SHM_ROOT", root.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(top.0.try_wait().unwrap().is_none(), "top keeps running");
+    let _ = top.0.kill();
+    let out = std::mem::replace(&mut top.0, Command::new("true").spawn().unwrap()).wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("source.tx -> tee.rx"));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
+
+#[test]
+fn stats_export_json_prometheus_and_ps() {
+    let root = tempfile::tempdir().unwrap();
+    let prom = root.path().join("snabb.prom");
+    let config = repo().join("configs/basic1.ron");
+    let (mut child, pid, _dir) =
+        start(&config, root.path(), &["--metrics", prom.to_str().unwrap(), "--metrics-listen", "127.0.0.1:0"]);
+    let env = ("SNABB_RS_SHM_ROOT", root.path());
+    // top --once --json: every link and app counter, with rates.
+    let out = bin().args(["top", "--once", "--json", "--interval", "0.3"]).env(env.0, env.1).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["pid"], pid);
+    assert!(j["links"]["source.tx -> tee.rx"]["counters"]["txpackets"].as_u64().unwrap() > 0, "{j}");
+    assert!(j["links"]["source.tx -> tee.rx"]["mpps"].as_f64().unwrap() > 0.0, "{j}");
+    assert!(j["apps"]["sink"]["packets"]["value"].as_u64().unwrap() > 0, "{j}");
+    // --metrics: a Prometheus file, rewritten every second.
+    assert!(wait_for(|| prom.exists(), 5));
+    let read = |t: &str| -> u64 {
+        let line =
+            t.lines().find(|l| l.starts_with("snabb_link_txpackets{") && l.contains("link=\"source.tx -> tee.rx\""));
+        line.expect(t).rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let first = read(&std::fs::read_to_string(&prom).unwrap());
+    assert!(wait_for(|| read(&std::fs::read_to_string(&prom).unwrap()) > first, 5), "the file is rewritten");
+    assert!(std::fs::read_to_string(&prom).unwrap().contains("# TYPE snabb_link_txpackets counter"));
+    // --metrics-listen: the same over HTTP.
+    // The address is in the log (port 0: the kernel chose it).
+    let mut log = String::new();
+    let mut err = child.0.stderr.take().unwrap();
+    let mut buf = [0u8; 4096];
+    let addr = loop {
+        use std::io::Read;
+        let n = err.read(&mut buf).unwrap();
+        assert!(n > 0, "no metrics address in the log: {log}");
+        log += &String::from_utf8_lossy(&buf[..n]);
+        if let Some(a) = log.split("metrics at http://").nth(1).and_then(|r| r.split("/metrics").next()) {
+            break a.to_string();
+        }
+    };
+    let body = http_get(&addr, "/metrics");
+    assert!(body.starts_with("HTTP/1.1 200") && body.contains("snabb_app_counter{"), "{body}");
+    assert!(http_get(&addr, "/").starts_with("HTTP/1.1 404"));
+    // ps: the instance, its config file and threads.
+    let out = bin().args(["ps", "--json"]).env(env.0, env.1).output().unwrap();
+    let ps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let me = ps.as_array().unwrap().iter().find(|i| i["pid"] == pid).expect("listed");
+    assert_eq!(me["program"], "run");
+    assert_eq!(me["config_file"], std::fs::canonicalize(&config).unwrap().display().to_string());
+    assert!(!me["threads"].as_array().unwrap().is_empty());
+    let out = bin().arg("ps").env(env.0, env.1).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l.trim_start().starts_with(&pid.to_string()) && l.contains("basic1.ron")), "{text}");
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// A user who may not write /var/run/snabb-rs gets counters in
+/// $XDG_RUNTIME_DIR/snabb-rs (said in the log), and `top` finds them there.
+/// Needs root, to become another user (`setpriv`); says so and passes otherwise.
+#[test]
+fn run_as_a_user_falls_back_to_the_runtime_dir() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipped: needs root and setpriv to run as another user");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let perm = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    perm(tmp.path(), 0o755);
+    let exe = tmp.path().join("snabb-rs");
+    std::fs::copy(env!("CARGO_BIN_EXE_snabb-rs"), &exe).unwrap();
+    perm(&exe, 0o755);
+    let config = tmp.path().join("basic1.ron");
+    std::fs::copy(repo().join("configs/basic1.ron"), &config).unwrap();
+    perm(&config, 0o644);
+    let xdg = tmp.path().join("xdg");
+    std::fs::create_dir(&xdg).unwrap();
+    std::os::unix::fs::chown(&xdg, Some(65534), Some(65534)).unwrap();
+    let as_nobody = |args: &[&str]| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&exe)
+            .args(args)
+            .env_remove("SNABB_RS_SHM_ROOT")
+            .env("XDG_RUNTIME_DIR", &xdg)
+            .env("SNABB_RS_NO_HUGEPAGES", "1");
+        c
+    };
+    let mut child = Child(
+        as_nobody(&["run", "--duration", "20", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = child.0.id();
+    let dir = xdg.join("snabb-rs").join(pid.to_string());
+    assert!(wait_for(|| dir.join("engine/breaths.counter").exists(), 10), "counters under $XDG_RUNTIME_DIR");
+    let out = as_nobody(&["top", "--once", "--interval", "0.2"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("snabb-rs process {pid}")));
+    let out = as_nobody(&["ps"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("basic1.ron"));
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let out = std::mem::replace(&mut child.0, Command::new("true").spawn().unwrap()).wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains(&format!("counters in {}", dir.display())) && log.contains("cannot use /var/run/snabb-rs"),
+        "{log}"
+    );
+    assert!(!dir.exists(), "removed on exit");
 }
 
 /// `bench zerocopy` runs both modes and directions and checks what it

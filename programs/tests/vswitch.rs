@@ -268,7 +268,10 @@ fn three_ports(dir: &Path, uplink: &str) -> PathBuf {
 /// vm1 sends 200 frames to vm2 (100 of them too big for vm2's filter),
 /// 100 to vm3 (another VLAN), 100 broadcasts, 100 to an unknown address,
 /// then 300 more to vm2 over its rate limit: what each guest gets.
-fn vm_to_vm(uplink: &str) -> (BTreeMap<&'static str, Vec<Vec<u8>>>, BTreeMap<String, u64>) {
+/// Frames each guest got, by guest.
+type Arrivals = BTreeMap<&'static str, Vec<Vec<u8>>>;
+
+fn vm_to_vm(uplink: &str) -> (Arrivals, BTreeMap<String, u64>) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = three_ports(dir.path(), uplink);
     let sw = Switch::start(dir.path(), &cfg);

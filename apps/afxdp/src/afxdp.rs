@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use snabb_apps_rawsocket::socket::{Interface, L2_OVERHEAD};
 use snabb_core::memory::{Backing, Region};
 use snabb_core::packet::{Allocator, BufferOwner, ForeignBuffer, PAYLOAD_SIZE};
-use snabb_core::{App, AppClass, AppContext, Io, Link, PULL_NPACKETS, Packet};
+use snabb_core::{App, AppClass, AppContext, Io, Link, PULL_NPACKETS, Packet, PortSpec};
 
 use crate::attach::{Attachment, Request, XdpAttach};
 use crate::netlink::XdpMode;
@@ -482,6 +482,11 @@ impl Port {
 
 impl AppClass for AfXdp {
     type Args = AfXdpArgs;
+    const PORTS: PortSpec = PortSpec::new(&["rx"], &["tx"]);
+
+    fn validate(args: &AfXdpArgs) -> anyhow::Result<()> {
+        args.check()
+    }
 
     fn new(args: AfXdpArgs, ctx: &AppContext) -> anyhow::Result<AfXdp> {
         args.check()?;

@@ -2,9 +2,11 @@
 //! by every AfXdp app of the process on it (one per queue), taken off when
 //! the last of them lets go.
 //!
+//! ```text
 //!   Attachment::get(&Request) -> Arc<Attachment>   ours already, or load and attach
 //!   a.insert(queue, fd) / a.remove(queue)           a queue's socket in the XSKMAP
 //!   a.mode()                                        native or generic
+//! ```
 //!
 //! The program (bpf/xsk_redirect.c, compiled by build.rs and embedded) sends
 //! queue q's frames to the socket at index q of its XSKMAP and passes the

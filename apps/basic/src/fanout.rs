@@ -1,7 +1,7 @@
 //! TEE, JOIN and SPLIT: fan packets out and in.
 
 use snabb_core::packet::Allocator;
-use snabb_core::{App, AppClass, AppContext, Io, Link};
+use snabb_core::{App, AppClass, AppContext, Io, Link, PortSpec};
 
 /// Every packet on any input goes to every output: copies to all but the
 /// last output, which gets the original buffer.
@@ -10,6 +10,7 @@ pub struct Tee;
 
 impl AppClass for Tee {
     type Args = ();
+    const PORTS: PortSpec = PortSpec::new(&["*"], &["*"]);
     fn new(_: (), _ctx: &AppContext) -> anyhow::Result<Tee> {
         Ok(Tee)
     }
@@ -53,6 +54,7 @@ pub struct Join;
 
 impl AppClass for Join {
     type Args = ();
+    const PORTS: PortSpec = PortSpec::new(&["*"], &["output"]);
     fn new(_: (), _ctx: &AppContext) -> anyhow::Result<Join> {
         Ok(Join)
     }
@@ -85,6 +87,7 @@ pub struct Split {
 
 impl AppClass for Split {
     type Args = ();
+    const PORTS: PortSpec = PortSpec::new(&["*"], &["*"]);
     fn new(_: (), _ctx: &AppContext) -> anyhow::Result<Split> {
         Ok(Split::default())
     }

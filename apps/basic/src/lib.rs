@@ -43,7 +43,7 @@ pub fn register(r: &mut Registry) {
 }
 
 /// Each app's selftest, by class name.
-pub fn selftests() -> Vec<(&'static str, fn() -> anyhow::Result<()>)> {
+pub fn selftests() -> Vec<(&'static str, snabb_core::selftest::Selftest)> {
     vec![
         ("Source", source::selftest),
         ("Sink", sink::selftest),

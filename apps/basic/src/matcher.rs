@@ -3,7 +3,7 @@
 //! as readable errors.
 
 use serde::{Deserialize, Serialize};
-use snabb_core::{App, AppClass, AppContext, Io};
+use snabb_core::{App, AppClass, AppContext, Io, PortSpec};
 
 #[derive(Serialize, Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -22,6 +22,7 @@ pub struct Match {
 
 impl AppClass for Match {
     type Args = MatchArgs;
+    const PORTS: PortSpec = PortSpec::new(&["rx", "comparator"], &[]);
     fn new(args: MatchArgs, _ctx: &AppContext) -> anyhow::Result<Match> {
         Ok(Match { prefix: args.prefix, ..Match::default() })
     }

@@ -1,130 +1,23 @@
 //! PCAP FILES: `PcapReader` and `PcapWriter`.
 //!
-//! The classic libpcap format (not pcapng): a 24-byte file header, then per
-//! packet a 16-byte record header and the captured bytes. The reader takes
-//! either byte order and micro- or nanosecond timestamps; the writer writes
-//! native byte order, microseconds, link type Ethernet, which tcpdump and
-//! Wireshark read. A malformed record ends the file with a counted error,
-//! never a panic; a record longer than a packet is skipped and counted.
+//! Both go through `snabb_core::pcap` (the `pcap-file` crate): the reader
+//! takes pcap (either byte order, micro- or nanosecond stamps) and pcapng,
+//! which Wireshark saves by default; the writer writes Ethernet frames with
+//! nanosecond stamps, as pcap, or as pcapng when asked (`format: PcapNg`)
+//! or when the file name ends in `.pcapng`. tcpdump and Wireshark read both.
+//! A malformed record ends the file with a counted error, never a panic; a
+//! record longer than a packet, or of another link type, is skipped and
+//! counted.
 
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::io::{self, BufReader, BufWriter};
+use std::path::PathBuf;
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use snabb_core::packet::PAYLOAD_SIZE;
-use snabb_core::{App, AppClass, AppContext, Io, PULL_NPACKETS, Packet};
-
-const MAGIC_US: u32 = 0xa1b2_c3d4;
-const MAGIC_NS: u32 = 0xa1b2_3c4d;
-/// Link type Ethernet.
-pub const LINKTYPE_ETHERNET: u32 = 1;
-
-/// Reads records from a pcap stream.
-pub struct PcapFileReader<R> {
-    r: R,
-    swap: bool,
-    pub linktype: u32,
-    pub nanos: bool,
-}
-
-/// One record.
-pub struct Record {
-    pub ts_sec: u32,
-    pub ts_frac: u32,
-    pub orig_len: u32,
-    pub data: Vec<u8>,
-}
-
-impl<R: Read> PcapFileReader<R> {
-    pub fn new(mut r: R) -> io::Result<Self> {
-        let mut h = [0u8; 24];
-        r.read_exact(&mut h).map_err(|e| io::Error::new(e.kind(), format!("pcap header: {e}")))?;
-        let magic = u32::from_le_bytes(h[0..4].try_into().unwrap());
-        let (swap, nanos) = match magic {
-            MAGIC_US => (false, false),
-            MAGIC_NS => (false, true),
-            m if m.swap_bytes() == MAGIC_US => (true, false),
-            m if m.swap_bytes() == MAGIC_NS => (true, true),
-            m => {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, format!("not a pcap file (magic {m:#010x})")));
-            }
-        };
-        let mut p = PcapFileReader { r, swap, linktype: 0, nanos };
-        p.linktype = p.u32(&h[20..24]);
-        Ok(p)
-    }
-
-    fn u32(&self, b: &[u8]) -> u32 {
-        let v = u32::from_le_bytes(b.try_into().unwrap());
-        if self.swap { v.swap_bytes() } else { v }
-    }
-
-    /// The next record; `Ok(None)` at a clean end of file.
-    pub fn next_record(&mut self) -> io::Result<Option<Record>> {
-        let mut h = [0u8; 16];
-        let mut got = 0;
-        while got < 16 {
-            match self.r.read(&mut h[got..])? {
-                0 if got == 0 => return Ok(None),
-                0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "truncated record header")),
-                n => got += n,
-            }
-        }
-        let incl = self.u32(&h[8..12]);
-        if incl > 256 * 1024 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("record of {incl} bytes")));
-        }
-        let mut data = vec![0u8; incl as usize];
-        self.r.read_exact(&mut data).map_err(|e| io::Error::new(e.kind(), "truncated record"))?;
-        Ok(Some(Record {
-            ts_sec: self.u32(&h[0..4]),
-            ts_frac: self.u32(&h[4..8]),
-            orig_len: self.u32(&h[12..16]),
-            data,
-        }))
-    }
-}
-
-/// Writes records to a pcap stream.
-pub struct PcapFileWriter<W: Write> {
-    w: W,
-}
-
-impl<W: Write> PcapFileWriter<W> {
-    pub fn new(mut w: W) -> io::Result<Self> {
-        let mut h = Vec::with_capacity(24);
-        h.extend_from_slice(&MAGIC_US.to_ne_bytes());
-        h.extend_from_slice(&2u16.to_ne_bytes());
-        h.extend_from_slice(&4u16.to_ne_bytes());
-        h.extend_from_slice(&0i32.to_ne_bytes());
-        h.extend_from_slice(&0u32.to_ne_bytes());
-        h.extend_from_slice(&65535u32.to_ne_bytes());
-        h.extend_from_slice(&LINKTYPE_ETHERNET.to_ne_bytes());
-        w.write_all(&h)?;
-        Ok(PcapFileWriter { w })
-    }
-
-    pub fn write(&mut self, data: &[u8], ts: SystemTime) -> io::Result<()> {
-        let d = ts.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let mut h = [0u8; 16];
-        h[0..4].copy_from_slice(&(d.as_secs() as u32).to_ne_bytes());
-        h[4..8].copy_from_slice(&d.subsec_micros().to_ne_bytes());
-        h[8..12].copy_from_slice(&(data.len() as u32).to_ne_bytes());
-        h[12..16].copy_from_slice(&(data.len() as u32).to_ne_bytes());
-        self.w.write_all(&h)?;
-        self.w.write_all(data)
-    }
-
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.w.flush()
-    }
-
-    pub fn into_inner(self) -> W {
-        self.w
-    }
-}
+pub use snabb_core::pcap::{Format, LINKTYPE_ETHERNET, Reader as PcapFileReader, Record, Writer as PcapFileWriter};
+use snabb_core::{App, AppClass, AppContext, Io, PULL_NPACKETS, Packet, PortSpec};
 
 // ---------------------------------------------------------------------------
 
@@ -143,17 +36,18 @@ pub struct PcapReader {
     looped: bool,
     packets: u64,
     oversize: u64,
+    other_linktype: u64,
     errors: u64,
     done: bool,
 }
 
-fn open(path: &Path) -> io::Result<PcapFileReader<BufReader<File>>> {
-    let f = File::open(path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-    PcapFileReader::new(BufReader::new(f)).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+fn open(path: &std::path::Path) -> io::Result<PcapFileReader<BufReader<File>>> {
+    PcapFileReader::open(path)
 }
 
 impl AppClass for PcapReader {
     type Args = PcapReaderArgs;
+    const PORTS: PortSpec = PortSpec::new(&[], &["output"]);
     fn new(args: PcapReaderArgs, _ctx: &AppContext) -> anyhow::Result<PcapReader> {
         let file = open(&args.file)?;
         Ok(PcapReader {
@@ -162,6 +56,7 @@ impl AppClass for PcapReader {
             looped: args.r#loop,
             packets: 0,
             oversize: 0,
+            other_linktype: 0,
             errors: 0,
             done: false,
         })
@@ -198,6 +93,7 @@ impl App for PcapReader {
             let Some(f) = &mut self.file else { break };
             match f.next_record() {
                 Ok(Some(r)) if r.data.len() > PAYLOAD_SIZE => self.oversize += 1,
+                Ok(Some(r)) if r.linktype != LINKTYPE_ETHERNET => self.other_linktype += 1,
                 Ok(Some(r)) => {
                     out.transmit(Packet::from_bytes(&r.data));
                     self.packets += 1;
@@ -215,6 +111,7 @@ impl App for PcapReader {
     fn counters(&self, emit: &mut dyn FnMut(&str, u64)) {
         emit("packets", self.packets);
         emit("oversize", self.oversize);
+        emit("other_linktype", self.other_linktype);
         emit("errors", self.errors);
     }
 }
@@ -223,6 +120,9 @@ impl App for PcapReader {
 #[serde(deny_unknown_fields)]
 pub struct PcapWriterArgs {
     pub file: PathBuf,
+    /// `Pcap` or `PcapNg`; by default from the name (`.pcapng`: pcapng).
+    #[serde(default)]
+    pub format: Option<Format>,
 }
 
 pub struct PcapWriter {
@@ -233,9 +133,9 @@ pub struct PcapWriter {
 
 impl AppClass for PcapWriter {
     type Args = PcapWriterArgs;
+    const PORTS: PortSpec = PortSpec::new(&["input"], &[]);
     fn new(args: PcapWriterArgs, _ctx: &AppContext) -> anyhow::Result<PcapWriter> {
-        let f = File::create(&args.file).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
-        Ok(PcapWriter { w: PcapFileWriter::new(BufWriter::new(f))?, packets: 0, errors: 0 })
+        Ok(PcapWriter { w: PcapFileWriter::create(&args.file, args.format)?, packets: 0, errors: 0 })
     }
 }
 
@@ -276,19 +176,36 @@ pub fn selftest_writer() -> anyhow::Result<()> {
     let file = dir.path().join("out.pcap");
     let mut c = snabb_core::Config::new();
     c.app_args("src", "Source", snabb_core::Args::from_ron("(sizes: [60, 1514], count: 10)")?)
-        .app("w", "PcapWriter", &PcapWriterArgs { file: file.clone() })
+        .app("w", "PcapWriter", &PcapWriterArgs { file: file.clone(), format: None })
         .link("src.output -> w.input");
     let mut e = snabb_core::Engine::new(crate::registry());
     e.configure(&c)?;
     e.run(snabb_core::Limit::Breaths(5));
     drop(e);
     let mut r = PcapFileReader::new(File::open(&file)?)?;
-    anyhow::ensure!(r.linktype == LINKTYPE_ETHERNET);
     let mut sizes = vec![];
     while let Some(rec) = r.next_record()? {
+        anyhow::ensure!(rec.linktype == LINKTYPE_ETHERNET);
         sizes.push(rec.data.len());
     }
     anyhow::ensure!(sizes == [60, 1514].repeat(5), "read back {sizes:?}");
+    // The same as pcapng, chosen by the name.
+    let ng = dir.path().join("out.pcapng");
+    let mut c = snabb_core::Config::new();
+    c.app_args("src", "Source", snabb_core::Args::from_ron("(sizes: [60, 1514], count: 10)")?)
+        .app("w", "PcapWriter", &PcapWriterArgs { file: ng.clone(), format: None })
+        .link("src.output -> w.input");
+    let mut e = snabb_core::Engine::new(crate::registry());
+    e.configure(&c)?;
+    e.run(snabb_core::Limit::Breaths(5));
+    drop(e);
+    let mut r = PcapFileReader::open(&ng)?;
+    anyhow::ensure!(r.format == Format::PcapNg);
+    let mut n = 0;
+    while r.next_record()?.is_some() {
+        n += 1;
+    }
+    anyhow::ensure!(n == 10, "{n} records in the pcapng file");
 
     // A packet still carrying a partial checksum is written finished, as
     // it would go on the wire.
@@ -299,7 +216,7 @@ pub fn selftest_writer() -> anyhow::Result<()> {
     anyhow::ensure!(snabb_core::checksum::complete_checksum(&mut want, 34, 6));
     {
         let ctx = AppContext { name: "w", class: "PcapWriter" };
-        let mut w = PcapWriter::new(PcapWriterArgs { file: file.clone() }, &ctx)?;
+        let mut w = PcapWriter::new(PcapWriterArgs { file: file.clone(), format: None }, &ctx)?;
         let input = std::rc::Rc::new(snabb_core::Link::new(16));
         let mut p = Packet::from_bytes(&frame);
         anyhow::ensure!(p.set_partial_csum(Some(snabb_core::packet::PartialCsum { start: 34, offset: 6 })));
@@ -319,30 +236,35 @@ pub fn selftest_writer() -> anyhow::Result<()> {
 pub fn selftest_reader() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("in.pcap");
-    {
-        let mut w = PcapFileWriter::new(File::create(&file)?)?;
+    for (file, format) in [(&file, Format::Pcap), (&dir.path().join("in.pcapng"), Format::PcapNg)] {
+        let mut w = PcapFileWriter::new(File::create(file)?, format)?;
         for i in 0..7u8 {
             w.write(&[i; 64], SystemTime::now())?;
         }
         w.write(&vec![0; PAYLOAD_SIZE + 1], SystemTime::now())?;
         // A truncated record at the end.
-        w.into_inner().write_all(&[1, 2, 3])?;
+        std::io::Write::write_all(&mut w.into_inner(), &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12])?;
+    }
+    // pcap and pcapng alike: 7 frames, one too long, a truncated record.
+    for file in [file.clone(), dir.path().join("in.pcapng")] {
+        let mut c = snabb_core::Config::new();
+        c.app("r", "PcapReader", &PcapReaderArgs { file: file.clone(), r#loop: false })
+            .app("sink", "Sink", &())
+            .link("r.output -> sink.input");
+        let mut e = snabb_core::Engine::new(crate::registry());
+        e.configure(&c)?;
+        e.run(snabb_core::Limit::Breaths(5));
+        let r = e.app::<PcapReader>("r").unwrap();
+        anyhow::ensure!(r.is_done() && r.packets() == 7, "{}: read {} packets", file.display(), r.packets());
+        let counters = e.app_counters("r");
+        anyhow::ensure!(counters["oversize"] == 1 && counters["errors"] == 1, "{}: {counters:?}", file.display());
     }
     let mut c = snabb_core::Config::new();
-    c.app("r", "PcapReader", &PcapReaderArgs { file: file.clone(), r#loop: false })
-        .app("sink", "Sink", &())
-        .link("r.output -> sink.input");
-    let mut e = snabb_core::Engine::new(crate::registry());
-    e.configure(&c)?;
-    e.run(snabb_core::Limit::Breaths(5));
-    let r = e.app::<PcapReader>("r").unwrap();
-    anyhow::ensure!(r.is_done() && r.packets() == 7, "read {} packets", r.packets());
-    let counters = e.app_counters("r");
-    anyhow::ensure!(counters["oversize"] == 1 && counters["errors"] == 1, "{counters:?}");
+    c.app("r", "PcapReader", &PcapReaderArgs { file: file.clone(), r#loop: false });
     // A file that is not pcap is refused when the app starts.
     std::fs::write(&file, b"hello, world, this is not a pcap file")?;
     let mut e = snabb_core::Engine::new(crate::registry());
     let err = e.configure(&c).unwrap_err().to_string();
-    anyhow::ensure!(err.contains("not a pcap file"), "{err}");
+    anyhow::ensure!(err.contains("not a pcap or pcapng file"), "{err}");
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! forever, `PULL_NPACKETS` per breath, in the order it arrived.
 
 use serde::{Deserialize, Serialize};
-use snabb_core::{App, AppClass, AppContext, Io, PULL_NPACKETS, Packet};
+use snabb_core::{App, AppClass, AppContext, Io, PULL_NPACKETS, Packet, PortSpec};
 
 #[derive(Serialize, Deserialize, Debug)]
 #[serde(deny_unknown_fields, default)]
@@ -26,6 +26,7 @@ pub struct Repeater {
 
 impl AppClass for Repeater {
     type Args = RepeaterArgs;
+    const PORTS: PortSpec = PortSpec::new(&["input"], &["output"]);
     fn new(args: RepeaterArgs, _ctx: &AppContext) -> anyhow::Result<Repeater> {
         Ok(Repeater { recorded: Vec::new(), max: args.max_packets, next: 0, overflow: 0 })
     }

@@ -1,6 +1,6 @@
 //! SINK: drops every packet on every input, counting packets and bytes.
 
-use snabb_core::{App, AppClass, AppContext, Io};
+use snabb_core::{App, AppClass, AppContext, Io, PortSpec};
 
 #[derive(Default)]
 pub struct Sink {
@@ -10,6 +10,7 @@ pub struct Sink {
 
 impl AppClass for Sink {
     type Args = ();
+    const PORTS: PortSpec = PortSpec::new(&["*"], &[]);
     fn new(_: (), _ctx: &AppContext) -> anyhow::Result<Sink> {
         Ok(Sink::default())
     }

@@ -17,7 +17,7 @@
 use serde::{Deserialize, Serialize};
 use snabb_core::ethernet::{self, MacAddr};
 use snabb_core::packet::Allocator;
-use snabb_core::{App, AppClass, AppContext, Io, Link, PULL_NPACKETS, Packet};
+use snabb_core::{App, AppClass, AppContext, Io, Link, PULL_NPACKETS, Packet, PortSpec};
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields, default)]
@@ -54,6 +54,14 @@ impl Default for SourceArgs {
             pps: None,
             gbps: None,
         }
+    }
+}
+
+impl SourceArgs {
+    /// The frame sizes in use, and the header length before the payload.
+    fn sizes_and_header(&self) -> (Vec<usize>, usize) {
+        let sizes = if self.sizes.is_empty() { vec![self.size] } else { self.sizes.clone() };
+        (sizes, ethernet::HEADER_LEN + if self.vlan.is_some() { 4 } else { 0 })
     }
 }
 
@@ -101,9 +109,10 @@ fn frame(args: &SourceArgs, size: usize) -> Packet {
 
 impl AppClass for Source {
     type Args = SourceArgs;
-    fn new(args: SourceArgs, _ctx: &AppContext) -> anyhow::Result<Source> {
-        let sizes = if args.sizes.is_empty() { vec![args.size] } else { args.sizes.clone() };
-        let header = ethernet::HEADER_LEN + if args.vlan.is_some() { 4 } else { 0 };
+    const PORTS: PortSpec = PortSpec::new(&[], &["*"]);
+
+    fn validate(args: &SourceArgs) -> anyhow::Result<()> {
+        let (sizes, header) = args.sizes_and_header();
         for &s in &sizes {
             anyhow::ensure!(
                 (header..=snabb_core::packet::PAYLOAD_SIZE).contains(&s),
@@ -120,11 +129,6 @@ impl AppClass for Source {
             }
         }
         anyhow::ensure!(args.pps.is_none() || args.gbps.is_none(), "pace with `pps` or `gbps`, not both");
-        let pace = match (args.pps, args.gbps) {
-            (Some(r), _) => Some(Pace { rate: r, bytes: false, start: None, done: 0.0 }),
-            (_, Some(g)) => Some(Pace { rate: g * 1e9 / 8.0, bytes: true, start: None, done: 0.0 }),
-            _ => None,
-        };
         if args.numbered {
             anyhow::ensure!(
                 sizes.iter().all(|&s| s >= header + 4),
@@ -132,6 +136,16 @@ impl AppClass for Source {
                 header + 4
             );
         }
+        Ok(())
+    }
+
+    fn new(args: SourceArgs, _ctx: &AppContext) -> anyhow::Result<Source> {
+        let (sizes, header) = args.sizes_and_header();
+        let pace = match (args.pps, args.gbps) {
+            (Some(r), _) => Some(Pace { rate: r, bytes: false, start: None, done: 0.0 }),
+            (_, Some(g)) => Some(Pace { rate: g * 1e9 / 8.0, bytes: true, start: None, done: 0.0 }),
+            _ => None,
+        };
         Ok(Source {
             templates: sizes.iter().map(|&s| frame(&args, s)).collect(),
             next: 0,

@@ -21,7 +21,7 @@ fn tcpdump_reads_what_pcapwriter_writes() {
         )
         .unwrap(),
     )
-    .app("w", "PcapWriter", &snabb_apps_basic::pcap::PcapWriterArgs { file: file.clone() })
+    .app("w", "PcapWriter", &snabb_apps_basic::pcap::PcapWriterArgs { file: file.clone(), format: None })
     .link("src.output -> w.input");
     let mut e = Engine::new(snabb_apps_basic::registry());
     e.configure(&c).unwrap();

@@ -13,7 +13,7 @@
 //!
 //! Counters: `packets`, `bytes` (copied), `dropped` (no output linked).
 
-use snabb_core::{App, AppClass, AppContext, Io, Registry};
+use snabb_core::{App, AppClass, AppContext, Io, PortSpec, Registry};
 
 #[derive(Default)]
 pub struct Copier {
@@ -24,6 +24,7 @@ pub struct Copier {
 
 impl AppClass for Copier {
     type Args = ();
+    const PORTS: PortSpec = PortSpec::new(&["*"], &["output"]);
     fn new(_: (), _ctx: &AppContext) -> anyhow::Result<Copier> {
         Ok(Copier::default())
     }

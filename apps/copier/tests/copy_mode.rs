@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use snabb_apps_basic::{Sink, Source};
 use snabb_core::packet::{self, BufferOwner, ForeignBuffer};
-use snabb_core::{App, AppClass, AppContext, Args, Config, CopyMode, Engine, Io, Limit, Link, LinkSettings, Registry};
+use snabb_core::{
+    App, AppClass, AppContext, Args, Config, CopyMode, Engine, Io, Limit, Link, LinkSettings, PortSpec, Registry,
+};
 
 /// Where a numbered Source frame keeps its sequence number.
 const SEQ_AT: usize = 14;
@@ -27,6 +29,7 @@ struct InOrder {
 
 impl AppClass for InOrder {
     type Args = ();
+    const PORTS: PortSpec = PortSpec::new(&["*"], &["*"]);
     fn new(_: (), _: &AppContext) -> anyhow::Result<InOrder> {
         Ok(InOrder::default())
     }
@@ -78,6 +81,7 @@ fn length_of(serial: u64) -> usize {
 
 impl AppClass for Lender {
     type Args = ();
+    const PORTS: PortSpec = PortSpec::new(&["*"], &["*"]);
     fn new(_: (), _: &AppContext) -> anyhow::Result<Lender> {
         let bufs = Rc::new(RefCell::new(vec![[0u8; BUF]; POOL]));
         let keep: Rc<dyn std::any::Any> = bufs.clone();
@@ -144,6 +148,7 @@ struct Inspect {
 
 impl AppClass for Inspect {
     type Args = ();
+    const PORTS: PortSpec = PortSpec::new(&["*"], &["*"]);
     fn new(_: (), _: &AppContext) -> anyhow::Result<Inspect> {
         Ok(Inspect::default())
     }

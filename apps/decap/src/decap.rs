@@ -1,20 +1,27 @@
 //! DECAP: strips one encapsulation (see `Tunnel`) from every packet.
 //!
-//! Ports: any inputs; `output` for the inner frames (or the first output
-//! not named `reject`); `reject`, optional, for packets that are not of
-//! the tunnel, unchanged. Without a `reject` link they are dropped.
-//! Either way they are counted by reason:
+//! Ports: any inputs; `output` for the inner frames; `reject`, optional,
+//! for packets that are not of the tunnel, unchanged. Without a `reject`
+//! link they are dropped. Either way they are counted by reason, so that a
+//! misconfigured peer (wrong_*) can be told from a broken one:
 //!
-//!   truncated      shorter than a header, or than a length field says
-//!   bad_length     a length field below its own header (IHL < 5, ...)
-//!   bad_header     a field no sender sets (IP version, VXLAN I flag
-//!                  clear, GRE version or routing bits)
-//!   bad_checksum   IPv4 header, GRE (when present), UDP (when asked)
-//!   fragment       an IP fragment: tunnels are not reassembled
-//!   not_tunnel     another ethertype, protocol, port or payload type
-//!   wrong_address  not to `local`, or not from `remote`
-//!   wrong_id       another VLAN id, VNI, GRE key or L2TPv3 session
-//!   wrong_cookie   another L2TPv3 cookie
+//!   truncated        the frame ends inside the Ethernet header, a tag, the
+//!                    tunnel's header or the inner frame's header
+//!   short_ip_header  fewer bytes than an IP header, IPv4 IHL below 5, or
+//!                    an IHL that points past the bytes present
+//!   ip_length        the IPv4 total length (IPv6 payload length, extension
+//!                    headers) more than the frame holds, or below the header
+//!   udp_length       the UDP length below 8 or past the IP payload
+//!   ip_options       IPv4 options, when `refuse_ip_options` is set
+//!   bad_header       IP version, a malformed IPv6 extension header
+//!   flags            VXLAN I flag clear; GRE version, routing or reserved bits
+//!   bad_checksum     IPv4 header, GRE (when present), UDP (when asked)
+//!   fragment         an IP fragment: tunnels are not reassembled
+//!   not_tunnel       another ethertype, IP protocol or GRE payload type
+//!   wrong_port       another UDP destination port (VXLAN)
+//!   wrong_address    not to `local`, or not from `remote`
+//!   wrong_id         another VLAN id, VNI, GRE key or L2TPv3 session
+//!   wrong_cookie     another L2TPv3 cookie
 //!
 //! Stripping moves the packet's start (`Packet::shift_left`, O(1)); in a
 //! buffer whose start is fixed it moves the inner frame down with the
@@ -26,7 +33,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 use snabb_core::ethernet::{ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_VLAN};
-use snabb_core::{App, AppClass, AppContext, Io, Packet};
+use snabb_core::{App, AppClass, AppContext, Io, Packet, PortSpec};
 
 use crate::tunnel::{Direction, Tunnel};
 use crate::wire::{
@@ -37,24 +44,34 @@ use crate::wire::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reject {
     Truncated,
-    BadLength,
+    ShortIpHeader,
+    IpLength,
+    UdpLength,
+    IpOptions,
     BadHeader,
+    Flags,
     BadChecksum,
     Fragment,
     NotTunnel,
+    WrongPort,
     WrongAddress,
     WrongId,
     WrongCookie,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 9] = [
+    pub const ALL: [Reject; 14] = [
         Reject::Truncated,
-        Reject::BadLength,
+        Reject::ShortIpHeader,
+        Reject::IpLength,
+        Reject::UdpLength,
+        Reject::IpOptions,
         Reject::BadHeader,
+        Reject::Flags,
         Reject::BadChecksum,
         Reject::Fragment,
         Reject::NotTunnel,
+        Reject::WrongPort,
         Reject::WrongAddress,
         Reject::WrongId,
         Reject::WrongCookie,
@@ -64,11 +81,16 @@ impl Reject {
     pub fn name(self) -> &'static str {
         match self {
             Reject::Truncated => "truncated",
-            Reject::BadLength => "bad_length",
+            Reject::ShortIpHeader => "short_ip_header",
+            Reject::IpLength => "ip_length",
+            Reject::UdpLength => "udp_length",
+            Reject::IpOptions => "ip_options",
             Reject::BadHeader => "bad_header",
+            Reject::Flags => "flags",
             Reject::BadChecksum => "bad_checksum",
             Reject::Fragment => "fragment",
             Reject::NotTunnel => "not_tunnel",
+            Reject::WrongPort => "wrong_port",
             Reject::WrongAddress => "wrong_address",
             Reject::WrongId => "wrong_id",
             Reject::WrongCookie => "wrong_cookie",
@@ -76,12 +98,14 @@ impl Reject {
     }
 }
 
+/// A header below IP (Ethernet, a tag) or inside the tunnel (GRE, VXLAN,
+/// L2TPv3, the inner Ethernet header): short is `truncated`, a field no
+/// sender sets is `flags`.
 impl From<wire::Error> for Reject {
     fn from(e: wire::Error) -> Reject {
         match e {
-            wire::Error::Truncated => Reject::Truncated,
-            wire::Error::BadLength => Reject::BadLength,
-            wire::Error::Malformed => Reject::BadHeader,
+            wire::Error::Truncated | wire::Error::BadLength => Reject::Truncated,
+            wire::Error::Malformed => Reject::Flags,
         }
     }
 }
@@ -133,6 +157,15 @@ enum Inner {
     L2tpv3 { session: u32, cookie: u64 },
 }
 
+/// What Decap accepts beyond the tunnel's own fields.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Check UDP checksums of VXLAN packets (zero, "none", passes).
+    pub verify_udp_checksum: bool,
+    /// Refuse IPv4 headers with options (IHL above 5).
+    pub refuse_ip_options: bool,
+}
+
 /// The checks for one tunnel, compiled from its arguments.
 #[derive(Clone, Copy, Debug)]
 pub struct Matcher(Kind);
@@ -140,12 +173,18 @@ pub struct Matcher(Kind);
 #[derive(Clone, Copy, Debug)]
 enum Kind {
     Tags { first_tpid: u16, first: Option<u16>, second: Option<Option<u16>> },
-    Ip { local: Addr, remote: Option<Addr>, inner: Inner },
+    Ip { local: Addr, remote: Option<Addr>, inner: Inner, refuse_options: bool },
 }
 
 impl Matcher {
     /// The matcher for `t`, which must be valid for decapsulation.
     pub fn new(t: &Tunnel, verify_udp_checksum: bool) -> Matcher {
+        Matcher::with_policy(t, Policy { verify_udp_checksum, ..Policy::default() })
+    }
+
+    pub fn with_policy(t: &Tunnel, policy: Policy) -> Matcher {
+        let verify_udp_checksum = policy.verify_udp_checksum;
+        let refuse_options = policy.refuse_ip_options;
         Matcher(match *t {
             Tunnel::Vlan { vid, tpid, .. } => Kind::Tags { first_tpid: tpid, first: vid, second: None },
             Tunnel::QinQ { outer, inner, outer_tpid, .. } => {
@@ -155,14 +194,19 @@ impl Matcher {
                 local: Addr::of(local),
                 remote: remote.map(Addr::of),
                 inner: Inner::Vxlan { port, vni, verify_udp: verify_udp_checksum },
+                refuse_options,
             },
-            Tunnel::Gre { local, remote, key, .. } => {
-                Kind::Ip { local: Addr::of(local), remote: remote.map(Addr::of), inner: Inner::Gre { key } }
-            }
+            Tunnel::Gre { local, remote, key, .. } => Kind::Ip {
+                local: Addr::of(local),
+                remote: remote.map(Addr::of),
+                inner: Inner::Gre { key },
+                refuse_options,
+            },
             Tunnel::L2tpv3 { local, remote, session, remote_cookie, .. } => Kind::Ip {
                 local: Addr::of(IpAddr::V6(local)),
                 remote: Some(Addr::of(IpAddr::V6(remote))),
                 inner: Inner::L2tpv3 { session, cookie: remote_cookie },
+                refuse_options,
             },
         })
     }
@@ -172,7 +216,7 @@ impl Matcher {
     #[inline]
     pub fn classify(&self, frame: &[u8]) -> Result<Strip, Reject> {
         let fast = match &self.0 {
-            Kind::Ip { local, remote, inner } => fast_ip(frame, local, remote, inner),
+            Kind::Ip { local, remote, inner, .. } => fast_ip(frame, local, remote, inner),
             Kind::Tags { first_tpid, first, second } => fast_tags(frame, *first_tpid, *first, *second),
         };
         match fast {
@@ -206,26 +250,29 @@ impl Matcher {
                 }
                 Ok(Strip::Tags(8))
             }
-            Kind::Ip { local, remote, inner } => {
+            Kind::Ip { local, remote, inner, refuse_options } => {
                 let protocol = match inner {
                     Inner::Vxlan { .. } => ip::UDP,
                     Inner::Gre { .. } => ip::GRE,
                     Inner::L2tpv3 { .. } => ip::L2TP,
                 };
-                let outer = outer_ip(eth.payload(), eth.ethertype(), protocol, local, remote)?;
+                let outer = outer_ip(eth.payload(), eth.ethertype(), protocol, local, remote, *refuse_options)?;
                 let l4 = &eth.payload()[outer.l4_at..outer.l4_end];
                 let (at, inner_len) = match *inner {
                     Inner::Vxlan { port, vni, verify_udp } => {
-                        let udp = UdpPacket::new_checked(l4)?;
+                        if l4.len() < UdpPacket::<&[u8]>::HEADER_LEN {
+                            return Err(Reject::Truncated);
+                        }
+                        let udp = UdpPacket::new_checked(l4).map_err(|_| Reject::UdpLength)?;
                         if udp.dst_port() != port {
-                            return Err(Reject::NotTunnel);
+                            return Err(Reject::WrongPort);
                         }
                         if verify_udp && !udp.verify_checksum(outer.src.ip(), outer.dst.ip()) {
                             return Err(Reject::BadChecksum);
                         }
                         let vx = VxlanHeader::new_checked(udp.payload())?;
                         if !vx.vni_valid() {
-                            return Err(Reject::BadHeader);
+                            return Err(Reject::Flags);
                         }
                         if vx.vni() != vni {
                             return Err(Reject::WrongId);
@@ -395,18 +442,34 @@ fn outer_ip(
     protocol: u8,
     local: &Addr,
     remote: &Option<Addr>,
+    refuse_options: bool,
 ) -> Result<Outer, Reject> {
     let v4 = matches!(local, Addr::V4(_));
     if ethertype != if v4 { ETHERTYPE_IPV4 } else { ETHERTYPE_IPV6 } {
         return Err(Reject::NotTunnel);
     }
     match payload.first() {
-        None => return Err(Reject::Truncated),
+        None => return Err(Reject::ShortIpHeader),
         Some(b) if b >> 4 != if v4 { 4 } else { 6 } => return Err(Reject::BadHeader),
         _ => {}
     }
     let outer = if v4 {
-        let ip = Ipv4Packet::new_checked(payload)?;
+        // The lengths first, each for its own reason: a header that says it
+        // is longer than the bytes there are is a length error, not a bad
+        // checksum over bytes that are not there.
+        let min = Ipv4Packet::<&[u8]>::MIN_HEADER_LEN;
+        let ihl = (payload[0] & 0x0f) as usize * 4;
+        if payload.len() < min || ihl < min || payload.len() < ihl {
+            return Err(Reject::ShortIpHeader);
+        }
+        let total = wire::get16(payload, 2) as usize;
+        if total < ihl || payload.len() < total {
+            return Err(Reject::IpLength);
+        }
+        if refuse_options && ihl != min {
+            return Err(Reject::IpOptions);
+        }
+        let ip = Ipv4Packet::new_checked(payload).map_err(|_| Reject::IpLength)?;
         if !ip.verify_checksum() {
             return Err(Reject::BadChecksum);
         }
@@ -423,8 +486,14 @@ fn outer_ip(
             dst: local.read(payload, 16),
         }
     } else {
-        let ip = Ipv6Packet::new_checked(payload)?;
-        let (next, at) = ip.upper_layer()?;
+        if payload.len() < 40 {
+            return Err(Reject::ShortIpHeader);
+        }
+        let ip = Ipv6Packet::new_checked(payload).map_err(|_| Reject::IpLength)?;
+        let (next, at) = ip.upper_layer().map_err(|e| match e {
+            wire::Error::Malformed => Reject::BadHeader,
+            _ => Reject::IpLength,
+        })?;
         if next == ip::FRAGMENT {
             return Err(Reject::Fragment);
         }
@@ -470,6 +539,17 @@ pub struct DecapArgs {
     /// always accepted). Off by default: the inner frame carries its own.
     #[serde(default)]
     pub verify_udp_checksum: bool,
+    /// Refuse outer IPv4 headers with options (IHL above 5), as many fast
+    /// paths do: counted in `ip_options`. Off by default: options are
+    /// skipped over.
+    #[serde(default)]
+    pub refuse_ip_options: bool,
+}
+
+impl DecapArgs {
+    pub fn policy(&self) -> Policy {
+        Policy { verify_udp_checksum: self.verify_udp_checksum, refuse_ip_options: self.refuse_ip_options }
+    }
 }
 
 pub struct Decap {
@@ -484,11 +564,16 @@ pub struct Decap {
 
 impl AppClass for Decap {
     type Args = DecapArgs;
+    const PORTS: PortSpec = PortSpec::new(&["*"], &["output", "reject"]);
+
+    fn validate(args: &DecapArgs) -> anyhow::Result<()> {
+        args.tunnel.validate(Direction::Decap)
+    }
 
     fn new(args: DecapArgs, _ctx: &AppContext) -> anyhow::Result<Decap> {
         args.tunnel.validate(Direction::Decap)?;
         Ok(Decap {
-            matcher: Matcher::new(&args.tunnel, args.verify_udp_checksum),
+            matcher: Matcher::with_policy(&args.tunnel, args.policy()),
             tunnel: args.tunnel,
             output: None,
             reject: None,
@@ -501,7 +586,7 @@ impl AppClass for Decap {
     // New ids, keys and addresses are taken in place; counters carry on.
     fn reconfigure(&mut self, args: DecapArgs, _ctx: &AppContext) -> anyhow::Result<bool> {
         args.tunnel.validate(Direction::Decap)?;
-        self.matcher = Matcher::new(&args.tunnel, args.verify_udp_checksum);
+        self.matcher = Matcher::with_policy(&args.tunnel, args.policy());
         self.tunnel = args.tunnel;
         Ok(true)
     }
@@ -510,7 +595,7 @@ impl AppClass for Decap {
 impl App for Decap {
     fn link(&mut self, io: &Io) {
         self.reject = io.output.index_of("reject");
-        self.output = io.output.index_of("output").or_else(|| io.output.named().position(|(n, _)| n != "reject"));
+        self.output = io.output.index_of("output");
     }
 
     fn push(&mut self, io: &Io) {

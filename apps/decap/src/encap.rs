@@ -24,7 +24,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 use snabb_core::ethernet::{ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_VLAN, MacAddr};
 use snabb_core::packet::PAYLOAD_SIZE;
-use snabb_core::{App, AppClass, AppContext, Io, Packet};
+use snabb_core::{App, AppClass, AppContext, Io, Packet, PortSpec};
 
 use crate::tunnel::{Direction, Tunnel};
 use crate::wire::{
@@ -336,6 +336,11 @@ pub struct Encap {
 
 impl AppClass for Encap {
     type Args = EncapArgs;
+    const PORTS: PortSpec = PortSpec::new(&["*"], &["output"]);
+
+    fn validate(args: &EncapArgs) -> anyhow::Result<()> {
+        Builder::new(args).map(drop)
+    }
 
     fn new(args: EncapArgs, _ctx: &AppContext) -> anyhow::Result<Encap> {
         Ok(Encap {

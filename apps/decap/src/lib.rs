@@ -90,7 +90,11 @@ mod selftest {
             )
             .app("tee", "Tee", &())
             .app("encap", "Encap", &EncapArgs::new(t.clone(), LOCAL_MAC, REMOTE_MAC))
-            .app("decap", "Decap", &DecapArgs { tunnel: t.reversed(), verify_udp_checksum: true })
+            .app(
+                "decap",
+                "Decap",
+                &DecapArgs { tunnel: t.reversed(), verify_udp_checksum: true, refuse_ip_options: false },
+            )
             .app("match", "Match", &())
             .link("src.output -> tee.input")
             .link("tee.a -> encap.input")
@@ -128,6 +132,7 @@ mod selftest {
                     &DecapArgs {
                         tunnel: Tunnel::Vlan { vid: Some(5), tpid: 0x8100, pcp: 0 },
                         verify_udp_checksum: false,
+                        refuse_ip_options: false,
                     },
                 )
                 .app("out", "Sink", &())

@@ -165,9 +165,21 @@ fn every_reject_reason() {
     let m = matcher(VX4);
     let cases: Vec<(&str, Vec<u8>, Reject)> = vec![
         ("runt", vec![0; 13], Reject::Truncated),
-        ("no IP", eth(0x0800, &[]), Reject::Truncated),
-        ("short IP", vx4(good4[..19].to_vec()), Reject::Truncated),
-        ("cut datagram", vx4(good4[..good4.len() - 1].to_vec()), Reject::Truncated),
+        ("no IP", eth(0x0800, &[]), Reject::ShortIpHeader),
+        ("short IP", vx4(good4[..19].to_vec()), Reject::ShortIpHeader),
+        ("cut datagram", vx4(good4[..good4.len() - 1].to_vec()), Reject::IpLength),
+        (
+            "IHL past the bytes",
+            vx4({
+                // IHL 15 (60 bytes) in a 40-byte datagram: a length error,
+                // not a checksum over bytes that are not there.
+                let mut b = good4[..40].to_vec();
+                b[0] = 0x4f;
+                b[2..4].copy_from_slice(&[0, 40]);
+                b
+            }),
+            Reject::ShortIpHeader,
+        ),
         ("IPv6 frame", eth(0x86dd, &good4), Reject::NotTunnel),
         ("ARP", eth(0x0806, &good4), Reject::NotTunnel),
         (
@@ -186,7 +198,7 @@ fn every_reject_reason() {
                 b[0] = 0x44;
                 b
             }),
-            Reject::BadLength,
+            Reject::ShortIpHeader,
         ),
         (
             "total < IHL",
@@ -195,7 +207,7 @@ fn every_reject_reason() {
                 b[2..4].copy_from_slice(&[0, 19]);
                 b
             }),
-            Reject::BadLength,
+            Reject::IpLength,
         ),
         (
             "checksum",
@@ -209,7 +221,7 @@ fn every_reject_reason() {
         ("MF", vx4(refix(&good4, |b| b[6] = 0x20)), Reject::Fragment),
         ("offset", vx4(refix(&good4, |b| b[7] = 1)), Reject::Fragment),
         ("TCP", vx4(ipv4(A4, B4, 6, &udp(1, 4789, &vxlan(5000, &i)))), Reject::NotTunnel),
-        ("port", vx4(ipv4(A4, B4, 17, &udp(1, 4790, &vxlan(5000, &i)))), Reject::NotTunnel),
+        ("port", vx4(ipv4(A4, B4, 17, &udp(1, 4790, &vxlan(5000, &i)))), Reject::WrongPort),
         ("dst", vx4(ipv4(A4, A4, 17, &udp(1, 4789, &vxlan(5000, &i)))), Reject::WrongAddress),
         ("src", vx4(ipv4(B4, B4, 17, &udp(1, 4789, &vxlan(5000, &i)))), Reject::WrongAddress),
         ("vni", vx4(ipv4(A4, B4, 17, &udp(1, 4789, &vxlan(5001, &i)))), Reject::WrongId),
@@ -225,7 +237,7 @@ fn every_reject_reason() {
                     v
                 }),
             )),
-            Reject::BadHeader,
+            Reject::Flags,
         ),
         (
             "UDP len 7",
@@ -234,7 +246,7 @@ fn every_reject_reason() {
                 u[4..6].copy_from_slice(&[0, 7]);
                 u
             })),
-            Reject::BadLength,
+            Reject::UdpLength,
         ),
         (
             "UDP len long",
@@ -243,7 +255,7 @@ fn every_reject_reason() {
                 u[5] += 1;
                 u
             })),
-            Reject::Truncated,
+            Reject::UdpLength,
         ),
         ("UDP no VXLAN", vx4(ipv4(A4, B4, 17, &udp(1, 4789, &[8, 0, 0]))), Reject::Truncated),
         ("inner runt", vx4(ipv4(A4, B4, 17, &udp(1, 4789, &vxlan(5000, &i[..13])))), Reject::Truncated),
@@ -269,10 +281,10 @@ fn every_reject_reason() {
     assert_eq!(decap(&g, &gre4(gre(Some(98), &i))), Err(Reject::WrongId));
     let mut v1 = gre(Some(99), &i);
     v1[1] = 1;
-    assert_eq!(decap(&g, &gre4(v1)), Err(Reject::BadHeader), "GRE version 1 (PPTP)");
+    assert_eq!(decap(&g, &gre4(v1)), Err(Reject::Flags), "GRE version 1 (PPTP)");
     let mut routing = gre(Some(99), &i);
     routing[0] |= 0x40;
-    assert_eq!(decap(&g, &gre4(routing)), Err(Reject::BadHeader));
+    assert_eq!(decap(&g, &gre4(routing)), Err(Reject::Flags));
     let mut ip_in_gre = gre(Some(99), &i);
     ip_in_gre[2..4].copy_from_slice(&[0x08, 0x00]);
     assert_eq!(decap(&g, &gre4(ip_in_gre)), Err(Reject::NotTunnel), "GRE carrying IP, not Ethernet");
@@ -295,7 +307,8 @@ fn every_reject_reason() {
     v4in6[14] = 0x40;
     assert_eq!(decap(&g6, &v4in6), Err(Reject::BadHeader));
     let long = gre6(47, gre(Some(99), &i));
-    assert_eq!(decap(&g6, &long[..long.len() - 1]), Err(Reject::Truncated));
+    assert_eq!(decap(&g6, &long[..long.len() - 1]), Err(Reject::IpLength));
+    assert_eq!(decap(&g6, &long[..14 + 39]), Err(Reject::ShortIpHeader));
     let wrong_dst = eth(0x86dd, &ipv6(a6(), a6(), 47, &gre(Some(99), &i)));
     assert_eq!(decap(&g6, &wrong_dst), Err(Reject::WrongAddress));
 
@@ -306,6 +319,41 @@ fn every_reject_reason() {
     assert_eq!(decap(&l, &l2(l2tp(77, 0x0102030405060708, &i)[..11].to_vec())), Err(Reject::Truncated));
     let from_elsewhere = eth(0x86dd, &ipv6(b6(), b6(), 115, &l2tp(77, 0x0102030405060708, &i)));
     assert_eq!(decap(&l, &from_elsewhere), Err(Reject::WrongAddress));
+}
+
+/// IPv4 options are walked over unless the policy refuses them, and then
+/// they are counted as such (not as a length or checksum error).
+#[test]
+fn ip_options_by_policy() {
+    use snabb_apps_decap::decap::Policy;
+    let i = inner();
+    let plain = ipv4(A4, B4, 17, &udp(1, 4789, &vxlan(5000, &i)));
+    // The same datagram with four bytes of options (NOP NOP NOP EOL): IHL 6.
+    let mut opts = [&plain[..20], &[1, 1, 1, 0], &plain[20..]].concat();
+    opts[0] = 0x46;
+    let total = opts.len() as u16;
+    opts[2..4].copy_from_slice(&total.to_be_bytes());
+    let opts = refix_len(&opts, 24);
+    let t: Tunnel = snabb_core::config::ron_options().from_str(VX4).unwrap();
+    let lax = Matcher::new(&t, true);
+    let strict = Matcher::with_policy(&t, Policy { verify_udp_checksum: true, refuse_ip_options: true });
+    assert_eq!(decap(&lax, &eth(0x0800, &opts)), Ok(i.clone()));
+    assert_eq!(decap(&strict, &eth(0x0800, &opts)), Err(Reject::IpOptions));
+    assert_eq!(decap(&strict, &eth(0x0800, &plain)), Ok(i.clone()), "no options: taken");
+    // Length errors come before the policy.
+    assert_eq!(decap(&strict, &eth(0x0800, &opts[..22])), Err(Reject::ShortIpHeader));
+    // Every reason has its own counter name.
+    let names: std::collections::BTreeSet<&str> = Reject::ALL.iter().map(|r| r.name()).collect();
+    assert_eq!(names.len(), Reject::ALL.len());
+}
+
+/// The IPv4 header of `ip` (`hlen` bytes) with its checksum made right.
+fn refix_len(ip: &[u8], hlen: usize) -> Vec<u8> {
+    let mut b = ip.to_vec();
+    b[10..12].copy_from_slice(&[0, 0]);
+    let c = csum(&[&b[..hlen]]);
+    b[10..12].copy_from_slice(&c.to_be_bytes());
+    b
 }
 
 /// `f` edits the IPv4 header, whose checksum is then made right again.

@@ -104,7 +104,11 @@ fn decap_opens_what_scapy_tunnels() {
         let mut c = Config::new();
         c.app("tunnelled", "PcapReader", &PcapReaderArgs { file, r#loop: false })
             .app("expected", "PcapReader", &PcapReaderArgs { file: inner, r#loop: false })
-            .app("decap", "Decap", &DecapArgs { tunnel: tunnel(kind), verify_udp_checksum: true })
+            .app(
+                "decap",
+                "Decap",
+                &DecapArgs { tunnel: tunnel(kind), verify_udp_checksum: true, refuse_ip_options: false },
+            )
             .app("match", "Match", &())
             .link("tunnelled.output -> decap.input")
             .link("decap.output -> match.rx")
@@ -168,7 +172,7 @@ fn scapy_reads_what_encap_writes() {
         let mut c = Config::new();
         c.app("inner", "PcapReader", &PcapReaderArgs { file: inner.clone(), r#loop: false })
             .app("encap", "Encap", &args)
-            .app("writer", "PcapWriter", &PcapWriterArgs { file: out.clone() })
+            .app("writer", "PcapWriter", &PcapWriterArgs { file: out.clone(), format: None })
             .link("inner.output -> encap.input")
             .link("encap.output -> writer.input");
         let mut e = Engine::new(snabb_apps_decap::registry());

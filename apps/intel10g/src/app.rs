@@ -31,7 +31,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, ensure};
 use serde::{Deserialize, Serialize};
 use snabb_core::packet::PAYLOAD_SIZE;
-use snabb_core::{App, AppClass, AppContext, Io, MacAddr, Packet};
+use snabb_core::{App, AppClass, AppContext, Io, MacAddr, Packet, PortSpec};
 use snabb_model_82599::{Model82599, WireSpec, registry};
 
 use crate::bar::{Mmio, ModelBar, Registers};
@@ -683,6 +683,7 @@ pub struct Intel10g {
 
 impl AppClass for Intel10g {
     type Args = Intel10gConfig;
+    const PORTS: PortSpec = PortSpec::new(&["input", "supply"], &["output"]);
 
     fn new(Intel10gConfig(args): Intel10gConfig, ctx: &AppContext) -> Result<Intel10g> {
         let q: Box<dyn Queues> = if args.is_model() {

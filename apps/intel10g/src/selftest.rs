@@ -24,7 +24,7 @@ use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 use snabb_core::memory::{ForeignMemory, ForeignSegment};
 use snabb_core::packet::{self, ForeignBuffer};
-use snabb_core::{App, AppClass, AppContext, Args, BufferOwner, Config, Engine, Io, LinkSettings, Registry};
+use snabb_core::{App, AppClass, AppContext, Args, BufferOwner, Config, Engine, Io, LinkSettings, PortSpec, Registry};
 use snabb_model_82599::Model82599;
 
 use crate::Intel10g;
@@ -163,7 +163,7 @@ fn udp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
 }
 
 fn write_pcap(path: &std::path::Path, frames: &[Vec<u8>]) -> Result<()> {
-    let mut w = snabb_apps_basic::pcap::PcapFileWriter::new(std::io::BufWriter::new(std::fs::File::create(path)?))?;
+    let mut w = snabb_apps_basic::pcap::PcapFileWriter::create(path, None)?;
     for f in frames {
         w.write(f, std::time::SystemTime::now())?;
     }
@@ -193,6 +193,7 @@ struct Verify {
 
 impl AppClass for Verify {
     type Args = VerifyArgs;
+    const PORTS: PortSpec = PortSpec::new(&["*"], &[]);
     fn new(a: VerifyArgs, _: &AppContext) -> Result<Verify> {
         Ok(Verify { sizes: a.sizes, ..Verify::default() })
     }
@@ -438,7 +439,7 @@ pub fn partial_csum_tx() -> Result<()> {
     let mut c = Config::new();
     c.app_args("a", "Intel10g", Args::from_ron(&format!("(pci: \"{a}\"{wire})"))?)
         .app_args("b", "Intel10g", Args::from_ron(&format!("(pci: \"{b}\")"))?)
-        .app("w", "PcapWriter", &snabb_apps_basic::pcap::PcapWriterArgs { file: file.clone() })
+        .app("w", "PcapWriter", &snabb_apps_basic::pcap::PcapWriterArgs { file: file.clone(), format: None })
         .app_args("feed", "Source", Args::from_ron("(count: 0)")?)
         .link("feed.output -> a.input")
         .link("b.output -> w.input");

@@ -11,7 +11,7 @@
 //! the IOMMU rather than reach the pages.
 //!
 //!   container  /dev/vfio/vfio, type-1 IOMMU
-//!   group      /dev/vfio/<iommu group of the device>, set to the container
+//!   group      `/dev/vfio/<N>` (the device's IOMMU group), set to the container
 //!   device     a file descriptor with regions: BAR0 (index 0), config (7)
 //!
 //! NOT TESTED ON HARDWARE: the machines snabb-rs is developed on have no

@@ -26,7 +26,7 @@
 
 use pcap::{BpfProgram, Capture, Linktype};
 use serde::{Deserialize, Serialize};
-use snabb_core::{App, AppClass, AppContext, Io, Registry};
+use snabb_core::{App, AppClass, AppContext, Io, PortSpec, Registry};
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -76,6 +76,7 @@ pub struct PcapFilter {
 
 impl AppClass for PcapFilter {
     type Args = Checked;
+    const PORTS: PortSpec = PortSpec::new(&["*"], &["output", "reject"]);
 
     fn new(Checked(args): Checked, _ctx: &AppContext) -> anyhow::Result<PcapFilter> {
         let program = compile(&args.filter).map_err(anyhow::Error::msg)?;

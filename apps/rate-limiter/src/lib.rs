@@ -32,7 +32,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use snabb_core::packet::PAYLOAD_SIZE;
-use snabb_core::{App, AppClass, AppContext, Io, Registry};
+use snabb_core::{App, AppClass, AppContext, Io, PortSpec, Registry};
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -164,6 +164,7 @@ pub struct RateLimiter {
 
 impl AppClass for RateLimiter {
     type Args = Checked;
+    const PORTS: PortSpec = PortSpec::new(&["*"], &["output"]);
 
     fn new(Checked(args): Checked, _ctx: &AppContext) -> anyhow::Result<RateLimiter> {
         let mut r =

@@ -9,6 +9,8 @@
 //! `skb_checksum_help` does: the ones' complement sum of the whole L4
 //! segment, field included, complemented, into the field.
 
+use snabb_core::checksum::{fold, ones_sum};
+
 /// Finish the checksum of a TCP or UDP segment over IPv4 or IPv6 (behind up
 /// to two VLAN tags). Returns false, leaving the frame alone, when it is not
 /// one of those or its headers do not hold together.
@@ -57,39 +59,13 @@ pub fn complete(frame: &mut [u8]) -> bool {
     if end > frame.len() || field + 2 > end {
         return false;
     }
-    let mut sum = fold(sum16(&frame[l4..end]));
+    let mut sum = fold(ones_sum(&frame[l4..end]));
     sum = !sum;
     if proto == 17 && sum == 0 {
         sum = 0xffff; // UDP: 0 means "no checksum"
     }
     frame[field..field + 2].copy_from_slice(&sum.to_be_bytes());
     true
-}
-
-/// The 32-bit sum of big-endian 16-bit words (an odd last byte padded).
-fn sum16(b: &[u8]) -> u64 {
-    let mut s = 0u64;
-    let mut chunks = b.chunks_exact(8);
-    for c in &mut chunks {
-        let w = u64::from_be_bytes(c.try_into().unwrap());
-        s += (w >> 48) + (w >> 32 & 0xffff) + (w >> 16 & 0xffff) + (w & 0xffff);
-    }
-    let rest = chunks.remainder();
-    let mut pairs = rest.chunks_exact(2);
-    for p in &mut pairs {
-        s += u16::from_be_bytes([p[0], p[1]]) as u64;
-    }
-    if let [last] = pairs.remainder() {
-        s += (*last as u64) << 8;
-    }
-    s
-}
-
-fn fold(mut s: u64) -> u16 {
-    while s >> 16 != 0 {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use snabb_core::packet::{Allocator, PAYLOAD_SIZE};
-use snabb_core::{App, AppClass, AppContext, Io, Link, PULL_NPACKETS};
+use snabb_core::{App, AppClass, AppContext, Io, Link, PULL_NPACKETS, PortSpec};
 
 use crate::csum;
 use crate::socket::{Interface, Kick, L2_OVERHEAD, RX_BLOCK_SIZE, RxRing, TxRing, merges_frames};
@@ -170,6 +170,11 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 impl AppClass for RawSocket {
     type Args = RawSocketArgs;
+    const PORTS: PortSpec = PortSpec::new(&["rx"], &["tx"]);
+
+    fn validate(args: &RawSocketArgs) -> anyhow::Result<()> {
+        args.check()
+    }
 
     fn new(args: RawSocketArgs, _ctx: &AppContext) -> anyhow::Result<RawSocket> {
         args.check()?;

@@ -58,7 +58,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use snabb_core::{App, AppClass, AppContext, Io, Packet, Registry};
+use snabb_core::{App, AppClass, AppContext, Io, MacAddr, Packet, PortSpec, Registry};
 
 use crate::channel::{Channel, Listener, listen};
 use crate::device::{Device, DeviceConfig, LendStats, add_stats, rarp_frame};
@@ -98,23 +98,13 @@ pub struct VhostUserArgs {
     pub mtu: u16,
     /// The guest's MAC, "xx:xx:xx:xx:xx:xx".
     #[serde(default)]
-    pub mac: Option<String>,
+    pub mac: Option<MacAddr>,
 }
 
 impl VhostUserArgs {
     pub fn new(socket: impl Into<PathBuf>) -> VhostUserArgs {
         VhostUserArgs { socket: socket.into(), server: true, queues: 1, mtu: 1500, mac: None }
     }
-}
-
-pub fn parse_mac(s: &str) -> anyhow::Result<[u8; 6]> {
-    let parts: Vec<&str> = s.split(':').collect();
-    anyhow::ensure!(parts.len() == 6, "mac `{s}`: expected six hex bytes separated by `:`");
-    let mut mac = [0; 6];
-    for (m, p) in mac.iter_mut().zip(parts) {
-        *m = u8::from_str_radix(p, 16).map_err(|_| anyhow::anyhow!("mac `{s}`: `{p}` is not a hex byte"))?;
-    }
-    Ok(mac)
 }
 
 /// How the app finds its frontend.
@@ -166,6 +156,10 @@ pub struct VhostUser {
 
 impl AppClass for VhostUser {
     type Args = VhostUserArgs;
+    const PORTS: PortSpec = PortSpec::new(&["input"], &["output", "supply"]);
+    fn validate(args: &VhostUserArgs) -> anyhow::Result<()> {
+        device_config(args).map(drop)
+    }
     fn new(args: VhostUserArgs, ctx: &AppContext) -> anyhow::Result<VhostUser> {
         let cfg = device_config(&args)?;
         let endpoint = endpoint(&args)?;
@@ -216,8 +210,7 @@ fn add_lend_stats(a: &mut LendStats, b: &LendStats) {
 fn device_config(args: &VhostUserArgs) -> anyhow::Result<DeviceConfig> {
     anyhow::ensure!((1..=128).contains(&args.queues), "queues {}: must be 1..=128 queue pairs", args.queues);
     anyhow::ensure!((68..=9216).contains(&args.mtu), "mtu {}: must be 68..=9216", args.mtu);
-    let mac = args.mac.as_deref().map(parse_mac).transpose()?;
-    Ok(DeviceConfig { queue_pairs: args.queues, mtu: args.mtu, mac, in_order: true })
+    Ok(DeviceConfig { queue_pairs: args.queues, mtu: args.mtu, mac: args.mac.map(|m| m.0), in_order: true })
 }
 
 fn endpoint(args: &VhostUserArgs) -> anyhow::Result<Endpoint> {

@@ -845,10 +845,10 @@ impl Virtqueue {
         if !self.event_idx {
             return;
         }
-        if let Some(at) = self.avail_event_at {
-            if self.next_avail.wrapping_sub(at) < AVAIL_EVENT_REFRESH {
-                return;
-            }
+        if let Some(at) = self.avail_event_at
+            && self.next_avail.wrapping_sub(at) < AVAIL_EVENT_REFRESH
+        {
+            return;
         }
         self.avail_event_at = Some(self.next_avail);
         self.ring.avail_event().store(self.next_avail.wrapping_sub(1), Ordering::Relaxed);

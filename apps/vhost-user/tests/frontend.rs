@@ -467,14 +467,22 @@ fn args_parse_with_defaults_and_unknown_fields_are_refused() {
             .unwrap()
             .parse()
             .unwrap();
-    assert_eq!((a.server, a.queues, a.mtu, a.mac.as_deref()), (false, 4, 9000, Some("52:54:00:12:34:56")));
+    assert_eq!((a.server, a.queues, a.mtu, a.mac), (false, 4, 9000, Some("52:54:00:12:34:56".parse().unwrap())));
     assert!(Args::from_ron(r#"(socket: "/s", queue: 2)"#).unwrap().parse::<VhostUserArgs>().is_err());
-    // Values out of range fail when the app is made.
-    for bad in [
-        r#"(socket: "/tmp/snabb-vhost-bad.sock", queues: 0)"#,
-        r#"(socket: "/tmp/snabb-vhost-bad.sock", mtu: 20)"#,
-        r#"(socket: "/tmp/snabb-vhost-bad.sock", mac: Some("52:54"))"#,
-    ] {
+    // A bad MAC is refused while parsing; values out of range by `config
+    // check` (the class's validate), and when the app is made.
+    assert!(
+        Args::from_ron(r#"(socket: "/s", mac: Some("52:54:00:12:34"))"#).unwrap().parse::<VhostUserArgs>().is_err()
+    );
+    let mut registry = snabb_core::Registry::new();
+    snabb_apps_vhost_user::register(&mut registry);
+    for bad in
+        [r#"(socket: "/tmp/snabb-vhost-bad.sock", queues: 0)"#, r#"(socket: "/tmp/snabb-vhost-bad.sock", mtu: 20)"#]
+    {
+        let mut c = snabb_core::Config::new();
+        c.app_args("vm", "VhostUser", Args::from_ron(bad).unwrap());
+        let e = registry.check(&c).unwrap_err().to_string();
+        assert!(e.contains("must be"), "{bad}: {e}");
         let a: VhostUserArgs = Args::from_ron(bad).unwrap().parse().unwrap();
         assert!(Rig::new(a).is_err(), "{bad}");
     }

@@ -175,7 +175,7 @@ fn get_vring_base_waits_for_lent_buffers() -> Result<()> {
         ensure!(base == 100, "wedged {wedged}: base {base}");
         if wedged {
             ensure!(c(&rig, "quiesce_timeouts") == 1 && took >= Duration::from_millis(900), "took {took:?}");
-            ensure!(nic.posted.len() > 0, "the wedged NIC still holds buffers");
+            ensure!(!nic.posted.is_empty(), "the wedged NIC still holds buffers");
             // It lets go later: nothing breaks, the memory was kept.
             nic.posted.clear();
             rig.step();
@@ -248,7 +248,7 @@ fn transmit_frames_are_lent_as_split_packets() -> Result<()> {
             let k = rig.keep_packets.as_mut().unwrap();
             held_max = held_max.max(k.iter().filter(|p| p.is_split()).count());
             // Hold packets a while (a slow consumer), then let them go.
-            if k.len() > 100 || breaths % 50 == 0 {
+            if k.len() > 100 || breaths.is_multiple_of(50) {
                 k.clear();
             }
             breaths += 1;
@@ -417,9 +417,15 @@ fn vm_to_vm_is_one_copy() -> Result<()> {
     a.keep_packets = Some(Vec::new());
     let frames: Vec<Vec<u8>> = (0..200).map(|n| frame(n, 1500)).collect();
     let f2 = frames.clone();
+    // A sends once B's guest takes frames: before, A's port would hit its
+    // bound of chains held downstream and copy the rest (a slow machine
+    // starting B late would make this test fail).
+    let go = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let go2 = go.clone();
     let sa = spawn_frontend(move |_| -> Result<()> {
         let mut fe = Frontend::connect(&pa, FrontendOptions::default(), T)?;
         fe.setup()?;
+        ensure!(wait(|| go2.load(std::sync::atomic::Ordering::Acquire)), "B never came up");
         let mut sent = 0;
         ensure!(wait(|| {
             fe.reclaim_tx(0);
@@ -443,6 +449,7 @@ fn vm_to_vm_is_one_copy() -> Result<()> {
         // Into B's port once its guest takes frames (before, a port with
         // no guest drops them, counted).
         if b.app.running().0 > 0 {
+            go.store(true, std::sync::atomic::Ordering::Release);
             for p in a.keep_packets.as_mut().unwrap().drain(..) {
                 b.input.transmit(p);
             }

@@ -6,16 +6,16 @@
 //! |--------------|--------------------------------------------------------------|-----------------------------|
 //! | `VirtioUser` | in: `input` (frames it sends); out: `output` (frames it got) | one virtio-net "VM" NIC     |
 //!
-//! Args (defaults in brackets): `socket`, `server` [false: connect to a
+//! Args (defaults in brackets): `socket`, `server` \[false: connect to a
 //! listening backend, as QEMU's default; true: listen, as QEMU's
-//! `server=on`], `queues` [1 queue pair], `queue_size` [256], `mem_mb`
-//! [what the rings and buffers need], `mac` [none: the device's, if its
-//! config space says], `mtu` [none; else NET_SET_MTU and frames longer
-//! than MTU + 18 are dropped], `mrg_rxbuf` [true], `rx_buffer` [2060:
+//! `server=on`\], `queues` \[1 queue pair\], `queue_size` \[256\], `mem_mb`
+//! \[what the rings and buffers need\], `mac` \[none: the device's, if its
+//! config space says\], `mtu` \[none; else NET_SET_MTU and frames longer
+//! than MTU + 18 are dropped\], `mrg_rxbuf` \[true\], `rx_buffer` \[2060:
 //! bytes per receive buffer, net header included, as DPDK's 2 KiB mbufs;
-//! 1536 is Linux's], `event_idx` [true], `indirect` [true], `csum` [true:
-//! CSUM and GUEST_CSUM], `huge_pages` [true: the memory on huge pages when
-//! there are free ones, ordinary pages otherwise, said in the log].
+//! 1536 is Linux's\], `event_idx` \[true\], `indirect` \[true\], `csum` \[true:
+//! CSUM and GUEST_CSUM\], `huge_pages` \[true: the memory on huge pages when
+//! there are free ones, ordinary pages otherwise, said in the log\].
 //!
 //! The app owns its memory (one memfd, shared with the backend by
 //! SET_MEM_TABLE, kept across connections), its eventfds, and its rings.
@@ -59,7 +59,7 @@ use snabb_apps_vhost_user::protocol::{
 use snabb_apps_vhost_user::virtio::{self, NetHdr, bit};
 use snabb_core::ethernet::MacAddr;
 use snabb_core::packet::PAYLOAD_SIZE;
-use snabb_core::{App, AppClass, AppContext, Io};
+use snabb_core::{App, AppClass, AppContext, Io, PortSpec};
 
 use crate::queue::{QueueLayout, RxQueue, Stats, TxQueue};
 use crate::setup::{Host, Negotiated, Next, Setup, SetupError, Want};
@@ -304,6 +304,7 @@ pub struct VirtioUser {
 
 impl AppClass for VirtioUser {
     type Args = Checked;
+    const PORTS: PortSpec = PortSpec::new(&["input"], &["output"]);
     fn new(Checked(args): Checked, ctx: &AppContext) -> anyhow::Result<VirtioUser> {
         let (layout, mem, kicks, calls) = resources(&args, ctx.name)?;
         let endpoint = endpoint(&args)?;

@@ -15,7 +15,7 @@
 //! they save here: with many pools each gets only a frame or two a breath,
 //! and a table of 64 of them must be set up every breath.)
 
-use snabb_core::{App, AppClass, AppContext, Io, Link, Packet};
+use snabb_core::{App, AppClass, AppContext, Io, Link, Packet, PortSpec};
 
 use crate::args::{Checked, MAX_POOLS, VmdqSplitterArgs};
 use crate::filters::{Filters, Reason, Verdict};
@@ -67,6 +67,13 @@ struct Counters {
 
 impl AppClass for VmdqSplitter {
     type Args = Checked;
+    /// Outputs: one per pool, named after it, and `wire` when set (see `ports`).
+    const PORTS: PortSpec = PortSpec::new(&["*"], &["*"]);
+
+    fn ports(args: &Checked) -> PortSpec {
+        let outputs = args.0.pools.iter().map(|p| p.name.clone()).chain(args.0.wire.clone()).collect();
+        PortSpec::owned(vec!["*".into()], outputs)
+    }
 
     fn new(args: Checked, _ctx: &AppContext) -> anyhow::Result<VmdqSplitter> {
         let filters = compile(&args.0)?;

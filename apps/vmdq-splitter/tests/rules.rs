@@ -315,6 +315,33 @@ fn the_default_pool_takes_unknown_unicast_of_any_vlan_that_passes_the_filter() {
     assert_eq!(r.counter("default"), 2);
 }
 
+/// The two cases of 82599 datasheet 7.10.3 with a default pool: pools are
+/// chosen by MAC address first, then narrowed by VLAN (the specification
+/// update's clarification on selecting a pool by VLAN), and a frame left
+/// with no pool goes to the default pool (PFVTCTL.DEF_PL) unless
+/// DisDefPool; a VLAN the VFTA does not pass drops it before any pool.
+#[test]
+fn the_default_pool_takes_what_mac_then_vlan_filtering_leaves() {
+    let mut r = rig(VmdqSplitterArgs { default_pool: Some("host".into()), ..tenants() });
+    // 1. a2's address, on VLAN 200 (b1's, not a2's): MAC gives {a2}, the
+    //    VLAN takes a2 away, nothing is left: the default pool, tag and all.
+    let wrong_vlan = frame("52:54:00:00:01:02", Some(200), 64);
+    // 2. an address no pool lists, tagged with a VLAN the filter passes: the
+    //    default pool.
+    let unknown = frame("52:54:00:00:09:09", Some(200), 64);
+    // ...but tagged with a VLAN no pool has: dropped by the VLAN filter.
+    let foreign = frame("52:54:00:00:01:02", Some(300), 64);
+    let got = r.run(&[wrong_vlan.clone(), unknown.clone(), foreign]);
+    assert_eq!(got["host"], vec![wrong_vlan, unknown]);
+    assert!(got["a2"].is_empty() && got["b1"].is_empty() && got["a1"].is_empty());
+    assert_eq!((r.counter("default"), r.counter("drop/vlan")), (2, 1));
+    // Without a default pool (DisDefPool) both are dropped as unknown unicast.
+    let mut r = rig(tenants());
+    let got = r.counts(&[frame("52:54:00:00:01:02", Some(200), 64), frame("52:54:00:00:09:09", Some(200), 64)]);
+    assert_eq!(got.values().sum::<usize>(), 0);
+    assert_eq!(r.counter("drop/unknown_unicast"), 2);
+}
+
 #[test]
 fn untagged_frames_reach_pools_with_aupe_only() {
     let mut args = tenants();

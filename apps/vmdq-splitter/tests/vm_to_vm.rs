@@ -106,7 +106,11 @@ fn got(pairs: &[(&str, Vec<Vec<u8>>)]) -> BTreeMap<String, Vec<Vec<u8>>> {
 fn unicast_to_a_local_pool_stays_inside() {
     let mut r = rig(tenants(true));
     let f = frame("52:54:00:00:00:02", None, 100);
-    assert_eq!(r.send("vm1", &[f.clone()]), got(&[("vm2", vec![f])]), "tagged for the lookup, stripped for vm2");
+    assert_eq!(
+        r.send("vm1", std::slice::from_ref(&f)),
+        got(&[("vm2", vec![f])]),
+        "tagged for the lookup, stripped for vm2"
+    );
     assert_eq!((r.counter("looped"), r.counter("wire/packets")), (1, 0));
     assert_eq!(r.counter("pool/vm1/sent_packets"), 1);
     assert_eq!(r.counter("pool/vm2/packets"), 1);
@@ -116,7 +120,7 @@ fn unicast_to_a_local_pool_stays_inside() {
 fn unicast_to_another_vlans_pool_goes_out_tagged() {
     let mut r = rig(tenants(true));
     let f = frame("52:54:00:00:00:03", None, 100);
-    assert_eq!(r.send("vm1", &[f.clone()]), got(&[("wire", vec![tag(&f, 10)])]));
+    assert_eq!(r.send("vm1", std::slice::from_ref(&f)), got(&[("wire", vec![tag(&f, 10)])]));
 }
 
 #[test]
@@ -126,7 +130,7 @@ fn unknown_unicast_goes_out_never_to_a_default_pool() {
     args.default_pool = Some("host".into());
     let mut r = rig(args);
     let f = frame("02:aa:00:00:00:01", None, 64);
-    assert_eq!(r.send("vm1", &[f.clone()]), got(&[("wire", vec![tag(&f, 10)])]));
+    assert_eq!(r.send("vm1", std::slice::from_ref(&f)), got(&[("wire", vec![tag(&f, 10)])]));
     // From the wire the default pool does take it (the `host` pool has no link here).
     assert_eq!(r.send("rx", &[tag(&f, 10)]), got(&[]));
     assert_eq!(r.counter("default"), 1);
@@ -136,7 +140,7 @@ fn unknown_unicast_goes_out_never_to_a_default_pool() {
 fn broadcast_reaches_its_vlan_and_the_wire_but_not_its_sender() {
     let mut r = rig(tenants(true));
     let f = frame("ff:ff:ff:ff:ff:ff", None, 60);
-    assert_eq!(r.send("vm1", &[f.clone()]), got(&[("vm2", vec![f.clone()]), ("wire", vec![tag(&f, 10)])]));
+    assert_eq!(r.send("vm1", std::slice::from_ref(&f)), got(&[("vm2", vec![f.clone()]), ("wire", vec![tag(&f, 10)])]));
     assert_eq!(r.counter("replicas"), 1);
     // vm3, on VLAN 20, broadcasts to the wire only.
     let mut g = f.clone();
@@ -175,7 +179,7 @@ fn a_pool_that_keeps_its_tag_sends_what_it_tags() {
     assert_eq!(r.send("vm2", &[from2.clone()]), got(&[("vm1", vec![plain])]));
     // Untagged from vm2: no pool takes untagged frames; out it goes, untouched.
     let u = frame("52:54:00:00:00:01", None, 80);
-    assert_eq!(r.send("vm2", &[u.clone()]), got(&[("wire", vec![u])]));
+    assert_eq!(r.send("vm2", std::slice::from_ref(&u)), got(&[("wire", vec![u])]));
 }
 
 #[test]

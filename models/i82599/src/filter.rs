@@ -402,6 +402,25 @@ mod tests {
         assert_eq!(queues(&r, &frame([2, 0, 0, 0, 1, 0], None)), Vec::<u16>::new(), "pool receive disabled");
     }
 
+    /// The two cases of 7.10.3 with a default pool (pools by MAC, then
+    /// narrowed by VLAN; none left: PFVTCTL.DEF_PL), as VmdqSplitter does.
+    #[test]
+    fn vmdq_default_pool_after_mac_and_vlan() {
+        let mut r = vmdq();
+        r.set(Reg::PFVTCTL, 0, PFVTCTL_VT_ENA | PFVTCTL_RPL_EN | 5 << PFVTCTL_DEF_PL_SHIFT);
+        // 1. pool 3's address on VLAN 10 (pool 7's, not pool 3's): the
+        //    default pool (queue 10).
+        assert_eq!(queues(&r, &frame([2, 0, 0, 0, 1, 3], Some(10))), vec![10], "listed MAC, another pool's VLAN");
+        // 2. an address no pool lists, on a VLAN the VFTA passes: the default pool.
+        assert_eq!(queues(&r, &frame([2, 0, 0, 0, 1, 9], Some(10))), vec![10], "unknown MAC, tagged");
+        // A VLAN the VFTA does not pass: dropped before any pool.
+        assert_eq!(queues(&r, &frame([2, 0, 0, 0, 1, 9], Some(11))), Vec::<u16>::new(), "VFTA miss");
+        // DisDefPool: both dropped.
+        r.set(Reg::PFVTCTL, 0, PFVTCTL_VT_ENA | PFVTCTL_RPL_EN | PFVTCTL_DIS_DEF_POOL);
+        assert!(queues(&r, &frame([2, 0, 0, 0, 1, 3], Some(10))).is_empty());
+        assert!(queues(&r, &frame([2, 0, 0, 0, 1, 9], Some(10))).is_empty());
+    }
+
     #[test]
     fn loopback_switching() {
         let mut r = vmdq();

@@ -36,7 +36,7 @@ use crate::wire::{Wire, WireSpec};
 /// Timing and identity of a model port.
 #[derive(Clone, Debug)]
 pub struct ModelConfig {
-    /// The burned-in MAC address (RAL[0]/RAH[0] after reset).
+    /// The burned-in MAC address (`RAL[0]`/`RAH[0]` after reset).
     pub mac: [u8; 6],
     /// STATUS.LAN_ID: which port of the dual-port chip this is.
     pub lan_id: u8,
@@ -1024,6 +1024,7 @@ impl Shared {
                 work += self.transmit_queue(&mut st, q, budget.min(1024));
             }
         }
+        st.wire.end_of_batch();
         work += self.receive_intake(&mut st, budget.min(4096));
         work += self.receive_deliver(&mut st, budget.min(4096));
         work > 0

@@ -2,8 +2,9 @@
 //!
 //!   Unplugged            no carrier: the link never comes up
 //!   Cable("1")           another model port in this process, back to back
-//!   Pcap{input, output}  frames replayed from one pcap file, sent ones
-//!                        written to another
+//!   Pcap{input, output}  frames replayed from one capture file (pcap or
+//!                        pcapng), sent ones written to another (pcapng
+//!                        when its name ends in `.pcapng`)
 //!   Interface("veth0")   a Linux interface through an AF_PACKET socket, so
 //!                        that real traffic (a network namespace, say)
 //!                        reaches the model (short frames padded to 60
@@ -14,12 +15,13 @@
 //! could see it (CRC stripping off).
 
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Weak;
 
 use serde::{Deserialize, Serialize};
+use snabb_core::pcap;
 
 use crate::port::Shared;
 
@@ -50,7 +52,7 @@ pub enum WireSpec {
 pub(crate) enum Wire {
     Unplugged,
     Cable(Weak<Shared>),
-    Pcap { input: Option<PcapIn>, output: Option<PcapOut> },
+    Pcap { input: Option<Box<PcapIn>>, output: Option<Box<PcapOut>> },
     Interface(RawSocket),
 }
 
@@ -61,8 +63,8 @@ impl Wire {
             // The registry connects cables; here it is still loose.
             WireSpec::Cable(_) => Wire::Cable(Weak::new()),
             WireSpec::Pcap { input, output, repeat } => Wire::Pcap {
-                input: input.as_ref().map(|p| PcapIn::open(p.clone(), *repeat)).transpose()?,
-                output: output.as_ref().map(|p| PcapOut::create(p.clone())).transpose()?,
+                input: input.as_ref().map(|p| PcapIn::open(p.clone(), *repeat).map(Box::new)).transpose()?,
+                output: output.as_ref().map(|p| PcapOut::create(p.clone()).map(Box::new)).transpose()?,
             },
             WireSpec::Interface(name) => Wire::Interface(RawSocket::open(name)?),
         })
@@ -74,6 +76,17 @@ impl Wire {
             Wire::Unplugged => false,
             Wire::Cable(peer) => peer.upgrade().is_some_and(|p| p.phy_ready()),
             Wire::Pcap { .. } | Wire::Interface(_) => true,
+        }
+    }
+
+    /// The frames of one model step are on the wire: a capture file is
+    /// written out now, once per batch rather than once per frame.
+    pub fn end_of_batch(&mut self) {
+        if let Wire::Pcap { output: Some(o), .. } = self
+            && o.dirty
+            && let Err(e) = o.flush()
+        {
+            log::error!("82599 model: pcap output {}: {e}", o.path.display());
         }
     }
 
@@ -139,114 +152,85 @@ impl Wire {
 }
 
 // ---------------------------------------------------------------------------
-// pcap files (libpcap format, Ethernet link type)
+// capture files (pcap or pcapng, Ethernet), through `snabb_core::pcap`
 
 pub(crate) struct PcapIn {
     path: PathBuf,
-    file: BufReader<File>,
-    swapped: bool,
+    file: pcap::Reader<BufReader<File>>,
     repeat: bool,
-    /// Frames read since the last rewind: a repeating file with none stops.
+    /// Frames read since the file was opened: a repeating file with none stops.
     read: u64,
 }
 
 impl PcapIn {
     fn open(path: PathBuf, repeat: bool) -> io::Result<PcapIn> {
-        let f = File::open(&path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        let mut p = PcapIn { path, file: BufReader::new(f), swapped: false, repeat, read: 0 };
-        p.header()?;
-        Ok(p)
-    }
-
-    fn header(&mut self) -> io::Result<()> {
-        let mut h = [0u8; 24];
-        self.file.read_exact(&mut h)?;
-        let magic = u32::from_le_bytes(h[0..4].try_into().unwrap());
-        self.swapped = match magic {
-            0xa1b2c3d4 | 0xa1b23c4d => false,
-            0xd4c3b2a1 | 0x4d3cb2a1 => true,
-            _ => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: not a pcap file", self.path.display()),
-                ));
-            }
-        };
-        let linktype = self.u32(h[20..24].try_into().unwrap());
-        if linktype != 1 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: link type {linktype}, not Ethernet", self.path.display()),
-            ));
-        }
-        Ok(())
-    }
-
-    fn u32(&self, b: [u8; 4]) -> u32 {
-        if self.swapped { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) }
+        let file = pcap::Reader::open(&path)?;
+        Ok(PcapIn { path, file, repeat, read: 0 })
     }
 
     fn next(&mut self) -> Option<Vec<u8>> {
         loop {
-            let mut rec = [0u8; 16];
-            match self.file.read_exact(&mut rec) {
-                Ok(()) => {}
-                Err(_) if self.repeat && self.read > 0 => {
-                    self.read = 0;
-                    if let Err(e) = io::Seek::seek(&mut self.file, io::SeekFrom::Start(24)) {
-                        log::error!("82599 model: {}: {e}", self.path.display());
+            match self.file.next_record() {
+                Ok(Some(r)) if r.linktype != pcap::LINKTYPE_ETHERNET => {
+                    log::error!("82599 model: {}: link type {}, not Ethernet", self.path.display(), r.linktype);
+                    return None;
+                }
+                Ok(Some(r)) => {
+                    self.read += 1;
+                    return Some(r.data);
+                }
+                Ok(None) if self.repeat && self.read > 0 => match pcap::Reader::open(&self.path) {
+                    Ok(f) => {
+                        self.file = f;
+                        self.read = 0;
+                    }
+                    Err(e) => {
+                        log::error!("82599 model: {e}");
                         return None;
                     }
-                    continue;
+                },
+                Ok(None) => return None,
+                Err(e) => {
+                    log::error!("82599 model: {}: {e}; the rest of the file is ignored", self.path.display());
+                    self.repeat = false;
+                    return None;
                 }
-                Err(_) => return None,
             }
-            let caplen = self.u32(rec[8..12].try_into().unwrap()) as usize;
-            if caplen > 1 << 18 {
-                log::error!("82599 model: {}: record of {caplen} bytes, giving up on the file", self.path.display());
-                self.repeat = false;
-                return None;
-            }
-            let mut frame = vec![0; caplen];
-            if self.file.read_exact(&mut frame).is_err() {
-                return None;
-            }
-            self.read += 1;
-            return Some(frame);
         }
     }
 }
 
+/// Frames the port sends, buffered and written out at the end of each
+/// model step that sent any (and when the wire goes), not per frame.
 pub(crate) struct PcapOut {
     path: PathBuf,
-    file: BufWriter<File>,
+    file: pcap::Writer<BufWriter<File>>,
+    dirty: bool,
 }
 
 impl PcapOut {
     fn create(path: PathBuf) -> io::Result<PcapOut> {
-        let f = File::create(&path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        let mut file = BufWriter::new(f);
-        let mut h = Vec::with_capacity(24);
-        h.extend_from_slice(&0xa1b2c3d4u32.to_le_bytes());
-        h.extend_from_slice(&2u16.to_le_bytes());
-        h.extend_from_slice(&4u16.to_le_bytes());
-        h.extend_from_slice(&[0; 8]);
-        h.extend_from_slice(&65535u32.to_le_bytes());
-        h.extend_from_slice(&1u32.to_le_bytes());
-        file.write_all(&h)?;
-        Ok(PcapOut { path, file })
+        let file = pcap::Writer::create(&path, None)?;
+        Ok(PcapOut { path, file, dirty: false })
     }
 
     fn write(&mut self, frame: &[u8]) -> io::Result<()> {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let mut r = [0u8; 16];
-        r[0..4].copy_from_slice(&(now.as_secs() as u32).to_le_bytes());
-        r[4..8].copy_from_slice(&now.subsec_micros().to_le_bytes());
-        r[8..12].copy_from_slice(&(frame.len() as u32).to_le_bytes());
-        r[12..16].copy_from_slice(&(frame.len() as u32).to_le_bytes());
-        self.file.write_all(&r)?;
-        self.file.write_all(frame)?;
+        self.file.write(frame, std::time::SystemTime::now())?;
+        self.dirty = true;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.dirty = false;
         self.file.flush()
+    }
+}
+
+impl Drop for PcapOut {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            log::error!("82599 model: pcap output {}: {e}", self.path.display());
+        }
     }
 }
 

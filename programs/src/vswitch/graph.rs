@@ -339,7 +339,11 @@ fn port(b: &mut Builder, v: &Vswitch, i: usize, from_uplink: &str, to_uplink: &s
     };
     let mut links = Vec::new();
     if let Some(t) = &p.tunnel {
-        let args = DecapArgs { tunnel: t.tunnel.clone(), verify_udp_checksum: t.verify_udp_checksum };
+        let args = DecapArgs {
+            tunnel: t.tunnel.clone(),
+            verify_udp_checksum: t.verify_udp_checksum,
+            refuse_ip_options: false,
+        };
         let a = b.app(o, &format!("{n}-decap"), "Decap", &args);
         hop(b, &a, &mut links);
         apps.decap = Some(a);

@@ -98,10 +98,6 @@ pub fn check_file(path: &Path, registry: &Registry) -> Result<Config> {
 
 static RELOAD: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_hup(_: libc::c_int) {
-    RELOAD.store(true, Ordering::Relaxed);
-}
-
 /// Create the directories of listening sockets (a socket's file is made by
 /// the port; its directory must be there).
 fn socket_dirs(v: &Vswitch) -> Result<()> {
@@ -226,13 +222,11 @@ pub fn run(opts: Options) -> Result<()> {
     }
     println!("Ctrl-C stops it.");
 
-    crate::run::catch_signals();
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGHUP, on_hup as *const () as libc::sighandler_t);
-    }
+    // SAFETY: the action only stores to an atomic, which is async-signal-safe.
+    unsafe { signal_hook::low_level::register(signal_hook::consts::SIGHUP, || RELOAD.store(true, Ordering::Relaxed)) }
+        .context("catching SIGHUP")?;
     let state = Rc::new(RefCell::new(Running { v, g, reporter: report::Reporter::new() }));
-    crate::run::stop_on_signals(&mut engine);
+    crate::run::stop_on_signals(&mut engine)?;
     if opts.report > 0.0 {
         {
             // The origin of the first report's rates.

@@ -301,8 +301,11 @@ fn uplink_rows(e: &mut Engine, g: &Graph) -> Option<(Row, Row, u64)> {
 }
 
 /// Reports, with rates since the previous one.
+/// A sample's time and its (packets, bytes) by port.
+type Sample = (Instant, BTreeMap<String, (u64, u64)>);
+
 pub struct Reporter {
-    last: Option<(Instant, BTreeMap<String, (u64, u64)>)>,
+    last: Option<Sample>,
     start: Instant,
 }
 

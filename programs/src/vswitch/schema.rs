@@ -714,24 +714,24 @@ impl Vswitch {
     /// starts, and before a reload is applied.
     pub fn check_machine(&self) -> Result<(), ConfigError> {
         match &self.uplink {
-            Some(Uplink::RawSocket { interface, .. } | Uplink::AfXdp { interface, .. }) => {
-                if !std::path::Path::new("/sys/class/net").join(interface).exists() {
-                    return Err(self.error_at(
-                        Place::Uplink(Some("interface")),
-                        format!("uplink: no interface `{interface}` on this machine (see `ip link`)"),
-                    ));
-                }
-                if let Some(Uplink::AfXdp { replace, .. }) = &self.uplink {
-                    self.check_afxdp(interface, *replace)?;
-                }
+            Some(Uplink::RawSocket { interface, .. } | Uplink::AfXdp { interface, .. })
+                if !std::path::Path::new("/sys/class/net").join(interface).exists() =>
+            {
+                return Err(self.error_at(
+                    Place::Uplink(Some("interface")),
+                    format!("uplink: no interface `{interface}` on this machine (see `ip link`)"),
+                ));
             }
-            Some(Uplink::Model { wire: Some(WireSpec::Interface(i)), .. }) => {
-                if !std::path::Path::new("/sys/class/net").join(i).exists() {
-                    return Err(self.error_at(
-                        Place::Uplink(Some("wire")),
-                        format!("uplink: the model's wire: no interface `{i}` on this machine (see `ip link`)"),
-                    ));
-                }
+            Some(Uplink::AfXdp { interface, replace, .. }) => {
+                self.check_afxdp(interface, *replace)?;
+            }
+            Some(Uplink::Model { wire: Some(WireSpec::Interface(i)), .. })
+                if !std::path::Path::new("/sys/class/net").join(i).exists() =>
+            {
+                return Err(self.error_at(
+                    Place::Uplink(Some("wire")),
+                    format!("uplink: the model's wire: no interface `{i}` on this machine (see `ip link`)"),
+                ));
             }
             Some(Uplink::Intel10g { pci, .. }) => {
                 let addr = snabb_apps_intel10g::pci::canonical_address(pci)

@@ -15,7 +15,6 @@
 //! | `GreHeader`       | GRE (RFC 2784, key and sequence RFC 2890) | 4-16 |
 //! | `L2tpv3Header`    | L2TPv3 over IP: session id, 64-bit cookie | 12   |
 
-mod checksum;
 mod ethernet;
 mod gre;
 pub mod ip;
@@ -25,13 +24,14 @@ mod l2tpv3;
 mod udp;
 mod vxlan;
 
-pub use checksum::{Checksum, fold, sum};
 pub use ethernet::{EthernetFrame, VlanTag};
 pub use gre::{GreHeader, PROTOCOL_TEB as GRE_PROTOCOL_TEB};
 pub use ip::pseudo_header_sum;
 pub use ipv4::Ipv4Packet;
 pub use ipv6::Ipv6Packet;
 pub use l2tpv3::L2tpv3Header;
+/// The Internet checksum is core's, shared with everything else that sums.
+pub use snabb_core::checksum::{self, Checksum, fold, sum};
 pub use udp::UdpPacket;
 pub use vxlan::VxlanHeader;
 

@@ -14,7 +14,7 @@ the tunnels in tests/scapy.rs.
 import os
 import sys
 
-from scapy.all import GRE, ICMP, IP, TCP, UDP, Dot1AD, Dot1Q, Ether, IPv6, Raw, wrpcap
+from scapy.all import GRE, ICMP, IP, TCP, UDP, Dot1AD, Dot1Q, Ether, IPOption, IPv6, Raw, wrpcap
 from scapy.layers.inet6 import IPv6ExtHdrDestOpt
 from scapy.layers.vxlan import VXLAN
 
@@ -110,23 +110,24 @@ def rejects():
     good = vxlan4(f, 1)
     cases = [
         (Ether(**OUTER) / IP(src=A4, dst=B4) / UDP(sport=1, dport=4789) / VXLAN(vni=5001) / Raw(f), "wrong_id"),
-        (Ether(**OUTER) / IP(src=A4, dst=B4) / UDP(sport=1, dport=4790) / VXLAN(vni=5000) / Raw(f), "not_tunnel"),
+        (Ether(**OUTER) / IP(src=A4, dst=B4) / UDP(sport=1, dport=4790) / VXLAN(vni=5000) / Raw(f), "wrong_port"),
         (Ether(**OUTER) / IP(src=A4, dst=B4, flags="MF") / UDP(dport=4789) / VXLAN(vni=5000) / Raw(f), "fragment"),
         (Ether(**OUTER) / IP(src=A4, dst=B4, frag=100) / UDP(dport=4789) / VXLAN(vni=5000) / Raw(f), "fragment"),
         (Ether(**OUTER) / IP(src=A4, dst=B4, chksum=0x1234) / UDP(dport=4789) / VXLAN(vni=5000) / Raw(f), "bad_checksum"),
         (Ether(**OUTER) / IP(src=A4, dst=B4) / UDP(dport=4789, chksum=0x1111) / VXLAN(vni=5000) / Raw(f), "bad_checksum"),
-        (Ether(**OUTER) / IP(src=A4, dst=B4, ihl=4) / UDP(dport=4789) / VXLAN(vni=5000) / Raw(f), "bad_length"),
-        (Ether(**OUTER) / IP(src=A4, dst=B4, len=2000) / UDP(dport=4789) / VXLAN(vni=5000) / Raw(f), "truncated"),
+        (Ether(**OUTER) / IP(src=A4, dst=B4, ihl=4) / UDP(dport=4789) / VXLAN(vni=5000) / Raw(f), "short_ip_header"),
+        (Ether(**OUTER) / IP(src=A4, dst=B4, len=2000) / UDP(dport=4789) / VXLAN(vni=5000) / Raw(f), "ip_length"),
         (Ether(**OUTER) / IP(src=A4, dst=B4, version=5) / UDP(dport=4789) / VXLAN(vni=5000) / Raw(f), "bad_header"),
         (Ether(**OUTER) / IP(src=A4, dst=A4) / UDP(dport=4789) / VXLAN(vni=5000) / Raw(f), "wrong_address"),
         (Ether(**OUTER) / IP(src=B4, dst=B4) / UDP(dport=4789) / VXLAN(vni=5000) / Raw(f), "wrong_address"),
-        (Ether(**OUTER) / IP(src=A4, dst=B4) / UDP(dport=4789, len=7) / VXLAN(vni=5000) / Raw(f), "bad_length"),
-        (Ether(**OUTER) / IP(src=A4, dst=B4) / UDP(dport=4789) / VXLAN(vni=5000, flags=0) / Raw(f), "bad_header"),
+        (Ether(**OUTER) / IP(src=A4, dst=B4) / UDP(dport=4789, len=7) / VXLAN(vni=5000) / Raw(f), "udp_length"),
+        (Ether(**OUTER) / IP(src=A4, dst=B4) / UDP(dport=4789) / VXLAN(vni=5000, flags=0) / Raw(f), "flags"),
         (Ether(**OUTER) / IP(src=A4, dst=B4) / GRE(proto=TEB) / Raw(f), "not_tunnel"),
         (Ether(**OUTER) / IPv6(src=A6, dst=B6) / UDP(dport=4789) / VXLAN(vni=5000) / Raw(f), "not_tunnel"),
         (Ether(**OUTER) / IP(src=A4, dst=B4) / UDP(dport=4789) / VXLAN(vni=5000) / Raw(f[:13]), "truncated"),
-        (Ether(bytes(good)[:40]), "truncated"),
-        (Ether(bytes(good)[:14]), "truncated"),
+        (Ether(bytes(good)[:40]), "ip_length"),
+        (Ether(bytes(good)[:14]), "short_ip_header"),
+        (Ether(**OUTER) / IP(src=A4, dst=B4, options=IPOption(b"\x01\x01\x01\x00")) / UDP(dport=4789) / VXLAN(vni=5000) / Raw(f[:13]), "truncated"),
     ]
     return cases
 

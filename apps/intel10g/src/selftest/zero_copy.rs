@@ -30,7 +30,7 @@ use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 use snabb_core::memory::{ForeignMemory, ForeignSegment};
 use snabb_core::packet::{self, ForeignBuffer, PartialCsum};
-use snabb_core::{App, AppClass, AppContext, Args, BufferOwner, Config, CopyMode, Engine, Io, Link, Packet};
+use snabb_core::{App, AppClass, AppContext, Args, BufferOwner, Config, CopyMode, Engine, Io, Link, Packet, PortSpec};
 use snabb_model_82599::WireSpec;
 
 use super::{nic, registry};
@@ -645,6 +645,7 @@ impl Guest {
 
 impl AppClass for Guest {
     type Args = GuestArgs;
+    const PORTS: PortSpec = PortSpec::new(&["input"], &["supply"]);
     fn new(args: GuestArgs, _: &AppContext) -> Result<Guest> {
         let lender = TestLender::new(&unique("guest"), &vec![args.size; args.buffers], args.start, true)?;
         Ok(Guest { lender, args, good: 0, bad: 0, in_place: 0, last_seq: None, first_bad: None, supplying: true })
