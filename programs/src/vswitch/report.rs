@@ -259,7 +259,7 @@ fn uplink_rows(e: &mut Engine, g: &Graph) -> Option<(Row, Row, u64)> {
         return Some((rx, tx, hw.rx_total));
     }
     let sw = Counts::of(e, u.switch.as_ref());
-    let out = u.out_link.as_ref().map(std::slice::from_ref).unwrap_or_default();
+    let out = u.out_link.as_slice();
     rx.drop(Why::NoPort, sw.get("drop/unknown_unicast") + sw.get("drop/vlan") + sw.get("drop/no_pool"));
     rx.drop(Why::BadFrame, sw.get("drop/runt"));
     rx.drop(Why::QueueFull, link_drops(e, &u.links));
