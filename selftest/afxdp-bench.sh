@@ -38,6 +38,11 @@
 #   ratio dir=rx size=64 afxdp/dpdk=R afxdp/rawsocket=R2 afxdp=M dpdk=M rawsocket=M (median Mpps of N runs)
 # and for rx the ceiling and each contender's share of what the generator sent:
 #   ceiling dir=rx size=64 xdpdrop=M afxdp/xdpdrop=R kept_up: afxdp=P% dpdk=P% rawsocket=P%
+# and, with perf installed, what each receiver costs the generator's CPU per frame
+# (the samples of snabb-rs on CPU 1, its own sending and dut's kernel receive
+# work, over the frames it sent): a figure the scheduler's share of CPU 1 does
+# not move, where the Mpps of a busy machine swing with it:
+#   gen_cpu dir=rx size=64 ns_per_frame: afxdp=N dpdk=N rawsocket=N xdpdrop=N (median)
 # and the idle verdict before the runs (numbers from a busy machine mean little).
 # Exit 0 when every case moved packets, 43 skip (a SKIP line), 1 otherwise.
 set -uo pipefail
@@ -159,7 +164,7 @@ dpdk_rx() {
 # One measurement: M = the Mpps of contender $3 in direction $1 at size $2,
 # GEN_MPPS = what the generator sent (rx).
 measure() {
-    M=0 GEN_MPPS=-
+    M=0 GEN_MPPS=- GEN_NS=-
     local dir=$1 size=$2 who=$3 gen=
     local t0 t1 a b dut=
     if [ "$dir" = rx ]; then
@@ -189,7 +194,12 @@ measure() {
         g0=$(counter "$gen" gen tx_packets)
         a=$(rx_now)
         t0=$(date +%s.%N)
-        sleep "$SECS"
+        if [ -n "$PERF" ]; then
+            # Software sampling (no PMU needed) of CPU 1 at 4 kHz: 250 us a sample.
+            "$PERF" record -q -F 4000 -C 1 -o "$TMP/perf.data" -- sleep "$SECS" >/dev/null 2>&1
+        else
+            sleep "$SECS"
+        fi
         t1=$(date +%s.%N)
         b=$(rx_now)
         g1=$(counter "$gen" gen tx_packets)
@@ -197,6 +207,13 @@ measure() {
         local secs
         secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
         GEN_MPPS=$(mpps $((g1 - g0)) "$secs")
+        GEN_NS=-
+        if [ -n "$PERF" ] && [ -s "$TMP/perf.data" ]; then
+            local samples
+            samples=$("$PERF" report -i "$TMP/perf.data" --sort comm --stdio -n 2>/dev/null | awk '$3 == "snabb-rs" { print $2 }')
+            GEN_NS=$(awk -v s="${samples:-0}" -v n=$((g1 - g0)) 'BEGIN { if (n > 0 && s > 0) printf "%.0f", s * 250000 / n; else print "-" }')
+            rm -f "$TMP/perf.data"
+        fi
         if [ -n "$dut" ]; then snabb_stop "$dut"
         elif [ "$who" = dpdk ]; then "$PEERS/testpmd.sh" stop dpdk >/dev/null; fi
         M=$(mpps $((b - a)) "$secs")
@@ -226,6 +243,7 @@ measure() {
     no_xdp "$DUT"
 }
 
+PERF=$(command -v perf || true)
 idle=$("$PEERS/idle.sh" --seconds 1 2>/dev/null | grep '^IDLE verdict')
 echo "--- ${idle:-IDLE verdict=unknown}"
 echo "--- $RUNS run(s) of ${SECS} s; sizes $SIZES; directions $DIRS; dut=$DUT (CPU 0), gen=$GEN (CPU 1)"
@@ -237,13 +255,14 @@ for dir in $DIRS; do
     [ "$dir" = rx ] && WHO+=(xdpdrop)
     n=${#WHO[@]}
     for size in $SIZES; do
-        declare -A R=() KEPT=()
+        declare -A R=() KEPT=() NS=()
         for run in $(seq "$RUNS"); do
             for k in $(seq 0 $((n - 1))); do
                 who=${WHO[$(((k + run - 1) % n))]}
                 measure "$dir" "$size" "$who" || M=0
                 m=${M:-0}
-                echo "BENCH_CASE dir=$dir size=$size dut=$who run=$run mpps=$m gen_mpps=$GEN_MPPS"
+                echo "BENCH_CASE dir=$dir size=$size dut=$who run=$run mpps=$m gen_mpps=$GEN_MPPS gen_ns_per_frame=$GEN_NS"
+                [ "$GEN_NS" != - ] && NS[$who]+="$GEN_NS "
                 awk -v m="$m" 'BEGIN { exit !(m > 0) }' || { echo "FAIL $who $dir $size moved no packets"; ok=0; }
                 R[$who]+="$m "
                 # The share of the generator's frames it took.
@@ -258,7 +277,10 @@ for dir in $DIRS; do
             mx=$(med "${R[xdpdrop]}")
             echo "ceiling dir=rx size=$size xdpdrop=$mx afxdp/xdpdrop=$(ratio "$ma" "$mx") dpdk/xdpdrop=$(ratio "$md" "$mx") kept_up: afxdp=$(med "${KEPT[afxdp]}")% dpdk=$(med "${KEPT[dpdk]}")% rawsocket=$(med "${KEPT[rawsocket]}")% (median share of the generator's frames taken; near 100%: the generator's CPU, which also runs dut's kernel receive path, is the limit, not the contender)"
         fi
-        unset R KEPT
+        if [ "$dir" = rx ] && [ -n "${NS[afxdp]:-}" ]; then
+            echo "gen_cpu dir=rx size=$size ns_per_frame: afxdp=$(med "${NS[afxdp]:-}") dpdk=$(med "${NS[dpdk]:-}") rawsocket=$(med "${NS[rawsocket]:-}") xdpdrop=$(med "${NS[xdpdrop]:-}") (median; the generator's CPU time per frame sent, dut's kernel receive work included: lower is a cheaper receiver)"
+        fi
+        unset R KEPT NS
     done
 done
 [ "$ok" = 1 ] && echo "PASS afxdp-bench: every case moved packets"
