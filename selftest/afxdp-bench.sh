@@ -40,8 +40,8 @@
 #   ceiling dir=rx size=64 xdpdrop=M afxdp/xdpdrop=R kept_up: afxdp=P% dpdk=P% rawsocket=P%
 # and, with perf installed, what each receiver costs the generator's CPU per frame
 # (the samples of snabb-rs on CPU 1, its own sending and dut's kernel receive
-# work, over the frames it sent): a figure the scheduler's share of CPU 1 does
-# not move, where the Mpps of a busy machine swing with it:
+# work, over the frames it sent): a figure the scheduler's share of CPU 1 moves
+# less than it moves the Mpps of a busy machine (other work on CPU 1 still costs it caches):
 #   gen_cpu dir=rx size=64 ns_per_frame: afxdp=N dpdk=N rawsocket=N xdpdrop=N (median)
 # and the idle verdict before the runs (numbers from a busy machine mean little).
 # Exit 0 when every case moved packets, 43 skip (a SKIP line), 1 otherwise.
