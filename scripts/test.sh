@@ -99,7 +99,7 @@ for s in selftest/*.sh; do
     out=$(bash "$s" "${args[@]}" 2>&1); rc=$?
     echo "$out" | tail -40
     # Parts of a suite skipped inside it (e.g. vhost-user's 2 queue pairs), and the bench's ratios.
-    inner=$(echo "$out" | grep -E '^SKIP |^PASS vhost-user-bench|^PASS vswitch-bench|^ratio dir=' | cut -c1-200 | tr '
+    inner=$(echo "$out" | grep -E '^SKIP |^PASS vhost-user-bench|^PASS vswitch-bench|^ratio dir=|^ceiling dir=|^gen_cpu dir=' | cut -c1-200 | tr '
 ' ';')
     case $rc in
         0) record "pass $s${inner:+ ($inner)}";;

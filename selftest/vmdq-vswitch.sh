@@ -13,12 +13,18 @@
 # their VLAN let in and untagged on ingress); br0 is a plain bridge. The
 # guests route to each other through R.
 #
-# Two runs (MODES, default "model rawsocket"):
+# Three runs (MODES, default "model rawsocket afxdp"):
 #   model      the uplink is the 82599 model, its wire t0 (WireSpec::Interface):
 #              a hardware VMDq pool per port, in-chip switching; sockets: the
 #              switch listens
 #   rawsocket  the uplink is t0 through RawSocket: the software splitter;
 #              sockets: QEMU listens (server=on) and the switch connects
+#   afxdp      the uplink is t0 through AF_XDP (an AfXdp app per queue of t0,
+#              our XDP program on it in native mode): the software splitter;
+#              QEMU listens. Before it starts, another XDP program on t0 makes
+#              the switch refuse to start (and name it); `replace: true` takes
+#              it off. R's senders finish their checksums (tx off): AF_XDP
+#              carries no checksum status.
 # Each run checks, with counts:
 #   1. ping R -> each guest, guest 20 -> guest 10 (routed by R); iperf3 R ->
 #      guest 10, guest 20 -> guest 10, guest 20 -> R
@@ -33,6 +39,11 @@
 #      and it pings again, the switch untouched
 #      rawsocket: the switch restarted while both guests run (client mode:
 #      it connects again), and guest 20's pings come back
+#      afxdp: the same, the switch killed with SIGKILL: the kernel takes its
+#      XDP program off t0, and the next start puts it on again
+#   6. afxdp: frames the uplink's apps took from t0 and sent on it equal what
+#      the kernel counted on t0 (rx_packets, tx_packets + tx_dropped) while
+#      the switch ran; t0 has no XDP program once the switch stopped
 # VSWITCH_WORKERS=N spreads the ports over N workers (`workers: N`): the
 # same checks, each guest's port on a worker of its own.
 # Every wait is bounded, the run too ($VSWITCH_LIMIT, default 900 s); every
@@ -46,7 +57,7 @@ source "$P/lib.sh"
 G=$P/guest.sh
 
 LIMIT=${VSWITCH_LIMIT:-900}
-MODES=${MODES:-model rawsocket}
+MODES=${MODES:-model rawsocket afxdp}
 WORKERS=${VSWITCH_WORKERS:-0}
 ci() { [ -n "${SNABB_RS_CI:-}" ] && [ "${SNABB_RS_CI}" != 0 ]; }
 skip() { if ci; then echo "FAIL (under CI, not a skip): $*"; exit 1; fi; echo "SKIP $*"; exit 43; }
@@ -152,7 +163,14 @@ for v in 10 20; do
 done
 # No frame bigger than a packet: no segmentation offload on the way out,
 # no receive merging where the switch reads.
+# And no checksum left to offload by R's own senders (AF_XDP carries no
+# checksum status: a frame left to offload would reach the guests unfinished).
 for i in r10 r20 b10 b20 t1 br0; do R ethtool -K "$i" tso off gso off gro off >/dev/null 2>&1; done
+for i in r10 r20; do R ethtool -K "$i" tx off >/dev/null 2>&1; done
+# VLAN tags in the frame's bytes, not beside them: the tc programs tag in the
+# skb's metadata, which an XDP program on t0 does not see (a NIC's `rxvlan
+# off` for AF_XDP); t1 without tag insertion puts the tag in the frame.
+R ethtool -K t1 txvlan off >/dev/null 2>&1
 ethtool -K "$T0" gro off lro off tso off gso off >/dev/null 2>&1
 for i in r10 r20 b10 b20 t1 br0; do R ip link set dev "$i" up; done
 ip link set dev "$T0" up
@@ -181,13 +199,12 @@ no_port() {
 
 # write_config EXTRA: the vswitch config of this mode, with more ports or settings for vm20.
 write_config() {
-    local uplink server=true vm20extra=${1:-} more=${2:-}
-    if [ "$MODE" = model ]; then
-        uplink="Model(port: \"$TAG\", wire: Interface(\"$T0\"))"
-    else
-        uplink="RawSocket(interface: \"$T0\")"
-        server=false
-    fi
+    local uplink server=false vm20extra=${1:-} more=${2:-}
+    case $MODE in
+    model) uplink="Model(port: \"$TAG\", wire: Interface(\"$T0\"))" server=true;;
+    rawsocket) uplink="RawSocket(interface: \"$T0\")";;
+    afxdp) uplink="AfXdp(interface: \"$T0\"${REPLACE:+, replace: true})";;
+    esac
     cat >"$W/vsw.ron.new" <<EOF
 (
     uplink: $uplink,
@@ -241,8 +258,75 @@ sendp([frame] * int(sys.argv[2]), iface="t1", verbose=0)
 EOF
 }
 
+# --- AF_XDP helpers ---------------------------------------------------------------------
+kstat() { cat "/sys/class/net/$1/statistics/$2"; }
+xdp_of() { # interface -> "name id" of its XDP program, or nothing
+    ip -d link show dev "$1" | awk '/prog\/xdp/ { for (i = 1; i <= NF; i++) { if ($i == "id") id = $(i+1); if ($i == "name") name = $(i+1) } } END { if (id) print name, id }'
+}
+wait_xdp() { # interface, ours|off: up to 5 s
+    local i x
+    for ((i = 0; i < 50; i++)); do
+        x=$(xdp_of "$1")
+        case $2 in
+        ours) [ -n "$x" ] && [ "${x#snabb_xsk}" != "$x" ] && return 0;;
+        off) [ -z "$x" ] && return 0;;
+        esac
+        sleep 0.1
+    done
+    return 1
+}
+# Another's XDP program on t0: the switch refuses to start, naming it; told
+# to replace it, it starts (the caller starts it, with REPLACE set).
+foreign_program_refused() {
+    cat >"$W/other.c" <<'EOF'
+#include <linux/bpf.h>
+__attribute__((section("xdp"), used)) int other_prog(struct xdp_md *ctx) { return XDP_PASS; }
+char LICENSE[] __attribute__((section("license"), used)) = "GPL";
+EOF
+    clang -O2 -target bpf "-I/usr/include/$(uname -m)-linux-gnu" -c "$W/other.c" -o "$W/other.o" &&
+        ip link set dev "$T0" xdp obj "$W/other.o" sec xdp || { fail "$MODE 0. another XDP program put on t0"; return; }
+    local out rc
+    out=$(timeout 30 "$B" vmdq-vswitch "$W/vsw.ron" --report 0 2>&1 </dev/null); rc=$?
+    check "$MODE 0. with another's XDP program on t0 the switch refuses to start (exit $rc): $(grep -m1 'already has' <<<"$out" | cut -c1-200)" \
+        test "$rc" != 0 -a "$rc" != 124 -a -n "$(grep 'already has an XDP program' <<<"$out" | grep other_prog | grep 'replace: true')"
+    check "$MODE 0. and leaves it there ($(xdp_of "$T0"))" test "$(xdp_of "$T0" | cut -d' ' -f1)" = other_prog
+    REPLACE=1
+    write_config
+}
+# The uplink's apps' counts (every queue) against t0's since the switch
+# started (k0_rx, k0_tx): read when two readings of ours agree, traffic quiet.
+uplink_sum() { # counter
+    local a n=0
+    for a in "$W/shm/$SW_PID/apps"/uplink-q*; do
+        n=$((n + $(od -An -t u8 "$a/$1.counter" | tr -d ' \n')))
+    done
+    echo "$n"
+}
+counts_match() {
+    local i a1 a2 t1 t2 krx ktx ok=0
+    for ((i = 0; i < 30; i++)); do
+        a1=$(( $(uplink_sum rx_packets) + $(uplink_sum xdp_rx_dropped) )) t1=$(uplink_sum tx_packets)
+        krx=$(( $(kstat "$T0" rx_packets) - k0_rx )) ktx=$(( $(kstat "$T0" tx_packets) + $(kstat "$T0" tx_dropped) - k0_tx ))
+        sleep 0.3
+        a2=$(( $(uplink_sum rx_packets) + $(uplink_sum xdp_rx_dropped) )) t2=$(uplink_sum tx_packets)
+        if [ "$a1" = "$a2" ] && [ "$t1" = "$t2" ]; then
+            ok=1
+            [ "$a1" = "$krx" ] && [ "$t1" = "$ktx" ] && break
+        fi
+    done
+    check "$MODE 6. frames from the wire: the uplink took $a1, the kernel counted $krx on t0 (rx_packets)" test "$ok" = 1 -a "$a1" = "$krx" -a "$a1" -gt 20
+    check "$MODE 6. frames to the wire: the uplink sent $t1, the kernel counted $ktx on t0 (tx_packets + tx_dropped)" test "$ok" = 1 -a "$t1" = "$ktx" -a "$t1" -gt 20
+}
+
 for MODE in $MODES; do
-    echo "=== mode $MODE: $([ "$MODE" = model ] && echo "82599 model on $T0 (hardware pools), the switch listens" || echo "RawSocket on $T0 (software splitter), QEMU listens")"
+    case $MODE in
+    model) what="82599 model on $T0 (hardware pools), the switch listens";;
+    rawsocket) what="RawSocket on $T0 (software splitter), QEMU listens";;
+    afxdp) what="AfXdp on $T0 (software splitter), QEMU listens";;
+    *) fail "unknown mode $MODE (model, rawsocket, afxdp)"; continue;;
+    esac
+    echo "=== mode $MODE: $what"
+    REPLACE=""
     rm -f "$W"/v*.sock
     write_config
     if [ "$MODE" = model ]; then
@@ -257,9 +341,14 @@ for MODE in $MODES; do
         --mode iperf-server --tests 2 --secs 3 --wait 200 --after idle
     gstart g20 --sock "$W/v20.sock" "${gargs[@]}" --mac $MAC20 --ip 10.20.0.2/24 --gw 10.20.0.1 \
         --mode iperf-client --peer 10.10.0.2 --peer2 10.20.0.1 --secs 3 --count 5 --after idle
-    if [ "$MODE" = rawsocket ]; then
+    if [ "$MODE" != model ]; then
         wait_socket "$W/v10.sock" 10 && wait_socket "$W/v20.sock" 10 || fail "$MODE: QEMU listens"
+        [ "$MODE" = afxdp ] && foreign_program_refused
         start_switch || { fail "$MODE: the switch starts"; continue; }
+        if [ "$MODE" = afxdp ]; then
+            check "$MODE 0. t0 has our XDP program while the switch runs ($(xdp_of "$T0"))" wait_xdp "$T0" ours
+            grep -a -m1 'AfXdp `uplink-q0`' "$W/switch-$MODE-$SW_N.log" | sed 's/^/  /'
+        fi
     fi
 
     echo "--- $MODE 1. ping and iperf3"
@@ -350,6 +439,42 @@ for MODE in $MODES; do
         line=$("$G" wait g20 PING_RESULT --timeout 200)
         check "$MODE 5. the new guest 20 pings guest 10: $line" test "$(field "$line" received)" = 5
         check "$MODE 5. the switch was not restarted (pid $pid)" switch_alive
+    elif [ "$MODE" = afxdp ]; then
+        echo "--- $MODE 5. the switch killed (SIGKILL) under running guests and started again"
+        # `replace` off again: taken live (each queue's socket opened anew), and
+        # the next start must find t0 free of any program but a stale one of ours.
+        REPLACE=""
+        write_config
+        check "$MODE 5. reload with replace: false (the uplink's apps reconfigured)" reload
+        "$G" stop g20 >/dev/null
+        rm -f "$W/v20.sock"
+        gstart g20 --sock "$W/v20.sock" --server --mac $MAC20 --ip 10.20.0.2/24 --gw 10.20.0.1 \
+            --mode ping-watch --count 0 --peer 10.10.0.2
+        line=$("$G" wait g20 PING_OK --timeout 200)
+        check "$MODE 5. guest 20 pings guest 10: $line" grep -q '^PING_OK' <<<"$line"
+        kill -KILL "$SW_PID"
+        wait "$SW_PID" 2>/dev/null
+        SW_PID=""
+        # With an XDP link the kernel takes the program off with the process;
+        # attached through netlink (older kernels), ours stays until the next start.
+        left=$(xdp_of "$T0")
+        check "$MODE 5. after SIGKILL t0 has no XDP program, or a stale one of ours (${left:-none})" \
+            test -z "$left" -o "${left#snabb_xsk}" != "$left"
+        sleep 1
+        k0_rx=$(kstat "$T0" rx_packets) k0_tx=$(( $(kstat "$T0" tx_packets) + $(kstat "$T0" tx_dropped) ))
+        start_switch || fail "$MODE 5. the switch starts again (replace: false)"
+        check "$MODE 5. our XDP program is on t0 again ($(xdp_of "$T0"))" wait_xdp "$T0" ours
+        n=$(tr -d '\r' <"$W/g20.log" | grep -a -c PING_OK)
+        line=$("$G" wait g20 PING_OK --nth $((n + 2)) --timeout 60)
+        check "$MODE 5. after the restart guest 20 pings guest 10 again: $line" grep -q '^PING_OK' <<<"$line"
+        out=$(R ping -c 20 -i 0.05 -W 2 10.20.0.2 | grep transmitted)
+        check "$MODE 5. ping R -> guest 20: $out" grep -q ' 20 received' <<<"$out"
+
+        echo "--- $MODE 6. the uplink's counts against the kernel's; off on stop"
+        for g in g10 g20; do "$G" stop "$g" >/dev/null; done
+        counts_match
+        echo "  $(stop_switch)"
+        check "$MODE 6. t0 has no XDP program after the switch stopped ($(xdp_of "$T0"))" wait_xdp "$T0" off
     else
         echo "--- $MODE 5. the switch restarted under running guests (client mode: it connects again)"
         write_config
@@ -370,7 +495,7 @@ for MODE in $MODES; do
         line=$("$G" wait g20 PING_OK --nth $((n + 2)) --timeout 60)
         check "$MODE 5. after the restart guest 20 pings guest 10 again: $line" grep -q '^PING_OK' <<<"$line"
     fi
-    for g in g10 g20; do "$G" stop "$g" >/dev/null; done
+    for g in g10 g20; do "$G" stop "$g" >/dev/null 2>&1; done
     echo "  $(stop_switch)"
     if grep -a -E 'panicked|ERROR' "$W/switch-$MODE-"*.log; then fail "$MODE: the switch logged errors"; fi
 done

@@ -5,7 +5,9 @@
 //! isolation, broadcast, unknown unicast, a filter and a rate limit proven
 //! by counts, a guest that posts no buffers, bad configs refused before
 //! anything starts, and ports added and removed live while a numbered
-//! stream to an untouched port loses nothing.
+//! stream to an untouched port loses nothing; and (as root) an AfXdp uplink
+//! on a veth pair: another's XDP program and another switch refused, frames
+//! both ways with the kernel's counts, the program off after stop.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -548,6 +550,18 @@ fn bad_configs_are_refused_before_anything_starts() {
             ":2:21: uplink: no interface `nosuchif0`",
         ),
         (
+            "(\n  uplink: AfXdp(interface: \"nosuchif0\"),\n  ports: [])".to_string(),
+            ":2:17: uplink: no interface `nosuchif0`",
+        ),
+        (
+            "(\n  uplink: AfXdp(interface: \"lo\", queues: [0, 5]),\n  ports: [])".to_string(),
+            ":2:34: uplink: interface `lo` has 1 receive queue: there is no queue 5",
+        ),
+        (
+            "(\n  uplink: AfXdp(interface: \"lo\", tx_ring: 100),\n  ports: [])".to_string(),
+            ":2:11: uplink: tx_ring 100: a power of two",
+        ),
+        (
             format!(
                 "(ports: [(name: \"a\", socket: \"{}\", macs: [\"52:54:00:00:00:01\"],\n  from_guest: (limit: (gbps: -1.0)))])",
                 sock(1)
@@ -569,7 +583,7 @@ fn bad_configs_are_refused_before_anything_starts() {
         assert!(found, "{text}\nwant {want}\ngot {err}");
         assert!(!Path::new(&sock(1)).exists(), "nothing started: no socket");
         // `config check` says the same (but for what only a machine check sees).
-        if !want.contains("no interface") {
+        if !want.contains("no interface") && !want.contains("receive queue") {
             let out = bin().args(["config", "check"]).arg(&f).output().unwrap();
             let msg = want.split_once(":*:").map_or(want, |(_, m)| m);
             assert!(
@@ -615,4 +629,148 @@ fn the_built_in_config_runs_and_reports() {
     assert_eq!(n[0], n[1] + n[2] + n[3], "{g}");
     assert!(n[4] > 0, "vm3's frames came back out of the uplink: {g}");
     assert!(!stderr.contains("ERROR"), "{stderr}");
+}
+
+/// A frame tagged with `vlan`, numbered `n` as `frame` numbers them (the
+/// number after the tag).
+fn tagged(dst: [u8; 6], src: [u8; 6], vlan: u16, n: u32, len: usize) -> Vec<u8> {
+    let mut f =
+        [&dst[..], &src[..], &[0x81, 0x00], &vlan.to_be_bytes()[..], &[0x88, 0xb5], &n.to_be_bytes()[..]].concat();
+    f.resize(len, 0xcd);
+    f
+}
+
+/// The uplink an AF_XDP socket on one end of a veth pair, the wire's other
+/// end an AfXdp app driven by this test: another's XDP program on the
+/// interface makes the switch refuse to start (naming it, nothing started)
+/// until told to replace it; a second switch on the interface is refused;
+/// frames from the wire reach their guests by
+/// VLAN and address, frames from a guest leave tagged; the uplink's counts
+/// are the kernel's for the interface; stopping takes the program off.
+#[test]
+fn an_afxdp_uplink_on_a_veth() {
+    use snabb_apps_afxdp::rig::Rig;
+    use snabb_apps_afxdp::{AfXdpArgs, xdp_programs};
+    use snabb_apps_rawsocket::veth::{VethPair, ip, kernel_stat, require_root};
+    match require_root() {
+        Ok(()) => {}
+        Err(e) if snabb_core::selftest::skipped(&e).is_some() => {
+            eprintln!("{e}");
+            return;
+        }
+        Err(e) => panic!("{e:#}"),
+    }
+    let v = VethPair::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Another's program (tests/xdp_pass.c of the AfXdp crate), put on as
+    // `ip` does.
+    let obj = d.join("pass.o");
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../apps/afxdp/tests/xdp_pass.c");
+    let multiarch = format!("-I/usr/include/{}-linux-gnu", std::env::consts::ARCH);
+    let st = Command::new("clang")
+        .args(["-O2", "-g", "-target", "bpf", &multiarch, "-c", src, "-o"])
+        .arg(&obj)
+        .status()
+        .unwrap();
+    assert!(st.success(), "clang");
+    ip(&["link", "set", "dev", &v.a, "xdp", "obj", obj.to_str().unwrap(), "sec", "xdp"]).unwrap();
+    let names = |i: &str| xdp_programs(i).unwrap().into_iter().map(|p| p.2).collect::<Vec<_>>();
+    assert_eq!(names(&v.a), ["other_pass"]);
+
+    let cfg = three_ports(d, &format!("AfXdp(interface: \"{}\")", v.a));
+    let out = bin().args(["vmdq-vswitch", "--report", "0"]).arg(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started with another's program on the interface");
+    let want = format!("{}:2:", cfg.display());
+    assert!(
+        err.contains(&want)
+            && err.contains(&format!("uplink: interface `{}` already has an XDP program", v.a))
+            && err.contains("`other_pass`")
+            && err.contains("replace: true"),
+        "{err}"
+    );
+    assert!(!d.join("v1.sock").exists(), "nothing started");
+    assert_eq!(names(&v.a), ["other_pass"], "left as it was");
+
+    let cfg = three_ports(d, &format!("AfXdp(interface: \"{}\", replace: true)", v.a));
+    let sw = Switch::start(d, &cfg);
+    let guests: Vec<Guest> = (1..=3).map(|n| Guest::start(&d.join(format!("v{n}.sock")), true, true)).collect();
+    for g in &guests {
+        g.wait_ready();
+    }
+    assert!(wait_for(|| names(&v.a).iter().any(|n| n.starts_with("snabb_xsk")), 10), "{:?}", names(&v.a));
+    // A second switch on the same interface: refused, naming the first.
+    let d2 = tempfile::tempdir().unwrap();
+    let cfg2 = three_ports(d2.path(), &format!("AfXdp(interface: \"{}\", replace: true)", v.a));
+    let out = bin().args(["vmdq-vswitch", "--report", "0"]).arg(&cfg2).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(&format!("in use by another snabb-rs process (pid {})", sw.pid())),
+        "{err}"
+    );
+    let k_rx = kernel_stat(&v.a, "rx_packets").unwrap();
+    let k_tx = kernel_stat(&v.a, "tx_packets").unwrap() + kernel_stat(&v.a, "tx_dropped").unwrap();
+    let mut wire = Rig::named("wire", AfXdpArgs::new(&v.b)).unwrap();
+    let far = [0x02, 0, 0, 0, 0, 0x0b];
+    let mut frames = Vec::new();
+    for i in 0..100 {
+        frames.push(tagged(mac(1), far, 10, i, 300));
+        frames.push(tagged(mac(2), far, 10, 1000 + i, 100));
+        frames.push(tagged(mac(3), far, 20, 2000 + i, 1500));
+    }
+    for i in 0..50 {
+        // vm3's address on vm1's VLAN, and an address no port has.
+        frames.push(tagged(mac(3), far, 10, 3000 + i, 64));
+        frames.push(tagged(UNKNOWN, far, 10, 4000 + i, 64));
+    }
+    wire.send(&frames);
+    let want = [100, 100, 100];
+    assert!(
+        wait_for(|| guests.iter().map(Guest::received).eq(want), 20),
+        "guests got {:?}{}",
+        guests.iter().map(Guest::received).collect::<Vec<_>>(),
+        sw.dump()
+    );
+    for (g, base) in guests.iter().zip([0, 1000, 2000]) {
+        let mut n = numbers(&g.frames());
+        n.sort();
+        assert_eq!(n, (base..base + 100).collect::<Vec<_>>(), "frames reach their guest, untagged");
+    }
+    assert_eq!(guests[2].frames()[0].len(), 1496, "1500 bytes with a tag, 1496 without");
+    // From vm3 to the wire: tagged with its VLAN.
+    guests[2].send((0..100).map(|i| frame(far, mac(3), 5000 + i, 200)).collect());
+    let got = wire.receive(100, Duration::from_secs(20));
+    assert_eq!(got.len(), 100, "{}", sw.dump());
+    assert!(got.iter().all(|f| f[12..16] == [0x81, 0x00, 0, 20] && f.len() == 204), "tagged for VLAN 20");
+    let mut n: Vec<u32> = got.iter().map(|f| u32::from_be_bytes(f[18..22].try_into().unwrap())).collect();
+    n.sort();
+    assert_eq!(n, (5000..5100).collect::<Vec<_>>());
+    // The uplink's counts, the kernel's, and where the rest went.
+    let ours = || {
+        (
+            sw.counter("uplink-q0", "rx_packets") + sw.counter("uplink-q0", "xdp_rx_dropped"),
+            sw.counter("uplink-q0", "tx_packets"),
+        )
+    };
+    let kernel = || {
+        (
+            kernel_stat(&v.a, "rx_packets").unwrap() - k_rx,
+            kernel_stat(&v.a, "tx_packets").unwrap() + kernel_stat(&v.a, "tx_dropped").unwrap() - k_tx,
+        )
+    };
+    assert!(
+        wait_for(|| ours() == (400, 100) && kernel() == (400, 100), 10),
+        "ours {:?}, kernel {:?}{}",
+        ours(),
+        kernel(),
+        sw.dump()
+    );
+    assert_eq!(sw.counter("switch", "drop/unknown_unicast") + sw.counter("switch", "drop/vlan"), 100, "{}", sw.dump());
+    drop(guests);
+    let err = sw.stop();
+    assert!(!err.contains("ERROR"), "{err}");
+    assert!(err.contains("in native mode"), "the log says where the program runs: {err}");
+    assert!(names(&v.a).is_empty(), "the program is off after stop: {:?}", names(&v.a));
+    wire.stop();
 }

@@ -287,10 +287,31 @@ impl Drop for Attachment {
     }
 }
 
+/// The lock file of an interface of this network namespace.
+fn lock_path(key: (u64, u32)) -> String {
+    format!("{LOCK_DIR}/afxdp-{}-{}.lock", key.0, key.1)
+}
+
+/// The pid of another live process that holds interface `ifindex`'s lock
+/// (a snabb-rs using it); None when it is free or this process holds it.
+/// For checks made before starting: the app takes the lock itself.
+pub fn lock_holder(ifindex: u32) -> Option<u32> {
+    let mut f = File::open(lock_path((netns(), ifindex))).ok()?;
+    // SAFETY: flock on our own open file; a shared lock fails while anyone
+    // (this process too, through another open file) holds it exclusively.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+        return None;
+    }
+    let mut pid = String::new();
+    let _ = f.read_to_string(&mut pid);
+    let pid: u32 = pid.trim().parse().ok()?;
+    (pid != std::process::id()).then_some(pid)
+}
+
 /// Take the interface's lock, or say who holds it.
 fn lock(ifname: &str, key: (u64, u32)) -> anyhow::Result<File> {
     std::fs::create_dir_all(LOCK_DIR).map_err(|e| anyhow!("interface `{ifname}`: creating {LOCK_DIR}: {e}"))?;
-    let path = format!("{LOCK_DIR}/afxdp-{}-{}.lock", key.0, key.1);
+    let path = lock_path(key);
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

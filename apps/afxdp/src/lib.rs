@@ -22,7 +22,7 @@ pub mod attach;
 pub mod netlink;
 pub mod xsk;
 
-pub use afxdp::{AfXdp, AfXdpArgs, Mode, RxBuffers};
+pub use afxdp::{AfXdp, AfXdpArgs, Mode, RxBuffers, rx_queue_count};
 pub use attach::XdpAttach;
 
 use snabb_core::Registry;
@@ -180,6 +180,48 @@ pub fn xdp_programs(ifname: &str) -> anyhow::Result<Vec<(netlink::XdpMode, u32, 
             (m, id, name)
         })
         .collect())
+}
+
+/// The XDP programs on an interface that are not ours (`snabb_xsk…`):
+/// what an app refuses to take off unless told to `replace` them.
+pub fn foreign_programs(ifname: &str) -> anyhow::Result<Vec<(netlink::XdpMode, u32, String)>> {
+    Ok(xdp_programs(ifname)?.into_iter().filter(|(_, _, name)| !name.starts_with(attach::PROGRAM_PREFIX)).collect())
+}
+
+/// What this process lacks to run AfXdp apps pinning `umem_bytes` of
+/// UMEM in all: the capabilities by name (an empty list: nothing). The
+/// socket needs CAP_NET_RAW, the program CAP_BPF (or CAP_SYS_ADMIN) and
+/// CAP_NET_ADMIN, the UMEM CAP_IPC_LOCK or a locked-memory limit above it.
+pub fn missing_privileges(umem_bytes: u64) -> Vec<&'static str> {
+    const NET_ADMIN: u32 = 12;
+    const NET_RAW: u32 = 13;
+    const IPC_LOCK: u32 = 14;
+    const SYS_ADMIN: u32 = 21;
+    const BPF: u32 = 39;
+    let eff = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    let has = |bit: u32| eff & (1 << bit) != 0;
+    let mut missing = Vec::new();
+    if !has(NET_RAW) {
+        missing.push("CAP_NET_RAW");
+    }
+    if !has(NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    if !has(BPF) && !has(SYS_ADMIN) {
+        missing.push("CAP_BPF");
+    }
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit fills the struct we pass.
+    let memlock = if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } == 0 { lim.rlim_cur } else { 0 };
+    if !has(IPC_LOCK) && memlock != libc::RLIM_INFINITY && memlock < umem_bytes {
+        missing.push("CAP_IPC_LOCK");
+    }
+    missing
 }
 
 /// Bytes a veth leaves out of each frame it counts when an XDP program runs

@@ -292,6 +292,9 @@ pub struct Xsk {
     pub need_wakeup: bool,
     /// Preferred busy polling was taken: `busy_poll` runs the queue.
     pub busy_polling: bool,
+    /// Busy polling was asked for but the socket knows no NAPI context yet
+    /// (a veth: it learns it from the first frame): see `learn_napi`.
+    pub busy_pending: bool,
     // Last: closed after the rings are unmapped.
     fd: OwnedFd,
 }
@@ -397,7 +400,18 @@ impl Xsk {
                 }
             }
         };
-        Ok(Xsk { fill, comp, rx, tx, zerocopy: false, sg: false, need_wakeup: false, busy_polling, fd })
+        Ok(Xsk {
+            fill,
+            comp,
+            rx,
+            tx,
+            zerocopy: false,
+            sg: false,
+            need_wakeup: false,
+            busy_polling,
+            busy_pending: false,
+            fd,
+        })
     }
 
     /// Bind to the queue. After the interface has its XDP program: the
@@ -416,31 +430,44 @@ impl Xsk {
             let _ = setsockopt(raw, XDP_MAX_TX_SKB_BUDGET, &c.tx_size);
         }
         (self.sg, self.need_wakeup) = (sg, need_wakeup);
-        if self.busy_polling {
-            // Busy polling runs the NAPI context the socket learned at bind;
-            // without one (a veth) a poll would be a system call for nothing.
-            let mut id: c_int = 0;
-            let mut len = size_of::<c_int>() as libc::socklen_t;
-            // SAFETY: an int option of our socket, its size passed.
-            let r = unsafe {
-                libc::getsockopt(
-                    raw,
-                    libc::SOL_SOCKET,
-                    SO_INCOMING_NAPI_ID,
-                    &mut id as *mut c_int as *mut c_void,
-                    &mut len,
-                )
-            };
-            if r != 0 || id == 0 {
-                log::info!(
-                    "interface `{}` queue {}: no NAPI context to busy-poll: the kernel's softirq runs the queue",
-                    c.ifname,
-                    c.queue
-                );
-                self.busy_polling = false;
-            }
+        if self.busy_polling && self.napi_id() == 0 {
+            // Busy polling runs the NAPI context the socket learned; a
+            // driver that names it for the queue gives it at bind, a veth
+            // only with the first frame the socket receives. Until then a
+            // poll would be a system call for nothing.
+            self.busy_polling = false;
+            self.busy_pending = true;
         }
         Ok(())
+    }
+
+    /// The NAPI context the socket learned (0: none yet).
+    fn napi_id(&self) -> c_int {
+        let mut id: c_int = 0;
+        let mut len = size_of::<c_int>() as libc::socklen_t;
+        // SAFETY: an int option of our socket, its size passed.
+        let r = unsafe {
+            libc::getsockopt(
+                self.fd(),
+                libc::SOL_SOCKET,
+                SO_INCOMING_NAPI_ID,
+                &mut id as *mut c_int as *mut c_void,
+                &mut len,
+            )
+        };
+        if r == 0 { id } else { 0 }
+    }
+
+    /// With busy polling pending: has the socket learned its NAPI context
+    /// since? Then busy polling starts (true). Called now and then, off
+    /// the hot path.
+    pub fn learn_napi(&mut self) -> bool {
+        if self.busy_pending && self.napi_id() != 0 {
+            self.busy_pending = false;
+            self.busy_polling = true;
+            return true;
+        }
+        false
     }
 
     pub fn fd(&self) -> c_int {

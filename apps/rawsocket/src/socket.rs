@@ -97,10 +97,29 @@ fn mtu(name: &str) -> io::Result<usize> {
 /// merged frames can be far longer than a packet. None when it cannot be
 /// told (no ethtool support, as on some virtual interfaces).
 pub fn merges_frames(name: &str) -> Option<bool> {
-    // linux/ethtool.h
-    const ETHTOOL_GFLAGS: u32 = 0x25;
-    const ETHTOOL_GGRO: u32 = 0x2b;
     const ETH_FLAG_LRO: u32 = 1 << 15;
+    let gro = ethtool_value(name, ETHTOOL_GGRO).map(|d| d != 0);
+    let lro = ethtool_value(name, ETHTOOL_GFLAGS).map(|d| d & ETH_FLAG_LRO != 0);
+    match (gro, lro) {
+        (None, None) => None,
+        (g, l) => Some(g.unwrap_or(false) || l.unwrap_or(false)),
+    }
+}
+
+/// Whether the interface strips VLAN tags off received frames into its
+/// descriptors (`rxvlan`, rx-vlan-offload): an XDP program then sees the
+/// frames untagged. None when it cannot be told.
+pub fn strips_vlan_tags(name: &str) -> Option<bool> {
+    const ETH_FLAG_RXVLAN: u32 = 1 << 8;
+    ethtool_value(name, ETHTOOL_GFLAGS).map(|d| d & ETH_FLAG_RXVLAN != 0)
+}
+
+// linux/ethtool.h
+const ETHTOOL_GFLAGS: u32 = 0x25;
+const ETHTOOL_GGRO: u32 = 0x2b;
+
+/// An ethtool "get" command answered with one value (struct ethtool_value).
+fn ethtool_value(name: &str, cmd: u32) -> Option<u32> {
     // SAFETY: plain socket(2); the descriptor is owned below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -108,21 +127,13 @@ pub fn merges_frames(name: &str) -> Option<bool> {
     }
     // SAFETY: fd was just opened and is ours.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let get = |cmd: u32| {
-        let mut v = [cmd, 0u32]; // struct ethtool_value { cmd, data }
-        let mut r = ifreq(name);
-        r.ifr_ifru.ifru_data = v.as_mut_ptr() as *mut libc::c_char;
-        // SAFETY: SIOCETHTOOL reads the command from, and writes the value
-        // into, the ethtool_value that ifr_data points to, which outlives the call.
-        let ok = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCETHTOOL, &mut r) } >= 0;
-        ok.then_some(v[1])
-    };
-    let gro = get(ETHTOOL_GGRO).map(|d| d != 0);
-    let lro = get(ETHTOOL_GFLAGS).map(|d| d & ETH_FLAG_LRO != 0);
-    match (gro, lro) {
-        (None, None) => None,
-        (g, l) => Some(g.unwrap_or(false) || l.unwrap_or(false)),
-    }
+    let mut v = [cmd, 0u32]; // struct ethtool_value { cmd, data }
+    let mut r = ifreq(name);
+    r.ifr_ifru.ifru_data = v.as_mut_ptr() as *mut libc::c_char;
+    // SAFETY: SIOCETHTOOL reads the command from, and writes the value
+    // into, the ethtool_value that ifr_data points to, which outlives the call.
+    let ok = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCETHTOOL, &mut r) } >= 0;
+    ok.then_some(v[1])
 }
 
 fn packet_socket() -> io::Result<OwnedFd> {

@@ -281,6 +281,9 @@ pub struct Device {
     pub errors: u64,
     /// Lending receive buffers (to a NIC) and transmit buffers (as tails).
     rx_lender: Lender,
+    /// The ids of rx_lender's owners, refilled per call of `to_guest` (kept
+    /// so that the hot path allocates nothing).
+    lender_ids: Vec<u64>,
     tx_lender: Lender,
     /// Lending is stopped until the lent buffers are back (a control
     /// message waits for it).
@@ -311,6 +314,7 @@ impl Device {
             rarp: Vec::new(),
             errors: 0,
             rx_lender: Lender::default(),
+            lender_ids: Vec::with_capacity(4),
             tx_lender: Lender::default(),
             quiescing: false,
             dirty: 0,
@@ -677,7 +681,10 @@ impl Device {
         if self.rx_lender.owner.is_none() && self.rx_lender.retiring.is_empty() {
             sent += self.copy_to_guest(input, |_| false);
         } else {
-            let ids: Vec<u64> = self.rx_lender.owner.iter().chain(&self.rx_lender.retiring).map(|o| o.id()).collect();
+            let mut scratch = std::mem::take(&mut self.lender_ids);
+            scratch.clear();
+            scratch.extend(self.rx_lender.owner.iter().chain(&self.rx_lender.retiring).map(|o| o.id()));
+            let ids = &scratch[..];
             let ours = |p: &Packet| !p.is_split() && p.foreign_token().is_some_and(|(o, _)| ids.contains(&o));
             loop {
                 while input.front_is(ours) {
@@ -695,6 +702,7 @@ impl Device {
                     break; // the guest has no buffers for the rest
                 }
             }
+            self.lender_ids = scratch;
         }
         self.publish_dirty();
         sent

@@ -71,8 +71,11 @@ pub struct PortApps {
 /// The uplink's apps.
 #[derive(Debug, Clone, Default)]
 pub struct UplinkApps {
-    /// The app that is the uplink (RawSocket), when there is one.
-    pub nic: Option<String>,
+    /// The apps that are the uplink: `uplink` (RawSocket), or one AfXdp
+    /// app per queue (`uplink-qN`, the first one sends); none without one.
+    pub nics: Vec<String>,
+    /// The uplink's class (RawSocket or AfXdp), with a software uplink.
+    pub class: Option<&'static str>,
     /// The software splitter, when there is one.
     pub switch: Option<String>,
     /// Hardware: whether the pools are on a model port.
@@ -81,8 +84,10 @@ pub struct UplinkApps {
     pub far: Option<String>,
     pub far_sink: Option<String>,
     pub flows: Vec<(String, String)>,
-    /// Links between the uplink and the switch.
+    /// Links from the uplink's apps into the switch.
     pub links: Vec<String>,
+    /// The link from the switch out to the wire.
+    pub out_link: Option<String>,
 }
 
 pub struct Graph {
@@ -174,15 +179,44 @@ pub fn build(v: &Vswitch) -> Graph {
                 }
                 uplink.switch = Some(switch);
             }
-            if let Some(u) = u {
-                let (class, args, rx, tx) = software_uplink(u);
-                let nic = b.app_args(Owner::Uplink, UPLINK, class, args);
-                if let Some(switch) = &uplink.switch {
-                    let a = b.link(&format!("{nic}.{tx}"), &format!("{switch}.{UPLINK}"), CopyMode::Zero);
-                    let c = b.link(&format!("{switch}.{UPLINK}"), &format!("{nic}.{rx}"), CopyMode::Zero);
-                    uplink.links = vec![a, c];
+            match u {
+                Some(Uplink::AfXdp { .. }) => {
+                    // One app per queue, each a wire input of the switch
+                    // (its inputs not named after a pool carry frames from
+                    // the wire); the first sends what the switch sends out.
+                    for a in v.afxdp_args() {
+                        let name = format!("{UPLINK}-q{}", a.queue);
+                        let nic = b.app_args(
+                            Owner::Uplink,
+                            &name,
+                            "AfXdp",
+                            Args::from_value(&a).expect("arguments serialise"),
+                        );
+                        if let Some(switch) = &uplink.switch {
+                            let l = b.link(&format!("{nic}.tx"), &format!("{switch}.{nic}"), CopyMode::Zero);
+                            uplink.links.push(l);
+                        }
+                        uplink.nics.push(nic);
+                    }
+                    if let (Some(switch), Some(first)) = (&uplink.switch, uplink.nics.first()) {
+                        let l = b.link(&format!("{switch}.{UPLINK}"), &format!("{first}.rx"), CopyMode::Zero);
+                        uplink.out_link = Some(l);
+                    }
+                    uplink.class = Some("AfXdp");
                 }
-                uplink.nic = Some(nic);
+                Some(u) => {
+                    let args = raw_socket_args(u);
+                    let nic = b.app_args(Owner::Uplink, UPLINK, "RawSocket", args);
+                    if let Some(switch) = &uplink.switch {
+                        let a = b.link(&format!("{nic}.tx"), &format!("{switch}.{UPLINK}"), CopyMode::Zero);
+                        let c = b.link(&format!("{switch}.{UPLINK}"), &format!("{nic}.rx"), CopyMode::Zero);
+                        uplink.links = vec![a];
+                        uplink.out_link = Some(c);
+                    }
+                    uplink.nics.push(nic);
+                    uplink.class = Some("RawSocket");
+                }
+                None => {}
             }
         }
     }
@@ -210,28 +244,20 @@ pub fn worker_name(w: usize) -> String {
     format!("w{}", w + 1)
 }
 
-/// A software uplink's app: class, arguments, and its ports (to the wire,
-/// from the wire). An `AfXdp` uplink goes here too.
-fn software_uplink(u: &Uplink) -> (&'static str, Args, &'static str, &'static str) {
-    match u {
-        Uplink::RawSocket { interface, qdisc_bypass, .. } => {
-            let args = RawSocketArgs {
-                interface: interface.clone(),
-                promiscuous: true,
-                complete_checksums: true,
-                qdisc_bypass: *qdisc_bypass,
-                rx_ring_kib: 4096,
-                tx_frames: 1024,
-            };
-            ("RawSocket", Args::from_value(&args).expect("arguments serialise"), "rx", "tx")
-        }
-        Uplink::AfXdp { interface, queue, .. } => {
-            // The AfXdp class's own defaults for the rest.
-            let text = format!("(interface: {interface:?}, queue: {queue})");
-            ("AfXdp", Args::from_ron(&text).expect("arguments parse"), "rx", "tx")
-        }
-        Uplink::Intel10g { .. } | Uplink::Model { .. } => unreachable!("82599 uplinks take the hardware path"),
-    }
+/// A RawSocket uplink's app arguments.
+fn raw_socket_args(u: &Uplink) -> Args {
+    let Uplink::RawSocket { interface, qdisc_bypass, .. } = u else {
+        unreachable!("82599 uplinks take the hardware path, AF_XDP ones theirs")
+    };
+    let args = RawSocketArgs {
+        interface: interface.clone(),
+        promiscuous: true,
+        complete_checksums: true,
+        qdisc_bypass: *qdisc_bypass,
+        rx_ring_kib: 4096,
+        tx_frames: 1024,
+    };
+    Args::from_value(&args).expect("arguments serialise")
 }
 
 /// A port's 82599 pool: its addresses and VLAN, the port-wide settings.
@@ -564,15 +590,58 @@ mod tests {
         assert!(s.pools[0].strip_vlan && s.pools[0].vlan == Some(10));
         assert_eq!(s.pools[1].macs, vec!["02:00:00:00:00:aa".parse().unwrap()]);
         crate::registry().check(&g.config).unwrap();
-        let g = graph(&format!("(uplink: AfXdp(interface: \"eth9\", queue: 1), ports: [{PORTS}])"));
-        assert!(links(&g).contains(&"uplink.tx -> switch.uplink".to_string()));
-        assert_eq!(g.config.app_spec("uplink").unwrap().class, "AfXdp");
         crate::registry().check(&g.config).unwrap();
-        // No uplink: the switch alone; no ports: nothing but the uplink.
+        // No ports: nothing but the uplink; no uplink: the switch alone.
         let g = graph(&format!("(ports: [{PORTS}])"));
         assert!(g.config.app_spec("uplink").is_none() && g.config.app_spec("switch").is_some());
         let g = graph("(uplink: RawSocket(interface: \"eth9\"))");
         assert_eq!(g.config.apps().count(), 1);
+    }
+
+    #[test]
+    fn afxdp_uplink_one_app_per_queue() {
+        let g = graph(&format!(
+            "(uplink: AfXdp(interface: \"eth9\", queues: [2, 0], replace: true, rx_ring: 1024), ports: [{PORTS}])"
+        ));
+        assert_eq!(g.uplink.nics, ["uplink-q2", "uplink-q0"]);
+        assert_eq!(g.uplink.class, Some("AfXdp"));
+        let l = links(&g);
+        for want in [
+            "uplink-q2.tx -> switch.uplink-q2",
+            "uplink-q0.tx -> switch.uplink-q0",
+            // The first queue listed sends.
+            "switch.uplink -> uplink-q2.rx",
+        ] {
+            assert!(l.iter().any(|x| x == want), "{want} in {l:?}");
+        }
+        assert!(!l.iter().any(|x| x.ends_with("uplink-q0.rx")), "{l:?}");
+        let a: snabb_apps_afxdp::AfXdpArgs = g.config.app_spec("uplink-q0").unwrap().args.parse().unwrap();
+        assert_eq!((a.interface.as_str(), a.queue, a.replace, a.rx_ring, a.tx_ring), ("eth9", 0, true, 1024, 2048));
+        assert_eq!(g.owners["uplink-q2"], Owner::Uplink);
+        crate::registry().check(&g.config).unwrap();
+        // Every queue of an interface this machine lacks: queue 0.
+        let g = graph(&format!("(uplink: AfXdp(interface: \"nosuchif9\"), ports: [{PORTS}])"));
+        assert_eq!(g.uplink.nics, ["uplink-q0"]);
+        // Every queue of one it has (lo has one).
+        let v = schema::parse("(uplink: AfXdp(interface: \"lo\"))", None).unwrap();
+        assert_eq!(v.afxdp_queues(), (0..snabb_apps_afxdp::rx_queue_count("lo").unwrap()).collect::<Vec<_>>());
+        // No ports: the apps alone (what they receive is counted and dropped).
+        let g = graph("(uplink: AfXdp(interface: \"eth9\", queues: [0]))");
+        assert_eq!(g.config.apps().map(|(n, _)| n).collect::<Vec<_>>(), ["uplink-q0"]);
+        assert_eq!(g.config.links().count(), 0);
+    }
+
+    #[test]
+    fn an_afxdp_uplink_kept_is_the_same_apps() {
+        let up = "uplink: AfXdp(interface: \"eth9\", queues: [0, 1])";
+        let one = graph(&format!("({up}, ports: [{PORTS}])"));
+        let more = PORTS.to_string() + r#"(name: "vm3", socket: "/tmp/v3.sock", macs: ["52:54:00:00:00:03"]),"#;
+        let two = graph(&format!("({up}, ports: [{more}])"));
+        for q in ["uplink-q0", "uplink-q1"] {
+            assert_eq!(one.config.app_spec(q), two.config.app_spec(q), "{q}");
+        }
+        let b: Vec<_> = two.config.links().collect();
+        assert!(one.config.links().all(|l| b.contains(&l)));
     }
 
     #[test]

@@ -121,6 +121,13 @@ fn summary(v: &Vswitch, g: &Graph) -> String {
         v.ports.len(),
         v.uplink.as_ref().map_or("none: VM to VM only, ports switched in software".into(), |u| u.describe())
     );
+    if g.uplink.class == Some("AfXdp") {
+        s += &format!(
+            "    one AfXdp app per receive queue: {}; frames to the wire leave on {}\n",
+            g.uplink.nics.join(", "),
+            g.uplink.nics.first().map_or("none", String::as_str)
+        );
+    }
     for (_, f) in &g.uplink.flows {
         s += &format!("    generated on the wire: {f}\n");
     }

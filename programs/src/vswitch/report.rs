@@ -93,7 +93,10 @@ impl Why {
                 "the 82599's receive packet buffer was full (MPC): frames came faster than it could store them"
             }
             Why::BadFrame => "bad frames on the wire: CRC, length, undersize or oversize errors",
-            Why::KernelRing => "the kernel's receive ring was full: the switch did not read the interface fast enough",
+            Why::KernelRing => {
+                "the kernel's receive ring was full (RawSocket; AF_XDP: its RX ring was full, or it had no free \
+                 frame to receive into): the switch did not read the interface fast enough"
+            }
             Why::Oversize => {
                 "longer than a packet buffer (10240 bytes): GRO/LRO merged them (`ethtool -K IF gro off lro off`)"
             }
@@ -154,9 +157,50 @@ impl Counts {
     fn of(e: &Engine, app: Option<&String>) -> Counts {
         Counts(app.map(|a| e.app_counters(a)).unwrap_or_default())
     }
+    /// The counters of several apps, added up.
+    fn sum(e: &Engine, apps: &[String]) -> Counts {
+        let mut m: BTreeMap<String, u64> = BTreeMap::new();
+        for a in apps {
+            for (k, v) in e.app_counters(a) {
+                *m.entry(k).or_default() += v;
+            }
+        }
+        Counts(m)
+    }
     fn get(&self, k: &str) -> u64 {
         self.0.get(k).copied().unwrap_or(0)
     }
+}
+
+/// An AF_XDP uplink's state and the kernel's own counts that are not
+/// drops of a frame (events), on one line.
+fn afxdp_line(e: &Engine, g: &Graph) -> Option<String> {
+    let u = &g.uplink;
+    if u.class != Some("AfXdp") {
+        return None;
+    }
+    let n = Counts::sum(e, &u.nics);
+    let per = |k: &str| u.nics.iter().filter(|a| Counts::of(e, Some(a)).get(k) == 1).count();
+    let queues = u.nics.len();
+    let (zc, native) = (per("zerocopy"), per("xdp_native"));
+    let mode = |k: usize, yes: &str, no: &str| match k {
+        0 => no.to_string(),
+        k if k == queues => yes.to_string(),
+        k => format!("{yes} on {k} of {queues} queues"),
+    };
+    Some(format!(
+        "uplink AF_XDP: {queues} queue{} ({}, XDP {}); fill ring found empty {} times, TX ring full {} times \
+         (frames waited), invalid descriptors {} rx / {} tx, kernel drops {} (no fill frame) + {} (RX ring full)\n",
+        if queues == 1 { "" } else { "s" },
+        mode(zc, "zero copy", "copy mode"),
+        mode(native, "native", "generic"),
+        group(n.get("xdp_rx_fill_ring_empty_descs")),
+        group(n.get("tx_ring_full")),
+        group(n.get("xdp_rx_invalid_descs") + n.get("rx_invalid")),
+        group(n.get("xdp_tx_invalid_descs")),
+        group(n.get("xdp_rx_dropped")),
+        group(n.get("xdp_rx_ring_full")),
+    ))
 }
 
 fn link_drops(e: &Engine, links: &[String]) -> u64 {
@@ -215,23 +259,38 @@ fn uplink_rows(e: &mut Engine, g: &Graph) -> Option<(Row, Row, u64)> {
         return Some((rx, tx, hw.rx_total));
     }
     let sw = Counts::of(e, u.switch.as_ref());
-    let into = u.links.first().map(std::slice::from_ref).unwrap_or_default();
-    let out = u.links.get(1).map(std::slice::from_ref).unwrap_or_default();
+    let out = u.out_link.as_slice();
     rx.drop(Why::NoPort, sw.get("drop/unknown_unicast") + sw.get("drop/vlan") + sw.get("drop/no_pool"));
     rx.drop(Why::BadFrame, sw.get("drop/runt"));
-    rx.drop(Why::QueueFull, link_drops(e, into));
+    rx.drop(Why::QueueFull, link_drops(e, &u.links));
     tx.drop(Why::QueueFull, link_drops(e, out));
-    if let Some(nic) = &u.nic {
-        let n = Counts::of(e, Some(nic));
+    if !u.nics.is_empty() {
+        // Every queue's app together.
+        let n = Counts::sum(e, &u.nics);
+        let afxdp = u.class == Some("AfXdp");
+        // Dropped after the app counted them: bad descriptors, too long.
+        rx.drop(Why::Oversize, n.get("rx_oversize"));
+        rx.drop(Why::BadFrame, n.get("rx_invalid"));
+        rx.drop(Why::NoPort, n.get("rx_no_link"));
         // Frames passed on to the ports (the rest are counted as drops).
         let dropped: u64 = rx.drops.values().sum();
         rx.frames = n.get("rx_packets").saturating_sub(dropped);
         rx.bytes = n.get("rx_bytes");
-        rx.drop(Why::KernelRing, n.get("rx_kernel_drops"));
-        rx.drop(Why::Oversize, n.get("rx_oversize"));
+        // Dropped by the kernel before the app saw them: RawSocket's ring
+        // was full; AF_XDP's RX ring was full, or it had no fill frame
+        // (the kernel's XDP_STATISTICS).
+        let kernel = if afxdp { n.get("xdp_rx_ring_full") + n.get("xdp_rx_dropped") } else { n.get("rx_kernel_drops") };
+        rx.drop(Why::KernelRing, kernel);
         tx.frames = n.get("tx_packets");
         tx.bytes = n.get("tx_bytes");
-        tx.drop(Why::UplinkDown, n.get("tx_down_drops") + n.get("tx_errors") + n.get("tx_oversize") + n.get("tx_runt"));
+        tx.drop(
+            Why::UplinkDown,
+            n.get("tx_down_drops")
+                + n.get("tx_errors")
+                + n.get("tx_oversize")
+                + n.get("tx_runt")
+                + n.get("xdp_tx_invalid_descs"),
+        );
     } else if u.switch.is_some() {
         tx.drop(Why::NoUplink, sw.get("drop/unlinked"));
     } else {
@@ -302,6 +361,9 @@ impl Reporter {
             let drops: Vec<String> = r.drops.iter().map(|(w, n)| format!("{} {}", w.name(), group(*n))).collect();
             let drops = if drops.is_empty() { "-".to_string() } else { drops.join(", ") };
             let _ = writeln!(s, "{name:<12} {dir:<15} {:>15} {mpps:>9.3} {gbps:>9.3}  {drops}", group(r.frames));
+        }
+        if let Some(line) = afxdp_line(e, g) {
+            s += &line;
         }
         if !g.uplink.flows.is_empty() {
             let sent: u64 = g.uplink.flows.iter().map(|(a, _)| Counts::of(e, Some(a)).get("sent")).sum();

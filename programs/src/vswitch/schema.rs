@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use ron::value::RawValue;
 use serde::de::Deserializer;
 use serde::{Deserialize, Serialize};
+use snabb_apps_afxdp::{AfXdpArgs, Mode as AfXdpMode, XdpAttach};
 use snabb_apps_decap::Tunnel;
 use snabb_apps_rate_limiter::RateLimiterArgs;
 use snabb_core::config::{ConfigError, Pos, ron_options};
@@ -57,6 +58,15 @@ fn mtu9014() -> u32 {
 }
 fn ring1024() -> u32 {
     1024
+}
+fn ring2048() -> u32 {
+    2048
+}
+fn afxdp_mode() -> AfXdpMode {
+    AfXdpMode::Auto
+}
+fn xdp_auto() -> XdpAttach {
+    XdpAttach::Auto
 }
 fn link_wait_hw() -> f64 {
     10.0
@@ -131,13 +141,32 @@ pub enum Uplink {
         #[serde(default = "yes")]
         vm_to_vm: bool,
     },
-    /// A Linux interface through an AF_XDP socket (one queue; the frames
-    /// the kernel passes up are lent to the graph): the software splitter,
-    /// as with RawSocket.
+    /// A Linux interface through AF_XDP sockets, one `AfXdp` app per
+    /// receive queue (`uplink-qN`): the driver hands frames over at its XDP
+    /// hook; the software splitter sorts them, as with RawSocket.
     AfXdp {
         interface: String,
+        /// The receive queues to take. None (the default): every queue
+        /// the interface has, so that no frame the NIC spreads by flow
+        /// (RSS) misses the switch. A list (`[0]`): those only; the others
+        /// go on to the host's own stack. Frames to the wire leave on the
+        /// first queue listed.
         #[serde(default)]
-        queue: u32,
+        queues: Option<Vec<u32>>,
+        /// Zero copy where the driver has it (`Auto`), `ZeroCopy` or refuse, `Copy`.
+        #[serde(default = "afxdp_mode")]
+        mode: AfXdpMode,
+        /// Where the XDP program runs: `Auto` (native when the driver can), `Native`, `Generic`.
+        #[serde(default = "xdp_auto")]
+        xdp: XdpAttach,
+        /// Take off another XDP program found on the interface (refused otherwise).
+        #[serde(default)]
+        replace: bool,
+        /// Descriptors of each queue's RX and TX rings (powers of two).
+        #[serde(default = "ring2048")]
+        rx_ring: u32,
+        #[serde(default = "ring2048")]
+        tx_ring: u32,
         #[serde(default = "yes")]
         vm_to_vm: bool,
     },
@@ -173,12 +202,21 @@ impl Uplink {
                 "Linux interface {interface} (AF_PACKET), ports sorted by the software splitter, VM-to-VM {}",
                 if *vm_to_vm { "switched in software" } else { "off" }
             ),
-            Uplink::AfXdp { interface, queue, vm_to_vm } => format!(
-                "Linux interface {interface} queue {queue} (AF_XDP), ports sorted by the software splitter, VM-to-VM {}",
+            Uplink::AfXdp { interface, queues, vm_to_vm, .. } => format!(
+                "Linux interface {interface} through AF_XDP ({}), ports sorted by the software splitter, VM-to-VM {}",
+                match queues {
+                    None => "every receive queue".to_string(),
+                    Some(q) => format!("queue{} {}", if q.len() == 1 { "" } else { "s" }, list(q)),
+                },
                 if *vm_to_vm { "switched in software" } else { "off" }
             ),
         }
     }
+}
+
+/// Numbers as `0, 1, 3`.
+pub fn list(v: &[u32]) -> String {
+    v.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
 }
 
 fn frame60() -> usize {
@@ -455,10 +493,13 @@ impl Vswitch {
             if !snabb_core::config::valid_name(name) {
                 return Err(self.error_at(at("name"), format!("port name `{name}`: letters, digits, `_`, `-` only")));
             }
-            if RESERVED.contains(&name) {
+            if RESERVED.contains(&name) || name.starts_with("uplink-") {
                 return Err(self.error_at(
                     at("name"),
-                    format!("port name `{name}` is taken by the switch's own apps ({})", RESERVED.join(", ")),
+                    format!(
+                        "port name `{name}` is taken by the switch's own apps ({}, and `uplink-` names)",
+                        RESERVED.join(", ")
+                    ),
                 ));
             }
             if let Some(&j) = names.get(name) {
@@ -582,6 +623,23 @@ impl Vswitch {
                     format!("uplink: traffic comes on the wire from a generator port: no other wire ({w:?}) with it"),
                 ));
             }
+            if let Uplink::AfXdp { queues: Some(q), .. } = u {
+                if q.is_empty() {
+                    return Err(self.error_at(
+                        Place::Uplink(Some("queues")),
+                        "uplink: queues: list at least one queue, or leave it out for all of them",
+                    ));
+                }
+                if let Some(k) = (1..q.len()).find(|&k| q[..k].contains(&q[k])) {
+                    return Err(self.error_at(
+                        Place::Uplink(Some("queues")),
+                        format!("uplink: queues: queue {} is listed twice", q[k]),
+                    ));
+                }
+            }
+            if let Some(args) = self.afxdp_args().first() {
+                args.check().map_err(|e| self.error_at(Place::Uplink(None), format!("uplink: {e:#}")))?;
+            }
             if let Uplink::Model { port, .. } = u
                 && (port.is_empty() || !port.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c)))
             {
@@ -631,8 +689,42 @@ impl Vswitch {
         Ok(())
     }
 
+    /// An AF_XDP uplink's receive queues: those listed, or every one the
+    /// interface has (queue 0 when there is no such interface here).
+    pub fn afxdp_queues(&self) -> Vec<u32> {
+        match &self.uplink {
+            Some(Uplink::AfXdp { queues: Some(q), .. }) => q.clone(),
+            Some(Uplink::AfXdp { interface, queues: None, .. }) => {
+                (0..snabb_apps_afxdp::rx_queue_count(interface).unwrap_or(1)).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// An AF_XDP uplink's apps' arguments, one per queue, in queue order
+    /// as listed (the first sends).
+    pub fn afxdp_args(&self) -> Vec<AfXdpArgs> {
+        let Some(Uplink::AfXdp { interface, mode, xdp, replace, rx_ring, tx_ring, .. }) = &self.uplink else {
+            return Vec::new();
+        };
+        self.afxdp_queues()
+            .into_iter()
+            .map(|queue| AfXdpArgs {
+                queue,
+                mode: *mode,
+                xdp: *xdp,
+                replace: *replace,
+                rx_ring: *rx_ring,
+                tx_ring: *tx_ring,
+                ..AfXdpArgs::new(interface)
+            })
+            .collect()
+    }
+
     /// What this machine must have for the config: the uplink's interface
-    /// or PCI device. Run before anything starts.
+    /// or PCI device; for AF_XDP also the queues, the privileges, and an
+    /// interface no one else has an XDP program on. Run before anything
+    /// starts, and before a reload is applied.
     pub fn check_machine(&self) -> Result<(), ConfigError> {
         match &self.uplink {
             Some(Uplink::RawSocket { interface, .. } | Uplink::AfXdp { interface, .. })
@@ -642,6 +734,9 @@ impl Vswitch {
                     Place::Uplink(Some("interface")),
                     format!("uplink: no interface `{interface}` on this machine (see `ip link`)"),
                 ));
+            }
+            Some(Uplink::AfXdp { interface, replace, .. }) => {
+                self.check_afxdp(interface, *replace)?;
             }
             Some(Uplink::Model { wire: Some(WireSpec::Interface(i)), .. })
                 if !std::path::Path::new("/sys/class/net").join(i).exists() =>
@@ -676,6 +771,63 @@ impl Vswitch {
                 }
             }
             _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl Vswitch {
+    fn check_afxdp(&self, interface: &str, replace: bool) -> Result<(), ConfigError> {
+        let have = snabb_apps_afxdp::rx_queue_count(interface).unwrap_or(1);
+        if let Some(Uplink::AfXdp { queues: Some(q), .. }) = &self.uplink
+            && let Some(bad) = q.iter().find(|&&n| n >= have)
+        {
+            return Err(self.error_at(
+                Place::Uplink(Some("queues")),
+                format!(
+                    "uplink: interface `{interface}` has {have} receive queue{}: there is no queue {bad} (see `ethtool -l {interface}`)",
+                    if have == 1 { "" } else { "s" }
+                ),
+            ));
+        }
+        let umem: u64 = self.afxdp_args().iter().map(AfXdpArgs::umem_bytes).sum();
+        let missing = snabb_apps_afxdp::missing_privileges(umem);
+        if !missing.is_empty() {
+            return Err(self.error_at(
+                Place::Uplink(None),
+                format!(
+                    "uplink: AF_XDP on `{interface}` needs {} that this process lacks (the socket needs CAP_NET_RAW, \
+                     its XDP program CAP_BPF and CAP_NET_ADMIN, its {} MiB of UMEM CAP_IPC_LOCK or as much locked \
+                     memory, `ulimit -l`): run it as root",
+                    missing.join(", "),
+                    umem >> 20
+                ),
+            ));
+        }
+        let ifindex = std::fs::read_to_string(format!("/sys/class/net/{interface}/ifindex"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        if let Some(pid) = ifindex.and_then(snabb_apps_afxdp::attach::lock_holder) {
+            return Err(self.error_at(
+                Place::Uplink(Some("interface")),
+                format!(
+                    "uplink: interface `{interface}` is in use by another snabb-rs process (pid {pid}): one process per interface"
+                ),
+            ));
+        }
+        if !replace {
+            let other = snabb_apps_afxdp::foreign_programs(interface)
+                .map_err(|e| self.error_at(Place::Uplink(Some("interface")), format!("uplink: {e:#}")))?;
+            if let Some((mode, id, name)) = other.first() {
+                return Err(self.error_at(
+                    Place::Uplink(Some("interface")),
+                    format!(
+                        "uplink: interface `{interface}` already has an XDP program ({} mode, id {id}, `{name}`): \
+                         stop its owner, or set `replace: true` to take it off",
+                        mode.name()
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -846,6 +998,25 @@ mod tests {
         let v = parse("(uplink: Intel10g(\n pci: \"0000:7f:1f.7\"))", Some("v.ron")).unwrap();
         let e = v.check_machine().unwrap_err().to_string();
         assert!(e.starts_with("v.ron:2:2: uplink: no PCI device 0000:7f:1f.7"), "{e}");
+    }
+
+    #[test]
+    fn afxdp_uplink_mistakes() {
+        let text = "(\n uplink: AfXdp(interface: \"eth9\", queues: []),\n)";
+        let e = err(text);
+        assert!(e.starts_with("v.ron:2:35: uplink: queues: list at least one queue"), "{e}");
+        let e = err(&text.replace("[]", "[0, 3, 0]"));
+        assert!(e.contains("queue 0 is listed twice"), "{e}");
+        let e = err(&text.replace("queues: []", "rx_ring: 1000"));
+        assert!(e.starts_with("v.ron:2:10: uplink: rx_ring 1000: a power of two"), "{e}");
+        let e = parse(&text.replace("queues: []", "mode: Fast"), Some("v.ron")).unwrap_err().to_string();
+        assert!(e.starts_with("v.ron:2:") && e.contains("Fast"), "{e}");
+        let v = parse(&text.replace("queues: []", "queues: [0, 7]").replace("eth9", "lo"), Some("v.ron")).unwrap();
+        v.check().unwrap();
+        let e = v.check_machine().unwrap_err().to_string();
+        assert!(e.starts_with("v.ron:2:33: uplink: interface `lo` has 1 receive queue: there is no queue 7"), "{e}");
+        let e = err(&GOOD.replace("\"vm2\"", "\"uplink-q0\""));
+        assert!(e.contains("taken by the switch"), "{e}");
     }
 
     #[test]
