@@ -247,6 +247,10 @@ const UNKNOWN: [u8; 6] = [0x02, 0, 0, 0, 0x99, 0x99];
 /// Three ports: vm1 and vm2 on VLAN 10, vm3 on VLAN 20; vm2 takes only
 /// frames of 200 bytes or less (`to_guest` filter), vm1 sends at most 700
 /// frames (a bucket that does not refill in the test's time).
+fn three_ports(dir: &Path, uplink: &str) -> PathBuf {
+    three_ports_with(dir, uplink, "")
+}
+
 /// `extra`: more top-level fields (workers).
 fn three_ports_with(dir: &Path, uplink: &str, extra: &str) -> PathBuf {
     let f = dir.join("vswitch.ron");
