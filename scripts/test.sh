@@ -109,6 +109,32 @@ for s in selftest/*.sh; do
     esac
 done
 
+# --- 4. two workers ------------------------------------------------------------
+# (basic1 over two workers with exact counts, a panicking worker, an app moved
+# under traffic: cargo tests above, core/tests/workers.rs and
+# programs/tests/cli.rs.) The vhost-user suite with each port on a worker of
+# its own, so both directions cross an interlink: exact counts as above.
+s=selftest/vhost-user-testpmd.sh
+say "$s with two workers"
+out=$(VHOST_TESTPMD_WORKERS=2 bash "$s" 2>&1); rc=$?
+echo "$out" | tail -20
+case $rc in
+    0) record "pass $s, two workers";;
+    43) record "skip $s, two workers: $(echo "$out" | grep -m1 '^SKIP' | cut -c6-)";;
+    *) record "FAIL $s, two workers (exit $rc)$(echo "$out" | awk '/^FAIL / {printf "\n      %s", substr($0, 1, 300)}')";;
+esac
+
+# vmdq-vswitch with its ports spread over two workers: the same checks.
+s=selftest/vmdq-vswitch.sh
+say "$s with two workers"
+out=$(VSWITCH_WORKERS=2 bash "$s" 2>&1); rc=$?
+echo "$out" | tail -20
+case $rc in
+    0) record "pass $s, two workers";;
+    43) record "skip $s, two workers: $(echo "$out" | grep -m1 '^SKIP' | cut -c6-)";;
+    *) record "FAIL $s, two workers (exit $rc)$(echo "$out" | awk '/^FAIL / {printf "\n      %s", substr($0, 1, 300)}')";;
+esac
+
 say "summary ($(( $(date +%s) - START )) s)"
 for r in "${RESULTS[@]}"; do echo "  $r"; done
 exit $FAILED

@@ -23,7 +23,10 @@
 # Environment: SNABB_RS (the binary; default $CARGO_TARGET_DIR/release/snabb-rs),
 # VHOST_SWITCH=testpmd (testpmd's net_vhost with io forwarding plays the
 # switch instead: proves the harness), VHOST_TESTPMD_LIMIT (seconds, default 300),
-# VHOST_TESTPMD_CASES (default "oneway back io mac stall mrg mq").
+# VHOST_TESTPMD_CASES (default "oneway back io mac stall mrg mq"),
+# VHOST_TESTPMD_WORKERS=2 (vm1 on worker w1 on CPU 0, vm2 on worker w2 on
+# CPU 1: both directions cross an interlink; the counts stay exact, the
+# interlink's and both local links' drops and leftovers counted on the way).
 # Exit 0 pass, 43 skip (a SKIP line), 1 fail. Every process, socket and huge
 # page file made here is removed on exit.
 set -uo pipefail
@@ -36,6 +39,7 @@ T=$P/testpmd.sh
 LIMIT=${VHOST_TESTPMD_LIMIT:-300}
 SWITCH=${VHOST_SWITCH:-snabb-rs}
 CASES=${VHOST_TESTPMD_CASES:-oneway back io mac stall mrg mq}
+WORKERS=${VHOST_TESTPMD_WORKERS:-1}
 ci() { [ -n "${SNABB_RS_CI:-}" ] && [ "${SNABB_RS_CI}" != 0 ]; }
 skip() { if ci; then echo "FAIL (under CI, not a skip): $*"; exit 1; fi; echo "SKIP $*"; exit 43; }
 PASSED=0 FAILED=0 SKIPPED=()
@@ -95,18 +99,23 @@ start_switch() {
     fi
     local qa=""
     [ "$q" -gt 1 ] && qa=", queues: $q"
+    local w1="" w2="" workers="" pin=(taskset -c 0)
+    if [ "$WORKERS" = 2 ]; then
+        w1=', worker: "w1"' w2=', worker: "w2"' workers='workers: { "w1": (cpu: 0), "w2": (cpu: 1) },' pin=()
+    fi
     cat >"$W/switch.ron" <<EOF
 // Two VhostUser ports cabled to each other.
 (
     apps: {
-        "vm1": (class: "VhostUser", args: (socket: "$W/v1.sock", server: true$qa)),
-        "vm2": (class: "VhostUser", args: (socket: "$W/v2.sock", server: true$qa)),
+        "vm1": (class: "VhostUser", args: (socket: "$W/v1.sock", server: true$qa)$w1),
+        "vm2": (class: "VhostUser", args: (socket: "$W/v2.sock", server: true$qa)$w2),
     },
     links: [ "vm1.output -> vm2.input", "vm2.output -> vm1.input" ],
+    $workers
 )
 EOF
     rm -rf "$SNABB_RS_SHM_ROOT"
-    setsid taskset -c 0 "$B" run "$W/switch.ron" </dev/null >"$W/switch.log" 2>&1 &
+    setsid "${pin[@]}" "$B" run "$W/switch.ron" </dev/null >"$W/switch.log" 2>&1 &
     SW_PGID=$!
     wait_socket "$W/v1.sock" 20 && wait_socket "$W/v2.sock" 20 && return 0
     echo "  snabb-rs did not listen on both sockets; its log:"; tail -20 "$W/switch.log" | sed 's/^/    /'
@@ -126,10 +135,13 @@ shm_dir() { ls -d "$SNABB_RS_SHM_ROOT"/[0-9]* 2>/dev/null | head -1; }
 ctr() { # FILE: a u64 counter, 0 when absent
     [ -f "$1" ] && od -An -t u8 "$1" | tr -d ' \n' || echo 0
 }
-app_ctr() { ctr "$(shm_dir)/apps/$1/$2.counter"; } # APP NAME
+# An app's counters are under apps/, or under workers/<w>/apps/ when it
+# runs on a worker.
+app_dir() { local d; d=$(ls -d "$(shm_dir)/apps/$1" "$(shm_dir)"/workers/*/apps/"$1" 2>/dev/null | head -1); echo "${d:-$(shm_dir)/apps/$1}"; }
+app_ctr() { ctr "$(app_dir "$1")/$2.counter"; } # APP NAME
 app_counters() { # APP: name=value ... (nonzero ones)
     local d f v out=""
-    d=$(shm_dir)/apps/$1
+    d=$(app_dir "$1")
     for f in "$d"/*.counter; do
         [ -e "$f" ] || continue
         v=$(ctr "$f"); [ "$v" = 0 ] || out+=" $(basename "$f" .counter)=$v"
@@ -155,6 +167,17 @@ switch_path() {
     local l tx txdrop rx f=vm$from t=vm$to c guest_drops=0 way_drops=0
     l="$(shm_dir)/links/$f.output -> $t.input"
     tx=$(ctr "$l/txpackets.counter") txdrop=$(ctr "$l/txdrop.counter") rx=$(ctr "$l/rxpackets.counter")
+    if [ "$WORKERS" = 2 ]; then
+        # Three hops: vmFROM's local link to the interlink's producer end,
+        # the interlink, the consumer end's local link to vmTO. What went
+        # in is the first's txpackets; what came out the last's rxpackets;
+        # drops are the three's.
+        local il=il_$f-output__$t-input a b
+        a="$(shm_dir)/workers/w$from/links/$f.output -> ${il}_tx.input"
+        b="$(shm_dir)/workers/w$to/links/${il}_rx.output -> $t.input"
+        txdrop=$(( $(ctr "$a/txdrop.counter") + txdrop + $(ctr "$b/txdrop.counter") ))
+        tx=$(ctr "$a/txpackets.counter") rx=$(ctr "$b/rxpackets.counter")
+    fi
     for c in rx_bad_descriptor rx_too_short rx_too_long rx_bad_csum rx_no_output; do guest_drops=$((guest_drops + $(app_ctr $f $c))); done
     for c in tx_no_guest tx_no_room tx_bad_descriptor tx_backlog_drops; do way_drops=$((way_drops + $(app_ctr $t $c))); done
     echo "$(( $(app_ctr $f rx_packets) + guest_drops )) $(app_ctr $t tx_packets) $((guest_drops + txdrop + (tx - rx) + way_drops))"

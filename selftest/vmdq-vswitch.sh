@@ -44,6 +44,8 @@
 #   6. afxdp: frames the uplink's apps took from t0 and sent on it equal what
 #      the kernel counted on t0 (rx_packets, tx_packets + tx_dropped) while
 #      the switch ran; t0 has no XDP program once the switch stopped
+# VSWITCH_WORKERS=N spreads the ports over N workers (`workers: N`): the
+# same checks, each guest's port on a worker of its own.
 # Every wait is bounded, the run too ($VSWITCH_LIMIT, default 900 s); every
 # process and namespace made here is removed on exit.
 # Exit 0 pass, 43 skip (a SKIP line), 1 fail.
@@ -56,6 +58,7 @@ G=$P/guest.sh
 
 LIMIT=${VSWITCH_LIMIT:-900}
 MODES=${MODES:-model rawsocket afxdp}
+WORKERS=${VSWITCH_WORKERS:-0}
 ci() { [ -n "${SNABB_RS_CI:-}" ] && [ "${SNABB_RS_CI}" != 0 ]; }
 skip() { if ci; then echo "FAIL (under CI, not a skip): $*"; exit 1; fi; echo "SKIP $*"; exit 43; }
 PASSED=0 FAILED=0
@@ -174,7 +177,8 @@ ip link set dev "$T0" up
 
 ctr() { # APP COUNTER of the running switch
     local f
-    f=$(ls -d "$W/shm"/[0-9]*/apps/"$1"/"$2".counter 2>/dev/null | head -1)
+    # (An app on a worker has its counters under workers/<name>/.)
+    f=$(ls -d "$W/shm"/[0-9]*/apps/"$1"/"$2".counter "$W/shm"/[0-9]*/workers/*/apps/"$1"/"$2".counter 2>/dev/null | head -1)
     [ -n "$f" ] && od -An -t u8 "$f" | tr -d ' \n' || echo 0
 }
 # Frames from the wire that no port took, as the report counts them.
@@ -209,6 +213,7 @@ write_config() {
         (name: "vm20", socket: "$W/v20.sock", server: $server, macs: ["$MAC20"], vlan: 20$vm20extra),
         $more
     ],
+    workers: $WORKERS,
 )
 EOF
     mv -f "$W/vsw.ron.new" "$W/vsw.ron"

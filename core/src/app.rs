@@ -346,8 +346,11 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// A registry with the engine's own hidden classes (interlink ends).
     pub fn new() -> Registry {
-        Registry::default()
+        let mut r = Registry::default();
+        crate::worker::register(&mut r);
+        r
     }
 
     /// Add class `C` under `name`, with a one-line description.
@@ -361,8 +364,9 @@ impl Registry {
     }
 
     /// Class names and descriptions.
+    /// (The engine's hidden classes are not among them.)
     pub fn classes(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.classes.iter().map(|(k, c)| (k.as_str(), c.doc))
+        self.classes.iter().filter(|(k, _)| !hidden(k)).map(|(k, c)| (k.as_str(), c.doc))
     }
 
     /// The ports a class declares (`AppClass::PORTS`).
@@ -377,7 +381,7 @@ impl Registry {
     fn class(&self, config: &Config, app: &str, class: &str) -> Result<&Class, ConfigError> {
         self.classes.get(class).ok_or_else(|| {
             let mut known = String::new();
-            for (i, k) in self.classes.keys().enumerate() {
+            for (i, k) in self.classes.keys().filter(|k| !hidden(k)).enumerate() {
                 let _ = write!(known, "{}{k}", if i > 0 { ", " } else { "" });
             }
             config.app_error(app, format!("app `{app}`: no app class `{class}` (known: {known})"))
@@ -419,6 +423,11 @@ impl Registry {
         let ctx = AppContext { name, class: &spec.class };
         (class.reconfigure)(app, &spec.args, &ctx).map_err(|f| failure(config, name, &spec.class, f))
     }
+}
+
+/// The engine's own classes, made by it only.
+fn hidden(class: &str) -> bool {
+    class == crate::worker::SEND_CLASS || class == crate::worker::RECEIVE_CLASS
 }
 
 fn args_error(app: &str, class: &str, e: ConfigError) -> ConfigError {

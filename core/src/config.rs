@@ -8,14 +8,20 @@
 //! (
 //!     apps: {
 //!         "source": (class: "Source", args: (size: 60)),
-//!         "sink":   (class: "Sink"),
+//!         "sink":   (class: "Sink", worker: "w1"),
 //!     },
 //!     links: [
 //!         "source.output -> sink.input",
 //!         (link: "source.copy -> sink.copy", copy: Simd, size: 4096),
 //!     ],
+//!     workers: { "w1": (cpu: 1) },
 //! )
 //! ```
+//!
+//! An app with a `worker` runs on that worker (a thread of its own, pinned
+//! to the worker's CPU when it has one); the others run on the main one.
+//! A link whose ends are on different workers is an interlink (see
+//! `worker`); the config does not say so.
 //!
 //! Arguments stay as RON text until the app's class parses them into its own
 //! type, so an error in them still points at the right line and column of
@@ -32,6 +38,9 @@ use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::link::{self, CopyMode};
+
+/// The worker of apps placed on none.
+pub const MAIN: &str = "main";
 
 /// A position in a config file (1-based).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -170,13 +179,23 @@ impl PartialEq for Args {
 pub struct AppSpec {
     pub class: String,
     pub args: Args,
+    /// The worker the app runs on (None: the main one).
+    pub worker: Option<String>,
     pos: Option<Pos>,
 }
 
 impl PartialEq for AppSpec {
     fn eq(&self, other: &AppSpec) -> bool {
-        self.class == other.class && self.args == other.args
+        self.class == other.class && self.args == other.args && self.worker == other.worker
     }
+}
+
+/// A worker: a thread of its own, pinned to `cpu` when given.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSpec {
+    #[serde(default)]
+    pub cpu: Option<usize>,
 }
 
 /// One end of a link: `app.port`.
@@ -253,6 +272,7 @@ struct LinkEntry {
 pub struct Config {
     apps: BTreeMap<String, AppSpec>,
     links: BTreeMap<LinkSpec, LinkEntry>,
+    workers: BTreeMap<String, WorkerSpec>,
     origin: Origin,
     /// Errors met while building in code, reported by `validate`.
     deferred: Vec<ConfigError>,
@@ -261,6 +281,7 @@ pub struct Config {
 impl PartialEq for Config {
     fn eq(&self, other: &Config) -> bool {
         self.apps == other.apps
+            && self.workers == other.workers
             && self.links.len() == other.links.len()
             && self.links.iter().zip(&other.links).all(|(a, b)| a.0 == b.0 && a.1.settings == b.1.settings)
     }
@@ -289,8 +310,57 @@ impl Config {
         } else if self.apps.contains_key(name) {
             self.deferred.push(ConfigError::new(format!("app `{name}` defined twice")));
         }
-        self.apps.insert(name.to_string(), AppSpec { class: class.to_string(), args, pos: None });
+        self.apps.insert(name.to_string(), AppSpec { class: class.to_string(), args, worker: None, pos: None });
         self
+    }
+
+    /// Declare a worker (or change its CPU).
+    pub fn worker(&mut self, name: &str, spec: WorkerSpec) -> &mut Config {
+        if !valid_name(name) || name == MAIN {
+            self.deferred
+                .push(ConfigError::new(format!("worker name `{name}`: letters, digits, `_`, `-`, not `main`")));
+        }
+        self.workers.insert(name.to_string(), spec);
+        self
+    }
+
+    /// Place app `app` (added already) on worker `worker` (None: main).
+    pub fn place(&mut self, app: &str, worker: Option<&str>) -> &mut Config {
+        match self.apps.get_mut(app) {
+            Some(a) => a.worker = worker.map(str::to_string),
+            None => self.deferred.push(ConfigError::new(format!("place: no app named `{app}`"))),
+        }
+        self
+    }
+
+    pub fn workers(&self) -> impl Iterator<Item = (&str, &WorkerSpec)> {
+        self.workers.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// The worker app `name` runs on (`main` when it has none).
+    pub fn worker_of(&self, name: &str) -> &str {
+        self.apps.get(name).and_then(|a| a.worker.as_deref()).unwrap_or(MAIN)
+    }
+
+    /// Remove every app, link and worker not wanted by `keep`; the origin
+    /// (for error positions) stays.
+    pub(crate) fn retain(&mut self, apps: impl Fn(&str, &AppSpec) -> bool) {
+        self.apps.retain(|k, v| apps(k, v));
+        let apps = &self.apps;
+        self.links.retain(|k, _| apps.contains_key(&k.from.app) && apps.contains_key(&k.to.app));
+    }
+
+    /// Drop the placement of every app, and the workers.
+    pub(crate) fn unplace(&mut self) {
+        for a in self.apps.values_mut() {
+            a.worker = None;
+        }
+        self.workers.clear();
+    }
+
+    /// The settings of link `spec`, when it exists.
+    pub fn link_settings(&self, spec: &LinkSpec) -> Option<LinkSettings> {
+        self.links.get(spec).map(|e| e.settings)
     }
 
     /// Add a link `"a.out -> b.in"` with default settings.
@@ -375,7 +445,8 @@ impl Config {
                 },
                 None => Args { origin: origin.clone(), pos: Some(name_pos), absent: true, ..Args::unit() },
             };
-            c.apps.insert(name.to_string(), AppSpec { class: app.class, args, pos: Some(name_pos) });
+            c.apps
+                .insert(name.to_string(), AppSpec { class: app.class, args, worker: app.worker, pos: Some(name_pos) });
         }
         for l in raw.links {
             // The spec borrows from the text: its address gives its place
@@ -387,6 +458,7 @@ impl Config {
             }
             c.links.insert(spec, LinkEntry { settings: l.settings, pos });
         }
+        c.workers = raw.workers;
         c.validate()?;
         Ok(c)
     }
@@ -396,6 +468,27 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(e) = self.deferred.first() {
             return Err(e.clone());
+        }
+        for name in self.workers.keys() {
+            if !valid_name(name) || name == MAIN {
+                return Err(ConfigError::at(
+                    &self.origin,
+                    None,
+                    format!("worker name `{name}`: letters, digits, `_`, `-`, not `main`"),
+                ));
+            }
+        }
+        for (name, a) in &self.apps {
+            if let Some(w) = &a.worker
+                && !self.workers.contains_key(w)
+            {
+                let known: Vec<&str> = self.workers.keys().map(String::as_str).collect();
+                return Err(ConfigError::at(
+                    &self.origin,
+                    a.pos,
+                    format!("app `{name}`: no worker named `{w}` (workers: {})", known.join(", ")),
+                ));
+            }
         }
         let mut outs: BTreeMap<&Endpoint, &LinkSpec> = BTreeMap::new();
         let mut ins: BTreeMap<&Endpoint, &LinkSpec> = BTreeMap::new();
@@ -427,10 +520,11 @@ impl Config {
     pub fn to_ron(&self) -> String {
         let mut s = String::from("(\n    apps: {\n");
         for (name, a) in &self.apps {
+            let worker = a.worker.as_ref().map(|w| format!(", worker: {w:?}")).unwrap_or_default();
             if a.args.value == ron::Value::Unit {
-                s += &format!("        {name:?}: (class: {:?}),\n", a.class);
+                s += &format!("        {name:?}: (class: {:?}{worker}),\n", a.class);
             } else {
-                s += &format!("        {name:?}: (class: {:?}, args: {}),\n", a.class, a.args.text);
+                s += &format!("        {name:?}: (class: {:?}, args: {}{worker}),\n", a.class, a.args.text);
             }
         }
         s += "    },\n    links: [\n";
@@ -441,7 +535,18 @@ impl Config {
                 s += &format!("        (link: \"{spec}\", copy: {:?}, size: {}),\n", e.settings.copy, e.settings.size);
             }
         }
-        s += "    ],\n)\n";
+        s += "    ],\n";
+        if !self.workers.is_empty() {
+            s += "    workers: {\n";
+            for (name, w) in &self.workers {
+                match w.cpu {
+                    Some(c) => s += &format!("        {name:?}: (cpu: {c}),\n"),
+                    None => s += &format!("        {name:?}: (),\n"),
+                }
+            }
+            s += "    },\n";
+        }
+        s += ")\n";
         s
     }
 }
@@ -456,6 +561,8 @@ struct FileConfig<'a> {
     apps: AppMap<'a>,
     #[serde(borrow, default)]
     links: Vec<FileLink<'a>>,
+    #[serde(default)]
+    workers: BTreeMap<String, WorkerSpec>,
 }
 
 #[derive(Deserialize)]
@@ -464,6 +571,8 @@ struct FileApp<'a> {
     class: String,
     #[serde(borrow, default, deserialize_with = "some_raw")]
     args: Option<&'a RawValue>,
+    #[serde(default)]
+    worker: Option<String>,
 }
 
 fn some_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -633,6 +742,20 @@ mod tests {
         let e = Config::parse(text, Some("t.ron")).unwrap().app_spec("src").unwrap().args.parse::<A>().unwrap_err();
         assert_eq!(e.pos.unwrap().line, 1);
         assert!(e.pos.unwrap().col > 40, "{e}");
+    }
+
+    #[test]
+    fn workers_and_placement() {
+        let text = "(apps: {\"a\": (class: \"X\", worker: \"w1\"), \"b\": (class: \"Y\")},\n links: [\"a.o -> b.i\"],\n workers: {\"w1\": (cpu: 1), \"w2\": ()})";
+        let c = Config::parse(text, None).unwrap();
+        assert_eq!(c.worker_of("a"), "w1");
+        assert_eq!(c.worker_of("b"), MAIN);
+        assert_eq!(c.workers().count(), 2);
+        assert_eq!(Config::parse(&c.to_ron(), None).unwrap(), c);
+        let e = err("(apps: {\"a\": (class: \"X\", worker: \"w9\")}, workers: {\"w1\": ()})");
+        assert!(e.contains("no worker named `w9`"), "{e}");
+        let e = err("(apps: {}, workers: {\"main\": ()})");
+        assert!(e.contains("not `main`"), "{e}");
     }
 
     #[test]

@@ -114,6 +114,9 @@ pub struct Engine {
     timers: Timers<Engine>,
     shm: Option<ShmDir>,
     engine_counters: Vec<(&'static str, Counter)>,
+    /// Counters of interlinks (as links) and workers, by path: the main
+    /// engine publishes them.
+    extra_counters: BTreeMap<String, Counter>,
     tick_period: Duration,
     next_tick: Instant,
     sleep_us: u64,
@@ -122,6 +125,8 @@ pub struct Engine {
     stop_requested: bool,
     moved_before: u64,
     clock: BreathClock,
+    /// Worker threads, when the config places apps on workers.
+    workers: crate::worker::Workers,
 }
 
 /// The time as the engine sees it after each breath. Reading the clock
@@ -191,6 +196,7 @@ impl Engine {
             timers: Timers::default(),
             shm: None,
             engine_counters: Vec::new(),
+            extra_counters: BTreeMap::new(),
             tick_period: Duration::from_millis(1),
             next_tick: Instant::now(),
             sleep_us: 0,
@@ -198,6 +204,7 @@ impl Engine {
             stop_requested: false,
             moved_before: 0,
             clock: BreathClock::new(),
+            workers: crate::worker::Workers::default(),
         }
     }
 
@@ -213,6 +220,8 @@ impl Engine {
         }
         self.engine_counters = ec;
         self.shm = Some(dir);
+        // Workers publish under <dir>/workers/<name>.
+        self.workers.enable_shm(opts);
         // Counters for what already runs.
         for (spec, l) in &mut self.links {
             l.counters = link_counters(self.shm.as_ref(), spec);
@@ -234,8 +243,23 @@ impl Engine {
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
+    /// The running config (the whole one, when apps run on workers).
     pub fn config(&self) -> &Config {
-        &self.config
+        if self.workers.is_empty() { &self.config } else { &self.workers.config }
+    }
+
+    /// Pin worker `name` (or `main`) to `cpu`, over what configs say.
+    pub fn set_worker_cpu(&mut self, name: &str, cpu: usize) -> std::io::Result<()> {
+        if name == crate::config::MAIN {
+            crate::worker::pin_current_thread(cpu)?;
+        }
+        self.workers.cpus.insert(name.to_string(), cpu);
+        Ok(())
+    }
+
+    /// Every worker's state and link report (none without workers).
+    pub fn worker_reports(&self) -> Vec<crate::worker::WorkerReport> {
+        self.workers.reports(Duration::from_secs(1))
     }
     pub fn stats(&self) -> EngineStats {
         self.stats
@@ -252,8 +276,21 @@ impl Engine {
     // -----------------------------------------------------------------------
     // Reconfiguration
 
-    /// Move to the graph `new`. See the module comment.
+    /// Move to the graph `new`. See the module comment; a config with
+    /// workers is split among them (see `worker`).
     pub fn configure(&mut self, new: &Config) -> Result<(), ConfigError> {
+        if new.workers().next().is_some() || !self.workers.is_empty() {
+            self.registry.check(new)?;
+            let mut w = std::mem::take(&mut self.workers);
+            let r = w.configure(new, self);
+            self.workers = w;
+            return r;
+        }
+        self.configure_here(new)
+    }
+
+    /// Move this engine's own graph to `new` (no workers).
+    pub(crate) fn configure_here(&mut self, new: &Config) -> Result<(), ConfigError> {
         self.registry.check(new)?;
 
         // Phase 1: make every app that must be made. Nothing changes yet.
@@ -284,9 +321,20 @@ impl Engine {
         let mut apps: BTreeMap<String, AppEntry> = self.apps.drain(..).map(|e| (e.name.clone(), e)).collect();
         let gone_links: Vec<LinkSpec> =
             self.links.keys().filter(|s| !new.links().any(|(n, _)| n == *s)).cloned().collect();
+        let mut leftovers: Vec<(LinkSpec, Rc<Link>, Option<std::sync::Arc<crate::interlink::Interlink>>)> = Vec::new();
         for spec in gone_links {
             let l = self.links.remove(&spec).unwrap();
-            self.stats.reconfig_drops += l.link.discard().0;
+            // (An empty one too: it may lead to an interlink that holds
+            // packets.)
+            // The interlink it fed, when it led to a producer end: held
+            // here, as the app will be gone before the packets move.
+            let il = self
+                .config
+                .app_spec(&spec.to.app)
+                .filter(|a| a.class == crate::worker::SEND_CLASS)
+                .and_then(|a| a.args.parse::<crate::worker::InterlinkArgs>().ok())
+                .and_then(|args| crate::interlink::get(&args.link));
+            leftovers.push((spec.clone(), l.link.clone(), il));
             if let Some(d) = &self.shm {
                 d.remove(&format!("links/{spec}"));
             }
@@ -329,6 +377,51 @@ impl Engine {
                 }
             }
         }
+        // A link gone hands what it still queues to a new link at the same
+        // input port (or, failing that, output port): when an app moves to
+        // another worker, its links here are replaced by interlink ends.
+        for (spec, old, il) in leftovers {
+            let to = self
+                .links
+                .iter()
+                .find(|(s, _)| s.to == spec.to && !self.config.links().any(|(o, _)| o == *s))
+                .or_else(|| {
+                    self.links.iter().find(|(s, _)| s.from == spec.from && !self.config.links().any(|(o, _)| o == *s))
+                })
+                .map(|(s, _)| s.clone());
+            match (to, il) {
+                (Some(to), il) => {
+                    // The interlink became a local link here (its consumer
+                    // moved to this worker and was quiesced): what is on the
+                    // ring comes first. The link grows to hold it all.
+                    let il = il.filter(|il| il.attach(false));
+                    let need = old.nreadable() + il.as_ref().map_or(0, |il| il.nreadable());
+                    let e = self.links.get_mut(&to).unwrap();
+                    if e.link.nwritable() < need {
+                        let size = (e.link.nreadable() + need).next_power_of_two().min(crate::link::MAX_SIZE);
+                        e.link = Rc::new(e.link.resized(size));
+                    }
+                    if let Some(il) = il {
+                        // Its packets may be of other workers' pools.
+                        packet::expect_visitors();
+                        while il.pull_into(&e.link) > 0 {}
+                        il.detach(false);
+                    }
+                    old.transfer(&e.link);
+                }
+                (None, Some(il)) => {
+                    // An interlink's producer end goes (its app moved away):
+                    // what it still had to send stays with the ring.
+                    il.stash_from(&old);
+                }
+                (None, None) => {}
+            }
+            let dropped = old.discard().0;
+            if dropped > 0 {
+                log::warn!("{dropped} packets dropped with link {spec} (removed)");
+            }
+            self.stats.reconfig_drops += dropped;
+        }
         // Ports: rebuilt from the links; apps whose ports changed are told.
         let mut io: BTreeMap<&str, (Vec<Port>, Vec<Port>)> = BTreeMap::new();
         for (spec, l) in &self.links {
@@ -356,9 +449,14 @@ impl Engine {
         Ok(())
     }
 
-    /// Stop every app and drop every link (packets go back to their owners).
+    /// Stop every app and worker and drop every link (packets go back to
+    /// their owners).
     pub fn stop(&mut self) {
-        let _ = self.configure(&Config::new());
+        self.workers.stop_all();
+        let _ = self.configure_here(&Config::new());
+        packet::flush_returns();
+        packet::collect_returns();
+        packet::adopt_orphans();
     }
 
     /// Lay the apps out in push order: a depth-first walk from the outputs
@@ -445,6 +543,10 @@ impl Engine {
         for l in &self.link_list {
             l.rewind();
         }
+        // Packets of other workers' pools dropped here go home; ours come
+        // back (both cheap when there are none).
+        packet::flush_returns();
+        packet::collect_returns();
         self.stats.breaths += 1;
         let moved = self.links_moved();
         let delta = moved - self.moved_before;
@@ -462,6 +564,7 @@ impl Engine {
             for e in &mut self.apps {
                 e.app.tick(&e.io);
             }
+            packet::adopt_orphans();
         }
         if self.timers.due(now) {
             let mut due = self.timers.take_due(now);
@@ -552,20 +655,30 @@ impl Engine {
         let s: LinkSpec = spec.parse().ok()?;
         self.links.get(&s).map(|l| &*l.link)
     }
+    /// A link's counters; with workers, a link of the whole config
+    /// wherever it runs (one between workers sums its three hops: see
+    /// `worker`).
     pub fn link_counters(&self, spec: &str) -> Option<LinkCounters> {
-        self.link(spec).map(Link::counters)
+        match self.link(spec) {
+            Some(l) => Some(l.counters()),
+            None if !self.workers.is_empty() => self.workers.link_counters(spec, self),
+            None => None,
+        }
     }
     pub fn links(&self) -> impl Iterator<Item = (&LinkSpec, &Link)> {
         self.links.iter().map(|(s, l)| (s, &*l.link))
     }
 
     /// An app's counters by name.
+    /// (With workers, of an app wherever it runs.)
     pub fn app_counters(&self, name: &str) -> BTreeMap<String, u64> {
         let mut m = BTreeMap::new();
         if let Some(e) = self.entry(name) {
             e.app.counters(&mut |k, v| {
                 m.insert(k.to_string(), v);
             });
+        } else if !self.workers.is_empty() {
+            return self.workers.app_counters(name);
         }
         m
     }
@@ -588,6 +701,30 @@ impl Engine {
         for l in self.links.values() {
             if let Some(cs) = &l.counters {
                 for (c, (_, v)) in cs.iter().zip(l.link.counters().named()) {
+                    c.set(v);
+                }
+            }
+        }
+        if !self.workers.is_empty() {
+            let mut values: Vec<(String, u64)> = Vec::new();
+            for (name, c) in crate::interlink::all_counters() {
+                values.push((format!("links/{name}/txpackets"), c.txpackets));
+                values.push((format!("links/{name}/rxpackets"), c.rxpackets));
+                values.push((format!("links/{name}/txdrop"), c.drops));
+            }
+            for w in self.workers.reports(Duration::ZERO) {
+                values.push((format!("worker-status/{}/breaths", w.name), w.breaths));
+                values.push((format!("worker-status/{}/idle_breaths", w.name), w.idle_breaths));
+                values.push((format!("worker-status/{}/cpu", w.name), w.cpu.max(0) as u64));
+                values.push((format!("worker-status/{}/failed", w.name), w.failed.is_some() as u64));
+            }
+            for (k, v) in values {
+                if !self.extra_counters.contains_key(&k)
+                    && let Ok(c) = dir.counter(&k)
+                {
+                    self.extra_counters.insert(k.clone(), c);
+                }
+                if let Some(c) = self.extra_counters.get(&k) {
                     c.set(v);
                 }
             }
@@ -616,6 +753,17 @@ impl Engine {
             let loss = if sent == 0 { 0.0 } else { c.txdrop as f64 * 100.0 / sent as f64 };
             let _ = writeln!(s, "  {:>15} sent on {spec} (loss rate: {loss:.0}%)", group(c.txpackets));
         }
+        if !self.workers.is_empty() {
+            for (name, c) in crate::interlink::all_counters() {
+                let _ = writeln!(s, "  {:>15} sent on {name} (between workers)", group(c.txpackets));
+            }
+        }
+        for w in self.worker_reports() {
+            let _ = writeln!(s, "worker {}:", w.name);
+            for line in w.links.lines() {
+                let _ = writeln!(s, "  {line}");
+            }
+        }
         s
     }
 
@@ -640,10 +788,24 @@ impl Engine {
     /// Engine load: breaths and idle share since start.
     pub fn report_load(&self) -> String {
         let ps = packet::stats();
-        format!(
+        let mut s = format!(
             "load: {} breaths ({} idle), {} configs, packets in use {} of {}\n",
             self.stats.breaths, self.stats.idle_breaths, self.stats.configs, ps.in_use, ps.total
-        )
+        );
+        for w in self.workers.reports(Duration::ZERO) {
+            let busy = w.breaths.saturating_sub(w.idle_breaths) as f64 * 100.0 / w.breaths.max(1) as f64;
+            let state = match &w.failed {
+                Some(m) => format!(" FAILED: {m}"),
+                None => String::new(),
+            };
+            let pin = w.pinned.map(|c| format!(" (pinned to {c})")).unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "worker {}: {} breaths ({} idle, busy {busy:.0}%), on CPU {}{pin}{state}",
+                w.name, w.breaths, w.idle_breaths, w.cpu
+            );
+        }
+        s
     }
 }
 

@@ -9,6 +9,7 @@ pub mod config;
 pub mod copy;
 pub mod engine;
 pub mod ethernet;
+pub mod interlink;
 pub mod link;
 pub mod memory;
 pub mod packet;
@@ -16,6 +17,7 @@ pub mod pcap;
 pub mod selftest;
 pub mod shm;
 pub mod timer;
+pub mod worker;
 
 pub use app::{App, AppClass, AppContext, Io, PortSpec, Ports, Registry};
 pub use config::{Args, Config, ConfigError, LinkSettings, LinkSpec};

@@ -47,15 +47,30 @@
 //! included (their capacity is capped there), so any packet can be copied
 //! into a host buffer.
 //!
-//! Packets are `!Send`: each engine thread has its own freelist and no lock
-//! is taken on the hot path. Allocations and frees are counted per thread
-//! ([`stats`]) so that tests can check conservation.
+//! Packets are `!Send`: each engine thread has its own *pool* (freelist,
+//! shells, owners) and no lock is taken on the hot path. Allocations and
+//! frees are counted per pool ([`stats`]) so that tests can check
+//! conservation.
+//!
+//! Packets do cross threads, but only through a cross-worker link (see
+//! `link::Interlink`), which hands the records over with Release/Acquire on
+//! its cursors and marks each host record it carries with its home pool.
+//! A record dropped away from home goes home: a host record is rearmed and
+//! put on the *return ring* from this pool to its home (one per pair of
+//! pools, single producer and single consumer, published in batches), which
+//! the home drains into its freelist ([`collect_returns`], once a breath);
+//! a foreign packet (and a split packet) goes home the same way and its
+//! owner gets its token back there. Revocations are seen by every thread.
+//! A pool whose thread ends with records still away is adopted
+//! ([`adopt_orphans`]) until the last one is back.
 
 use std::cell::Cell;
 use std::fmt;
 use std::marker::PhantomData;
 use std::ptr::{self, NonNull};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::memory::{self, CHUNK_SIZE};
 
@@ -77,13 +92,21 @@ const STRIDE: usize = BUFFER_SIZE + 64;
 const BUFFERS_PER_CHUNK: usize = CHUNK_SIZE / STRIDE;
 const _: () = assert!(STRIDE.is_multiple_of(64) && !(STRIDE / 64).is_multiple_of(2));
 
-/// Owner id of host packets.
+/// Owner word of a host record at home.
 const HOST: u32 = 0;
 /// Top bit of `Record::owner`: a host record with a foreign tail (a split
 /// packet; the rest of the word is the tail's owner).
 const SPLIT: u32 = 1 << 31;
 /// The 15 bits of an owner id kept for its slot's generation.
 const GENERATION_MASK: u32 = 0x7fff;
+/// The low 16 bits of an owner word: an owner's slot (never 0), or 0 for a
+/// host record.
+const SLOT_MASK: u32 = 0xffff;
+/// A host record away from home has its home pool here, in the bits an
+/// owner id keeps its generation in (its slot bits stay 0).
+const AWAY_SHIFT: u32 = 16;
+/// Pool ids are 1 to MAX_POOLS - 1: they fit above AWAY_SHIFT.
+const MAX_POOLS: usize = 1 << 15;
 /// Top bit of `Record::cap`: the data must stay where it is (see
 /// [`Packet::has_fixed_start`]).
 const FIXED_START: u32 = 1 << 31;
@@ -139,8 +162,10 @@ struct Record {
     start: u32,
     /// Device address of the buffer's start (0 when unknown).
     dma: u64,
-    /// HOST, or a foreign owner's id (slot | generation << 16), with SPLIT
-    /// set on a host record that has a foreign tail.
+    /// HOST; a foreign owner's id (slot | generation << 16), with SPLIT
+    /// set on a host record that has a foreign tail; or, for a host record
+    /// that left its pool through a cross-worker link, its home pool <<
+    /// AWAY_SHIFT (so that dropping it anywhere takes the slow path home).
     owner: u32,
     /// Bytes of buffer from its start (low 31 bits), and FIXED_START.
     cap: u32,
@@ -157,6 +182,8 @@ struct Shell {
     token: u64,
     /// Bytes moved inside the buffer by header edits (fixed start).
     moved: u32,
+    /// The pool of the owner (and of this shell).
+    home: u32,
 }
 
 /// The foreign tail of a split packet, kept beside its host record (in the
@@ -167,7 +194,8 @@ struct Tail {
     dma: u64,
     token: u64,
     len: u32,
-    _pad: u32,
+    /// The pool of the tail's owner, which is also the head's.
+    home: u32,
 }
 const _: () = assert!(std::mem::size_of::<Tail>() == std::mem::size_of::<Record>());
 
@@ -317,10 +345,18 @@ impl Packet {
         if r.dma == 0 { 0 } else { r.dma + r.start as u64 }
     }
 
-    /// True when the buffer belongs to a [`BufferOwner`], not the host freelist.
+    /// True when the buffer (or a split packet's tail) belongs to a
+    /// [`BufferOwner`], not to a host freelist.
     #[inline]
     pub fn is_foreign(&self) -> bool {
-        self.rec().owner != HOST
+        self.rec().owner & (SPLIT | SLOT_MASK) != 0
+    }
+
+    /// A foreign packet that is not split: its record is a Shell.
+    #[inline(always)]
+    fn is_shell(&self) -> bool {
+        let o = self.rec().owner;
+        o & SPLIT == 0 && o & SLOT_MASK != 0
     }
     /// True when the data cannot move inside its buffer: header edits move bytes.
     #[inline]
@@ -565,7 +601,7 @@ impl Packet {
     /// Add to a foreign packet's tally of bytes moved in its buffer.
     #[inline(always)]
     fn count_moved(&mut self, n: usize) {
-        if self.rec().owner != HOST && !self.is_split() {
+        if self.is_shell() {
             // SAFETY: a foreign packet's record is the front of a Shell.
             let sh = unsafe { &mut *self.rec.cast::<Shell>().as_ptr() };
             sh.moved = sh.moved.saturating_add(n as u32);
@@ -584,29 +620,57 @@ impl Packet {
         }
     }
 
-    /// The owner id and token of a foreign packet (of a split packet's tail).
-    pub fn foreign_token(&self) -> Option<(u32, u64)> {
+    /// The owner id (as [`BufferOwner::id`] gives it: unique in the
+    /// process) and token of a foreign packet (of a split packet's tail).
+    pub fn foreign_token(&self) -> Option<(u64, u64)> {
+        let (owner, home, token) = self.foreign_parts()?;
+        Some(((home as u64) << 32 | owner as u64, token))
+    }
+
+    /// A foreign packet's (or split packet's tail's) owner id in its pool,
+    /// that pool, and the token.
+    #[inline]
+    fn foreign_parts(&self) -> Option<(u32, u32, u64)> {
         let r = self.rec();
         if r.owner & SPLIT != 0 {
             // SAFETY: a split record has its Tail beside it.
-            return Some((r.owner & !SPLIT, unsafe { (*tail_of(self.rec)).token }));
+            let t = unsafe { &*tail_of(self.rec) };
+            return Some((r.owner & !SPLIT, t.home, t.token));
+        }
+        if !self.is_shell() {
+            return None;
         }
         // SAFETY: a foreign packet's record is the front of a Shell.
-        (r.owner != HOST).then(|| (r.owner, unsafe { (*self.rec.cast::<Shell>().as_ptr()).token }))
+        let sh = unsafe { &*self.rec.cast::<Shell>().as_ptr() };
+        Some((r.owner, sh.home, sh.token))
     }
 
     /// Whether this packet's buffer (a split packet's tail) belongs to an
     /// owner that revoked it or went away: a device must not write into it
-    /// any more.
+    /// any more. Owners of other threads are seen too.
     pub fn is_revoked(&self) -> bool {
-        let owner = self.rec().owner & !SPLIT;
-        if owner == HOST {
-            return false;
-        }
+        let Some((owner, home, _)) = self.foreign_parts() else { return false };
+        let slot = (owner & SLOT_MASK) as usize;
         // SAFETY: a read of this thread's State.
         let st = unsafe { &*state() };
-        let o = &st.owners[(owner & 0xffff) as usize];
-        !o.open || o.revoked
+        if home == st.pool {
+            let o = &st.owners[slot];
+            return !o.open || o.revoked;
+        }
+        let w = shared(home).status[slot].load(Ordering::Acquire);
+        w & OWNER_OPEN == 0 || w & OWNER_REVOKED != 0
+    }
+
+    /// Mark a host record of this pool as leaving it (a cross-worker link
+    /// does this as it publishes the packet): wherever it is dropped then,
+    /// it goes home. Foreign and split packets know their home already.
+    #[inline(always)]
+    pub(crate) fn leave_home(&self, pool: u32) {
+        if self.rec().owner == HOST {
+            // SAFETY: the record is this handle's; no reference into it is
+            // live across the write.
+            unsafe { (*self.rec.as_ptr()).owner = pool << AWAY_SHIFT };
+        }
     }
 
     /// Give a fresh host packet (start HEADROOM) the headroom of `of`, when
@@ -667,6 +731,8 @@ impl Drop for Packet {
             free_host(self.rec);
         } else if self.rec().owner & SPLIT != 0 {
             free_split(self.rec);
+        } else if self.rec().owner & SLOT_MASK == 0 {
+            free_away(self.rec);
         } else {
             return_foreign(self.rec);
         }
@@ -845,8 +911,6 @@ struct State {
     total: u64,
     moved_bytes: u64,
     flattened: u64,
-    /// Bumped when an owner revokes its buffers or goes away.
-    revocations: u64,
     shells: Vec<NonNull<Record>>,
     chunks: Vec<memory::Chunk>,
     /// Each chunk's records, in a block of their own (from Box::into_raw):
@@ -856,6 +920,24 @@ struct State {
     shell_blocks: Vec<NonNull<[Shell]>>,
     owners: Vec<OwnerSlot>,
     next_step: usize,
+    /// This pool's id (1 ..MAX_POOLS), and what other threads see of it.
+    pool: u32,
+    shared: &'static Shared,
+    /// Return rings to the homes of records dropped here, one per home.
+    outboxes: Vec<Outbox>,
+    /// Return rings from other pools to this one, with how far each is read.
+    inbound: Vec<(Arc<ReturnRing>, usize)>,
+    /// `shared.inbound_gen` when `inbound` was last copied.
+    inbound_gen: u32,
+    /// Records of other pools may be dropped here (this thread consumes a
+    /// cross-worker link): the batch free checks each record.
+    visitors: bool,
+    /// Returned shells and split records, kept aside while the rings are read.
+    tagged: Vec<usize>,
+    /// Keep-alive objects of owners gone, released by `collect`: dropped
+    /// by `collect_returns` once it holds no reference into the State (a
+    /// keep-alive may own packets).
+    graveyard: Vec<Rc<dyn std::any::Any>>,
 }
 
 impl Drop for State {
@@ -883,7 +965,10 @@ thread_local! {
     static RETIRE: Retire = const { Retire };
 }
 
-/// Runs at thread exit: a pool with every packet home gives its chunks back.
+/// Runs at thread exit: records dropped here go home, and a pool with
+/// every packet home gives its chunks back; one with records still away
+/// (on other threads' links, or in their return rings) is adopted until
+/// they are back ([`adopt_orphans`]).
 struct Retire;
 impl Drop for Retire {
     fn drop(&mut self) {
@@ -893,17 +978,120 @@ impl Drop for Retire {
         }
         // SAFETY: the pointer came from Box::into_raw in state() and was
         // just unhooked, so nothing else reaches it.
-        let st = unsafe { Box::from_raw(st) };
-        let home = st.free.len() as u64 == st.total && st.owners.iter().all(|o| o.outstanding == 0);
-        if home {
-            for c in &st.chunks {
-                memory::recycle_chunk(*c);
+        let mut st = unsafe { Box::from_raw(st) };
+        let outboxes = std::mem::take(&mut st.outboxes);
+        for mut ob in outboxes {
+            ob.flush();
+            if !ob.overflow.is_empty() {
+                let sh = shared(ob.home);
+                sh.spill.lock().unwrap().append(&mut ob.overflow);
+                sh.pending.store(true, Ordering::Release);
             }
-            drop(st);
+            ob.ring.closed.store(true, Ordering::Release);
+        }
+        collect(&mut st);
+        let graves = std::mem::take(&mut st.graveyard);
+        if st.complete() {
+            st.retire();
         } else {
-            // Packets still exist (leaked or held by another destructor):
-            // their memory must stay valid, so the whole pool is leaked.
-            Box::leak(st);
+            ORPHANS.lock().unwrap().push(Orphan(st));
+        }
+        drop(graves);
+    }
+}
+
+/// A pool whose thread ended while some of its records were away.
+struct Orphan(Box<State>);
+// SAFETY: the thread that made the State has ended; nothing else refers to
+// it. Its owner slots' keep-alive objects (`Rc`) were made on that thread,
+// and every other clone of them lived there and is gone, so they may be
+// dropped here. Whoever holds ORPHANS works on it alone.
+unsafe impl Send for Orphan {}
+
+static ORPHANS: Mutex<Vec<Orphan>> = Mutex::new(Vec::new());
+
+/// Take back what came home to pools whose threads have ended, and free
+/// those that are complete. The main engine calls this every tick; it is
+/// cheap when there is none.
+pub fn adopt_orphans() {
+    let Ok(mut orphans) = ORPHANS.try_lock() else { return };
+    if orphans.is_empty() {
+        return;
+    }
+    let mut done = Vec::new();
+    let mut graves = Vec::new();
+    let mut i = 0;
+    while i < orphans.len() {
+        collect(&mut orphans[i].0);
+        graves.append(&mut orphans[i].0.graveyard);
+        if orphans[i].0.complete() {
+            done.push(orphans.swap_remove(i));
+        } else {
+            i += 1;
+        }
+    }
+    drop(orphans);
+    for o in done {
+        o.0.retire();
+    }
+    drop(graves);
+}
+
+/// Pools whose thread ended with records still away.
+pub fn orphans() -> usize {
+    ORPHANS.lock().unwrap().len()
+}
+
+impl State {
+    /// Every record and every lent buffer is home.
+    fn complete(&self) -> bool {
+        self.free.len() as u64 == self.total && self.owners.iter().all(|o| o.outstanding == 0)
+    }
+
+    /// The pool's end: chunks back to the memory module, its id free.
+    fn retire(self: Box<State>) {
+        for c in &self.chunks {
+            memory::recycle_chunk(*c);
+        }
+        let pool = self.pool;
+        drop(self);
+        if pool != 0 {
+            release_pool_id(pool);
+        }
+    }
+
+    fn empty(pool: u32, shared: &'static Shared) -> State {
+        State {
+            free: Freelist::new(),
+            allocs: 0,
+            foreign_wrapped: 0,
+            foreign_returned: 0,
+            total: 0,
+            moved_bytes: 0,
+            flattened: 0,
+            shells: Vec::new(),
+            chunks: Vec::new(),
+            records: Vec::new(),
+            shell_blocks: Vec::new(),
+            // Slot 0 stands for the host.
+            owners: vec![OwnerSlot {
+                generation: 0,
+                open: false,
+                revoked: false,
+                name: "host".into(),
+                outstanding: 0,
+                returns: Vec::new(),
+                keepalive: None,
+            }],
+            next_step: 1,
+            pool,
+            shared,
+            outboxes: Vec::new(),
+            inbound: Vec::new(),
+            inbound_gen: u32::MAX,
+            visitors: false,
+            tagged: Vec::new(),
+            graveyard: Vec::new(),
         }
     }
 }
@@ -920,31 +1108,8 @@ fn state() -> *mut State {
 #[cold]
 #[inline(never)]
 fn init_state() -> *mut State {
-    let st = Box::into_raw(Box::new(State {
-        free: Freelist::new(),
-        allocs: 0,
-        foreign_wrapped: 0,
-        foreign_returned: 0,
-        total: 0,
-        moved_bytes: 0,
-        flattened: 0,
-        revocations: 0,
-        shells: Vec::new(),
-        chunks: Vec::new(),
-        records: Vec::new(),
-        shell_blocks: Vec::new(),
-        // Slot 0 stands for the host.
-        owners: vec![OwnerSlot {
-            generation: 0,
-            open: false,
-            revoked: false,
-            name: "host".into(),
-            outstanding: 0,
-            returns: Vec::new(),
-            keepalive: None,
-        }],
-        next_step: 1,
-    }));
+    let pool = take_pool_id();
+    let st = Box::into_raw(Box::new(State::empty(pool, shared(pool))));
     STATE.with(|s| s.set(st));
     // Register the exit hook; harmless if the thread is already exiting.
     let _ = RETIRE.try_with(|_| ());
@@ -967,13 +1132,22 @@ fn allocate_raw() -> Packet {
     let st = unsafe { &mut *state() };
     let rec = match st.free.pop() {
         Some(r) => r,
-        None => {
-            grow(st);
-            st.free.pop().expect("grow adds records")
-        }
+        None => refill(st),
     };
     st.allocs += 1;
     Packet { rec, _not_send: PhantomData }
+}
+
+/// The freelist is empty: take what came home first, grow only then.
+#[cold]
+#[inline(never)]
+fn refill(st: &mut State) -> NonNull<Record> {
+    collect(st);
+    if let Some(r) = st.free.pop() {
+        return r;
+    }
+    grow(st);
+    st.free.pop().expect("grow adds records")
 }
 
 /// Put a host record's start back to HEADROOM, and forget any partial
@@ -1006,8 +1180,8 @@ fn free_host(rec: NonNull<Record>) {
 
 /// Drop the `n` packets stored at `packets` (moved out: the caller must not
 /// use or drop them again) and return their bytes. While no foreign packet
-/// exists on this thread, all are host packets and go straight onto the
-/// freelist in one pass.
+/// exists on this thread and no other pool's records can be here, all are
+/// host packets of this pool and go straight onto the freelist in one pass.
 ///
 /// # Safety
 /// `packets` must point to `n` initialised packets that the caller gives up.
@@ -1017,11 +1191,12 @@ pub(crate) unsafe fn free_run(packets: *const Packet, n: usize) -> u64 {
     let mut bytes = 0u64;
     // SAFETY: this thread's State, referenced only inside this block (no
     // packet is dropped while `free` is borrowed). Every packet of this
-    // thread was counted in foreign_wrapped if foreign, so when no foreign
-    // packet is out these are host records, and the freelist has room for
-    // every host record (see MAX_POOL).
+    // thread was counted in foreign_wrapped if foreign, and records of other
+    // pools arrive only through a cross-worker link, whose consumer sets
+    // `visitors`: so when neither can be, these are host records of this
+    // pool, and the freelist has room for every one (see MAX_POOL).
     unsafe {
-        if (*st).foreign_wrapped == (*st).foreign_returned {
+        if (*st).foreign_wrapped == (*st).foreign_returned && !(*st).visitors {
             let free = &mut (*st).free;
             let to = free.slot(free.top);
             for i in 0..n {
@@ -1172,6 +1347,9 @@ fn claim(n: usize) -> (*const NonNull<Record>, *const NonNull<Record>) {
     if st.free.hi != 0 {
         return (ptr::null(), ptr::null());
     }
+    if st.free.len() < n {
+        collect(st);
+    }
     while st.free.len() < n {
         grow(st);
     }
@@ -1279,14 +1457,28 @@ pub fn stats() -> Stats {
     }
 }
 
-/// Changes whenever an owner of this thread revokes its buffers or goes
+/// Changes whenever an owner (of any thread) revokes its buffers or goes
 /// away: a holder of foreign buffers a device may write into (a NIC receive
 /// ring) compares it with the value it last saw, once a breath, and on a
 /// change gives back every buffer [`Packet::is_revoked`] names.
 #[inline]
 pub fn revocations() -> u64 {
+    REVOCATIONS.load(Ordering::Relaxed)
+}
+
+static REVOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// This thread's pool id (1 and up).
+pub fn pool_id() -> u32 {
     // SAFETY: a read of this thread's State.
-    unsafe { (*state()).revocations }
+    unsafe { (*state()).pool }
+}
+
+/// Records of other pools may come to this thread (it consumes a
+/// cross-worker link): from now on its batch frees check every record.
+pub fn expect_visitors() {
+    // SAFETY: this thread's State; no other reference is live.
+    unsafe { (*state()).visitors = true };
 }
 
 /// The Tail slot that goes with host record `rec` (the second half of its
@@ -1321,46 +1513,388 @@ unsafe fn flatten(rec: NonNull<Record>) {
         let dst = std::slice::from_raw_parts_mut((*r).data.add(head_len), tail_len);
         crate::copy::copy(dst, std::slice::from_raw_parts((*t).ptr, tail_len));
         let owner = (*r).owner & !SPLIT;
-        (*r).owner = HOST;
-        let token = (*t).token;
-        (*state()).flattened += 1;
-        give_back(owner, token);
+        let (home, token) = ((*t).home, (*t).token);
+        let st = state();
+        // The head stays a host record of the tail's pool (wrap_tail made
+        // them together), away from it if this is not that pool.
+        (*r).owner = if home == (*st).pool { HOST } else { home << AWAY_SHIFT };
+        (*st).flattened += 1;
+        if home == (*st).pool {
+            let keepalive = give_back(&mut *st, owner, token);
+            drop(keepalive);
+        } else {
+            let sh = shared(home);
+            sh.tokens.lock().unwrap().push((owner, token));
+            sh.pending.store(true, Ordering::Release);
+        }
     }
 }
 
-/// A split packet is dropped: its head goes on the freelist, its tail home.
+/// A split packet is dropped: its head goes on the freelist, its tail home
+/// (on another thread, both go home together).
 #[cold]
 #[inline(never)]
 fn free_split(rec: NonNull<Record>) {
-    // SAFETY: rec is a split record of this thread whose handle is going.
-    let (owner, token) = unsafe {
-        let r = rec.as_ptr();
-        let owner = (*r).owner & !SPLIT;
-        (*r).owner = HOST;
-        (owner, (*tail_of(rec)).token)
-    };
-    free_host(rec);
-    give_back(owner, token);
+    // SAFETY: this thread's State, referenced only in this function; rec is
+    // a split record whose handle is going.
+    let st = unsafe { &mut *state() };
+    // SAFETY: as above.
+    if unsafe { (*tail_of(rec)).home } != st.pool {
+        // SAFETY: as above.
+        let home = unsafe { (*tail_of(rec)).home };
+        send_home(st, home, rec.as_ptr() as usize | TAGGED);
+        return;
+    }
+    let keepalive = home_free(st, rec.as_ptr() as usize);
+    drop(keepalive);
 }
 
-/// One of `owner`'s buffers (token `token`) is back from the graph.
-fn give_back(owner: u32, token: u64) {
-    let keepalive = {
-        // SAFETY: this thread's State; the borrow ends in this block.
-        let st = unsafe { &mut *state() };
-        st.foreign_returned += 1;
-        let o = &mut st.owners[(owner & 0xffff) as usize];
-        o.outstanding -= 1;
-        if o.open {
-            o.returns.push(token);
-            None
-        } else if o.outstanding == 0 {
-            o.keepalive.take()
+/// A host record of another pool is dropped here (or of this pool, back
+/// home through a cross-worker link): rearmed, and onto its home's
+/// freelist, through the return ring when that is another pool's.
+#[cold]
+#[inline(never)]
+fn free_away(rec: NonNull<Record>) {
+    // SAFETY: this thread's State, referenced only in this function; rec is
+    // a host record no handle refers to any more, ours to write until it
+    // is on its home's ring.
+    let st = unsafe { &mut *state() };
+    let home = unsafe { (*rec.as_ptr()).owner } >> AWAY_SHIFT;
+    // SAFETY: as above.
+    unsafe {
+        rearm(rec.as_ptr());
+        (*rec.as_ptr()).owner = HOST;
+    }
+    if home == st.pool {
+        st.free.push(rec);
+    } else {
+        send_home(st, home, rec.as_ptr() as usize);
+    }
+}
+
+/// One of `owner`'s buffers (token `token`) is back from the graph, in
+/// `st`, the owner's pool. Returns the owner's keep-alive object when this
+/// was the last buffer of an owner that went away: the caller drops it,
+/// outside any borrow of the State (it may own packets itself).
+fn give_back(st: &mut State, owner: u32, token: u64) -> Option<Rc<dyn std::any::Any>> {
+    st.foreign_returned += 1;
+    let o = &mut st.owners[(owner & SLOT_MASK) as usize];
+    o.outstanding -= 1;
+    if o.open {
+        o.returns.push(token);
+        None
+    } else if o.outstanding == 0 {
+        o.keepalive.take()
+    } else {
+        None
+    }
+}
+
+/// The last step of a free, in the record's home pool `st`: a host record
+/// goes on the freelist; a split record's head too, and its tail's token to
+/// its owner; a shell to the shells, and its token to its owner.
+fn home_free(st: &mut State, e: usize) -> Option<Rc<dyn std::any::Any>> {
+    let r = (e & !TAGGED) as *mut Record;
+    // SAFETY: a record of this pool that no handle refers to any more, sent
+    // (or brought) home; nothing else touches it now.
+    unsafe {
+        let owner = (*r).owner;
+        if owner & SPLIT != 0 {
+            let token = (*tail_of(NonNull::new_unchecked(r))).token;
+            (*r).owner = HOST;
+            rearm(r);
+            st.free.push(NonNull::new_unchecked(r));
+            give_back(st, owner & !SPLIT, token)
+        } else if owner & SLOT_MASK != 0 {
+            let token = (*r.cast::<Shell>()).token;
+            st.shells.push(NonNull::new_unchecked(r));
+            give_back(st, owner, token)
         } else {
+            (*r).owner = HOST;
+            rearm(r);
+            st.free.push(NonNull::new_unchecked(r));
             None
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Pools across threads: ids, what other threads see of a pool, return rings.
+
+/// A return ring entry that needs more than the freelist at home (a shell
+/// or a split record): records are 32-byte aligned, so the low bit is free.
+const TAGGED: usize = 1;
+/// Entries a return ring holds: more than the records a busy link moves in
+/// a breath, several times over.
+const RETURN_RING: usize = 8192;
+/// Entries written before they are published at once.
+const RETURN_BATCH: usize = 64;
+/// Owner status bits in `Shared::status`.
+const OWNER_OPEN: u32 = 1;
+const OWNER_REVOKED: u32 = 2;
+
+/// What other threads see of a pool, and how they send its records home.
+/// Made once per pool id and kept for the process's life (ids are reused).
+struct Shared {
+    /// Per owner slot: OWNER_OPEN | OWNER_REVOKED, as `is_revoked` on
+    /// another thread reads it.
+    status: Box<[AtomicU32]>,
+    /// Return rings from other pools to this one; `inbound_gen` changes
+    /// when one is added.
+    inbound: Mutex<Vec<Arc<ReturnRing>>>,
+    inbound_gen: AtomicU32,
+    /// Tail tokens given back on other threads (split packets flattened
+    /// there): owner id in this pool, token.
+    tokens: Mutex<Vec<(u32, u64)>>,
+    /// Entries that found their return ring full when their thread ended.
+    spill: Mutex<Vec<usize>>,
+    /// `tokens` or `spill` may hold something.
+    pending: AtomicBool,
+}
+
+impl Shared {
+    fn new() -> Shared {
+        Shared {
+            status: (0..=SLOT_MASK).map(|_| AtomicU32::new(0)).collect(),
+            inbound: Mutex::new(Vec::new()),
+            inbound_gen: AtomicU32::new(0),
+            tokens: Mutex::new(Vec::new()),
+            spill: Mutex::new(Vec::new()),
+            pending: AtomicBool::new(false),
+        }
+    }
+}
+
+static POOLS: [AtomicPtr<Shared>; MAX_POOLS] = [const { AtomicPtr::new(ptr::null_mut()) }; MAX_POOLS];
+/// The next pool id never used, and ids free again.
+static POOL_IDS: Mutex<(u32, Vec<u32>)> = Mutex::new((1, Vec::new()));
+
+fn take_pool_id() -> u32 {
+    let mut ids = POOL_IDS.lock().unwrap();
+    let id = match ids.1.pop() {
+        Some(id) => id,
+        None => {
+            let id = ids.0;
+            assert!((id as usize) < MAX_POOLS, "packet pools: more than {} threads with packets", MAX_POOLS - 1);
+            ids.0 += 1;
+            id
+        }
     };
-    drop(keepalive);
+    if POOLS[id as usize].load(Ordering::Acquire).is_null() {
+        POOLS[id as usize].store(Box::into_raw(Box::new(Shared::new())), Ordering::Release);
+    }
+    id
+}
+
+fn release_pool_id(id: u32) {
+    let sh = shared(id);
+    for s in sh.status.iter() {
+        s.store(0, Ordering::Relaxed);
+    }
+    POOL_IDS.lock().unwrap().1.push(id);
+}
+
+/// What other threads see of pool `id` (one that exists or existed).
+#[inline]
+fn shared(id: u32) -> &'static Shared {
+    let p = POOLS[id as usize].load(Ordering::Acquire);
+    assert!(!p.is_null(), "packet pool {id} does not exist");
+    // SAFETY: a Shared is made once per id and never freed.
+    unsafe { &*p }
+}
+
+/// Keeps a value on a cache line (two, against the adjacent-line
+/// prefetcher) of its own.
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// Records dropped in one pool going home to another: single producer (the
+/// pool they were dropped in) and single consumer (their home). The
+/// producer writes entries, then publishes its cursor with a Release store
+/// every RETURN_BATCH entries and once a breath; the home reads up to it
+/// (Acquire) and publishes how far it read.
+struct ReturnRing {
+    slots: Box<[AtomicUsize]>,
+    tail: Padded<AtomicUsize>,
+    head: Padded<AtomicUsize>,
+    /// The producing pool's thread ended: once empty, the ring can go.
+    closed: AtomicBool,
+}
+
+/// The producer's end of a return ring, kept in its pool.
+struct Outbox {
+    home: u32,
+    ring: Arc<ReturnRing>,
+    /// Next entry to write, and the last published.
+    tail: usize,
+    published: usize,
+    /// The home's read cursor as last seen.
+    head: usize,
+    /// Entries that found the ring full, written when there is room.
+    overflow: Vec<usize>,
+}
+
+impl Outbox {
+    #[inline]
+    fn push(&mut self, e: usize) {
+        let n = self.ring.slots.len();
+        if self.tail - self.head == n {
+            self.head = self.ring.head.0.load(Ordering::Acquire);
+            if self.tail - self.head == n {
+                self.overflow.push(e);
+                return;
+            }
+        }
+        self.ring.slots[self.tail & (n - 1)].store(e, Ordering::Relaxed);
+        self.tail += 1;
+        if self.tail - self.published >= RETURN_BATCH {
+            self.publish();
+        }
+    }
+
+    #[inline]
+    fn publish(&mut self) {
+        self.ring.tail.0.store(self.tail, Ordering::Release);
+        self.published = self.tail;
+    }
+
+    /// Publish what is written, and write what waited for room.
+    fn flush(&mut self) {
+        if !self.overflow.is_empty() {
+            let waiting = std::mem::take(&mut self.overflow);
+            for e in waiting {
+                self.push(e);
+            }
+        }
+        if self.tail != self.published {
+            self.publish();
+        }
+    }
+}
+
+/// Send entry `e` (a record, TAGGED when it needs more than the freelist)
+/// home to pool `home`, through this pool's return ring to it.
+fn send_home(st: &mut State, home: u32, e: usize) {
+    let i = match st.outboxes.iter().position(|o| o.home == home) {
+        Some(i) => i,
+        None => open_outbox(st, home),
+    };
+    st.outboxes[i].push(e);
+}
+
+#[cold]
+#[inline(never)]
+fn open_outbox(st: &mut State, home: u32) -> usize {
+    let ring = Arc::new(ReturnRing {
+        slots: (0..RETURN_RING).map(|_| AtomicUsize::new(0)).collect(),
+        tail: Padded(AtomicUsize::new(0)),
+        head: Padded(AtomicUsize::new(0)),
+        closed: AtomicBool::new(false),
+    });
+    let sh = shared(home);
+    sh.inbound.lock().unwrap().push(ring.clone());
+    sh.inbound_gen.fetch_add(1, Ordering::Release);
+    st.outboxes.push(Outbox { home, ring, tail: 0, published: 0, head: 0, overflow: Vec::new() });
+    st.outboxes.len() - 1
+}
+
+/// Publish the records this thread dropped for other pools (the engine
+/// does it after each breath; they are also published every 64).
+pub fn flush_returns() {
+    // SAFETY: this thread's State; no other reference is live.
+    let st = unsafe { &mut *state() };
+    for ob in &mut st.outboxes {
+        ob.flush();
+    }
+}
+
+/// Take back this pool's records that came home from other threads (the
+/// engine does it once a breath; an allocation that finds the freelist
+/// empty does it before growing the pool).
+pub fn collect_returns() {
+    let graves = {
+        // SAFETY: this thread's State; the reference ends in this block.
+        let st = unsafe { &mut *state() };
+        collect(st);
+        std::mem::take(&mut st.graveyard)
+    };
+    drop(graves);
+}
+
+/// `collect_returns` on the pool `st` (this thread's, or an orphan).
+fn collect(st: &mut State) {
+    let generation = st.shared.inbound_gen.load(Ordering::Acquire);
+    if generation != st.inbound_gen {
+        st.inbound_gen = generation;
+        let rings = st.shared.inbound.lock().unwrap().clone();
+        for r in rings {
+            if !st.inbound.iter().any(|(x, _)| Arc::ptr_eq(x, &r)) {
+                let head = r.head.0.load(Ordering::Relaxed);
+                st.inbound.push((r, head));
+            }
+        }
+    }
+    let mut gone = false;
+    {
+        let State { inbound, free, tagged, .. } = &mut *st;
+        for (ring, head) in inbound.iter_mut() {
+            let tail = ring.tail.0.load(Ordering::Acquire);
+            if tail == *head {
+                gone |= ring.closed.load(Ordering::Acquire) && ring.tail.0.load(Ordering::Acquire) == *head;
+                continue;
+            }
+            let mask = ring.slots.len() - 1;
+            while *head != tail {
+                let e = ring.slots[*head & mask].load(Ordering::Relaxed);
+                if e & TAGGED == 0 {
+                    // SAFETY: a rearmed host record of this pool (free_away).
+                    free.push(unsafe { NonNull::new_unchecked(e as *mut Record) });
+                } else {
+                    tagged.push(e);
+                }
+                *head += 1;
+            }
+            ring.head.0.store(tail, Ordering::Release);
+        }
+    }
+    if st.shared.pending.load(Ordering::Relaxed) && st.shared.pending.swap(false, Ordering::Acquire) {
+        let spill = std::mem::take(&mut *st.shared.spill.lock().unwrap());
+        for e in spill {
+            if e & TAGGED == 0 {
+                // SAFETY: as above.
+                st.free.push(unsafe { NonNull::new_unchecked(e as *mut Record) });
+            } else {
+                st.tagged.push(e);
+            }
+        }
+        let tokens = std::mem::take(&mut *st.shared.tokens.lock().unwrap());
+        for (owner, token) in tokens {
+            if let Some(k) = give_back(st, owner, token) {
+                st.graveyard.push(k);
+            }
+        }
+    }
+    if !st.tagged.is_empty() {
+        let mut tagged = std::mem::take(&mut st.tagged);
+        for &e in &tagged {
+            if let Some(k) = home_free(st, e) {
+                st.graveyard.push(k);
+            }
+        }
+        tagged.clear();
+        st.tagged = tagged;
+    }
+    if gone {
+        // Rings from pools that ended, read to the end: forget them.
+        let mut all = st.shared.inbound.lock().unwrap();
+        st.inbound.retain(|(r, head)| {
+            let keep = !(r.closed.load(Ordering::Acquire) && r.tail.0.load(Ordering::Acquire) == *head);
+            if !keep {
+                all.retain(|x| !Arc::ptr_eq(x, r));
+            }
+            keep
+        });
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1404,7 +1938,9 @@ pub struct Reclaimed {
 /// alive, holding the keep-alive object, until the last one comes back; its
 /// tokens are then discarded.
 pub struct BufferOwner {
+    /// The id in its pool (slot | generation << 16), as records hold it.
     id: u32,
+    pool: u32,
     _not_send: PhantomData<*mut Record>,
 }
 
@@ -1437,7 +1973,8 @@ impl BufferOwner {
         o.name = name.to_string();
         o.returns = Vec::with_capacity(4096);
         o.keepalive = keepalive;
-        BufferOwner { id: slot as u32 | (o.generation as u32) << 16, _not_send: PhantomData }
+        st.shared.status[slot].store(OWNER_OPEN, Ordering::Release);
+        BufferOwner { id: slot as u32 | (o.generation as u32) << 16, pool: st.pool, _not_send: PhantomData }
     }
 
     fn slot(&self) -> usize {
@@ -1484,6 +2021,7 @@ impl BufferOwner {
                 },
                 token: buf.token,
                 moved: 0,
+                home: st.pool,
             });
         }
         Packet { rec: shell, _not_send: PhantomData }
@@ -1502,7 +2040,10 @@ impl BufferOwner {
     /// keep-alive object goes). `head` must be a host packet, not split,
     /// with room after it for the tail (checked).
     pub unsafe fn wrap_tail(&self, head: Packet, tail: ForeignBuffer) -> Packet {
-        assert!(head.rec().owner == HOST, "wrap_tail: the head must be a host packet");
+        assert!(!head.is_foreign(), "wrap_tail: the head must be a host packet");
+        // The head must be of this pool, as the tail is: one of another
+        // (it came over a cross-worker link) is copied first.
+        let head = if head.rec().owner == HOST { head } else { head.copy_to_host() };
         let total = head.len() + tail.len as usize;
         assert!(total <= head.capacity(), "wrap_tail: {total} bytes do not fit the head's buffer");
         let rec = head.into_record();
@@ -1518,7 +2059,7 @@ impl BufferOwner {
                 dma: if tail.dma == 0 { 0 } else { tail.dma + tail.start as u64 },
                 token: tail.token,
                 len: tail.len,
-                _pad: 0,
+                home: st.pool,
             });
             (*rec.as_ptr()).len = total as u32;
             (*rec.as_ptr()).owner = self.id | SPLIT;
@@ -1536,7 +2077,8 @@ impl BufferOwner {
         let o = &mut st.owners[self.slot()];
         if !o.revoked {
             o.revoked = true;
-            st.revocations += 1;
+            st.shared.status[self.slot()].fetch_or(OWNER_REVOKED, Ordering::Release);
+            REVOCATIONS.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -1552,7 +2094,8 @@ impl BufferOwner {
     /// length). A packet of another owner, or a host packet, is given back.
     pub fn reclaim(&self, p: Packet) -> Result<Reclaimed, Packet> {
         let r = p.rec();
-        if r.owner != self.id {
+        // SAFETY: a record whose owner word is an owner id is a Shell's.
+        if r.owner != self.id || unsafe { (*p.rec.cast::<Shell>().as_ptr()).home } != self.pool {
             return Err(p);
         }
         // SAFETY: a foreign packet's record is the front of a Shell.
@@ -1608,8 +2151,10 @@ impl BufferOwner {
         st.owners[self.slot()].returns.len()
     }
 
-    pub fn id(&self) -> u32 {
-        self.id
+    /// The owner's id, unique in the process (its pool in the high half):
+    /// what [`Packet::foreign_token`] names a packet's owner by.
+    pub fn id(&self) -> u64 {
+        (self.pool as u64) << 32 | self.id as u64
     }
 }
 
@@ -1621,9 +2166,10 @@ impl Drop for BufferOwner {
             let o = &mut st.owners[self.slot()];
             o.open = false;
             o.returns = Vec::new();
+            st.shared.status[self.slot()].store(OWNER_REVOKED, Ordering::Release);
             if !o.revoked {
                 o.revoked = true;
-                st.revocations += 1;
+                REVOCATIONS.fetch_add(1, Ordering::Relaxed);
             }
             if o.outstanding == 0 { o.keepalive.take() } else { None }
         };
@@ -1647,6 +2193,7 @@ fn grow_shells(st: &mut State) -> NonNull<Record> {
             rec: Record { data: ptr::null_mut(), len: 0, start: 0, dma: 0, owner: HOST, cap: 0 },
             token: 0,
             moved: 0,
+            home: 0,
         })
         .collect();
     // SAFETY: a fresh allocation; the block is freed only with the State.
@@ -1659,6 +2206,7 @@ fn grow_shells(st: &mut State) -> NonNull<Record> {
     st.shells.pop().unwrap()
 }
 
+/// A foreign packet is dropped: its token goes to its owner, at home.
 #[cold]
 fn return_foreign(shell: NonNull<Record>) {
     let keepalive = {
@@ -1666,20 +2214,12 @@ fn return_foreign(shell: NonNull<Record>) {
         // now unreachable from any handle. The borrow ends in this block.
         let st = unsafe { &mut *state() };
         // SAFETY: as above: the shell is ours to read.
-        let (owner, token) = unsafe { ((*shell.as_ptr()).owner, (*shell.cast::<Shell>().as_ptr()).token) };
-        let slot = (owner & 0xffff) as usize;
-        st.shells.push(shell);
-        st.foreign_returned += 1;
-        let o = &mut st.owners[slot];
-        o.outstanding -= 1;
-        if o.open {
-            o.returns.push(token);
-            None
-        } else if o.outstanding == 0 {
-            o.keepalive.take()
-        } else {
-            None
+        let home = unsafe { (*shell.cast::<Shell>().as_ptr()).home };
+        if home != st.pool {
+            send_home(st, home, shell.as_ptr() as usize | TAGGED);
+            return;
         }
+        home_free(st, shell.as_ptr() as usize)
     };
     drop(keepalive);
 }

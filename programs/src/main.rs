@@ -3,6 +3,7 @@
 mod bench;
 mod bench_copy;
 mod bench_decap;
+mod bench_interlink;
 mod bench_splitter;
 mod bench_zerocopy;
 mod logger;
@@ -74,6 +75,10 @@ Counters go to shared memory for `snabb-rs top` and `ps`; SIGINT or SIGTERM stop
         /// Do not publish counters in shared memory (no `top`, `ps` or metrics then).
         #[arg(long)]
         no_shm: bool,
+        /// Pin worker NAME (or `main`) to CPU N, over the config's `cpu`;
+        /// may be given once per worker.
+        #[arg(long = "cpu", value_name = "NAME=N", value_parser = parse_cpu)]
+        cpus: Vec<(String, usize)>,
         /// Write every counter in Prometheus text format to this file, rewritten every second
         /// (for node_exporter's textfile collector).
         #[arg(long, value_name = "FILE")]
@@ -97,6 +102,12 @@ Examples:
     VmdqVswitch {
         /// The vswitch config (default: the built-in configs/vmdq-vswitch.ron).
         config: Option<PathBuf>,
+        /// Spread the ports over this many workers (over the config's `workers`).
+        #[arg(long)]
+        workers: Option<u32>,
+        /// The workers' CPUs, in turn (over the config's `worker_cpus`).
+        #[arg(long, value_delimiter = ',')]
+        worker_cpus: Option<Vec<usize>>,
         /// Print the app graph the config makes (a `snabb-rs run` config) and exit.
         #[arg(long)]
         print_graph: bool,
@@ -269,6 +280,42 @@ enum Bench {
         #[arg(long)]
         only: Option<bench_splitter::Mix>,
     },
+    /// A cross-worker link: ns per 60-byte packet, Source on one CPU, Sink on the other.
+    Interlink {
+        #[arg(long, default_value_t = 20_000_000)]
+        packets: u64,
+        /// Runs; the median is shown.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// CPUs of the Source and the Sink.
+        #[arg(long, value_delimiter = ',', default_value = "0,1")]
+        cpus: Vec<usize>,
+        /// Packets the Source makes per round (one breath's worth).
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        /// Ring slots.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+    },
+    /// basic1 with Source and Tee on one worker and Sink on another, against one engine.
+    #[command(name = "basic1-workers")]
+    Basic1Workers {
+        #[arg(long, default_value_t = 20_000_000)]
+        packets: u64,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// CPUs of the two workers.
+        #[arg(long, value_delimiter = ',', default_value = "0,1")]
+        cpus: Vec<usize>,
+    },
+}
+
+/// Two CPUs from `--cpus a,b`.
+fn two_cpus(v: &[usize]) -> anyhow::Result<(usize, usize)> {
+    match v {
+        [a, b] => Ok((*a, *b)),
+        _ => anyhow::bail!("--cpus: two CPUs, e.g. 0,1"),
+    }
 }
 
 /// Every app class this binary knows.
@@ -288,14 +335,23 @@ pub fn registry() -> snabb_core::Registry {
     r
 }
 
+/// `NAME=N`: a worker (or `main`) and a CPU.
+fn parse_cpu(s: &str) -> Result<(String, usize), String> {
+    let (name, cpu) = s.split_once('=').ok_or_else(|| format!("`{s}`: expected NAME=CPU, e.g. w1=1"))?;
+    let cpu = cpu.trim().parse::<usize>().map_err(|e| format!("`{s}`: CPU `{cpu}`: {e}"))?;
+    Ok((name.trim().to_string(), cpu))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(e) = logger::init() {
         eprintln!("snabb-rs: {e}");
         return ExitCode::from(2);
     }
+    // Workers make their own registry, with every class this binary knows.
+    snabb_core::worker::set_registry_maker(registry);
     let r = match cli.program {
-        Program::Run { config, duration, report, busywait, no_shm, metrics, metrics_listen } => run::run(
+        Program::Run { config, duration, report, busywait, no_shm, metrics, metrics_listen, cpus } => run::run(
             &config,
             run::RunOptions {
                 duration,
@@ -304,20 +360,31 @@ fn main() -> ExitCode {
                 shm: !no_shm,
                 metrics,
                 metrics_listen,
+                cpus,
                 ..run::RunOptions::new("run")
             },
         ),
-        Program::VmdqVswitch { config, print_graph, print_default, duration, report, busywait, no_shm } => {
-            vswitch::run(vswitch::Options {
-                config,
-                print_graph,
-                print_default,
-                duration,
-                report,
-                busywait,
-                shm: !no_shm,
-            })
-        }
+        Program::VmdqVswitch {
+            config,
+            workers,
+            worker_cpus,
+            print_graph,
+            print_default,
+            duration,
+            report,
+            busywait,
+            no_shm,
+        } => vswitch::run(vswitch::Options {
+            config,
+            workers,
+            worker_cpus,
+            print_graph,
+            print_default,
+            duration,
+            report,
+            busywait,
+            shm: !no_shm,
+        }),
         Program::Config { what: ConfigCmd::Check { config } } => config_check(&config),
         Program::Top { pid, once, interval, json, prometheus, count } => {
             let format = match (json, prometheus) {
@@ -358,6 +425,12 @@ fn main() -> ExitCode {
         }
         Program::Bench { which: Bench::Splitter { packets, pools, only } } => {
             bench_splitter::splitter(packets, &pools, only)
+        }
+        Program::Bench { which: Bench::Interlink { packets, rounds, cpus, batch, size } } => {
+            two_cpus(&cpus).and_then(|c| bench_interlink::interlink(packets, rounds, c, batch, size))
+        }
+        Program::Bench { which: Bench::Basic1Workers { packets, rounds, cpus } } => {
+            two_cpus(&cpus).and_then(|c| bench_interlink::basic1_two(packets, rounds, c))
         }
     };
     match r {

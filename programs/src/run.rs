@@ -45,6 +45,8 @@ pub struct RunOptions {
     pub busywait: bool,
     pub shm: bool,
     pub program: String,
+    /// Worker (or `main`) CPUs over the config's.
+    pub cpus: Vec<(String, usize)>,
     /// Prometheus text exposition, rewritten every second.
     pub metrics: Option<PathBuf>,
     /// Prometheus text exposition served over HTTP at this address.
@@ -61,6 +63,7 @@ impl RunOptions {
             program: program.into(),
             metrics: None,
             metrics_listen: None,
+            cpus: Vec::new(),
         }
     }
 }
@@ -217,6 +220,10 @@ fn watch_config(engine: &mut Engine, path: PathBuf) {
 pub fn run(file: &Path, opts: RunOptions) -> Result<()> {
     let config = Config::from_file(file)?;
     let mut engine = Engine::new(crate::registry());
+    engine.busywait = opts.busywait;
+    for (name, cpu) in &opts.cpus {
+        engine.set_worker_cpu(name, *cpu).with_context(|| format!("--cpu {name}={cpu}"))?;
+    }
     engine.configure(&config)?;
     run_engine(&mut engine, &opts, Some(file))
 }

@@ -62,7 +62,10 @@ pub fn text(dir: &Path, name: &str) -> Option<String> {
 
 /// One row of the link table.
 pub struct LinkRow {
+    /// The link, with `[worker]` after it when it is a worker's own.
     pub link: String,
+    /// Where its counters are (`links/<link>` or `workers/<w>/links/<link>`).
+    pub path: String,
     pub mpps: f64,
     pub gbps: f64,
     pub drops_per_s: f64,
@@ -72,24 +75,73 @@ pub struct LinkRow {
 
 pub fn link_rows(a: &Sample, b: &Sample) -> Vec<LinkRow> {
     let secs = secs(a, b);
-    let mut links: Vec<&str> =
-        b.counters.keys().filter_map(|k| k.strip_prefix("links/")?.rsplit_once('/').map(|(l, _)| l)).collect();
-    links.dedup();
-    let get = |s: &Sample, l: &str, c: &str| s.counters.get(&format!("links/{l}/{c}")).copied().unwrap_or(0);
+    // The main engine's links (interlinks among them, by their config
+    // name) under links/, each worker's own under workers/<w>/links/.
+    let mut links: Vec<(String, String)> = Vec::new();
+    for k in b.counters.keys() {
+        let (worker, rest) = match k.strip_prefix("links/") {
+            Some(rest) => ("", rest),
+            None => match k.strip_prefix("workers/").and_then(|r| r.split_once("/links/")) {
+                Some((w, rest)) => (w, rest),
+                None => continue,
+            },
+        };
+        let Some((link, _)) = rest.rsplit_once('/') else { continue };
+        let row = if worker.is_empty() {
+            (link.to_string(), format!("links/{link}"))
+        } else {
+            (format!("{link} [{worker}]"), format!("workers/{worker}/links/{link}"))
+        };
+        if links.last() != Some(&row) {
+            links.push(row);
+        }
+    }
+    let get = |s: &Sample, l: &str, c: &str| s.counters.get(&format!("{l}/{c}")).copied().unwrap_or(0);
     links
         .into_iter()
-        .map(|l| {
-            let d = |c| get(b, l, c).saturating_sub(get(a, l, c)) as f64 / secs;
+        .map(|(link, l)| {
+            let d = |c| get(b, &l, c).saturating_sub(get(a, &l, c)) as f64 / secs;
             LinkRow {
-                link: l.to_string(),
+                link,
+                path: l.clone(),
                 mpps: d("txpackets") / 1e6,
                 gbps: d("txbytes") * 8.0 / 1e9,
                 drops_per_s: d("txdrop"),
-                packets: get(b, l, "txpackets"),
-                drops: get(b, l, "txdrop"),
+                packets: get(b, &l, "txpackets"),
+                drops: get(b, &l, "txdrop"),
             }
         })
         .collect()
+}
+
+/// One line per worker (main first): breaths per second, busy share, CPU.
+pub fn worker_rows(a: &Sample, b: &Sample) -> Vec<String> {
+    let secs = secs(a, b);
+    let c = |s: &Sample, k: &str| s.counters.get(k).copied().unwrap_or(0);
+    let mut names: Vec<&str> = b
+        .counters
+        .keys()
+        .filter_map(|k| k.strip_prefix("worker-status/").and_then(|r| r.split_once('/')).map(|(w, _)| w))
+        .collect();
+    names.dedup();
+    let row = |w: &str, breaths: &str, idle: &str, cpu: String, failed: bool| {
+        let db = c(b, breaths).saturating_sub(c(a, breaths));
+        let di = c(b, idle).saturating_sub(c(a, idle)).min(db);
+        let busy = if db == 0 { 0.0 } else { (db - di) as f64 * 100.0 / db as f64 };
+        let failed = if failed { "  FAILED (see the log)" } else { "" };
+        format!("{w:<16} {:>12.0} {busy:>7.0}% {cpu:>5}{failed}", db as f64 / secs)
+    };
+    let mut rows = vec![row("main", "engine/breaths", "engine/idle_breaths", "-".into(), false)];
+    for w in names {
+        rows.push(row(
+            w,
+            &format!("worker-status/{w}/breaths"),
+            &format!("worker-status/{w}/idle_breaths"),
+            c(b, &format!("worker-status/{w}/cpu")).to_string(),
+            c(b, &format!("worker-status/{w}/failed")) != 0,
+        ));
+    }
+    rows
 }
 
 /// One app counter: `app/name`, its value and its rate per second.
@@ -104,9 +156,16 @@ pub fn app_rows(a: &Sample, b: &Sample) -> Vec<AppRow> {
     b.counters
         .iter()
         .filter_map(|(k, &v)| {
-            let counter = k.strip_prefix("apps/")?;
+            // (An app on a worker: `app/name [worker]`.)
+            let counter = match k.strip_prefix("apps/") {
+                Some(c) => c.to_string(),
+                None => {
+                    let (w, c) = k.strip_prefix("workers/")?.split_once("/apps/")?;
+                    format!("{c} [{w}]")
+                }
+            };
             let before = a.counters.get(k).copied().unwrap_or(v);
-            Some(AppRow { counter: counter.to_string(), value: v, per_s: v.saturating_sub(before) as f64 / secs })
+            Some(AppRow { counter, value: v, per_s: v.saturating_sub(before) as f64 / secs })
         })
         .collect()
 }
@@ -123,6 +182,12 @@ pub fn plain_table(pid: u32, dir: &Path, a: &Sample, b: &Sample) -> String {
             r.link, r.mpps, r.gbps, r.drops_per_s, r.packets, r.drops
         );
     }
+    if b.counters.keys().any(|k| k.starts_with("worker-status/")) {
+        let _ = writeln!(s, "{:<16} {:>12} {:>8} {:>5}", "worker", "breaths/s", "busy", "CPU");
+        for r in worker_rows(a, b) {
+            let _ = writeln!(s, "{r}");
+        }
+    }
     let apps = app_rows(a, b);
     if !apps.is_empty() {
         let _ = writeln!(s, "{:<60} {:>16} {:>14}", "app counter", "value", "per second");
@@ -138,7 +203,7 @@ pub fn json(pid: u32, dir: &Path, a: &Sample, b: &Sample) -> serde_json::Value {
     use serde_json::{Map, Value, json};
     let mut links = Map::new();
     for r in link_rows(a, b) {
-        let prefix = format!("links/{}/", r.link);
+        let prefix = format!("{}/", r.path);
         let counters: Map<String, Value> = b
             .counters
             .range(prefix.clone()..)

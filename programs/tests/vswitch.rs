@@ -55,12 +55,19 @@ impl Switch {
         s
     }
 
-    /// An app's counter, as committed to shared memory (0 when absent).
+    /// An app's counter, as committed to shared memory (0 when absent);
+    /// an app on a worker has its counters under workers/<name>/.
     fn counter(&self, app: &str, name: &str) -> u64 {
-        std::fs::read(self.shm.join(format!("apps/{app}/{name}.counter")))
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, u64::from_ne_bytes)
+        let read = |p: PathBuf| std::fs::read(p).ok().and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes);
+        if let Some(v) = read(self.shm.join(format!("apps/{app}/{name}.counter"))) {
+            return v;
+        }
+        for w in std::fs::read_dir(self.shm.join("workers")).into_iter().flatten().flatten() {
+            if let Some(v) = read(w.path().join(format!("apps/{app}/{name}.counter"))) {
+                return v;
+            }
+        }
+        0
     }
 
     /// Stop it; its stderr.
@@ -241,6 +248,11 @@ const UNKNOWN: [u8; 6] = [0x02, 0, 0, 0, 0x99, 0x99];
 /// frames of 200 bytes or less (`to_guest` filter), vm1 sends at most 700
 /// frames (a bucket that does not refill in the test's time).
 fn three_ports(dir: &Path, uplink: &str) -> PathBuf {
+    three_ports_with(dir, uplink, "")
+}
+
+/// `extra`: more top-level fields (workers).
+fn three_ports_with(dir: &Path, uplink: &str, extra: &str) -> PathBuf {
     let f = dir.join("vswitch.ron");
     let s = |n: u32| dir.join(format!("v{n}.sock")).display().to_string();
     std::fs::write(
@@ -255,6 +267,7 @@ fn three_ports(dir: &Path, uplink: &str) -> PathBuf {
          to_guest: (filter: "less 200")),
         (name: "vm3", socket: "{}", macs: ["52:54:00:00:00:03"], vlan: 20),
     ],
+    {extra}
 )"#,
             s(1),
             s(2),
@@ -272,8 +285,12 @@ fn three_ports(dir: &Path, uplink: &str) -> PathBuf {
 type Arrivals = BTreeMap<&'static str, Vec<Vec<u8>>>;
 
 fn vm_to_vm(uplink: &str) -> (Arrivals, BTreeMap<String, u64>) {
+    vm_to_vm_with(uplink, "")
+}
+
+fn vm_to_vm_with(uplink: &str, extra: &str) -> (Arrivals, BTreeMap<String, u64>) {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = three_ports(dir.path(), uplink);
+    let cfg = three_ports_with(dir.path(), uplink, extra);
     let sw = Switch::start(dir.path(), &cfg);
     let guests: Vec<Guest> =
         (1..=3).map(|n| Guest::start(&dir.path().join(format!("v{n}.sock")), true, true)).collect();
@@ -357,6 +374,23 @@ fn vm_to_vm_through_the_82599_model() {
 #[test]
 fn vm_to_vm_through_the_software_splitter() {
     let (got, c) = vm_to_vm("None");
+    check_vm_to_vm(&got, &c);
+}
+
+/// The same deliveries with the ports spread over two workers: on the
+/// 82599 model each port's pool runs on its port's worker; with the
+/// software splitter (on main) every port is fed through an interlink.
+#[test]
+fn vm_to_vm_on_two_workers_through_the_82599_model() {
+    let (got, c) =
+        vm_to_vm_with(&format!("Model(port: \"w{}\")", std::process::id()), "workers: 2, worker_cpus: [0, 1],");
+    check_vm_to_vm(&got, &c);
+    assert_eq!(c["vm2/tx_zc_packets"], 400, "{c:?}");
+}
+
+#[test]
+fn vm_to_vm_on_two_workers_through_the_software_splitter() {
+    let (got, c) = vm_to_vm_with("None", "workers: 2,");
     check_vm_to_vm(&got, &c);
 }
 

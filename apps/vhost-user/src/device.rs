@@ -240,7 +240,7 @@ impl Lender {
     fn outstanding(&self) -> u64 {
         self.owner.iter().chain(&self.retiring).map(BufferOwner::outstanding).sum()
     }
-    fn find(&self, id: u32) -> Option<&BufferOwner> {
+    fn find(&self, id: u64) -> Option<&BufferOwner> {
         self.owner.iter().chain(&self.retiring).find(|o| o.id() == id)
     }
 }
@@ -283,7 +283,7 @@ pub struct Device {
     rx_lender: Lender,
     /// The ids of rx_lender's owners, refilled per call of `to_guest` (kept
     /// so that the hot path allocates nothing).
-    lender_ids: Vec<u32>,
+    lender_ids: Vec<u64>,
     tx_lender: Lender,
     /// Lending is stopped until the lent buffers are back (a control
     /// message waits for it).

@@ -220,7 +220,28 @@ pub fn build(v: &Vswitch) -> Graph {
             }
         }
     }
+    // Workers: port i and all its apps (its pool among them, so the path
+    // from the NIC to the guest stays on one worker) on worker i mod n; the
+    // uplink's apps (the software splitter among them, which feeds the
+    // ports through interlinks) on the main one.
+    let n = if v.workers > 0 { v.workers as usize } else { v.worker_cpus.len() };
+    if n > 0 {
+        for w in 0..n {
+            let cpu = (!v.worker_cpus.is_empty()).then(|| v.worker_cpus[w % v.worker_cpus.len()]);
+            b.config.worker(&worker_name(w), snabb_core::config::WorkerSpec { cpu });
+        }
+        for (app, owner) in &b.owners {
+            if let Owner::Port(i) = owner {
+                b.config.place(app, Some(&worker_name(i % n)));
+            }
+        }
+    }
     Graph { config: b.config, owners: b.owners, ports, uplink }
+}
+
+/// The name of worker `w` (0-based).
+pub fn worker_name(w: usize) -> String {
+    format!("w{}", w + 1)
 }
 
 /// A RawSocket uplink's app arguments.

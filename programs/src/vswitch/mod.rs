@@ -42,6 +42,9 @@ pub struct Options {
     pub report: f64,
     pub busywait: bool,
     pub shm: bool,
+    /// Over the config's `workers` and `worker_cpus`.
+    pub workers: Option<u32>,
+    pub worker_cpus: Option<Vec<usize>>,
 }
 
 /// Read the config (or the built-in one).
@@ -179,13 +182,24 @@ struct Running {
     reporter: report::Reporter,
 }
 
+/// The command line's worker options over the config's.
+fn overrides(v: &mut Vswitch, opts: &Options) {
+    if let Some(n) = opts.workers {
+        v.workers = n;
+    }
+    if let Some(c) = &opts.worker_cpus {
+        v.worker_cpus = c.clone();
+    }
+}
+
 pub fn run(opts: Options) -> Result<()> {
     if opts.print_default {
         print!("{DEFAULT}");
         return Ok(());
     }
     let registry = crate::registry();
-    let v = load(opts.config.as_deref())?;
+    let mut v = load(opts.config.as_deref())?;
+    overrides(&mut v, &opts);
     let g = prepare(&v, &registry, !opts.print_graph)?;
     if opts.print_graph {
         print!("{}", g.config.to_ron());
@@ -193,8 +207,8 @@ pub fn run(opts: Options) -> Result<()> {
     }
     socket_dirs(&v)?;
     let mut engine = Engine::new(registry);
-    engine.configure(&g.config).map_err(|e| placed(&v, &g, e))?;
     engine.busywait = opts.busywait;
+    engine.configure(&g.config).map_err(|e| placed(&v, &g, e))?;
     let mut watch_hint = String::new();
     if opts.shm {
         let so = ShmOptions::for_process("vmdq-vswitch");
@@ -246,7 +260,15 @@ pub fn run(opts: Options) -> Result<()> {
             }),
         );
     }
-    watch(&mut engine, opts.config.clone(), state.clone());
+    let (workers, worker_cpus) = (opts.workers, opts.worker_cpus.clone());
+    watch(&mut engine, opts.config.clone(), state.clone(), move |v: &mut Vswitch| {
+        if let Some(n) = workers {
+            v.workers = n;
+        }
+        if let Some(c) = &worker_cpus {
+            v.worker_cpus = c.clone();
+        }
+    });
     match opts.duration {
         Some(s) => engine.run(Limit::Duration(Duration::from_secs_f64(s))),
         None => engine.run(Limit::Forever),
@@ -263,7 +285,12 @@ pub fn run(opts: Options) -> Result<()> {
 /// Reload on a change of the file's modification time (checked every
 /// second) or on SIGHUP: check the new config, then apply it; a bad one is
 /// logged with its place and the running config stays.
-fn watch(engine: &mut Engine, path: Option<PathBuf>, state: Rc<RefCell<Running>>) {
+fn watch(
+    engine: &mut Engine,
+    path: Option<PathBuf>,
+    state: Rc<RefCell<Running>>,
+    overrides: impl Fn(&mut Vswitch) + 'static,
+) {
     let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let mut last: Option<SystemTime> = path.as_deref().and_then(mtime);
     engine.timers().add(
@@ -278,7 +305,10 @@ fn watch(engine: &mut Engine, path: Option<PathBuf>, state: Rc<RefCell<Running>>
             }
             last = now;
             let v = match load(path.as_deref()) {
-                Ok(v) => v,
+                Ok(mut v) => {
+                    overrides(&mut v);
+                    v
+                }
                 Err(err) => {
                     log::error!("{err}; still running the previous config");
                     return;

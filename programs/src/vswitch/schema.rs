@@ -36,6 +36,15 @@ pub struct VswitchFile {
     pub uplink: Option<Uplink>,
     #[serde(default)]
     pub ports: Vec<Port>,
+    /// Workers to spread the ports over (each port with its apps, and its
+    /// VMDq pool's queues, on one worker; the uplink's apps on the main
+    /// one); 0: everything on the main one. With `worker_cpus` and no
+    /// `workers`, one worker per CPU listed.
+    #[serde(default)]
+    pub workers: u32,
+    /// The CPU of each worker, in turn.
+    #[serde(default)]
+    pub worker_cpus: Vec<usize>,
 }
 
 fn pools64() -> u8 {
@@ -370,6 +379,8 @@ pub struct Vswitch {
     pub file: Option<String>,
     pub uplink: Option<Uplink>,
     pub ports: Vec<Port>,
+    pub workers: u32,
+    pub worker_cpus: Vec<usize>,
     text: String,
     /// Byte offsets: the uplink, and each port.
     uplink_at: Option<usize>,
@@ -421,6 +432,8 @@ pub fn parse(text: &str, file: Option<&str>) -> Result<Vswitch, ConfigError> {
         file: file.map(str::to_string),
         uplink: typed.uplink,
         ports: typed.ports,
+        workers: typed.workers,
+        worker_cpus: typed.worker_cpus,
         text: text.to_string(),
         uplink_at: shape.uplink.map(|r| offset(r.get_ron())),
         ports_at: shape.ports.iter().map(|r| offset(r.get_ron())).collect(),
