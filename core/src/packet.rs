@@ -844,6 +844,12 @@ impl Freelist {
     fn pop(&mut self) -> Option<NonNull<Record>> {
         if self.top > self.hi {
             self.top -= 1;
+            // Records that came home from another worker may still be in
+            // its cache: ask for the ones a few allocations ahead.
+            if self.top >= self.hi + PREFETCH_AHEAD {
+                // SAFETY: slots hi..top hold free records.
+                prefetch(unsafe { self.slot(self.top - PREFETCH_AHEAD).read() }.as_ptr());
+            }
             // SAFETY: slots hi..top hold free records.
             return Some(unsafe { self.slot(self.top).read() });
         }
@@ -1178,6 +1184,21 @@ fn free_host(rec: NonNull<Record>) {
     }
 }
 
+/// How many packets ahead `free_run` prefetches records from.
+const PREFETCH_AHEAD: usize = 6;
+
+/// A hint to bring `r`'s cache line in for reading.
+#[inline(always)]
+fn prefetch(r: *const Record) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT0 is a hint: it never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(r.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = r;
+}
+
 /// Drop the `n` packets stored at `packets` (moved out: the caller must not
 /// use or drop them again) and return their bytes. While no foreign packet
 /// exists on this thread and no other pool's records can be here, all are
@@ -1208,6 +1229,11 @@ pub(crate) unsafe fn free_run(packets: *const Packet, n: usize) -> u64 {
             free.top += n;
         } else {
             for i in 0..n {
+                // Records that came from another worker are in its cache,
+                // not ours: ask for a few ahead so that their misses overlap.
+                if i + PREFETCH_AHEAD < n {
+                    prefetch((*packets.add(i + PREFETCH_AHEAD)).rec.as_ptr());
+                }
                 let p = ptr::read(packets.add(i));
                 bytes += p.len() as u64;
                 drop(p);
