@@ -23,7 +23,7 @@ if [ ! -x "$B" ]; then
     echo "--- building snabb-rs"
     timeout 1800 cargo build --release -p snabb-rs >/dev/null 2>&1 || { echo "FAIL cargo build"; exit 1; }
 fi
-"$B" apps 2>/dev/null | grep -qw VirtioUser || skip "this snabb-rs ($B) has no VirtioUser app class"
+"$B" apps 2>/dev/null | grep -w VirtioUser >/dev/null || skip "this snabb-rs ($B) has no VirtioUser app class"
 out=$(mktemp "${TMPDIR:-/tmp}/vswitch-bench.XXXXXX")
 trap 'rm -f "$out"' EXIT
 # Bounded: 2 switches x sizes x runs, each at most ~(secs + 40) s.

@@ -71,7 +71,7 @@ TEMPLATE=("$@")
 [ "$OVS" = 1 ] || [ "$OURS" = 1 ] || die "nothing to measure"
 B=${SNABB_RS:-${CARGO_TARGET_DIR:-$ROOT/target}/release/snabb-rs}
 [ -x "$B" ] || die "no snabb-rs at $B (cargo build --release)"
-"$B" apps 2>/dev/null | grep -qw VirtioUser || die "$B has no VirtioUser"
+"$B" apps 2>/dev/null | grep -w VirtioUser >/dev/null || die "$B has no VirtioUser"
 O=$PEERS_DIR/ovs.sh
 
 [ -n "$WORK" ] || WORK=$(mktemp -d "${TMPDIR:-/tmp}/bench-vswitch.XXXXXX")
