@@ -5,6 +5,7 @@
 //! worker reaches it through a hidden app at each end, so apps only ever see
 //! ordinary links; a config link whose ends are on different workers becomes
 //!
+//! ```text
 //!   a.out -> <producer end> ==interlink==> <consumer end> -> b.in
 //!
 //!   Interlink::new(size) -> Arc       size a power of two in 2..=MAX_SIZE
@@ -14,6 +15,7 @@
 //!                                     onto a local link, publish once
 //!   nreadable() / capacity()
 //!   counters()                        packets in and out, drops
+//! ```
 //!
 //! Each cursor is written by one side only and sits on a cache line of its
 //! own (two, against the adjacent-line prefetcher); each side keeps a copy
