@@ -1184,7 +1184,8 @@ fn free_host(rec: NonNull<Record>) {
     }
 }
 
-/// How many packets ahead `free_run` prefetches records from.
+/// How many records ahead `free_run` (of the packets it frees) and
+/// `Freelist::pop` (of the records it will hand out) prefetch.
 const PREFETCH_AHEAD: usize = 6;
 
 /// A hint to bring `r`'s cache line in for reading.
