@@ -431,6 +431,79 @@ mod tests {
     }
 
     #[test]
+    fn chain_packets_go_home_whole_from_another_worker() {
+        use crate::packet::{BufferOwner, ForeignBuffer};
+        let il = Interlink::new(64);
+        let il2 = il.clone();
+        let mut buf = vec![0u8; 3 * 1024 * 64];
+        let base = buf.as_mut_ptr() as usize;
+        let owner = BufferOwner::register("guest", None);
+        assert!(il.attach(true));
+        // The consumer flattens every other chain (its copy is a host packet
+        // of the owner's pool, away from home) and drops the rest whole.
+        let consumer = std::thread::spawn(move || {
+            assert!(il2.attach(false));
+            packet::expect_visitors();
+            let local = Link::new(64);
+            let mut n = 0;
+            while n < 100 {
+                il2.pull_into(&local);
+                while let Some(p) = local.receive() {
+                    assert!(p.is_chain() && p.len() == 2500);
+                    if n % 2 == 0 {
+                        assert!(p.data().iter().all(|&b| b == (n % 64) as u8));
+                    }
+                    n += 1;
+                }
+            }
+            packet::flush_returns();
+        });
+        let local = Link::new(256);
+        let mut returned = 0;
+        let mut sent = 0;
+        let lend = |i: usize, k: usize, len: u32| {
+            let at = base + (i * 3 + k) * 1024;
+            // SAFETY: the buffer lives until every token is back (below).
+            unsafe { std::slice::from_raw_parts_mut(at as *mut u8, 1024).fill(i as u8) };
+            let fb = ForeignBuffer {
+                base: std::ptr::NonNull::new(at as *mut u8).unwrap(),
+                start: 0,
+                len,
+                cap: 1024,
+                dma: 0,
+                token: (i * 3 + k) as u64,
+                fixed_start: true,
+            };
+            // SAFETY: as above.
+            Some(unsafe { owner.wrap(fb) })
+        };
+        while sent < 100 {
+            let i = sent % 64;
+            let mut parts = [lend(i, 0, 1024), lend(i, 1, 1024), lend(i, 2, 452)];
+            local.transmit(packet::chain(&mut parts).unwrap());
+            sent += 1;
+            while il.push_from(&local) == 0 {
+                packet::collect_returns();
+                owner.drain_returns(|_| returned += 1);
+            }
+            packet::collect_returns();
+            owner.drain_returns(|_| returned += 1);
+        }
+        consumer.join().unwrap();
+        for _ in 0..1000 {
+            packet::collect_returns();
+            owner.drain_returns(|_| returned += 1);
+            if returned == 300 {
+                break;
+            }
+        }
+        assert_eq!(returned, 300, "every buffer of every chain back on its owner's thread");
+        assert_eq!(owner.outstanding(), 0);
+        drop(owner);
+        drop(buf);
+    }
+
+    #[test]
     fn foreign_packets_go_home_to_their_owners_worker() {
         use crate::packet::{BufferOwner, ForeignBuffer};
         let il = Interlink::new(64);

@@ -39,6 +39,17 @@
 //! `data_mut`, `append`...) gets it flattened into the host buffer first,
 //! and the tail goes back to its owner.
 //!
+//! A **chain** packet is a frame that lies in several lent buffers of one
+//! owner, in order (a NIC wrote a long frame over several of a guest's
+//! receive buffers: [`chain`]). Its record is a host record whose data is
+//! the first buffer's part, fixed where it is; the later buffers are listed
+//! in the record's own host buffer, which is idle meanwhile. It reads as the
+//! whole frame like any packet: `head` is the first buffer's part, `tail`
+//! is None, [`Packet::for_each_piece`] visits every part without a copy,
+//! and anything that asks for the whole frame at once flattens it into that
+//! host buffer (every buffer goes home). Its owner takes it apart without a
+//! copy with [`BufferOwner::reclaim_chain`].
+//!
 //! An owner can **revoke** its buffers ([`BufferOwner::revoke`]): whoever
 //! holds them where a device may still write (a NIC receive ring) gives them
 //! back at once. [`revocations`] changes whenever an owner revokes or goes.
@@ -186,8 +197,33 @@ struct Shell {
     home: u32,
 }
 
+/// Most buffers a chain packet spans: a frame of PAYLOAD_SIZE in 1 KiB
+/// buffers (the smallest a NIC takes).
+pub const MAX_CHAIN: usize = PAYLOAD_SIZE / 1024;
+
+/// A chain packet's later buffers, listed at the start of its record's own
+/// host buffer (in the headroom, which a flatten never writes).
+#[repr(C)]
+struct ChainList {
+    n: u64,
+    parts: [ChainPart; MAX_CHAIN - 1],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ChainPart {
+    ptr: *mut u8,
+    token: u64,
+    len: u32,
+    _pad: u32,
+}
+const _: () = assert!(std::mem::size_of::<ChainList>() <= HEADROOM);
+
 /// The foreign tail of a split packet, kept beside its host record (in the
-/// second half of the chunk's record block: `tail_of`).
+/// second half of the chunk's record block: `tail_of`). A chain record
+/// (SPLIT with FIXED_START: a split head is never fixed) keeps here its own
+/// host buffer's data pointer and device address, its first buffer's token,
+/// and in `len` the bytes after the first buffer's part.
 #[repr(C, align(32))]
 struct Tail {
     ptr: *mut u8,
@@ -280,10 +316,11 @@ impl Packet {
         unsafe { std::slice::from_raw_parts_mut(r.data, n) }
     }
 
-    /// A split packet's foreign tail, which follows [`Packet::head`].
+    /// A split packet's foreign tail, which follows [`Packet::head`]. None
+    /// for a chain packet too (see [`Packet::for_each_piece`]).
     #[inline]
     pub fn tail(&self) -> Option<TailRef<'_>> {
-        if self.rec().owner & SPLIT == 0 {
+        if self.rec().owner & SPLIT == 0 || self.is_chain() {
             return None;
         }
         // SAFETY: a split record has its Tail beside it (tail_of), valid
@@ -298,6 +335,47 @@ impl Packet {
     #[inline]
     pub fn is_split(&self) -> bool {
         self.rec().owner & SPLIT != 0
+    }
+
+    /// True for a chain packet (a frame over several lent buffers: see
+    /// the module documentation).
+    #[inline]
+    pub fn is_chain(&self) -> bool {
+        let r = self.rec();
+        r.owner & SPLIT != 0 && r.cap & FIXED_START != 0
+    }
+
+    /// Hand every part of the frame to `f` in order, where it lies (the
+    /// head and tail of a split packet, each buffer of a chain), without
+    /// flattening.
+    #[inline]
+    pub fn for_each_piece(&self, mut f: impl FnMut(&[u8])) {
+        f(self.head());
+        if let Some(t) = self.tail() {
+            f(t.bytes);
+        } else if self.is_chain() {
+            // SAFETY: a chain record's list is valid while its handle lives;
+            // the lender vouched for each part's bytes (`chain`).
+            for c in unsafe { chain_parts(self.rec) } {
+                f(unsafe { std::slice::from_raw_parts(c.ptr, c.len as usize) });
+            }
+        }
+    }
+
+    /// The owner's token and the frame's length in each buffer of a chain
+    /// packet, in order (nothing for other packets).
+    pub fn for_each_chain_part(&self, mut f: impl FnMut(u64, usize)) {
+        if !self.is_chain() {
+            return;
+        }
+        // SAFETY: a chain record has its Tail beside it and its list in its
+        // host buffer, valid while the handle lives.
+        unsafe {
+            f((*tail_of(self.rec)).token, self.len() - self.tail_len());
+            for c in chain_parts(self.rec) {
+                f(c.token, c.len as usize);
+            }
+        }
     }
 
     #[inline(always)]
@@ -426,7 +504,7 @@ impl Packet {
     pub fn finish_partial_csum(&mut self) -> bool {
         let Some(c) = self.partial_csum() else { return true };
         self.set_partial_csum(None);
-        if self.is_split() && self.finish_split_csum(c) {
+        if self.is_split() && !self.is_chain() && self.finish_split_csum(c) {
             return true;
         }
         crate::checksum::complete_checksum(self.data_mut(), c.start, c.offset)
@@ -494,6 +572,9 @@ impl Packet {
     pub fn shift_left(&mut self, n: usize) {
         assert!(n <= self.len(), "shift_left({n}) of a {}-byte packet", self.len());
         self.front_edit(n);
+        if self.is_chain() {
+            self.flatten_if_split();
+        }
         if n > self.len() - self.tail_len() {
             self.flatten_if_split();
         }
@@ -524,6 +605,9 @@ impl Packet {
     #[inline]
     pub fn shift_right(&mut self, n: usize) {
         self.front_edit(n);
+        if self.is_chain() {
+            self.flatten_if_split();
+        }
         if self.is_split() && n > self.headroom() {
             self.flatten_if_split();
         }
@@ -575,16 +659,16 @@ impl Packet {
         p
     }
 
-    /// Copy every byte (head and tail of a split packet alike, without
-    /// flattening it) into `dst`, which is exactly `len()` bytes long.
+    /// Copy every byte (every part of a split or chain packet alike,
+    /// without flattening it) into `dst`, which is exactly `len()` bytes
+    /// long.
     #[inline]
     pub fn copy_bytes_into(&self, dst: &mut [u8]) {
-        let head = self.head();
-        let (a, b) = dst.split_at_mut(head.len());
-        crate::copy::copy(a, head);
-        if let Some(t) = self.tail() {
-            crate::copy::copy(b, t.bytes);
-        }
+        let mut at = 0;
+        self.for_each_piece(|b| {
+            crate::copy::copy(&mut dst[at..at + b.len()], b);
+            at += b.len();
+        });
     }
 
     /// Move a fresh host record's start (HEADROOM) down to `start`.
@@ -1144,6 +1228,76 @@ fn allocate_raw() -> Packet {
     Packet { rec, _not_send: PhantomData }
 }
 
+/// One packet for a frame that lies in several lent buffers of one owner,
+/// in order: `parts`, each a foreign packet of an owner of this thread, not
+/// split, holding its share of the frame (at least a byte). The parts are
+/// taken (their tokens now ride in the chain) and the chain is returned;
+/// when they do not qualify (one missing, of another owner or thread, empty
+/// or carrying a partial checksum, more than [`MAX_CHAIN`] of them, fewer
+/// than 2, or more than PAYLOAD_SIZE bytes in all), None, and `parts` are
+/// left as they were. See the module documentation.
+pub fn chain(parts: &mut [Option<Packet>]) -> Option<Packet> {
+    let n = parts.len();
+    if !(2..=MAX_CHAIN).contains(&n) {
+        return None;
+    }
+    let pool = pool_id();
+    let owner = parts[0].as_ref()?.rec().owner;
+    let mut total = 0usize;
+    for p in parts.iter() {
+        let p = p.as_ref()?;
+        // SAFETY: read only when is_shell: a foreign record is a Shell's.
+        if !p.is_shell()
+            || p.rec().owner != owner
+            || unsafe { (*p.rec.cast::<Shell>().as_ptr()).home } != pool
+            || p.is_empty()
+            || p.partial_csum().is_some()
+        {
+            return None;
+        }
+        total += p.len();
+    }
+    if total > PAYLOAD_SIZE {
+        return None;
+    }
+    let rec = allocate_raw().into_record();
+    // SAFETY: rec is a fresh host record of this thread (start HEADROOM,
+    // data = its buffer's base + HEADROOM), ours; its Tail slot is free;
+    // the list goes in its headroom (ChainList fits: asserted above). Each
+    // part is a Shell of this thread whose handle we consume: its token
+    // moves into the chain (the owner's count of buffers out is unchanged)
+    // and the shell goes back to the shells.
+    unsafe {
+        let r = rec.as_ptr();
+        let list = &mut *((*r).data.sub(HEADROOM) as *mut ChainList);
+        list.n = (n - 1) as u64;
+        let first = parts[0].take().unwrap();
+        let f = &*first.rec.cast::<Shell>().as_ptr();
+        tail_of(rec).write(Tail {
+            ptr: (*r).data,
+            dma: (*r).dma,
+            token: f.token,
+            len: (total - first.len()) as u32,
+            home: pool,
+        });
+        (*r).data = f.rec.data;
+        (*r).start = 0;
+        (*r).dma = if f.rec.dma == 0 { 0 } else { f.rec.dma + f.rec.start as u64 };
+        (*r).len = total as u32;
+        (*r).owner = owner | SPLIT;
+        (*r).cap = FIXED_START | PAYLOAD_SIZE as u32 | (f.rec.cap & CSUM_BITS);
+        let st = &mut *state();
+        st.shells.push(first.into_record());
+        for (k, p) in parts[1..].iter_mut().enumerate() {
+            let p = p.take().unwrap();
+            let sh = &*p.rec.cast::<Shell>().as_ptr();
+            list.parts[k] = ChainPart { ptr: sh.rec.data, token: sh.token, len: sh.rec.len, _pad: 0 };
+            st.shells.push(p.into_record());
+        }
+    }
+    Some(Packet { rec, _not_send: PhantomData })
+}
+
 /// The freelist is empty: take what came home first, grow only then.
 #[cold]
 #[inline(never)]
@@ -1520,9 +1674,47 @@ unsafe fn tail_of(rec: NonNull<Record>) -> *mut Tail {
     unsafe { rec.as_ptr().add(BUFFERS_PER_CHUNK) as *mut Tail }
 }
 
+/// A chain record's later buffers.
+///
+/// # Safety
+/// `rec` must be a chain record owned by a live handle; the slice is valid
+/// while the handle lives and the record stays a chain.
+#[inline]
+unsafe fn chain_parts<'a>(rec: NonNull<Record>) -> &'a [ChainPart] {
+    // SAFETY: per the contract: `chain` wrote the list at the start of the
+    // record's own host buffer, HEADROOM before the data pointer it kept.
+    unsafe {
+        let l = &*((*tail_of(rec)).ptr.sub(HEADROOM) as *const ChainList);
+        &l.parts[..l.n as usize]
+    }
+}
+
+/// Make a chain record a host record of this pool again (its own buffer,
+/// as the freelist keeps it, but for the checksum bits) and hand each of
+/// its tokens, first buffer's first, to `f`.
+///
+/// # Safety
+/// `rec` must be a chain record whose handle is gone or is being turned
+/// into a host packet, ours to write.
+unsafe fn unchain(rec: NonNull<Record>, mut f: impl FnMut(u64)) {
+    // SAFETY: per the contract.
+    unsafe {
+        let (r, t) = (rec.as_ptr(), tail_of(rec));
+        f((*t).token);
+        for c in chain_parts(rec) {
+            f(c.token);
+        }
+        (*r).data = (*t).ptr;
+        (*r).start = HEADROOM as u32;
+        (*r).dma = (*t).dma;
+        (*r).cap = BUFFER_SIZE as u32 | ((*r).cap & CSUM_BITS);
+    }
+}
+
 /// Copy a split packet's tail into its head's buffer, right after the
 /// head, and give the tail back to its owner: the packet is then an
-/// ordinary host packet.
+/// ordinary host packet. A chain packet's parts are copied into its
+/// record's own host buffer, and every buffer goes back.
 ///
 /// # Safety
 /// `rec` must be a split record of this thread owned by a live handle, with
@@ -1530,6 +1722,10 @@ unsafe fn tail_of(rec: NonNull<Record>) -> *mut Tail {
 #[cold]
 #[inline(never)]
 unsafe fn flatten(rec: NonNull<Record>) {
+    // SAFETY: per the contract.
+    if unsafe { (*rec.as_ptr()).cap } & FIXED_START != 0 {
+        return unsafe { flatten_chain(rec) };
+    }
     // SAFETY: per the contract; wrap_tail checked that head and tail fit
     // the host buffer from the head's start.
     unsafe {
@@ -1552,6 +1748,50 @@ unsafe fn flatten(rec: NonNull<Record>) {
         } else {
             let sh = shared(home);
             sh.tokens.lock().unwrap().push((owner, token));
+            sh.pending.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// `flatten` for a chain record.
+///
+/// # Safety
+/// As for `flatten`, and `rec` is a chain record.
+unsafe fn flatten_chain(rec: NonNull<Record>) {
+    // SAFETY: per the contract: `chain` checked that the frame fits a host
+    // buffer after HEADROOM, where its own buffer's data pointer is; the
+    // list lies before it, so the copies never overwrite it.
+    unsafe {
+        let r = rec.as_ptr();
+        let t = tail_of(rec);
+        let dst = std::slice::from_raw_parts_mut((*t).ptr, (*r).len as usize);
+        let first = (*r).len as usize - (*t).len as usize;
+        crate::copy::copy(&mut dst[..first], std::slice::from_raw_parts((*r).data, first));
+        let mut at = first;
+        for c in chain_parts(rec) {
+            let n = c.len as usize;
+            crate::copy::copy(&mut dst[at..at + n], std::slice::from_raw_parts(c.ptr, n));
+            at += n;
+        }
+        let (owner, home) = ((*r).owner & !SPLIT, (*t).home);
+        let st = state();
+        (*st).flattened += 1;
+        let mut tokens = [0u64; MAX_CHAIN];
+        let mut n = 0;
+        unchain(rec, |tok| {
+            tokens[n] = tok;
+            n += 1;
+        });
+        (*r).owner = if home == (*st).pool { HOST } else { home << AWAY_SHIFT };
+        if home == (*st).pool {
+            let mut keepalive = None;
+            for &tok in &tokens[..n] {
+                keepalive = give_back(&mut *st, owner, tok).or(keepalive);
+            }
+            drop(keepalive);
+        } else {
+            let sh = shared(home);
+            sh.tokens.lock().unwrap().extend(tokens[..n].iter().map(|&tok| (owner, tok)));
             sh.pending.store(true, Ordering::Release);
         }
     }
@@ -1626,7 +1866,22 @@ fn home_free(st: &mut State, e: usize) -> Option<Rc<dyn std::any::Any>> {
     // (or brought) home; nothing else touches it now.
     unsafe {
         let owner = (*r).owner;
-        if owner & SPLIT != 0 {
+        if owner & SPLIT != 0 && (*r).cap & FIXED_START != 0 {
+            let mut keepalive = None;
+            let mut tokens = [0u64; MAX_CHAIN];
+            let mut n = 0;
+            unchain(NonNull::new_unchecked(r), |tok| {
+                tokens[n] = tok;
+                n += 1;
+            });
+            (*r).owner = HOST;
+            rearm(r);
+            st.free.push(NonNull::new_unchecked(r));
+            for &tok in &tokens[..n] {
+                keepalive = give_back(st, owner & !SPLIT, tok).or(keepalive);
+            }
+            keepalive
+        } else if owner & SPLIT != 0 {
             let token = (*tail_of(NonNull::new_unchecked(r))).token;
             (*r).owner = HOST;
             rearm(r);
@@ -2138,6 +2393,33 @@ impl BufferOwner {
         st.foreign_returned += 1;
         st.shells.push(shell);
         Ok(out)
+    }
+
+    /// Take back one of this owner's chain packets (see [`chain`]) without
+    /// the return ring: `f` gets each buffer's token and the frame's length
+    /// in it, in order. Returns the frame's length. Any other packet is
+    /// given back.
+    pub fn reclaim_chain(&self, p: Packet, mut f: impl FnMut(u64, usize)) -> Result<usize, Packet> {
+        // SAFETY: read only for a chain record, which has its Tail beside it.
+        if !p.is_chain() || p.rec().owner & !SPLIT != self.id || unsafe { (*tail_of(p.rec)).home } != self.pool {
+            return Err(p);
+        }
+        let total = p.len();
+        p.for_each_chain_part(&mut f);
+        let rec = p.into_record();
+        // SAFETY: this thread's State; the chain's handle was just consumed.
+        let st = unsafe { &mut *state() };
+        let mut n = 0;
+        // SAFETY: a chain record of this pool whose handle is gone.
+        unsafe {
+            unchain(rec, |_| n += 1);
+            (*rec.as_ptr()).owner = HOST;
+            rearm(rec.as_ptr());
+        }
+        st.free.push(rec);
+        st.owners[self.slot()].outstanding -= n;
+        st.foreign_returned += n;
+        Ok(total)
     }
 
     /// Hand every token that came back since the last call to `f`.
@@ -2662,6 +2944,164 @@ mod tests {
             token,
             fixed_start: false,
         }
+    }
+
+    /// Lend `bufs` (test memory) as one chain: part k is the bytes of
+    /// `frame` at `cuts[k]..cuts[k+1]`, written at +12 in buffer k.
+    fn lend_chain(owner: &BufferOwner, bufs: &mut [Vec<u8>], frame: &[u8], cuts: &[usize], token0: u64) -> Packet {
+        let mut parts: Vec<Option<Packet>> = Vec::new();
+        for (k, b) in bufs.iter_mut().enumerate().take(cuts.len() - 1) {
+            let part = &frame[cuts[k]..cuts[k + 1]];
+            b[12..12 + part.len()].copy_from_slice(part);
+            // SAFETY: the buffers outlive every packet made of them here.
+            parts.push(Some(unsafe {
+                owner.wrap(ForeignBuffer {
+                    base: NonNull::new(b.as_mut_ptr()).unwrap(),
+                    cap: b.len() as u32,
+                    dma: 0x10_0000 * (k as u64 + 1),
+                    start: 12,
+                    len: part.len() as u32,
+                    token: token0 + k as u64,
+                    fixed_start: true,
+                })
+            }));
+        }
+        chain(&mut parts).expect("the parts qualify")
+    }
+
+    #[test]
+    fn chain_packets_read_copy_flatten_and_go_home() {
+        let owner = BufferOwner::register("chain", None);
+        let mut bufs: Vec<Vec<u8>> = (0..4).map(|_| vec![0u8; 2048]).collect();
+        let frame: Vec<u8> = (0..5000u32).map(|i| (i * 7 + i / 256) as u8).collect();
+        let cuts = [0, 2036, 4072, 5000];
+        let before = stats();
+        let p = lend_chain(&owner, &mut bufs, &frame, &cuts, 10);
+        assert!(p.is_chain() && p.is_split() && p.is_foreign() && p.has_fixed_start());
+        assert_eq!(p.len(), 5000);
+        assert_eq!(p.head(), &frame[..2036]);
+        assert!(p.tail().is_none());
+        assert_eq!(p.dma_addr(), 0x10_0000 + 12);
+        assert_eq!(p.headroom(), 0);
+        assert_eq!(p.capacity(), PAYLOAD_SIZE);
+        assert_eq!(p.foreign_token(), Some((owner.id(), 10)));
+        assert_eq!(owner.outstanding(), 3);
+        let mut pieces = vec![];
+        p.for_each_piece(|b| pieces.extend_from_slice(b));
+        assert_eq!(pieces, frame);
+        let mut parts = vec![];
+        p.for_each_chain_part(|t, n| parts.push((t, n)));
+        assert_eq!(parts, vec![(10, 2036), (11, 2036), (12, 928)]);
+        // Copies gather every part and leave the chain as it is.
+        assert_eq!(p.clone().data(), &frame[..]);
+        assert_eq!(p.copy_to_host().data(), &frame[..]);
+        let mut a = Allocator::new(1);
+        assert_eq!(a.clone_of(&p).data(), &frame[..]);
+        drop(a);
+        assert!(p.is_chain());
+        // Dropped: every buffer goes home, the record to the freelist.
+        drop(p);
+        let mut got = vec![];
+        owner.drain_returns(|t| got.push(t));
+        assert_eq!(got, vec![10, 11, 12]);
+        // The whole frame at once flattens it into a host buffer.
+        let mut p = lend_chain(&owner, &mut bufs, &frame, &cuts, 20);
+        p.set_csum_verified(true);
+        assert_eq!(p.data(), &frame[..]);
+        assert!(!p.is_chain() && !p.is_split() && !p.is_foreign() && !p.has_fixed_start());
+        assert!(p.csum_verified(), "the checksum verdict survives the flatten");
+        assert_eq!((p.headroom(), p.capacity()), (HEADROOM, PAYLOAD_SIZE));
+        owner.drain_returns(|t| got.push(t));
+        assert_eq!(got, vec![10, 11, 12, 20, 21, 22]);
+        assert_eq!(stats().flattened, before.flattened + 1);
+        p.append(&[1, 2, 3]);
+        assert_eq!(&p.data()[5000..], &[1, 2, 3]);
+        drop(p);
+        // Header edits and growth flatten first: the bytes come out right.
+        let mut p = lend_chain(&owner, &mut bufs, &frame, &cuts, 30);
+        p.shift_left(14);
+        assert!(!p.is_chain());
+        assert_eq!(p.data(), &frame[14..]);
+        drop(p);
+        let mut p = lend_chain(&owner, &mut bufs, &frame, &cuts, 40);
+        p.prepend(&[9; 4]);
+        assert_eq!(&p.data()[..4], &[9; 4]);
+        assert_eq!(&p.data()[4..], &frame[..]);
+        let mut p2 = lend_chain(&owner, &mut bufs, &frame, &cuts, 50);
+        p2.set_len(6000);
+        assert_eq!(&p2.data()[..5000], &frame[..]);
+        drop((p, p2));
+        assert_eq!(owner.outstanding(), 0);
+        let after = stats();
+        assert_eq!(after.in_use, before.in_use);
+        assert_eq!(after.foreign_wrapped - before.foreign_wrapped, after.foreign_returned - before.foreign_returned);
+    }
+
+    #[test]
+    fn a_chain_is_taken_apart_by_its_owner_without_a_copy() {
+        let owner = BufferOwner::register("chain", None);
+        let other = BufferOwner::register("other", None);
+        let mut bufs: Vec<Vec<u8>> = (0..3).map(|_| vec![0u8; 1100]).collect();
+        let frame: Vec<u8> = (0..2100u32).map(|i| i as u8).collect();
+        let before = stats();
+        let p = lend_chain(&owner, &mut bufs, &frame, &[0, 1024, 2048, 2100], 5);
+        let p = other.reclaim_chain(p, |_, _| panic!("not its chain")).unwrap_err();
+        let p = other.reclaim(p).unwrap_err();
+        let mut parts = vec![];
+        assert_eq!(owner.reclaim_chain(p, |t, n| parts.push((t, n))).ok(), Some(2100));
+        assert_eq!(parts, vec![(5, 1024), (6, 1024), (7, 52)]);
+        assert_eq!(owner.outstanding(), 0);
+        let mut got = vec![];
+        owner.drain_returns(|t| got.push(t));
+        assert!(got.is_empty(), "reclaimed, not returned");
+        // A plain foreign packet is not a chain.
+        let mut t = TestOwner::new(1);
+        let q = t.lend(0, true);
+        assert!(!q.is_chain());
+        let q = t.owner.reclaim_chain(q, |_, _| {}).unwrap_err();
+        drop(q);
+        let after = stats();
+        assert_eq!(after.in_use, before.in_use);
+        assert_eq!(after.foreign_wrapped - before.foreign_wrapped, after.foreign_returned - before.foreign_returned);
+    }
+
+    #[test]
+    fn chain_refuses_parts_that_do_not_qualify_and_leaves_them() {
+        let a = BufferOwner::register("a", None);
+        let mut t = TestOwner::new(4);
+        let mut bufs: Vec<Vec<u8>> = (0..2).map(|_| vec![0u8; 256]).collect();
+        let wrap = |o: &BufferOwner, b: &mut Vec<u8>, len: u32, token: u64| {
+            // SAFETY: the buffers outlive the packets (dropped below).
+            unsafe {
+                o.wrap(ForeignBuffer {
+                    base: NonNull::new(b.as_mut_ptr()).unwrap(),
+                    cap: 256,
+                    dma: 0,
+                    start: 0,
+                    len,
+                    token,
+                    fixed_start: true,
+                })
+            }
+        };
+        let (b0, b1) = bufs.split_at_mut(1);
+        // One part, two owners, an empty part, a host packet, a missing one.
+        let mut one = [Some(t.lend(0, true))];
+        assert!(chain(&mut one).is_none() && one[0].is_some());
+        let mut mixed = [Some(t.lend(1, true)), Some(wrap(&a, &mut b0[0], 10, 1))];
+        assert!(chain(&mut mixed).is_none() && mixed.iter().all(Option::is_some));
+        let mut empty = [Some(t.lend(2, true)), Some(wrap(&a, &mut b1[0], 0, 2))];
+        empty[0] = Some(wrap(&a, &mut b0[0], 10, 3));
+        assert!(chain(&mut empty).is_none() && empty.iter().all(Option::is_some));
+        let mut host = [Some(t.lend(3, true)), Some(Packet::from_bytes(&[1; 10]))];
+        assert!(chain(&mut host).is_none());
+        let mut missing = [host[0].take(), None];
+        assert!(chain(&mut missing).is_none() && missing[0].is_some());
+        let mut csum = [Some(wrap(&a, &mut b0[0], 10, 4)), Some(wrap(&a, &mut b1[0], 10, 5))];
+        csum[1].as_mut().unwrap().set_partial_csum(Some(PartialCsum { start: 0, offset: 6 }));
+        assert!(chain(&mut csum).is_none() && csum.iter().all(Option::is_some));
+        drop((one, mixed, empty, host, missing, csum));
+        assert_eq!(t.owner.outstanding() + a.outstanding(), 0);
     }
 
     #[test]
