@@ -536,6 +536,8 @@ impl<R: Registers> Queues for Pair<R> {
             emit("rx_gathered_bytes", c.gathered_bytes);
             emit("rx_copied_long", c.copied_long);
             emit("rx_copied_long_bytes", c.copied_long_bytes);
+            emit("rx_chained", c.chained);
+            emit("rx_chained_buffers", c.chained_buffers);
             emit("rx_csum_verified", c.csum_verified);
             emit("rx_csum_bad", c.csum_bad);
         }

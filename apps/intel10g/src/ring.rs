@@ -211,6 +211,10 @@ pub struct RxCounters {
     /// and their bytes.
     pub copied_long: u64,
     pub copied_long_bytes: u64,
+    /// Frames over several lent buffers of one lender handed on as one
+    /// chain packet, where they lie (`packet::chain`), and their buffers.
+    pub chained: u64,
+    pub chained_buffers: u64,
     /// Supplied buffers posted, and refused (revoked, too small, out of
     /// the device's reach, not empty, or supplied while the queue does not
     /// lend): a refused buffer goes straight home.
@@ -733,16 +737,28 @@ impl<R: Registers> RxQueue<R> {
             self.counters.restart_drops += 1;
             return Long::Took(n, None);
         }
-        let mut first = parts[0].take().unwrap();
+        for k in 0..n_parts {
+            parts[k].as_mut().unwrap().set_len(lens[k]);
+        }
         let len0 = lens[0];
-        let mut p = if first.capacity() >= total {
+        let chained =
+            if parts[0].as_ref().unwrap().capacity() < total { packet::chain(&mut parts[..n_parts]) } else { None };
+        let mut first = parts[0].take();
+        let mut p = if let Some(c) = chained {
+            // Lent buffers of one lender, left where the chip wrote them:
+            // the lender closes the gaps (a guest's header sits in the
+            // first buffer only).
+            self.counters.chained += 1;
+            self.counters.chained_buffers += n_parts as u64;
+            c
+        } else if first.as_ref().unwrap().capacity() >= total {
+            let mut first = first.take().unwrap();
             // Into the first buffer, after its own bytes.
             first.set_len(total);
             let dst = first.data_mut();
             let mut at = len0;
             for k in 1..n_parts {
-                let mut q = parts[k].take().unwrap();
-                q.set_len(lens[k]);
+                let q = parts[k].take().unwrap();
                 snabb_core::copy::copy(&mut dst[at..at + lens[k]], q.data());
                 at += lens[k];
             }
@@ -750,15 +766,14 @@ impl<R: Registers> RxQueue<R> {
             self.counters.gathered_bytes += (total - len0) as u64;
             first
         } else {
+            let first = first.take().unwrap();
             let mut h = Packet::new();
             h.set_len(total);
             let dst = h.data_mut();
-            first.set_len(len0);
             snabb_core::copy::copy(&mut dst[..len0], first.data());
             let mut at = len0;
             for k in 1..n_parts {
-                let mut q = parts[k].take().unwrap();
-                q.set_len(lens[k]);
+                let q = parts[k].take().unwrap();
                 snabb_core::copy::copy(&mut dst[at..at + lens[k]], q.data());
                 at += lens[k];
             }
@@ -1006,10 +1021,14 @@ impl<R: Registers> TxQueue<R> {
     /// the packet cannot be sent.
     #[inline(never)]
     fn write_foreign(&mut self, p: &mut Packet, t: u32, cmd: u32, olinfo: u32) -> Option<u32> {
-        let reachable = match p.tail() {
-            Some(tail) => tail.dma != 0 && self.reach.covers(tail.dma, tail.bytes.len()),
-            None => self.reach.covers(p.dma_addr(), p.len()),
-        };
+        // A chain (a frame over several of a guest's receive buffers, sent
+        // back out) goes from a host copy: rare, and its descriptors would
+        // count against the chip's limit per packet.
+        let reachable = !p.is_chain()
+            && match p.tail() {
+                Some(tail) => tail.dma != 0 && self.reach.covers(tail.dma, tail.bytes.len()),
+                None => self.reach.covers(p.dma_addr(), p.len()),
+            };
         if !reachable {
             self.counters.copied += 1;
             *p = p.copy_to_host();

@@ -168,6 +168,7 @@ pub fn add_stats(a: &mut QueueStats, b: &QueueStats) {
         zc_bound,
         zc_moved_bytes,
         zc_unused,
+        zc_chained,
     } = b;
     a.packets += packets;
     a.bytes += bytes;
@@ -188,6 +189,7 @@ pub fn add_stats(a: &mut QueueStats, b: &QueueStats) {
     a.zc_bound += zc_bound;
     a.zc_moved_bytes += zc_moved_bytes;
     a.zc_unused += zc_unused;
+    a.zc_chained += zc_chained;
 }
 
 impl Vring {
@@ -685,7 +687,23 @@ impl Device {
             scratch.clear();
             scratch.extend(self.rx_lender.owner.iter().chain(&self.rx_lender.retiring).map(|o| o.id()));
             let ids = &scratch[..];
-            let ours = |p: &Packet| !p.is_split() && p.foreign_token().is_some_and(|(o, _)| ids.contains(&o));
+            let mrg = has(self.features, virtio::VIRTIO_NET_F_MRG_RXBUF);
+            // Ours to complete in place: a lent buffer of ours, or a chain
+            // of them from one queue for a guest that merges buffers. A
+            // split packet (another guest's frame), or a chain this guest
+            // cannot take as it is, is copied (a chain from where it lies).
+            let ours = |p: &Packet| {
+                let Some((o, t)) = p.foreign_token() else { return false };
+                if !ids.contains(&o) {
+                    return false;
+                }
+                if !p.is_split() {
+                    return true;
+                }
+                let mut same_ring = p.is_chain() && mrg;
+                p.for_each_chain_part(|tk, _| same_ring &= untoken(tk).0 == untoken(t).0);
+                same_ring
+            };
             loop {
                 while input.front_is(ours) {
                     let p = input.receive().expect("front_is saw a packet");
@@ -748,6 +766,21 @@ impl Device {
         let (ring, slot) = untoken(t);
         let log = if has(self.features, virtio::VHOST_F_LOG_ALL) { self.log.as_ref() } else { None };
         let Some(q) = self.vrings.get_mut(ring as usize).and_then(|v| v.queue.as_mut()) else { return false };
+        if p.is_chain() {
+            let h = q.header_for(&mut p);
+            let Some(owner) = self.rx_lender.find(id) else { return false };
+            let mut parts = [(0u16, 0usize); snabb_core::packet::MAX_CHAIN];
+            let mut n = 0;
+            let Ok(_) = owner.reclaim_chain(p, |tk, len| {
+                parts[n] = (untoken(tk).1, len);
+                n += 1;
+            }) else {
+                return false;
+            };
+            let ok = q.complete_rx_chain(log, &parts[..n], h);
+            self.dirty |= 1 << (ring % 128);
+            return ok;
+        }
         // The header is made from the packet (its checksum state) before
         // the packet is given up: a partial checksum the guest does not
         // take is finished in its buffer.

@@ -156,11 +156,15 @@ pub struct QueueStats {
     /// Zero copy, receive: lent chains given back with nothing in them
     /// (length 0) when lending stopped along with the ring.
     pub zc_unused: u64,
+    /// Zero copy, receive: frames delivered over several lent buffers
+    /// (MRG_RXBUF), each later buffer's bytes moved down over the header
+    /// room it was lent with (counted in `zc_moved_bytes`).
+    pub zc_chained: u64,
 }
 
 impl QueueStats {
     /// Counter names and values, for reports and shm.
-    pub fn named(&self) -> [(&'static str, u64); 19] {
+    pub fn named(&self) -> [(&'static str, u64); 20] {
         [
             ("packets", self.packets),
             ("bytes", self.bytes),
@@ -181,6 +185,7 @@ impl QueueStats {
             ("zc_bound", self.zc_bound),
             ("zc_moved_bytes", self.zc_moved_bytes),
             ("zc_unused", self.zc_unused),
+            ("zc_chained", self.zc_chained),
         ]
     }
 }
@@ -1254,7 +1259,10 @@ impl Virtqueue {
                 let ptr = unsafe { NonNull::new_unchecked(f.ptr.as_ptr().add(hdr_len as usize)) };
                 Some((f, Seg { ptr, gpa: f.gpa + hdr_len as u64, len: f.len - hdr_len }))
             }
-            [Some(f), Some(d)] if f.len == hdr_len && d.len >= need => Some((f, d)),
+            // With MRG_RXBUF a frame may take several buffers, and each
+            // later one's bytes are moved down over its header room
+            // (`complete_rx_chain`): only within one piece.
+            [Some(f), Some(d)] if f.len == hdr_len && d.len >= need && !self.mrg_rxbuf => Some((f, d)),
             _ => None,
         })
     }
@@ -1305,6 +1313,81 @@ impl Virtqueue {
         self.stats.bytes += len as u64;
         self.stats.zc_packets += 1;
         true
+    }
+
+    /// A frame lies in several lent receive chains of this queue, its
+    /// share of it in each (`parts`: slot and length, in order), written
+    /// where each was lent: right after the header room of its first
+    /// piece. Write the header (`h`, with num_buffers) into the first,
+    /// move each later one's bytes down to the start of its chain (virtio
+    /// 5.1.6.4: only the first buffer of a merged frame has the header),
+    /// and write the used entries. False, with every chain returned
+    /// empty, when the queue cannot take it that way (no MRG_RXBUF, a
+    /// slot not out, a chain lent in two pieces, a length over its room;
+    /// counted in `no_room`).
+    pub fn complete_rx_chain(&mut self, log: Option<&DirtyLog>, parts: &[(u16, usize)], mut h: NetHdr) -> bool {
+        let hdr_len = self.hdr_len;
+        let fits = |l: &Option<Lent>, len: usize| {
+            matches!(l, Some(Lent { hdr: Some(f), data: Some(d), .. })
+                if d.gpa == f.gpa + hdr_len as u64 && len <= d.len as usize)
+        };
+        let ok = self.mrg_rxbuf
+            && self.broken.is_none()
+            && parts.len() <= u16::MAX as usize
+            && parts.iter().enumerate().all(|(k, &(slot, len))| {
+                self.lent.get(slot as usize).is_some_and(|l| fits(l, len))
+                    && !parts[..k].iter().any(|&(s, _)| s == slot)
+            });
+        if !ok {
+            // Not for want of buffers, but the frame is lost all the same.
+            self.stats.no_room += 1;
+            for &(slot, _) in parts {
+                self.return_rx(slot);
+            }
+            return false;
+        }
+        let mut total = 0;
+        let mut moved = 0;
+        for (k, &(slot, len)) in parts.iter().enumerate() {
+            let Some(Lent { head, hdr: Some(first), .. }) = self.lent[slot as usize].take() else {
+                unreachable!("checked above")
+            };
+            self.free_slots.push(slot);
+            if k == 0 {
+                h.num_buffers = parts.len() as u16;
+                let bytes = h.to_bytes();
+                let mut w = Scatter { segs: std::slice::from_ref(&first), i: 0, off: 0, log };
+                w.write_unless_equal(&bytes[..hdr_len]);
+                if let Some(log) = log {
+                    log.mark(first.gpa + hdr_len as u64, len as u64);
+                }
+                self.push_used(log, head, (hdr_len + len) as u32);
+            } else {
+                // SAFETY: the first piece is translated guest memory of
+                // first.len bytes, and hdr_len + len <= first.len (checked:
+                // the data lies in it from hdr_len). The guest gave us the
+                // buffer; if it writes it meanwhile it garbles its own frame.
+                let b = unsafe { std::slice::from_raw_parts_mut(first.ptr.as_ptr(), hdr_len + len) };
+                snabb_core::copy::move_within(b, hdr_len..hdr_len + len, 0);
+                if let Some(log) = log {
+                    log.mark(first.gpa, len as u64);
+                }
+                self.push_used(log, head, len as u32);
+                moved += len as u64;
+            }
+            total += len as u64;
+        }
+        self.stats.packets += 1;
+        self.stats.bytes += total;
+        self.stats.zc_packets += 1;
+        self.stats.zc_chained += 1;
+        self.stats.zc_moved_bytes += moved;
+        true
+    }
+
+    /// Whether the guest takes frames over several buffers (MRG_RXBUF).
+    pub fn mrg_rxbuf(&self) -> bool {
+        self.mrg_rxbuf
     }
 
     /// Count bytes header edits moved inside lent receive buffers.
@@ -1601,10 +1684,7 @@ impl Virtqueue {
             w.write_unless_equal(&hdr[..self.hdr_len]);
             // A split packet (another guest's frame) is copied from where
             // its parts lie: one copy from guest to guest.
-            w.write(r.p.head());
-            if let Some(t) = r.p.tail() {
-                w.write(t.bytes);
-            }
+            r.p.for_each_piece(|b| w.write(b));
             self.stats.packets += 1;
             self.stats.bytes += r.p.len() as u64;
             self.stats.copied_bytes += r.p.len() as u64;
