@@ -21,7 +21,10 @@
 //! made, and everything else keeps running untouched: a link that exists in
 //! both configs keeps its queued packets, even when an app at either end is
 //! restarted. Every new app is made before anything changes, so a config
-//! that fails leaves the engine as it was.
+//! that fails leaves the engine as it was (but for an app that took new
+//! arguments in place before another refused them). With workers, every
+//! worker makes its new apps first and applies its part only when no
+//! worker refused (see `worker`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -78,6 +81,11 @@ struct AppEntry {
     io: Io,
     pulls: bool,
     counters: BTreeMap<String, Counter>,
+}
+
+/// Apps made for a config, before it is applied (`Engine::prepare`).
+pub(crate) struct Prepared {
+    made: BTreeMap<String, Box<dyn App>>,
 }
 
 struct LinkEntry {
@@ -291,23 +299,37 @@ impl Engine {
 
     /// Move this engine's own graph to `new` (no workers).
     pub(crate) fn configure_here(&mut self, new: &Config) -> Result<(), ConfigError> {
-        self.registry.check(new)?;
+        let made = self.prepare(new)?;
+        self.apply_prepared(new, made)
+    }
 
-        // Phase 1: make every app that must be made. Nothing changes yet.
+    /// Phase 1 of `configure_here`: make every app of `new` that is not
+    /// running (or runs with another class). Nothing changes yet, so the
+    /// workers of a config can all prepare their parts, and commit them
+    /// only when none refused.
+    pub(crate) fn prepare(&mut self, new: &Config) -> Result<Prepared, ConfigError> {
+        self.registry.check(new)?;
         let mut made: BTreeMap<String, Box<dyn App>> = BTreeMap::new();
-        let mut in_place: Vec<String> = Vec::new();
         for (name, spec) in new.apps() {
-            match self.config.app_spec(name) {
-                None => {
-                    made.insert(name.to_string(), self.registry.create(new, name)?);
-                }
-                Some(old) if old.class != spec.class => {
-                    made.insert(name.to_string(), self.registry.create(new, name)?);
-                }
-                Some(old) if old.args != spec.args => in_place.push(name.to_string()),
-                Some(_) => {}
+            if self.config.app_spec(name).is_none_or(|old| old.class != spec.class) {
+                made.insert(name.to_string(), self.registry.create(new, name)?);
             }
         }
+        Ok(Prepared { made })
+    }
+
+    /// Phase 2 of `configure_here`: apply `new`, with the apps `prepare`
+    /// made for it. (The running config may have changed in between by
+    /// arguments only: a move's quiescing pauses interlinks.)
+    pub(crate) fn apply_prepared(&mut self, new: &Config, prepared: Prepared) -> Result<(), ConfigError> {
+        let mut made = prepared.made;
+        let in_place: Vec<String> = new
+            .apps()
+            .filter(|(name, spec)| {
+                !made.contains_key(*name) && self.config.app_spec(name).is_some_and(|old| old.args != spec.args)
+            })
+            .map(|(name, _)| name.to_string())
+            .collect();
         // Apps whose class can take new arguments do so now; the others are
         // made anew. An app that refuses is an error before any restart.
         for name in in_place {
@@ -317,7 +339,7 @@ impl Engine {
             }
         }
 
-        // Phase 2: apply.
+        // Apply.
         let mut apps: BTreeMap<String, AppEntry> = self.apps.drain(..).map(|e| (e.name.clone(), e)).collect();
         let gone_links: Vec<LinkSpec> =
             self.links.keys().filter(|s| !new.links().any(|(n, _)| n == *s)).cloned().collect();
