@@ -660,6 +660,23 @@ impl Engine {
     pub fn app_mut<T: 'static>(&mut self, name: &str) -> Option<&mut T> {
         self.entry_mut(name)?.app.as_any_mut().downcast_mut::<T>()
     }
+    /// Call `f` on app `name` as its own type, on the thread it runs on
+    /// (here, or its worker's), and return what `f` returns: for what an
+    /// app offers beyond its counters (a driver's statistics read from the
+    /// chip now). None when there is no such app of that type, or its
+    /// worker did not answer within a second.
+    pub fn with_app<T: 'static, R: Send + 'static>(
+        &mut self,
+        name: &str,
+        f: impl FnOnce(&mut T) -> R + Send + 'static,
+    ) -> Option<R> {
+        if self.entry(name).is_some() || self.workers.is_empty() {
+            return self.app_mut::<T>(name).map(f);
+        }
+        let name = name.to_string();
+        let w = self.workers.config.worker_of(&name).to_string();
+        self.workers.run_on(&w, move |e: &mut Engine| e.app_mut::<T>(&name).map(f)).flatten()
+    }
     /// A running app's ports.
     pub fn app_io(&self, name: &str) -> Option<&Io> {
         self.entry(name).map(|e| &e.io)

@@ -291,6 +291,8 @@ enum Msg {
     LinkCounters(String, mpsc::Sender<Option<crate::link::LinkCounters>>),
     /// Publish counters (under the main engine's directory).
     Shm(ShmOptions),
+    /// Run this with the worker's engine.
+    Run(Box<dyn FnOnce(&mut Engine) + Send>),
     Stop,
 }
 
@@ -547,6 +549,19 @@ impl Workers {
         result
     }
 
+    /// `f` run with worker `w`'s engine, on its thread (None: no such
+    /// worker, or it did not answer within a second).
+    pub fn run_on<R: Send + 'static>(&self, w: &str, f: impl FnOnce(&mut Engine) -> R + Send + 'static) -> Option<R> {
+        let wk = self.workers.get(w)?;
+        let (tx, rx) = mpsc::channel();
+        if !wk.send(Msg::Run(Box::new(move |e: &mut Engine| {
+            let _ = tx.send(f(e));
+        }))) {
+            return None;
+        }
+        rx.recv_timeout(Duration::from_secs(1)).ok()
+    }
+
     /// The counters of app `name` on the worker it runs on.
     pub fn app_counters(&self, name: &str) -> BTreeMap<String, u64> {
         let Some(w) = self.workers.get(self.config.worker_of(name)) else { return BTreeMap::new() };
@@ -731,6 +746,7 @@ fn worker_main(
                         log::error!("worker `{name}`: counters in {}: {e}", o.root.join(&o.name).display());
                     }
                 }
+                Msg::Run(f) => f(&mut engine),
                 Msg::Stop => {
                     engine.stop();
                     return;

@@ -642,6 +642,38 @@ fn the_built_in_config_runs_and_reports() {
     assert!(!stderr.contains("ERROR"), "{stderr}");
 }
 
+/// The built-in config with its ports on two workers (its sockets moved
+/// to a directory of this test's own): the report still has the uplink's
+/// lines, which come from the 82599 driver of a pool that now runs on a
+/// worker, and every port's.
+#[test]
+fn the_built_in_config_on_two_workers_reports_every_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("vswitch.ron");
+    let text = String::from_utf8(bin().args(["vmdq-vswitch", "--print-default"]).output().unwrap().stdout).unwrap();
+    let socks = dir.path().join("socks");
+    std::fs::write(&cfg, text.replace("/tmp/snabb-rs-vmdq-vswitch", socks.to_str().unwrap())).unwrap();
+    let out = bin()
+        .args(["vmdq-vswitch", "--duration", "4.5", "--report", "2", "--workers", "2"])
+        .arg(&cfg)
+        .env("SNABB_RS_SHM_ROOT", dir.path().join("shm"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let last = stdout.rsplit("--- ").next().unwrap();
+    let frames = |row: &str| -> u64 { row.split_whitespace().nth(4).unwrap().replace(',', "").parse().unwrap() };
+    let up = last.lines().find(|l| l.starts_with("uplink")).unwrap_or_else(|| panic!("no uplink row: {last}"));
+    assert!(frames(up) > 0, "the 82599 counted no frame from the wire: {up}");
+    assert!(last.contains("sent by ports"), "{last}");
+    for vm in ["vm1", "vm2", "vm3"] {
+        let row = last.lines().find(|l| l.starts_with(vm)).unwrap_or_else(|| panic!("{vm} row: {last}"));
+        assert!(frames(row) > 0, "{vm} got no frames: {row}");
+    }
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+}
+
 /// A frame tagged with `vlan`, numbered `n` as `frame` numbers them (the
 /// number after the tag).
 fn tagged(dst: [u8; 6], src: [u8; 6], vlan: u16, n: u32, len: usize) -> Vec<u8> {
