@@ -783,18 +783,39 @@ impl Engine {
         }
     }
 
-    /// Per-link report: packets sent, drops and loss, one line per link.
+    /// Whether app `name` is one of the hidden ends of a link between
+    /// workers (made by the engine, not by the config: reports show the
+    /// config's link instead).
+    fn hidden(&self, name: &str) -> bool {
+        self.config
+            .app_spec(name)
+            .is_some_and(|a| a.class == crate::worker::SEND_CLASS || a.class == crate::worker::RECEIVE_CLASS)
+    }
+
+    /// Per-link report: packets sent, drops and loss, one line per link of
+    /// the config; a link between workers is one line too (its three hops
+    /// added up, see `link_counters`), with the workers it joins.
     pub fn report_links(&self) -> String {
-        let mut s = String::from("link report:\n");
-        for (spec, l) in &self.links {
-            let c = l.link.counters();
+        let line = |s: &mut String, spec: &dyn std::fmt::Display, c: LinkCounters, what: &str| {
             let sent = c.txpackets + c.txdrop;
             let loss = if sent == 0 { 0.0 } else { c.txdrop as f64 * 100.0 / sent as f64 };
-            let _ = writeln!(s, "  {:>15} sent on {spec} (loss rate: {loss:.0}%)", group(c.txpackets));
+            let _ = writeln!(s, "  {:>15} sent on {spec} (loss rate: {loss:.0}%){what}", group(c.txpackets));
+        };
+        let mut s = String::from("link report:\n");
+        for (spec, l) in &self.links {
+            if !self.hidden(&spec.from.app) && !self.hidden(&spec.to.app) {
+                line(&mut s, spec, l.link.counters(), "");
+            }
         }
         if !self.workers.is_empty() {
-            for (name, c) in crate::interlink::all_counters() {
-                let _ = writeln!(s, "  {:>15} sent on {name} (between workers)", group(c.txpackets));
+            let whole = &self.workers.config;
+            for (spec, _) in whole.links() {
+                let (wf, wt) = (whole.worker_of(&spec.from.app), whole.worker_of(&spec.to.app));
+                if wf != wt {
+                    let c = self.workers.link_counters(&spec.to_string(), self).unwrap_or_default();
+                    let queued = crate::interlink::get(&spec.to_string()).map_or(0, |il| il.nreadable());
+                    line(&mut s, spec, c, &format!(" between workers {wf} -> {wt}, {} queued", group(queued as u64)));
+                }
             }
         }
         for w in self.worker_reports() {
@@ -806,10 +827,11 @@ impl Engine {
         s
     }
 
-    /// Per-app report, from each app's `report`.
+    /// Per-app report, from each app's `report` (the hidden ends of links
+    /// between workers are in the link report).
     pub fn report_apps(&self) -> String {
         let mut s = String::from("app report:\n");
-        for name in self.push_order.iter() {
+        for name in self.push_order.iter().filter(|n| !self.hidden(n)) {
             if let Some(e) = self.entry(name) {
                 let mut r = String::new();
                 e.app.report(&mut r);

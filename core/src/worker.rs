@@ -16,6 +16,7 @@
 //! where the interlink has the link's size. Nothing else in the graph knows.
 //!
 //!   split(config) -> { worker: config }   each part a plain config
+//!   hop_links(spec) -> (into, out of)     the local links of a link between workers
 //!   set_registry_maker(f)                 how a worker makes its registry
 //!   pin_current_thread(cpu)               sched_setaffinity(2)
 //!
@@ -184,6 +185,14 @@ pub(crate) fn register(r: &mut Registry) {
 fn end_names(spec: &crate::config::LinkSpec) -> (String, String) {
     let base = format!("il_{}-{}__{}-{}", spec.from.app, spec.from.port, spec.to.app, spec.to.port);
     (format!("{base}_tx"), format!("{base}_rx"))
+}
+
+/// The two local links that carry config link `spec` between workers:
+/// into the producer end on its sender's worker, out of the consumer end
+/// on its receiver's (what `split` makes).
+pub fn hop_links(spec: &crate::config::LinkSpec) -> (String, String) {
+    let (tx, rx) = end_names(spec);
+    (format!("{} -> {tx}.input", spec.from), format!("{rx}.output -> {}", spec.to))
 }
 
 /// Each worker's part of `config` (`main` always among them), each a plain

@@ -190,7 +190,15 @@ fn two_workers_exact_counts_and_every_packet_home() {
     let load = e.report_load();
     assert!(load.contains("worker w1:") && load.contains("pinned to 0"), "{load}");
     let links = e.report_links();
-    assert!(links.contains("between workers"), "{links}");
+    // Each link between workers is one line, named as in the config.
+    for l in [
+        "gen.output -> fwd.input (loss rate: 0%) between workers w1 -> main",
+        "fwd.output -> two-sink.input (loss rate: 0%) between workers main -> w2",
+    ] {
+        assert!(links.contains(&format!("300,000 sent on {l}")), "{l}: {links}");
+    }
+    let apps = e.report_apps();
+    assert!(!links.contains("il_") && !apps.contains("il_"), "the hidden ends show: {links}{apps}");
     e.stop();
     // The pools of ended workers are adopted until every record is home,
     // then freed.
