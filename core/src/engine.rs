@@ -21,7 +21,10 @@
 //! made, and everything else keeps running untouched: a link that exists in
 //! both configs keeps its queued packets, even when an app at either end is
 //! restarted. Every new app is made before anything changes, so a config
-//! that fails leaves the engine as it was.
+//! that fails leaves the engine as it was (but for an app that took new
+//! arguments in place before another refused them). With workers, every
+//! worker makes its new apps first and applies its part only when no
+//! worker refused (see `worker`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -78,6 +81,11 @@ struct AppEntry {
     io: Io,
     pulls: bool,
     counters: BTreeMap<String, Counter>,
+}
+
+/// Apps made for a config, before it is applied (`Engine::prepare`).
+pub(crate) struct Prepared {
+    made: BTreeMap<String, Box<dyn App>>,
 }
 
 struct LinkEntry {
@@ -299,23 +307,37 @@ impl Engine {
 
     /// Move this engine's own graph to `new` (no workers).
     pub(crate) fn configure_here(&mut self, new: &Config) -> Result<(), ConfigError> {
-        self.registry.check(new)?;
+        let made = self.prepare(new)?;
+        self.apply_prepared(new, made)
+    }
 
-        // Phase 1: make every app that must be made. Nothing changes yet.
+    /// Phase 1 of `configure_here`: make every app of `new` that is not
+    /// running (or runs with another class). Nothing changes yet, so the
+    /// workers of a config can all prepare their parts, and commit them
+    /// only when none refused.
+    pub(crate) fn prepare(&mut self, new: &Config) -> Result<Prepared, ConfigError> {
+        self.registry.check(new)?;
         let mut made: BTreeMap<String, Box<dyn App>> = BTreeMap::new();
-        let mut in_place: Vec<String> = Vec::new();
         for (name, spec) in new.apps() {
-            match self.config.app_spec(name) {
-                None => {
-                    made.insert(name.to_string(), self.registry.create(new, name)?);
-                }
-                Some(old) if old.class != spec.class => {
-                    made.insert(name.to_string(), self.registry.create(new, name)?);
-                }
-                Some(old) if old.args != spec.args => in_place.push(name.to_string()),
-                Some(_) => {}
+            if self.config.app_spec(name).is_none_or(|old| old.class != spec.class) {
+                made.insert(name.to_string(), self.registry.create(new, name)?);
             }
         }
+        Ok(Prepared { made })
+    }
+
+    /// Phase 2 of `configure_here`: apply `new`, with the apps `prepare`
+    /// made for it. (The running config may have changed in between by
+    /// arguments only: a move's quiescing pauses interlinks.)
+    pub(crate) fn apply_prepared(&mut self, new: &Config, prepared: Prepared) -> Result<(), ConfigError> {
+        let mut made = prepared.made;
+        let in_place: Vec<String> = new
+            .apps()
+            .filter(|(name, spec)| {
+                !made.contains_key(*name) && self.config.app_spec(name).is_some_and(|old| old.args != spec.args)
+            })
+            .map(|(name, _)| name.to_string())
+            .collect();
         // Apps whose class can take new arguments do so now; the others are
         // made anew. An app that refuses is an error before any restart.
         for name in in_place {
@@ -325,7 +347,7 @@ impl Engine {
             }
         }
 
-        // Phase 2: apply.
+        // Apply.
         let mut apps: BTreeMap<String, AppEntry> = self.apps.drain(..).map(|e| (e.name.clone(), e)).collect();
         let gone_links: Vec<LinkSpec> =
             self.links.keys().filter(|s| !new.links().any(|(n, _)| n == *s)).cloned().collect();
@@ -646,6 +668,23 @@ impl Engine {
     pub fn app_mut<T: 'static>(&mut self, name: &str) -> Option<&mut T> {
         self.entry_mut(name)?.app.as_any_mut().downcast_mut::<T>()
     }
+    /// Call `f` on app `name` as its own type, on the thread it runs on
+    /// (here, or its worker's), and return what `f` returns: for what an
+    /// app offers beyond its counters (a driver's statistics read from the
+    /// chip now). None when there is no such app of that type, or its
+    /// worker did not answer within a second.
+    pub fn with_app<T: 'static, R: Send + 'static>(
+        &mut self,
+        name: &str,
+        f: impl FnOnce(&mut T) -> R + Send + 'static,
+    ) -> Option<R> {
+        if self.entry(name).is_some() || self.workers.is_empty() {
+            return self.app_mut::<T>(name).map(f);
+        }
+        let name = name.to_string();
+        let w = self.workers.config.worker_of(&name).to_string();
+        self.workers.run_on(&w, move |e: &mut Engine| e.app_mut::<T>(&name).map(f)).flatten()
+    }
     /// A running app's ports.
     pub fn app_io(&self, name: &str) -> Option<&Io> {
         self.entry(name).map(|e| &e.io)
@@ -753,18 +792,39 @@ impl Engine {
         }
     }
 
-    /// Per-link report: packets sent, drops and loss, one line per link.
+    /// Whether app `name` is one of the hidden ends of a link between
+    /// workers (made by the engine, not by the config: reports show the
+    /// config's link instead).
+    fn hidden(&self, name: &str) -> bool {
+        self.config
+            .app_spec(name)
+            .is_some_and(|a| a.class == crate::worker::SEND_CLASS || a.class == crate::worker::RECEIVE_CLASS)
+    }
+
+    /// Per-link report: packets sent, drops and loss, one line per link of
+    /// the config; a link between workers is one line too (its three hops
+    /// added up, see `link_counters`), with the workers it joins.
     pub fn report_links(&self) -> String {
-        let mut s = String::from("link report:\n");
-        for (spec, l) in &self.links {
-            let c = l.link.counters();
+        let line = |s: &mut String, spec: &dyn std::fmt::Display, c: LinkCounters, what: &str| {
             let sent = c.txpackets + c.txdrop;
             let loss = if sent == 0 { 0.0 } else { c.txdrop as f64 * 100.0 / sent as f64 };
-            let _ = writeln!(s, "  {:>15} sent on {spec} (loss rate: {loss:.0}%)", group(c.txpackets));
+            let _ = writeln!(s, "  {:>15} sent on {spec} (loss rate: {loss:.0}%){what}", group(c.txpackets));
+        };
+        let mut s = String::from("link report:\n");
+        for (spec, l) in &self.links {
+            if !self.hidden(&spec.from.app) && !self.hidden(&spec.to.app) {
+                line(&mut s, spec, l.link.counters(), "");
+            }
         }
         if !self.workers.is_empty() {
-            for (name, c) in crate::interlink::all_counters() {
-                let _ = writeln!(s, "  {:>15} sent on {name} (between workers)", group(c.txpackets));
+            let whole = &self.workers.config;
+            for (spec, _) in whole.links() {
+                let (wf, wt) = (whole.worker_of(&spec.from.app), whole.worker_of(&spec.to.app));
+                if wf != wt {
+                    let c = self.workers.link_counters(&spec.to_string(), self).unwrap_or_default();
+                    let queued = crate::interlink::get(&spec.to_string()).map_or(0, |il| il.nreadable());
+                    line(&mut s, spec, c, &format!(" between workers {wf} -> {wt}, {} queued", group(queued as u64)));
+                }
             }
         }
         for w in self.worker_reports() {
@@ -776,10 +836,11 @@ impl Engine {
         s
     }
 
-    /// Per-app report, from each app's `report`.
+    /// Per-app report, from each app's `report` (the hidden ends of links
+    /// between workers are in the link report).
     pub fn report_apps(&self) -> String {
         let mut s = String::from("app report:\n");
-        for name in self.push_order.iter() {
+        for name in self.push_order.iter().filter(|n| !self.hidden(n)) {
             if let Some(e) = self.entry(name) {
                 let mut r = String::new();
                 e.app.report(&mut r);

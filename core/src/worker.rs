@@ -16,6 +16,7 @@
 //! where the interlink has the link's size. Nothing else in the graph knows.
 //!
 //!   split(config) -> { worker: config }   each part a plain config
+//!   hop_links(spec) -> (into, out of)     the local links of a link between workers
 //!   set_registry_maker(f)                 how a worker makes its registry
 //!   pin_current_thread(cpu)               sched_setaffinity(2)
 //!
@@ -23,6 +24,10 @@
 //! are gone (their interlinks fill up and drop, counted at the links that
 //! feed them), and the other workers and the main engine keep running. A
 //! later config that still places apps on it starts it anew.
+//!
+//! A new config is applied on every worker or on none: each makes the
+//! apps of its part first, and applies it only when no worker refused;
+//! otherwise each drops what it made (see `Workers::apply`).
 //!
 //! Moving an app between workers keeps the packets on the links it keeps:
 //! first the interlinks that feed apps leaving a worker stop delivering
@@ -182,6 +187,14 @@ fn end_names(spec: &crate::config::LinkSpec) -> (String, String) {
     (format!("{base}_tx"), format!("{base}_rx"))
 }
 
+/// The two local links that carry config link `spec` between workers:
+/// into the producer end on its sender's worker, out of the consumer end
+/// on its receiver's (what `split` makes).
+pub fn hop_links(spec: &crate::config::LinkSpec) -> (String, String) {
+    let (tx, rx) = end_names(spec);
+    (format!("{} -> {tx}.input", spec.from), format!("{rx}.output -> {}", spec.to))
+}
+
 /// Each worker's part of `config` (`main` always among them), each a plain
 /// config with no placement, links between workers replaced by interlink
 /// ends. `paused` names the links whose receive ends must not deliver.
@@ -273,8 +286,13 @@ pub struct WorkerReport {
 }
 
 enum Msg {
-    /// A part as RON text (a Config holds `Rc`s: it stays on its thread).
-    Configure(String, Option<usize>, bool, mpsc::Sender<Result<(), ConfigError>>),
+    /// Make the apps of a part, given as RON text (a Config holds `Rc`s:
+    /// it stays on its thread); apply nothing yet.
+    Prepare(String, mpsc::Sender<Result<(), ConfigError>>),
+    /// Apply the part prepared last, on this CPU, busy-waiting or not.
+    Commit(Option<usize>, bool, mpsc::Sender<Result<(), ConfigError>>),
+    /// Drop what was prepared.
+    Abort,
     /// How many packets these links (of the worker's part) hold.
     Queued(Vec<String>, mpsc::Sender<usize>),
     Report(mpsc::Sender<String>),
@@ -282,6 +300,8 @@ enum Msg {
     LinkCounters(String, mpsc::Sender<Option<crate::link::LinkCounters>>),
     /// Publish counters (under the main engine's directory).
     Shm(ShmOptions),
+    /// Run this with the worker's engine.
+    Run(Box<dyn FnOnce(&mut Engine) + Send>),
     Stop,
 }
 
@@ -404,20 +424,34 @@ impl Workers {
             }
         }
 
-        // Phase 2: every part.
+        // Phase 2: every part, or none.
         let parts = split(new);
-        let r = self.apply(new, &parts, maker, main);
+        if let Err(e) = self.apply(new, &parts, maker, main) {
+            // Phase 1 paused interlinks: they deliver again (arguments
+            // changed in place, which no app refuses).
+            if !moving.is_empty()
+                && let Err(u) = self.apply(&old, &split(&old), maker, main)
+            {
+                log::error!("resuming the interlinks paused for a move: {u}");
+            }
+            self.config = old;
+            return Err(e);
+        }
         // Workers gone from the config stop.
         let gone: Vec<String> = self.workers.keys().filter(|n| !parts.contains_key(*n)).cloned().collect();
-        for n in gone {
-            let mut w = self.workers.remove(&n).unwrap();
+        self.stop_workers(&gone);
+        self.config = new.clone();
+        Ok(())
+    }
+
+    fn stop_workers(&mut self, names: &[String]) {
+        for n in names {
+            let Some(mut w) = self.workers.remove(n) else { continue };
             w.send(Msg::Stop);
             if let Some(j) = w.join.take() {
                 let _ = j.join();
             }
         }
-        self.config = if r.is_ok() { new.clone() } else { old };
-        r
     }
 
     /// Packets on link `link` of worker `w`'s part.
@@ -433,6 +467,12 @@ impl Workers {
         rx.recv_timeout(REPLY_TIMEOUT).unwrap_or(0)
     }
 
+    /// Apply `parts` of `whole` on the workers and the main engine, all or
+    /// nothing: each makes the apps of its part (`Engine::prepare`), and
+    /// only when none refused (or failed to answer) does each apply it;
+    /// else each drops what it made, and the workers this call started
+    /// stop. The first refusal is the error. (What can still fail after
+    /// that, an app taking new arguments in place, is said and not undone.)
     fn apply(
         &mut self,
         whole: &Config,
@@ -440,53 +480,95 @@ impl Workers {
         maker: Option<fn() -> Registry>,
         main: &mut Engine,
     ) -> Result<(), ConfigError> {
+        // Positions in an error would point into the part's text: the
+        // file's name and the app's name say where.
+        let at = |name: &str, e: ConfigError| ConfigError {
+            msg: format!("worker `{name}`: {}", e.msg),
+            pos: None,
+            file: whole.file().map(str::to_string),
+        };
+        let answer = |name: &str, r: Result<Result<(), ConfigError>, mpsc::RecvTimeoutError>| match r {
+            Ok(r) => r.map_err(|e| at(name, e)),
+            Err(_) => Err(ConfigError::new(format!("worker `{name}` did not answer (it failed: see the log)"))),
+        };
+        let mut started: Vec<String> = Vec::new();
         let mut replies = Vec::new();
+        let mut refused: Option<ConfigError> = None;
         for (name, part) in parts {
             if name == MAIN {
                 continue;
             }
-            let cpu = self.cpu_of(whole, name);
             if !self.workers.contains_key(name) {
                 let Some(maker) = maker else {
-                    return Err(ConfigError::new(format!(
+                    refused = Some(ConfigError::new(format!(
                         "worker `{name}`: this program cannot start workers (no registry maker)"
                     )));
+                    break;
                 };
                 let w = spawn(name, maker);
                 if let Some(o) = &self.shm {
                     w.send(Msg::Shm(worker_shm(o, name)));
                 }
                 self.workers.insert(name.clone(), w);
+                started.push(name.clone());
             }
-            let w = &self.workers[name];
             let (tx, rx) = mpsc::channel();
-            w.send(Msg::Configure(part.to_ron(), cpu, main.busywait, tx));
+            self.workers[name].send(Msg::Prepare(part.to_ron(), tx));
             replies.push((name.clone(), rx));
         }
-        for w in self.workers.values_mut() {
-            w.cpu = None;
+        let prepared =
+            if refused.is_none() { main.prepare(&parts[MAIN]).map_err(|e| refused = Some(e)).ok() } else { None };
+        for (name, rx) in &replies {
+            let r = answer(name, rx.recv_timeout(REPLY_TIMEOUT));
+            if let Err(e) = r
+                && refused.is_none()
+            {
+                refused = Some(e);
+            }
         }
-        let mut result = main.configure_here(&parts[MAIN]);
+        if let Some(e) = refused {
+            for (name, _) in &replies {
+                if let Some(w) = self.workers.get(name) {
+                    w.send(Msg::Abort);
+                }
+            }
+            self.stop_workers(&started);
+            return Err(e);
+        }
+
+        let mut replies = Vec::new();
+        for (name, _) in parts.iter().filter(|(n, _)| *n != MAIN) {
+            let cpu = self.cpu_of(whole, name);
+            let w = self.workers.get_mut(name).expect("a worker that prepared");
+            let (tx, rx) = mpsc::channel();
+            w.send(Msg::Commit(cpu, main.busywait, tx));
+            w.cpu = cpu;
+            replies.push((name.clone(), rx));
+        }
+        let mut result = main.apply_prepared(&parts[MAIN], prepared.expect("main prepared"));
         for (name, rx) in replies {
-            let r = match rx.recv_timeout(REPLY_TIMEOUT) {
-                // Positions would point into the part's text: the file's
-                // name and the app's name say where.
-                Ok(r) => r.map_err(|e| ConfigError {
-                    msg: format!("worker `{name}`: {}", e.msg),
-                    pos: None,
-                    file: whole.file().map(str::to_string),
-                }),
-                Err(_) => Err(ConfigError::new(format!("worker `{name}` did not answer (it failed: see the log)"))),
-            };
+            let r = answer(&name, rx.recv_timeout(REPLY_TIMEOUT));
             if result.is_ok() {
                 result = r;
             }
-            let cpu = self.cpu_of(whole, &name);
-            if let Some(w) = self.workers.get_mut(&name) {
-                w.cpu = cpu;
-            }
+        }
+        if let Err(e) = &result {
+            log::error!("{e}: applied on the other workers (an app refused its new arguments in place)");
         }
         result
+    }
+
+    /// `f` run with worker `w`'s engine, on its thread (None: no such
+    /// worker, or it did not answer within a second).
+    pub fn run_on<R: Send + 'static>(&self, w: &str, f: impl FnOnce(&mut Engine) -> R + Send + 'static) -> Option<R> {
+        let wk = self.workers.get(w)?;
+        let (tx, rx) = mpsc::channel();
+        if !wk.send(Msg::Run(Box::new(move |e: &mut Engine| {
+            let _ = tx.send(f(e));
+        }))) {
+            return None;
+        }
+        rx.recv_timeout(Duration::from_secs(1)).ok()
     }
 
     /// The counters of app `name` on the worker it runs on.
@@ -618,6 +700,8 @@ fn worker_main(
 ) {
     let mut engine = Engine::new(maker());
     let mut pinned: Option<usize> = None;
+    // The part prepared, until committed or aborted.
+    let mut pending: Option<(Config, crate::engine::Prepared)> = None;
     loop {
         mail.store(false, Ordering::Release);
         loop {
@@ -627,7 +711,16 @@ fn worker_main(
                 Err(mpsc::TryRecvError::Disconnected) => return,
             };
             match m {
-                Msg::Configure(c, cpu, busywait, reply) => {
+                Msg::Prepare(c, reply) => {
+                    let r = Config::parse(&c, None).and_then(|c| {
+                        let p = engine.prepare(&c)?;
+                        pending = Some((c, p));
+                        Ok(())
+                    });
+                    let _ = reply.send(r);
+                }
+                Msg::Abort => pending = None,
+                Msg::Commit(cpu, busywait, reply) => {
                     engine.busywait = busywait;
                     if cpu != pinned
                         && let Some(cpu) = cpu
@@ -638,7 +731,11 @@ fn worker_main(
                         }
                     }
                     pinned = cpu;
-                    let _ = reply.send(Config::parse(&c, None).and_then(|c| engine.configure(&c)));
+                    let r = match pending.take() {
+                        Some((c, p)) => engine.apply_prepared(&c, p),
+                        None => Err(ConfigError::new("nothing prepared to apply")),
+                    };
+                    let _ = reply.send(r);
                 }
                 Msg::Queued(links, reply) => {
                     let n = links.iter().filter_map(|l| engine.link(l)).map(|l| l.nreadable()).sum();
@@ -658,6 +755,7 @@ fn worker_main(
                         log::error!("worker `{name}`: counters in {}: {e}", o.root.join(&o.name).display());
                     }
                 }
+                Msg::Run(f) => f(&mut engine),
                 Msg::Stop => {
                     engine.stop();
                     return;

@@ -1,6 +1,7 @@
 //! Workers: a graph spread over threads pinned to CPUs, with exact counts
 //! across interlinks; a worker that panics while the others keep running;
-//! an app moved between workers under traffic without a packet lost.
+//! an app moved between workers under traffic without a packet lost; a
+//! reconfiguration one worker refuses applied nowhere.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -72,7 +73,8 @@ impl App for Gen {
     }
 }
 
-/// Forwards everything; panics at packet `panic_at` when it is not 0.
+/// Forwards everything; panics at packet `panic_at` when it is not 0;
+/// refuses to start when told to (as an app whose device is missing would).
 struct Fwd {
     panic_at: u64,
     n: u64,
@@ -83,12 +85,17 @@ struct Fwd {
 struct FwdArgs {
     #[serde(default)]
     panic_at: u64,
+    #[serde(default)]
+    refuse: bool,
 }
 
 impl AppClass for Fwd {
     type Args = FwdArgs;
     const PORTS: PortSpec = PortSpec::new(&["input"], &["output"]);
     fn new(a: FwdArgs, _: &AppContext) -> anyhow::Result<Fwd> {
+        if a.refuse {
+            anyhow::bail!("Fwd: refused (as asked)");
+        }
         Ok(Fwd { panic_at: a.panic_at, n: 0 })
     }
 }
@@ -183,7 +190,15 @@ fn two_workers_exact_counts_and_every_packet_home() {
     let load = e.report_load();
     assert!(load.contains("worker w1:") && load.contains("pinned to 0"), "{load}");
     let links = e.report_links();
-    assert!(links.contains("between workers"), "{links}");
+    // Each link between workers is one line, named as in the config.
+    for l in [
+        "gen.output -> fwd.input (loss rate: 0%) between workers w1 -> main",
+        "fwd.output -> two-sink.input (loss rate: 0%) between workers main -> w2",
+    ] {
+        assert!(links.contains(&format!("300,000 sent on {l}")), "{l}: {links}");
+    }
+    let apps = e.report_apps();
+    assert!(!links.contains("il_") && !apps.contains("il_"), "the hidden ends show: {links}{apps}");
     e.stop();
     // The pools of ended workers are adopted until every record is home,
     // then freed.
@@ -203,7 +218,7 @@ fn a_worker_that_panics_is_reported_and_the_others_run_on() {
     let config = |panic_at: u64| {
         let mut c = Config::new();
         c.app("pgen", "Gen", &GenArgs { burst: 10, count: u64::MAX })
-            .app("pfwd", "Fwd", &FwdArgs { panic_at })
+            .app("pfwd", "Fwd", &FwdArgs { panic_at, ..FwdArgs::default() })
             .app("psink", "Sink", &())
             .app("pgen2", "Gen", &GenArgs { burst: 10, count: u64::MAX })
             .app("psink2", "Sink", &())
@@ -269,5 +284,59 @@ fn an_app_moves_between_workers_under_traffic_without_loss() {
     assert!(run_until(&mut e, || seen("msink").packets >= N, 120), "{:?}", seen("msink"));
     e.run_for(Duration::from_millis(50));
     assert_eq!(seen("msink"), Seen { packets: N, out_of_order: 0 }, "every packet once, in order");
+    e.stop();
+}
+
+/// A reconfiguration that one worker's part refuses is applied nowhere:
+/// not on the main engine, not on the other workers, not by starting a
+/// worker it adds; the old config runs on, and the error is said once.
+#[test]
+fn a_config_one_worker_refuses_is_applied_on_no_worker() {
+    let old = || {
+        let mut c = Config::new();
+        c.app("rgen", "Gen", &GenArgs { burst: 10, count: u64::MAX })
+            .app("rsink", "Sink", &())
+            .link("rgen.output -> rsink.input")
+            .worker("r1", WorkerSpec::default())
+            .worker("r2", WorkerSpec::default())
+            .place("rgen", Some("r1"))
+            .place("rsink", Some("r2"));
+        c
+    };
+    // The same, and more on every worker: a new flow from r1 to main, a
+    // worker r3, and on r2 an app that refuses to start.
+    let new = |refuse: bool| {
+        let mut c = old();
+        c.app("rgen2", "Gen", &GenArgs { burst: 10, count: u64::MAX })
+            .app("rsink2", "Sink", &())
+            .app("rgen3", "Gen", &GenArgs { burst: 10, count: u64::MAX })
+            .app("rfwd", "Fwd", &FwdArgs { refuse, ..FwdArgs::default() })
+            .app("rsink3", "Sink", &())
+            .link("rgen2.output -> rsink2.input")
+            .link("rgen3.output -> rfwd.input")
+            .link("rfwd.output -> rsink3.input")
+            .worker("r3", WorkerSpec::default())
+            .place("rgen2", Some("r1"))
+            .place("rgen3", Some("r3"))
+            .place("rfwd", Some("r2"));
+        c
+    };
+    let mut e = engine();
+    e.configure(&old()).unwrap();
+    assert!(run_until(&mut e, || seen("rsink").packets > 1000, 60));
+    let err = e.configure(&new(true)).unwrap_err();
+    assert!(err.msg.contains("worker `r2`") && err.msg.contains("refused (as asked)"), "{err}");
+    assert_eq!(err.msg.matches("refused (as asked)").count(), 1, "{err}");
+    assert_eq!(e.config(), &old(), "the old config is the one running");
+    let workers: Vec<String> = e.worker_reports().iter().map(|w| w.name.clone()).collect();
+    assert_eq!(workers, ["r1", "r2"], "the worker the refused config adds was not started (or was stopped)");
+    // The old graph runs on; nothing of the new one runs anywhere.
+    let before = seen("rsink").packets;
+    assert!(run_until(&mut e, || seen("rsink").packets > before + 1000, 60));
+    assert_eq!((seen("rsink2").packets, seen("rsink3").packets), (0, 0), "a part of the refused config ran");
+    assert!(e.link_counters("rgen2.output -> rsink2.input").is_none());
+    // The same without the refusal applies everywhere.
+    e.configure(&new(false)).unwrap();
+    assert!(run_until(&mut e, || seen("rsink2").packets > 1000 && seen("rsink3").packets > 1000, 60));
     e.stop();
 }

@@ -1,13 +1,19 @@
 //! `snabb-rs ps`: the running snabb-rs instances (those with counters in
 //! shared memory, in any root), with pid, program, config file, uptime, CPU
 //! use since start and their threads: each thread's name, the CPU it last
-//! ran on and the CPUs it may run on (Snabb's `snabb ps`).
+//! ran on and the CPUs it may run on (Snabb's `snabb ps`); and the worker
+//! layout: each worker (main first), the CPU its thread last ran on, the
+//! CPUs it may run on, and the apps of the config it runs (the engine's
+//! hidden ends of links between workers left out).
 
 use std::path::Path;
 
 use anyhow::Result;
 use serde::Serialize;
 use snabb_core::shm;
+
+use snabb_core::config::MAIN;
+use snabb_core::{Config, worker};
 
 use crate::stats::{program_name, text};
 
@@ -21,6 +27,15 @@ pub struct Thread {
     pub allowed: String,
 }
 
+/// A worker (or `main`) and what runs on it.
+#[derive(Serialize, Debug)]
+pub struct Worker {
+    pub name: String,
+    pub cpu: Option<u32>,
+    pub allowed: String,
+    pub apps: Vec<String>,
+}
+
 #[derive(Serialize, Debug)]
 pub struct Instance {
     pub pid: u32,
@@ -31,6 +46,50 @@ pub struct Instance {
     /// CPU time used since start, as a share of one CPU (100 = one CPU busy).
     pub cpu_percent: f64,
     pub threads: Vec<Thread>,
+    pub workers: Vec<Worker>,
+}
+
+/// The apps of the config an engine publishes in `dir` (its part, when it
+/// is one of several workers), but the hidden ends of links between them.
+fn apps_of(dir: &Path) -> Vec<String> {
+    let Some(c) = std::fs::read_to_string(dir.join("config.ron")).ok().and_then(|t| Config::parse(&t, None).ok())
+    else {
+        return Vec::new();
+    };
+    let hidden = [worker::SEND_CLASS, worker::RECEIVE_CLASS];
+    c.apps().filter(|(_, a)| !hidden.contains(&a.class.as_str())).map(|(n, _)| n.to_string()).collect()
+}
+
+/// Main and each worker of the instance publishing in `dir`, with the
+/// thread that runs it (a worker's is named `worker-<name>`).
+fn workers(pid: u32, dir: &Path, threads: &[Thread]) -> Vec<Worker> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("workers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect();
+    names.sort();
+    let mut out = Vec::new();
+    for (name, thread, wdir) in
+        std::iter::once((MAIN.to_string(), threads.iter().find(|t| t.tid == pid), dir.to_path_buf())).chain(
+            names.into_iter().map(|n| {
+                // (A thread's name is cut at 15 bytes.)
+                let comm: String = format!("worker-{n}").chars().take(15).collect();
+                let t = threads.iter().find(|t| t.name == comm);
+                let d = dir.join("workers").join(&n);
+                (n, t, d)
+            }),
+        )
+    {
+        out.push(Worker {
+            name,
+            cpu: thread.and_then(|t| t.cpu),
+            allowed: thread.map(|t| t.allowed.clone()).unwrap_or_default(),
+            apps: apps_of(&wdir),
+        });
+    }
+    out
 }
 
 /// Fields of /proc/PID/stat after the command name (which may hold spaces).
@@ -75,6 +134,7 @@ pub fn instance(pid: u32, dir: &Path) -> Option<Instance> {
         }
     }
     threads.sort_by_key(|t| t.tid);
+    let workers = workers(pid, dir, &threads);
     Some(Instance {
         pid,
         program: program_name(dir),
@@ -83,6 +143,7 @@ pub fn instance(pid: u32, dir: &Path) -> Option<Instance> {
         uptime_s,
         cpu_percent: if uptime_s > 0.0 { 100.0 * cpu_s / uptime_s } else { 0.0 },
         threads,
+        workers,
     })
 }
 
@@ -126,6 +187,19 @@ pub fn ps(json: bool) -> Result<()> {
             i.config_file.as_deref().unwrap_or("-"),
             threads.join(", ")
         );
+        // The worker layout, when there are workers.
+        if i.workers.len() > 1 {
+            for w in &i.workers {
+                println!(
+                    "{:>8}  worker {:<8} CPU {} [{}]: {}",
+                    "",
+                    w.name,
+                    w.cpu.map_or("?".into(), |c| c.to_string()),
+                    w.allowed,
+                    if w.apps.is_empty() { "-".to_string() } else { w.apps.join(", ") }
+                );
+            }
+        }
     }
     Ok(())
 }

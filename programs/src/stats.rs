@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Result, bail};
-use snabb_core::shm;
+use snabb_core::config::{LinkSpec, MAIN};
+use snabb_core::{shm, worker};
 
 #[derive(Clone)]
 pub struct Sample {
@@ -62,7 +63,8 @@ pub fn text(dir: &Path, name: &str) -> Option<String> {
 
 /// One row of the link table.
 pub struct LinkRow {
-    /// The link, with `[worker]` after it when it is a worker's own.
+    /// The link, with `[worker]` after it when it is a worker's own, or
+    /// `[w1 -> w2]` when it joins two workers.
     pub link: String,
     /// Where its counters are (`links/<link>` or `workers/<w>/links/<link>`).
     pub path: String,
@@ -76,8 +78,9 @@ pub struct LinkRow {
 pub fn link_rows(a: &Sample, b: &Sample) -> Vec<LinkRow> {
     let secs = secs(a, b);
     // The main engine's links (interlinks among them, by their config
-    // name) under links/, each worker's own under workers/<w>/links/.
-    let mut links: Vec<(String, String)> = Vec::new();
+    // name) under links/, each worker's own under workers/<w>/links/:
+    // (link, worker or "", where its counters are).
+    let mut links: Vec<(String, String, String)> = Vec::new();
     for k in b.counters.keys() {
         let (worker, rest) = match k.strip_prefix("links/") {
             Some(rest) => ("", rest),
@@ -87,31 +90,59 @@ pub fn link_rows(a: &Sample, b: &Sample) -> Vec<LinkRow> {
             },
         };
         let Some((link, _)) = rest.rsplit_once('/') else { continue };
-        let row = if worker.is_empty() {
-            (link.to_string(), format!("links/{link}"))
-        } else {
-            (format!("{link} [{worker}]"), format!("workers/{worker}/links/{link}"))
-        };
-        if links.last() != Some(&row) {
-            links.push(row);
+        let path = if worker.is_empty() { format!("links/{link}") } else { format!("workers/{worker}/links/{link}") };
+        if links.last().is_none_or(|(_, _, p)| *p != path) {
+            links.push((link.to_string(), worker.to_string(), path));
         }
     }
     let get = |s: &Sample, l: &str, c: &str| s.counters.get(&format!("{l}/{c}")).copied().unwrap_or(0);
-    links
-        .into_iter()
-        .map(|(link, l)| {
-            let d = |c| get(b, &l, c).saturating_sub(get(a, &l, c)) as f64 / secs;
-            LinkRow {
-                link,
-                path: l.clone(),
-                mpps: d("txpackets") / 1e6,
-                gbps: d("txbytes") * 8.0 / 1e9,
-                drops_per_s: d("txdrop"),
-                packets: get(b, &l, "txpackets"),
-                drops: get(b, &l, "txdrop"),
+    let row = |link: String, path: &str, paths: &[&str]| {
+        // Packets and bytes as the first path counts them, drops of all.
+        let sum = |s: &Sample, c: &str| paths.iter().map(|p| get(s, p, c)).sum::<u64>();
+        let d = |v: &dyn Fn(&Sample) -> u64| v(b).saturating_sub(v(a)) as f64 / secs;
+        LinkRow {
+            link,
+            path: path.to_string(),
+            mpps: d(&|s| get(s, paths[0], "txpackets")) / 1e6,
+            gbps: d(&|s| get(s, paths[0], "txbytes")) * 8.0 / 1e9,
+            drops_per_s: d(&|s| sum(s, "txdrop")),
+            packets: get(b, paths[0], "txpackets"),
+            drops: sum(b, "txdrop"),
+        }
+    };
+    // A link between workers is published by the main engine under its
+    // config name (the ring's counts); the two local links that carry it,
+    // into the ring on one worker and out of it on the other (between
+    // hidden apps the engine made), are folded into its row: packets and
+    // bytes as its sender's side counts them, the drops of all three.
+    let at = |l: &str| links.iter().position(|(m, _, _)| m == l);
+    let mut folded = vec![false; links.len()];
+    let mut cross: Vec<(usize, usize, usize)> = Vec::new();
+    for (i, (link, worker, _)) in links.iter().enumerate() {
+        let Some(spec) = worker.is_empty().then(|| link.parse::<LinkSpec>().ok()).flatten() else { continue };
+        let (into, out) = worker::hop_links(&spec);
+        if let (Some(p), Some(q)) = (at(&into), at(&out)) {
+            folded[p] = true;
+            folded[q] = true;
+            cross.push((i, p, q));
+        }
+    }
+    let name = |w: &str| if w.is_empty() { MAIN.to_string() } else { w.to_string() };
+    let mut rows = Vec::new();
+    for (i, (link, worker, path)) in links.iter().enumerate() {
+        if folded[i] {
+            continue;
+        }
+        match cross.iter().find(|(c, _, _)| *c == i) {
+            Some(&(_, p, q)) => {
+                let (wf, wt) = (name(&links[p].1), name(&links[q].1));
+                rows.push(row(format!("{link} [{wf} -> {wt}]"), path, &[&links[p].2, path, &links[q].2]));
             }
-        })
-        .collect()
+            None if worker.is_empty() => rows.push(row(link.clone(), path, &[path])),
+            None => rows.push(row(format!("{link} [{worker}]"), path, &[path])),
+        }
+    }
+    rows
 }
 
 /// One line per worker (main first): breaths per second, busy share, CPU.

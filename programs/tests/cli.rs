@@ -419,8 +419,67 @@ fn basic1_on_two_workers_delivers_every_packet() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("100000 packets, 6000000 bytes"), "{text}");
-    assert!(text.contains("50,000 sent on tee.tx1 -> sink.rx1 (between workers)"), "{text}");
+    assert!(text.contains("50,000 sent on tee.tx1 -> sink.rx1 (loss rate: 0%) between workers w1 -> w2"), "{text}");
+    assert!(!text.contains("il_"), "the engine's hidden apps show: {text}");
     // w1 pinned by --cpu over the config's 0, w2 by the config.
     assert!(text.contains("worker w1:") && text.contains("worker w2:"), "{text}");
     assert_eq!(text.matches("(pinned to 1)").count(), 2, "{text}");
+}
+
+/// basic1 over two workers as `top` and `ps` show it: each link between
+/// workers is one row named as in the config, with the workers it joins
+/// (not the engine's hidden apps at its ends); `ps` lists each worker with
+/// its CPU and its apps.
+#[test]
+fn top_and_ps_show_workers_and_the_links_between_them() {
+    let root = tempfile::tempdir().unwrap();
+    let f = root.path().join("basic1-workers.ron");
+    std::fs::write(
+        &f,
+        r#"(
+    apps: {
+        "source": (class: "Source", args: (size: 60, pps: 100000.0), worker: "w1"),
+        "tee": (class: "Tee", worker: "w1"),
+        "sink": (class: "Sink", worker: "w2"),
+    },
+    links: ["source.tx -> tee.rx", "tee.tx1 -> sink.rx1", "tee.tx2 -> sink.rx2"],
+    workers: { "w1": (cpu: 0), "w2": (cpu: 1) },
+)"#,
+    )
+    .unwrap();
+    let (_child, pid, dir) = start(&f, root.path(), &[]);
+    let env = ("SNABB_RS_SHM_ROOT", root.path());
+    assert!(wait_for(|| dir.join("links/tee.tx1 -> sink.rx1/txpackets.counter").exists(), 10));
+    let out = bin().args(["top", "--once", "--json", "--interval", "0.3"]).env(env.0, env.1).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let links: Vec<&String> = j["links"].as_object().unwrap().keys().collect();
+    assert!(links.iter().all(|l| !l.contains("il_")), "hidden apps in {links:?}");
+    for l in ["tee.tx1 -> sink.rx1 [w1 -> w2]", "tee.tx2 -> sink.rx2 [w1 -> w2]"] {
+        assert!(j["links"][l]["mpps"].as_f64().unwrap() > 0.0, "{l}: {j}");
+    }
+    assert!(links.contains(&&"source.tx -> tee.rx [w1]".to_string()), "{links:?}");
+    let out = bin().args(["top", "--once", "--interval", "0.2"]).env(env.0, env.1).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("tee.tx1 -> sink.rx1 [w1 -> w2]") && !text.contains("il_"), "{text}");
+    // ps: the layout.
+    let out = bin().args(["ps", "--json"]).env(env.0, env.1).output().unwrap();
+    let ps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let me = ps.as_array().unwrap().iter().find(|i| i["pid"] == pid).expect("listed");
+    let layout: Vec<(String, Vec<String>)> = me["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            let apps = w["apps"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
+            (w["name"].as_str().unwrap().to_string(), apps)
+        })
+        .collect();
+    let want = |n: &str, a: &[&str]| (n.to_string(), a.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    assert_eq!(layout, [want("main", &[]), want("w1", &["source", "tee"]), want("w2", &["sink"])]);
+    let w1 = &me["workers"][1];
+    assert_eq!((w1["cpu"].as_u64(), w1["allowed"].as_str()), (Some(0), Some("0")), "{me}");
+    let out = bin().arg("ps").env(env.0, env.1).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("worker w2") && text.contains("CPU 1 [1]: sink"), "{text}");
 }

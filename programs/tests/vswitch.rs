@@ -516,6 +516,76 @@ fn ports_come_and_go_while_another_streams_82599_model() {
     reload_under_traffic(&format!("Model(port: \"r{}\")", std::process::id()));
 }
 
+/// The worker layout of a running switch changed by saving its file, while
+/// vm1 streams numbered frames to vm2: a third worker is added (vm3, with
+/// its pool on an 82599, moves to it), the workers' CPUs are swapped, and
+/// the third worker is removed again (vm3 moves back). vm1 and vm2 keep
+/// their workers: vm2 gets every frame vm1 sent, once and in order, and no
+/// drop is counted on their way.
+fn layout_changes_under_traffic(uplink: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = d.join("vswitch.ron");
+    let port = |n: u32| {
+        format!(
+            "(name: \"vm{n}\", socket: \"{}\", macs: [\"52:54:00:00:00:0{n}\"], vlan: 10),\n",
+            d.join(format!("v{n}.sock")).display()
+        )
+    };
+    let ports = port(1) + &port(2) + &port(3);
+    let write = |layout: &str| {
+        std::fs::write(&cfg, format!("(uplink: {uplink}, ports: [\n{ports}], {layout})")).unwrap();
+    };
+    // Port i on worker i mod n: with 2 workers vm1 and vm3 on w1, vm2 on w2;
+    // with 3, vm3 on w3.
+    write("workers: 2, worker_cpus: [0, 1]");
+    let sw = Switch::start(d, &cfg);
+    let g2 = Guest::start(&d.join("v2.sock"), true, true);
+    g2.wait_ready();
+    let g3 = Guest::start(&d.join("v3.sock"), true, false);
+    g3.wait_ready();
+    let g1 = Guest::start_paced(&d.join("v1.sock"), true, false, Some((g2.received.clone(), 1000)));
+    g1.wait_ready();
+    const N: u32 = 30_000;
+    g1.send((0..N).map(|i| frame(mac(2), mac(1), i, 128)).collect());
+    let steps =
+        ["workers: 3, worker_cpus: [0, 1]", "workers: 3, worker_cpus: [1, 0]", "workers: 2, worker_cpus: [1, 0]"];
+    for (k, layout) in steps.iter().enumerate() {
+        let at = g2.received();
+        if !wait_for(|| g2.received() >= at + 2000 || g2.received() == N as u64, 30) {
+            panic!("step {k}: stream stalled at {}: {}", g2.received(), sw.dump());
+        }
+        let configs = sw.engine("configs");
+        write(layout);
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(sw.pid() as i32, libc::SIGHUP) };
+        assert!(wait_for(|| sw.engine("configs") > configs, 20), "step {k} ({layout}) applied: {}", sw.dump());
+    }
+    assert!(wait_for(|| g2.received() == N as u64, 60), "vm2 got {} of {N}: {}", g2.received(), sw.dump());
+    std::thread::sleep(Duration::from_millis(300));
+    let got = numbers(&g2.frames());
+    assert!(got.iter().copied().eq(0..N), "vm2's stream lost or reordered frames");
+    // Frames in = frames delivered + drops counted on the way, and no drop.
+    assert_eq!((sw.counter("vm1", "rx_packets"), sw.counter("vm2", "tx_packets")), (N as u64, N as u64));
+    for (app, c) in [("vm2", "tx_backlog_drops"), ("vm2", "tx_no_guest"), ("vm2", "tx_no_room"), ("vm2-pool", "rxdrop")]
+    {
+        assert_eq!(sw.counter(app, c), 0, "{app} {c}");
+    }
+    drop((g1, g2, g3));
+    let err = sw.stop();
+    assert!(!err.contains("ERROR") && !err.contains("previous config"), "{err}");
+}
+
+#[test]
+fn worker_layout_changes_under_traffic_82599_model() {
+    layout_changes_under_traffic(&format!("Model(port: \"l{}\")", std::process::id()));
+}
+
+#[test]
+fn worker_layout_changes_under_traffic_software() {
+    layout_changes_under_traffic("None");
+}
+
 #[test]
 fn bad_configs_are_refused_before_anything_starts() {
     let dir = tempfile::tempdir().unwrap();
@@ -639,6 +709,38 @@ fn the_built_in_config_runs_and_reports() {
     // offered = arrived + lost + on their way
     assert_eq!(n[0], n[1] + n[2] + n[3], "{g}");
     assert!(n[4] > 0, "vm3's frames came back out of the uplink: {g}");
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+}
+
+/// The built-in config with its ports on two workers (its sockets moved
+/// to a directory of this test's own): the report still has the uplink's
+/// lines, which come from the 82599 driver of a pool that now runs on a
+/// worker, and every port's.
+#[test]
+fn the_built_in_config_on_two_workers_reports_every_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("vswitch.ron");
+    let text = String::from_utf8(bin().args(["vmdq-vswitch", "--print-default"]).output().unwrap().stdout).unwrap();
+    let socks = dir.path().join("socks");
+    std::fs::write(&cfg, text.replace("/tmp/snabb-rs-vmdq-vswitch", socks.to_str().unwrap())).unwrap();
+    let out = bin()
+        .args(["vmdq-vswitch", "--duration", "4.5", "--report", "2", "--workers", "2"])
+        .arg(&cfg)
+        .env("SNABB_RS_SHM_ROOT", dir.path().join("shm"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let last = stdout.rsplit("--- ").next().unwrap();
+    let frames = |row: &str| -> u64 { row.split_whitespace().nth(4).unwrap().replace(',', "").parse().unwrap() };
+    let up = last.lines().find(|l| l.starts_with("uplink")).unwrap_or_else(|| panic!("no uplink row: {last}"));
+    assert!(frames(up) > 0, "the 82599 counted no frame from the wire: {up}");
+    assert!(last.contains("sent by ports"), "{last}");
+    for vm in ["vm1", "vm2", "vm3"] {
+        let row = last.lines().find(|l| l.starts_with(vm)).unwrap_or_else(|| panic!("{vm} row: {last}"));
+        assert!(frames(row) > 0, "{vm} got no frames: {row}");
+    }
     assert!(!stderr.contains("ERROR"), "{stderr}");
 }
 

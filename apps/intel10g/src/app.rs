@@ -26,7 +26,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, ensure};
 use serde::{Deserialize, Serialize};
@@ -358,14 +358,20 @@ struct Pair<R: Registers> {
     /// Errors logged (so that a persistent one is logged once).
     warned: bool,
     model: Option<Arc<Model82599>>,
+    /// Since when it waits to take over its unit.
+    waiting: Option<Instant>,
 }
+
+/// How long a new instance waits quietly for the one it replaces to let go
+/// of its unit.
+const TAKE_OVER_WAIT: Duration = Duration::from_secs(1);
 
 impl<R: Registers> Pair<R> {
     fn open(dev: Arc<Device<R>>, args: &Intel10gArgs, owner: &str, model: Option<Arc<Model82599>>) -> Result<Pair<R>> {
         let unit = match args.mode {
             Mode::Vmdq { .. } => match args.pool {
                 Some(p) => p as u32,
-                None => dev.free_unit().with_context(|| format!("{}: every pool is in use", dev.name))?,
+                None => dev.unit_for(owner).with_context(|| format!("{}: every pool is in use", dev.name))?,
             },
             Mode::Rss { .. } => args.queue.unwrap_or(0) as u32,
             Mode::Single => 0,
@@ -384,6 +390,7 @@ impl<R: Registers> Pair<R> {
             supply: None,
             warned: false,
             model,
+            waiting: None,
         };
         match dev.claim(unit, owner)? {
             Claimed::Now(id) => {
@@ -422,7 +429,10 @@ impl<R: Registers> Pair<R> {
                 self.id = Some(id);
                 self.start()
             }
-            Ok(Claimed::Later) => Err(anyhow!("still held by the instance being replaced")),
+            // The instance replaced lets go when its engine applies the
+            // config: at once on this worker, a little later on another.
+            Ok(Claimed::Later) if self.waiting.get_or_insert_with(Instant::now).elapsed() < TAKE_OVER_WAIT => return,
+            Ok(Claimed::Later) => Err(anyhow!("still held by the instance being replaced, after {TAKE_OVER_WAIT:?}")),
             Err(e) => Err(e),
         };
         if let Err(e) = r

@@ -491,9 +491,16 @@ impl<R: Registers> Device<R> {
         }
     }
 
-    /// The first unit nobody has claimed.
-    pub fn free_unit(&self) -> Option<u32> {
-        self.ctl.lock().unwrap().claims.iter().position(Option::is_none).map(|u| u as u32)
+    /// The unit app `owner` holds already (an instance of it being
+    /// replaced, on this worker or another: the new one takes that unit
+    /// over, with its filters), else the first unit nobody has claimed.
+    pub fn unit_for(&self, owner: &str) -> Option<u32> {
+        let c = self.ctl.lock().unwrap();
+        c.claims
+            .iter()
+            .position(|cl| cl.as_ref().is_some_and(|cl| cl.owner == owner))
+            .or_else(|| c.claims.iter().position(Option::is_none))
+            .map(|u| u as u32)
     }
 
     fn unit_word(&self) -> &'static str {

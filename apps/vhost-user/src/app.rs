@@ -162,7 +162,7 @@ impl AppClass for VhostUser {
     }
     fn new(args: VhostUserArgs, ctx: &AppContext) -> anyhow::Result<VhostUser> {
         let cfg = device_config(&args)?;
-        let endpoint = endpoint(&args)?;
+        let endpoint = endpoint(&args, ctx.name)?;
         Ok(VhostUser {
             name: ctx.name.to_string(),
             args,
@@ -187,7 +187,7 @@ impl AppClass for VhostUser {
             self.disconnect();
             // The old listener goes first, so that the same path can be bound again.
             self.endpoint = Endpoint::Client { next_try: Instant::now(), backoff: BACKOFF_MIN, failures: 0 };
-            self.endpoint = endpoint(&args)?;
+            self.endpoint = endpoint(&args, &self.name)?;
         } else if self.conn.is_some()
             && (cfg.queue_pairs, cfg.mtu, cfg.mac) != (self.cfg.queue_pairs, self.cfg.mtu, self.cfg.mac)
         {
@@ -213,9 +213,9 @@ fn device_config(args: &VhostUserArgs) -> anyhow::Result<DeviceConfig> {
     Ok(DeviceConfig { queue_pairs: args.queues, mtu: args.mtu, mac: args.mac.map(|m| m.0), in_order: true })
 }
 
-fn endpoint(args: &VhostUserArgs) -> anyhow::Result<Endpoint> {
+fn endpoint(args: &VhostUserArgs, name: &str) -> anyhow::Result<Endpoint> {
     Ok(if args.server {
-        Endpoint::Server(listen(&args.socket)?)
+        Endpoint::Server(listen(&args.socket, name)?)
     } else {
         Endpoint::Client { next_try: Instant::now(), backoff: BACKOFF_MIN, failures: 0 }
     })

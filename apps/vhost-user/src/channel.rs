@@ -11,12 +11,19 @@
 //! [`listen`] makes the listening end of a socket path for whichever side
 //! is the server (a stale file left by a dead process is removed; a live
 //! listener on the path is an error), non-blocking, removed when dropped.
+//! Within this process a path has one listening socket, shared by the
+//! [`Listener`]s of the app that made it: an app made anew (restarted, or
+//! moved to another worker) listens while the instance it replaces still
+//! runs, and a guest that reconnects finds the socket it knew; another app
+//! of this process on the path is refused, as another process is.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::protocol::{FLAG_REPLY, HEADER_SIZE, Header, MAX_FDS, Message, ProtocolError, VERSION};
@@ -263,31 +270,56 @@ pub fn poll_fd(fd: RawFd, events: i16, timeout_ms: i32) -> bool {
     n > 0 && p.revents != 0
 }
 
-/// A listening socket that removes its file when dropped.
+/// A listening socket, its file removed when its last `Listener` goes.
 pub struct Listener {
+    shared: Arc<Listening>,
+}
+
+struct Listening {
     sock: UnixListener,
     path: PathBuf,
+    /// The name of the app it listens for.
+    owner: String,
 }
+
+/// The sockets this process listens on, by path.
+static LISTENING: Mutex<BTreeMap<PathBuf, Weak<Listening>>> = Mutex::new(BTreeMap::new());
 
 impl Listener {
     /// A waiting peer's connection; WouldBlock when none waits.
     pub fn accept(&self) -> io::Result<UnixStream> {
-        self.sock.accept().map(|(s, _)| s)
+        self.shared.sock.accept().map(|(s, _)| s)
     }
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.shared.path
     }
 }
 
-impl Drop for Listener {
+impl Drop for Listening {
     fn drop(&mut self) {
+        // Under the table's lock, so that `listen` sees the path either
+        // still served or gone with its file.
+        let mut t = LISTENING.lock().unwrap_or_else(|e| e.into_inner());
         let _ = std::fs::remove_file(&self.path);
+        t.retain(|_, w| w.strong_count() > 0);
     }
 }
 
-/// Listen on `path` (non-blocking). A socket file nobody listens on is
-/// removed first; anything else at the path is an error naming it.
-pub fn listen(path: &Path) -> anyhow::Result<Listener> {
+/// Listen on `path` (non-blocking) for app `owner`, or share the socket
+/// this process listens on there for an app of that name. A socket file
+/// nobody listens on is removed first; anything else at the path is an
+/// error naming it.
+pub fn listen(path: &Path, owner: &str) -> anyhow::Result<Listener> {
+    let mut t = LISTENING.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(shared) = t.get(path).and_then(Weak::upgrade) {
+        anyhow::ensure!(
+            shared.owner == owner,
+            "socket `{}`: app `{}` of this process is listening on it",
+            path.display(),
+            shared.owner
+        );
+        return Ok(Listener { shared });
+    }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         anyhow::ensure!(meta.file_type().is_socket(), "socket `{}`: exists and is not a socket", path.display());
         anyhow::ensure!(
@@ -300,5 +332,7 @@ pub fn listen(path: &Path) -> anyhow::Result<Listener> {
     }
     let sock = UnixListener::bind(path).map_err(|e| anyhow::anyhow!("socket `{}`: {e}", path.display()))?;
     sock.set_nonblocking(true)?;
-    Ok(Listener { sock, path: path.to_path_buf() })
+    let shared = Arc::new(Listening { sock, path: path.to_path_buf(), owner: owner.to_string() });
+    t.insert(path.to_path_buf(), Arc::downgrade(&shared));
+    Ok(Listener { shared })
 }

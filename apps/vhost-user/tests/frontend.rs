@@ -494,10 +494,33 @@ fn a_stale_socket_file_is_replaced_and_a_live_one_refused() {
     drop(UnixListener::bind(&path).unwrap()); // leaves the file, nobody listening
     let rig = Rig::new(VhostUserArgs::new(&path)).unwrap();
     // Another app on the same path while this one listens: refused.
-    let e = Rig::new(VhostUserArgs::new(&path)).err().unwrap();
-    assert!(format!("{e:#}").contains("another process is listening"), "{e:#}");
+    let ctx = snabb_core::AppContext { name: "another", class: "VhostUser" };
+    let e =
+        <snabb_apps_vhost_user::VhostUser as snabb_core::AppClass>::new(VhostUserArgs::new(&path), &ctx).err().unwrap();
+    assert!(format!("{e:#}").contains("app `vhost` of this process is listening on it"), "{e:#}");
+    // The same app made anew (restarted, or moved to another worker) while
+    // the instance it replaces still runs: the same socket, which stays
+    // until both are gone.
+    let again = Rig::new(VhostUserArgs::new(&path)).unwrap();
     drop(rig);
+    assert!(path.exists(), "the socket went with the instance replaced");
+    drop(again);
     assert!(!path.exists(), "socket file left behind");
+    // Another process on the path: refused.
+    let other = std::process::Command::new("python3")
+        .args(["-c", "import socket,sys,time; s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(); print(flush=True); time.sleep(30)"])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .spawn();
+    if let Ok(mut other) = other {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(other.stdout.take().unwrap()), &mut line).unwrap();
+        let e = Rig::new(VhostUserArgs::new(&path)).err().unwrap();
+        assert!(format!("{e:#}").contains("another process is listening"), "{e:#}");
+        let _ = other.kill();
+        let _ = other.wait();
+        std::fs::remove_file(&path).unwrap();
+    }
     // Not a socket: refused, and left alone.
     std::fs::write(&path, b"data").unwrap();
     assert!(Rig::new(VhostUserArgs::new(&path)).is_err());

@@ -307,7 +307,7 @@ impl AppClass for VirtioUser {
     const PORTS: PortSpec = PortSpec::new(&["input"], &["output"]);
     fn new(Checked(args): Checked, ctx: &AppContext) -> anyhow::Result<VirtioUser> {
         let (layout, mem, kicks, calls) = resources(&args, ctx.name)?;
-        let endpoint = endpoint(&args)?;
+        let endpoint = endpoint(&args, ctx.name)?;
         Ok(VirtioUser {
             name: ctx.name.to_string(),
             args,
@@ -344,7 +344,7 @@ impl AppClass for VirtioUser {
         self.disconnect(End::Stopped);
         // The old listener goes first, so that the same path can be bound again.
         self.endpoint = Endpoint::Client { next_try: Instant::now(), backoff: BACKOFF_MIN, failures: 0 };
-        self.endpoint = endpoint(&args)?;
+        self.endpoint = endpoint(&args, ctx.name)?;
         if let Some((layout, mem, kicks, calls)) = fresh {
             (self.layout, self.mem, self.kicks, self.calls) = (layout, mem, kicks, calls);
         }
@@ -378,9 +378,9 @@ fn resources(args: &VirtioUserArgs, name: &str) -> anyhow::Result<(Layout, Drive
     Ok((layout, mem, kicks, calls))
 }
 
-fn endpoint(args: &VirtioUserArgs) -> anyhow::Result<Endpoint> {
+fn endpoint(args: &VirtioUserArgs, name: &str) -> anyhow::Result<Endpoint> {
     Ok(if args.server {
-        Endpoint::Server(listen(&args.socket)?)
+        Endpoint::Server(listen(&args.socket, name)?)
     } else {
         Endpoint::Client { next_try: Instant::now(), backoff: BACKOFF_MIN, failures: 0 }
     })

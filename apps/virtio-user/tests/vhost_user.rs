@@ -428,7 +428,7 @@ fn fake_backend(
 ) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
     use snabb_apps_vhost_user::channel::{Channel, listen};
     use std::sync::atomic::{AtomicBool, Ordering};
-    let l = listen(sock).unwrap();
+    let l = listen(sock, "test").unwrap();
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     std::thread::spawn(move || {
@@ -500,7 +500,7 @@ fn the_mac_comes_from_the_config_space_when_the_backend_serves_one() {
     use snabb_apps_vhost_user::device::{Device, DeviceConfig};
     use snabb_apps_vhost_user::protocol::{Header, Message, pf, req};
     let sock = temp_socket("vu-config");
-    let l = listen(&sock).unwrap();
+    let l = listen(&sock, "test").unwrap();
     let server = std::thread::spawn(move || {
         let end = std::time::Instant::now() + Duration::from_secs(10);
         let conn = loop {

@@ -239,10 +239,9 @@ fn uplink_rows(e: &mut Engine, g: &Graph) -> Option<(Row, Row, u64)> {
     let u = &g.uplink;
     let (mut rx, mut tx) = (Row::default(), Row::default());
     if let Some(pool) = g.ports.iter().find_map(|p| p.pool.clone()) {
-        // An 82599: the port's own counters.
-        let app = e.app_mut::<Intel10g>(&pool)?;
-        let hw = app.hw_stats();
-        let model = app.model().map(|m| m.stats());
+        // An 82599: the port's own counters, from its driver, on the worker
+        // the pool runs on.
+        let (hw, model) = e.with_app(&pool, |app: &mut Intel10g| (app.hw_stats(), app.model().map(|m| m.stats())))?;
         // Frames the filters accepted, and those they did not.
         rx.frames = hw.rx_packets;
         rx.bytes = hw.rx_bytes;
@@ -368,8 +367,9 @@ impl Reporter {
         if !g.uplink.flows.is_empty() {
             let sent: u64 = g.uplink.flows.iter().map(|(a, _)| Counts::of(e, Some(a)).get("sent")).sum();
             let back = Counts::of(e, g.uplink.far_sink.as_ref()).get("packets");
-            let far = g.uplink.far.as_ref().and_then(|f| e.app_mut::<Intel10g>(f)).and_then(|a| a.model());
-            let lost = far.map_or(0, |m| m.stats().tx_link_down);
+            let far =
+                g.uplink.far.as_ref().and_then(|f| e.with_app(f, |a: &mut Intel10g| a.model().map(|m| m.stats())));
+            let lost = far.flatten().map_or(0, |m| m.tx_link_down);
             let _ = writeln!(
                 s,
                 "generator: {} frames offered on the wire: {} arrived at the uplink, {} lost before the link was up, \
