@@ -223,7 +223,15 @@ impl Engine {
         // The graph running now; rewritten by each `configure`.
         dir.write_text("config.ron", &self.config.to_ron())?;
         let mut ec = Vec::new();
-        for n in ["breaths", "configs", "reconfig_drops", "idle_breaths", "packets_in_use", "packets_total"] {
+        for n in [
+            "breaths",
+            "configs",
+            "reconfig_drops",
+            "idle_breaths",
+            "packets_in_use",
+            "packets_total",
+            "packets_flattened",
+        ] {
             ec.push((n, dir.counter(&format!("engine/{n}"))?));
         }
         self.engine_counters = ec;
@@ -733,6 +741,7 @@ impl Engine {
             self.stats.idle_breaths,
             ps.in_use,
             ps.total,
+            ps.flattened,
         ];
         for ((_, c), v) in self.engine_counters.iter().zip(values) {
             c.set(v);

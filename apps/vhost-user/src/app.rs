@@ -521,12 +521,17 @@ impl App for VhostUser {
 
     fn counters(&self, emit: &mut dyn FnMut(&str, u64)) {
         let t = self.totals();
-        // Each queue counter per direction: rx_* from the guest, tx_* to it.
-        for (name, v) in t.from_guest.named() {
-            emit(&format!("rx_{name}"), v);
+        // Each queue counter per direction: rx_* from the guest, tx_* to it
+        // (names made once: the engine asks for counters every 100 breaths).
+        static NAMES: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+        let names = NAMES.get_or_init(|| {
+            QueueStats::default().named().iter().map(|(n, _)| (format!("rx_{n}"), format!("tx_{n}"))).collect()
+        });
+        for ((rx, _), (_, v)) in names.iter().zip(t.from_guest.named()) {
+            emit(rx, v);
         }
-        for (name, v) in t.to_guest.named() {
-            emit(&format!("tx_{name}"), v);
+        for ((_, tx), (_, v)) in names.iter().zip(t.to_guest.named()) {
+            emit(tx, v);
         }
         emit("tx_no_guest", t.tx_no_guest);
         emit("tx_backlog_drops", t.tx_backlog_drops);

@@ -195,8 +195,8 @@ impl VmdqSplitter {
         let batch = input.drain();
         c.rxpackets += batch.len() as u64;
         for p in batch {
-            let d = p.data();
-            let len = d.len();
+            let d = headers(&p);
+            let len = p.len();
             c.rxbytes += len as u64;
             if len < 14 {
                 c.drops[Reason::Runt as usize] += 1;
@@ -269,10 +269,10 @@ impl VmdqSplitter {
             if tag != 0 {
                 insert_tag(&mut p, tag);
             }
-            let d = p.data();
+            let d = headers(&p);
             let mac = u64::from_le_bytes(d[..8].try_into().unwrap()) & MAC_BITS;
             let tagged = d[12] == 0x81 && d[13] == 0x00;
-            if tagged && d.len() < 18 {
+            if tagged && p.len() < 18 {
                 c.drops[Reason::Runt as usize] += 1;
                 continue;
             }
@@ -377,22 +377,45 @@ fn count_unlinked(c: &mut Counters, mut pools: u64) {
     }
 }
 
+/// The bytes the rules read (the Ethernet header and a VLAN tag) without
+/// flattening a split packet: its head (a lent guest frame's first
+/// `SNAPSHOT` bytes, copied into host memory) holds them, and its tail
+/// stays lent, to be copied once, where it goes. Reading `data()` would
+/// copy the tail into the head first: a second copy of every lent frame.
+#[inline(always)]
+fn headers(p: &Packet) -> &[u8] {
+    let h = p.head();
+    if h.len() >= HEADERS || h.len() == p.len() { h } else { p.data() }
+}
+
+/// Bytes of a frame the rules read and the tag edits touch: addresses,
+/// one 802.1Q tag, the type after it.
+const HEADERS: usize = 18;
+
 /// Add an 802.1Q tag (priority 0): the start moves back 4 bytes and the
-/// addresses move down over the room made.
+/// addresses move down over the room made (in the head: a split packet
+/// stays split).
 #[inline]
 fn insert_tag(p: &mut Packet, vid: u16) {
     p.shift_right(4);
-    let d = p.data_mut();
+    let d = head_mut(p);
     d.copy_within(4..16, 0);
     d[12..14].copy_from_slice(&[0x81, 0x00]);
     d[14..16].copy_from_slice(&vid.to_be_bytes());
+}
+
+/// The first HEADERS bytes writable, in the head when it holds them (see
+/// `headers`).
+#[inline(always)]
+fn head_mut(p: &mut Packet) -> &mut [u8] {
+    if p.head().len() >= HEADERS || !p.is_split() { p.head_mut() } else { p.data_mut() }
 }
 
 /// Remove the 802.1Q tag: the addresses move up over it and the start moves
 /// past them (the payload stays where it is).
 #[inline]
 fn strip_tag(p: &mut Packet) {
-    p.data_mut().copy_within(0..12, 4);
+    head_mut(p).copy_within(0..12, 4);
     p.shift_left(4);
 }
 

@@ -206,3 +206,51 @@ fn the_wire_cannot_be_a_pool() {
     let e = Checked::try_from(args).unwrap_err();
     assert!(e.contains("wire `vm2` is also a pool's name"), "{e}");
 }
+
+/// A guest's long frame lent as a split packet (its first 128 bytes copied
+/// into a host head, the rest left in the guest's buffer), as a `VhostUser`
+/// port with a `Zero` output sends it.
+fn lent(owner: &snabb_core::BufferOwner, tail: &mut [u8], head: &[u8]) -> Packet {
+    let fb = packet::ForeignBuffer {
+        base: std::ptr::NonNull::new(tail.as_mut_ptr()).unwrap(),
+        cap: tail.len() as u32,
+        dma: 0x10_0000,
+        start: 0,
+        len: tail.len() as u32,
+        token: 1,
+        fixed_start: false,
+    };
+    // SAFETY: `tail` outlives every packet made of it in the test.
+    unsafe { owner.wrap_tail(Packet::from_bytes(head), fb) }
+}
+
+#[test]
+fn a_lent_frame_crosses_to_another_pool_still_lent() {
+    // vm1 to vm2 (the tag of VLAN 10 put on for the lookup, then stripped
+    // for vm2): the headers are read and edited in the head; the tail is
+    // not copied on the way (the port it reaches copies it once, into its
+    // guest's buffers).
+    let mut r = rig(tenants(true));
+    let f = frame("52:54:00:00:00:02", None, 1500);
+    let owner = snabb_core::BufferOwner::register("guest", None);
+    let mut tail = f[128..].to_vec();
+    r.ins["vm1"].transmit(lent(&owner, &mut tail, &f[..128]));
+    r.app.push(&r.io);
+    let p = r.outs["vm2"].receive().expect("vm2 got the frame");
+    assert!(p.is_split(), "the splitter flattened a lent frame (copied its tail)");
+    assert_eq!(p.head().len(), 128);
+    assert_eq!(p.clone().data(), &f[..]);
+    assert_eq!(owner.outstanding(), 1);
+    drop(p);
+    // Out to the wire tagged (vm3's VLAN has no such address): still lent.
+    let g = frame("52:54:00:00:00:09", None, 1000);
+    let mut tail = g[128..].to_vec();
+    r.ins["vm1"].transmit(lent(&owner, &mut tail, &g[..128]));
+    r.app.push(&r.io);
+    let p = r.outs["wire"].receive().expect("the wire got the frame");
+    assert!(p.is_split());
+    assert_eq!(p.clone().data(), &tag(&g, 10)[..]);
+    drop(p);
+    owner.drain_returns(drop);
+    assert_eq!(owner.outstanding(), 0);
+}
