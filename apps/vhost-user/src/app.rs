@@ -48,7 +48,8 @@
 //! `rarp_sent`, and `link_up` (1 while a guest has queues running; the
 //! guest itself always sees its link up in the config space). Zero copy:
 //! `tx_zc_packets` (frames delivered in lent buffers), `tx_copied_bytes`,
-//! `tx_zc_unsuitable`, `tx_zc_moved_bytes`, `tx_zc_unused`,
+//! `tx_zc_unsuitable`, `tx_zc_moved_bytes`, `tx_zc_unused`, `tx_zc_chained`
+//! (frames merged over several lent buffers),
 //! `rx_zc_packets` (frames sent from lent buffers), `rx_copied_bytes`,
 //! `rx_zc_bound`, `zc_unreachable`, `zc_in_order`, `zc_lent` (buffers out
 //! now), `quiesces`, `quiesce_timeouts`.
