@@ -30,8 +30,11 @@
 //! A frame longer than a buffer comes over several descriptors (EOP on the
 //! last): its later buffers' bytes are copied after the first buffer's when
 //! it has room for the whole frame (`gathered`: a Linux guest's 1536-byte
-//! buffer with 1 KiB BSIZEPACKET), and into a fresh host packet otherwise
-//! (`copied_long`); the other buffers go home. A frame whose checksums the
+//! buffer with 1 KiB BSIZEPACKET); otherwise, when one lender lent them
+//! all, they stay where they are as one chain packet (`chained`:
+//! `packet::chain`, the lender closes the gaps), and else the frame is
+//! copied into a fresh host packet (`copied_long`); the other buffers go
+//! home. A frame whose checksums the
 //! chip checked and found good (IPCS without IPE, L4CS without L4E) is
 //! marked `csum_verified`.
 //!
