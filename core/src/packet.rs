@@ -354,9 +354,10 @@ impl Packet {
         if let Some(t) = self.tail() {
             f(t.bytes);
         } else if self.is_chain() {
-            // SAFETY: a chain record's list is valid while its handle lives;
-            // the lender vouched for each part's bytes (`chain`).
+            // SAFETY: a chain record's list is valid while its handle lives.
             for c in unsafe { chain_parts(self.rec) } {
+                // SAFETY: the lender vouched for each part's bytes until its
+                // token comes back (`chain`, `BufferOwner::wrap`).
                 f(unsafe { std::slice::from_raw_parts(c.ptr, c.len as usize) });
             }
         }
