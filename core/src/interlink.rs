@@ -226,7 +226,14 @@ impl Interlink {
         }
         let mut tx = to.transmitter();
         let mut h = head;
+        let end = head.wrapping_add(k);
         for _ in 0..k {
+            // The slots were written on the producer's core: ask for the
+            // lines a little ahead (inside what is published), so that
+            // their misses overlap.
+            if h.is_multiple_of(packet::SLOTS_PER_LINE) && end.wrapping_sub(h) > packet::RING_AHEAD {
+                packet::prefetch(self.slots[h.wrapping_add(packet::RING_AHEAD) & self.mask].get());
+            }
             // SAFETY: slot h is inside head..tail: published by the
             // producer (seen through the Acquire load), the consumer's to
             // take; it is given back by the Release store below.

@@ -938,7 +938,7 @@ impl Freelist {
             // its cache: ask for the ones a few allocations ahead.
             if self.top >= self.hi + PREFETCH_AHEAD {
                 // SAFETY: slots hi..top hold free records.
-                prefetch(unsafe { self.slot(self.top - PREFETCH_AHEAD).read() }.as_ptr());
+                prefetch_write(unsafe { self.slot(self.top - PREFETCH_AHEAD).read() }.as_ptr());
             }
             // SAFETY: slots hi..top hold free records.
             return Some(unsafe { self.slot(self.top).read() });
@@ -1204,6 +1204,7 @@ fn state() -> *mut State {
 #[cold]
 #[inline(never)]
 fn init_state() -> *mut State {
+    detect_prefetchw();
     let pool = take_pool_id();
     let st = Box::into_raw(Box::new(State::empty(pool, shared(pool))));
     STATE.with(|s| s.set(st));
@@ -1344,13 +1345,15 @@ fn free_host(rec: NonNull<Record>) {
     }
 }
 
-/// How many records ahead `free_run` (of the packets it frees) and
-/// `Freelist::pop` (of the records it will hand out) prefetch.
-const PREFETCH_AHEAD: usize = 6;
+/// How many records ahead `free_run` (of the packets it frees),
+/// `Freelist::pop` (of the records it will hand out) and `collect` (of
+/// the records coming home) prefetch: enough to cover a miss to another
+/// core's cache with the work of that many packets.
+const PREFETCH_AHEAD: usize = 16;
 
 /// A hint to bring `r`'s cache line in for reading.
 #[inline(always)]
-fn prefetch(r: *const Record) {
+pub(crate) fn prefetch<T>(r: *const T) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: PREFETCHT0 is a hint: it never faults, whatever the address.
     unsafe {
@@ -1358,6 +1361,40 @@ fn prefetch(r: *const Record) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = r;
+}
+
+/// A hint to bring `r`'s cache line in for writing (PREFETCHW): a line
+/// another core holds comes over once, ready to write, not shared first
+/// and taken over again at the write. A read prefetch on a CPU without
+/// PREFETCHW.
+#[inline(always)]
+fn prefetch_write(r: *const Record) {
+    #[cfg(target_arch = "x86_64")]
+    if HAS_PREFETCHW.load(Ordering::Relaxed) {
+        // SAFETY: PREFETCHW is a hint: it never faults, whatever the
+        // address, and this CPU has it (checked above).
+        unsafe {
+            std::arch::asm!("prefetchw [{}]", in(reg) r, options(nostack, preserves_flags, readonly));
+        }
+    } else {
+        prefetch(r);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = r;
+}
+
+/// The CPU has PREFETCHW (CPUID 8000_0001h, ECX bit 8: AMD's
+/// 3DNowPrefetch, Intel's PRFCHW): found out when the first pool is made.
+static HAS_PREFETCHW: AtomicBool = AtomicBool::new(false);
+
+fn detect_prefetchw() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let max = std::arch::x86_64::__cpuid(0x8000_0000).eax;
+        // Leaf 8000_0001h exists when the highest extended leaf is at least it.
+        let yes = max >= 0x8000_0001 && std::arch::x86_64::__cpuid(0x8000_0001).ecx & (1 << 8) != 0;
+        HAS_PREFETCHW.store(yes, Ordering::Relaxed);
+    }
 }
 
 /// Drop the `n` packets stored at `packets` (moved out: the caller must not
@@ -1372,11 +1409,15 @@ pub(crate) unsafe fn free_run(packets: *const Packet, n: usize) -> u64 {
     let st = state();
     let mut bytes = 0u64;
     // SAFETY: this thread's State, referenced only inside this block (no
-    // packet is dropped while `free` is borrowed). Every packet of this
-    // thread was counted in foreign_wrapped if foreign, and records of other
-    // pools arrive only through a cross-worker link, whose consumer sets
+    // packet is dropped while `free` is borrowed, nor while a borrow made
+    // through `st` lives in the second loop). Every packet of this thread
+    // was counted in foreign_wrapped if foreign, and records of other pools
+    // arrive only through a cross-worker link, whose consumer sets
     // `visitors`: so when neither can be, these are host records of this
-    // pool, and the freelist has room for every one (see MAX_POOL).
+    // pool, and the freelist has room for every one (see MAX_POOL). In the
+    // second loop, a record whose owner word names another pool and no
+    // owner slot is a host record of that pool whose handle we consume:
+    // ours to rearm until it is on the return ring (as in free_away).
     unsafe {
         if (*st).foreign_wrapped == (*st).foreign_returned && !(*st).visitors {
             let free = &mut (*st).free;
@@ -1389,15 +1430,39 @@ pub(crate) unsafe fn free_run(packets: *const Packet, n: usize) -> u64 {
             }
             free.top += n;
         } else {
+            // The return ring last used, by its index in `outboxes` (which
+            // only grows while the thread lives).
+            let mut last: Option<(u32, usize)> = None;
             for i in 0..n {
                 // Records that came from another worker are in its cache,
                 // not ours: ask for a few ahead so that their misses overlap.
                 if i + PREFETCH_AHEAD < n {
-                    prefetch((*packets.add(i + PREFETCH_AHEAD)).rec.as_ptr());
+                    prefetch_write((*packets.add(i + PREFETCH_AHEAD)).rec.as_ptr());
                 }
                 let p = ptr::read(packets.add(i));
                 bytes += p.len() as u64;
-                drop(p);
+                // A host record of another pool (the common visitor: the
+                // other end of an interlink made it) goes home without a
+                // call per packet; anything else takes its drop.
+                let owner = p.rec().owner;
+                let home = owner >> AWAY_SHIFT;
+                if owner & (SPLIT | SLOT_MASK) != 0 || home == 0 || home == (*st).pool {
+                    drop(p);
+                    continue;
+                }
+                let rec = p.into_record();
+                rearm(rec.as_ptr());
+                (*rec.as_ptr()).owner = HOST;
+                let ob = match last {
+                    Some((h, k)) if h == home => k,
+                    _ => {
+                        let k = outbox_for(&mut *st, home);
+                        last = Some((home, k));
+                        k
+                    }
+                };
+                let outboxes = &mut (*st).outboxes;
+                outboxes[ob].push(rec.as_ptr() as usize);
             }
         }
     }
@@ -1915,6 +1980,10 @@ const TAGGED: usize = 1;
 /// Entries a return ring holds: more than the records a busy link moves in
 /// a breath, several times over.
 const RETURN_RING: usize = 8192;
+/// Ring entries (pointers) in a cache line, and how far ahead of where it
+/// reads a ring's consumer asks for the lines the other core wrote.
+pub(crate) const SLOTS_PER_LINE: usize = 8;
+pub(crate) const RING_AHEAD: usize = 2 * SLOTS_PER_LINE;
 /// Entries written before they are published at once.
 const RETURN_BATCH: usize = 64;
 /// Owner status bits in `Shared::status`.
@@ -2063,11 +2132,17 @@ impl Outbox {
 /// Send entry `e` (a record, TAGGED when it needs more than the freelist)
 /// home to pool `home`, through this pool's return ring to it.
 fn send_home(st: &mut State, home: u32, e: usize) {
-    let i = match st.outboxes.iter().position(|o| o.home == home) {
+    let i = outbox_for(st, home);
+    st.outboxes[i].push(e);
+}
+
+/// The index in `st.outboxes` of the return ring to pool `home`.
+#[inline]
+fn outbox_for(st: &mut State, home: u32) -> usize {
+    match st.outboxes.iter().position(|o| o.home == home) {
         Some(i) => i,
         None => open_outbox(st, home),
-    };
-    st.outboxes[i].push(e);
+    }
 }
 
 #[cold]
@@ -2133,7 +2208,16 @@ fn collect(st: &mut State) {
             }
             let mask = ring.slots.len() - 1;
             while *head != tail {
+                // The entries were written on the other core: ask for the
+                // lines a little ahead, so that their misses overlap.
+                if (*head).is_multiple_of(SLOTS_PER_LINE) && tail - *head > RING_AHEAD {
+                    prefetch(&ring.slots[(*head + RING_AHEAD) & mask]);
+                }
                 let e = ring.slots[*head & mask].load(Ordering::Relaxed);
+                // The record's line is in the other core's cache: it will
+                // be written here when it is next allocated (soon: the
+                // freelist is a stack), so start taking it over now.
+                prefetch_write((e & !TAGGED) as *const Record);
                 if e & TAGGED == 0 {
                     // SAFETY: a rearmed host record of this pool (free_away).
                     free.push(unsafe { NonNull::new_unchecked(e as *mut Record) });
