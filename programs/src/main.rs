@@ -267,6 +267,10 @@ enum Bench {
         /// Directions: rx (NIC to guest), tx (guest to NIC).
         #[arg(long, value_delimiter = ',', default_value = "rx,tx")]
         dirs: Vec<String>,
+        /// Copy modes to run: simd, zero (a ratio needs both; one alone is
+        /// for profiling).
+        #[arg(long, value_delimiter = ',', default_value = "simd,zero")]
+        modes: Vec<String>,
     },
     /// VmdqSplitter: Mpps with 64-byte frames, unicast over the pools and 1/4 broadcast.
     Splitter {
@@ -420,8 +424,8 @@ fn main() -> ExitCode {
         Program::Bench { which: Bench::Decap { packets, rounds, only } } => {
             bench_decap::run(packets, rounds, only.as_deref())
         }
-        Program::Bench { which: Bench::Zerocopy { packets, sizes, buffers, batch, dirs } } => {
-            bench_zerocopy::run(&bench_zerocopy::Options { packets, sizes, buffers, batch, dirs })
+        Program::Bench { which: Bench::Zerocopy { packets, sizes, buffers, batch, dirs, modes } } => {
+            bench_zerocopy::run(&bench_zerocopy::Options { packets, sizes, buffers, batch, dirs, modes })
         }
         Program::Bench { which: Bench::Splitter { packets, pools, only } } => {
             bench_splitter::splitter(packets, &pools, only)

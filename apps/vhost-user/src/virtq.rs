@@ -1242,7 +1242,10 @@ impl Virtqueue {
     }
 
     /// The first piece of the chain at `head`, and the piece a frame would
-    /// go into, when the chain suits lending (see `lend_rx`).
+    /// go into, when the chain suits lending (see `lend_rx`). Inlined: a
+    /// call returns the two pieces through memory, and lend_rx's reading
+    /// them back in other widths stalls on store forwarding.
+    #[inline(always)]
     fn rx_layout(&mut self, mem: &GuestMemory, head: u16) -> Result<Option<(Seg, Seg)>, ChainError> {
         let mut pieces: [Option<Seg>; 2] = [None, None];
         let mut n = 0;
@@ -1302,8 +1305,19 @@ impl Virtqueue {
         h.num_buffers = 1;
         let bytes = h.to_bytes();
         let hdr = &bytes[..self.hdr_len];
-        let mut w = Scatter { segs: std::slice::from_ref(&first), i: 0, off: 0, log };
-        w.write_unless_equal(hdr);
+        if log.is_none() && data.gpa == first.gpa + self.hdr_len as u64 {
+            // The header room ends where the NIC started writing: the line
+            // is the device's already, so no driver keeps it (the reason
+            // for write_unless_equal), and a plain store is cheapest.
+            // SAFETY: first.ptr is valid for first.len bytes (translated
+            // when lent), at least hdr_len (rx_layout lends no chain whose
+            // first piece is shorter). The guest should not touch
+            // a buffer it gave us; if it does, it only garbles its own frame.
+            unsafe { std::ptr::copy_nonoverlapping(hdr.as_ptr(), first.ptr.as_ptr(), hdr.len()) };
+        } else {
+            let mut w = Scatter { segs: std::slice::from_ref(&first), i: 0, off: 0, log };
+            w.write_unless_equal(hdr);
+        }
         if let Some(log) = log {
             // The NIC wrote the frame: the pages are dirty all the same.
             log.mark(data.gpa, len as u64);
