@@ -1292,6 +1292,7 @@ impl Virtqueue {
     /// A lent receive chain holds a frame of `len` bytes, written where it
     /// was lent: write its header (`h`, with num_buffers 1) and its used
     /// entry. False for a slot that is not out (nothing written).
+    #[inline]
     pub fn complete_rx(&mut self, log: Option<&DirtyLog>, slot: u16, len: usize, mut h: NetHdr) -> bool {
         let Some(Lent { head, hdr: Some(first), data: Some(data) }) =
             self.lent.get_mut(slot as usize).and_then(Option::take)
@@ -1713,6 +1714,7 @@ impl Virtqueue {
 
     /// The net header a packet goes to the guest with, but for num_buffers:
     /// see `csum_flags`.
+    #[inline]
     pub fn header_for(&mut self, p: &mut Packet) -> NetHdr {
         let mut h = NetHdr::default();
         csum_flags(self.guest_csum, &mut self.stats, &mut h, p);
