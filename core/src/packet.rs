@@ -733,6 +733,7 @@ impl Packet {
     /// Whether this packet's buffer (a split packet's tail) belongs to an
     /// owner that revoked it or went away: a device must not write into it
     /// any more. Owners of other threads are seen too.
+    #[inline]
     pub fn is_revoked(&self) -> bool {
         let Some((owner, home, _)) = self.foreign_parts() else { return false };
         let slot = (owner & SLOT_MASK) as usize;
