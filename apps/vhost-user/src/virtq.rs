@@ -1307,9 +1307,10 @@ impl Virtqueue {
         let bytes = h.to_bytes();
         let hdr = &bytes[..self.hdr_len];
         if log.is_none() && data.gpa == first.gpa + self.hdr_len as u64 {
-            // The header room ends where the NIC started writing: the line
-            // is the device's already, so no driver keeps it (the reason
-            // for write_unless_equal), and a plain store is cheapest.
+            // The header room ends where the NIC started writing, so its
+            // line is (but for a header across a line boundary) one the
+            // device wrote: no driver keeps it in its cache, which is what
+            // write_unless_equal spares, and a plain store is cheapest.
             // SAFETY: first.ptr is valid for first.len bytes (translated
             // when lent), at least hdr_len (rx_layout lends no chain whose
             // first piece is shorter). The guest should not touch
