@@ -1315,7 +1315,7 @@ impl Virtqueue {
             // when lent), at least hdr_len (rx_layout lends no chain whose
             // first piece is shorter). The guest should not touch
             // a buffer it gave us; if it does, it only garbles its own frame.
-            unsafe { std::ptr::copy_nonoverlapping(hdr.as_ptr(), first.ptr.as_ptr(), hdr.len()) };
+            unsafe { store_header(first.ptr.as_ptr(), hdr) };
         } else {
             let mut w = Scatter { segs: std::slice::from_ref(&first), i: 0, off: 0, log };
             w.write_unless_equal(hdr);
@@ -1793,6 +1793,24 @@ fn csum_flags(guest_csum: bool, stats: &mut QueueStats, h: &mut NetHdr, p: &mut 
     }
 }
 
+/// Store a net header (10 or 12 bytes) at `dst` in fixed-size moves: a
+/// copy of a length known only at run time is a call, dearer than the
+/// header.
+///
+/// # Safety
+/// `dst` must be valid for `src.len()` bytes of writes.
+#[inline(always)]
+unsafe fn store_header(dst: *mut u8, src: &[u8]) {
+    // SAFETY: per the contract, in every arm.
+    unsafe {
+        match src.len() {
+            12 => std::ptr::copy_nonoverlapping(src.as_ptr(), dst, 12),
+            10 => std::ptr::copy_nonoverlapping(src.as_ptr(), dst, 10),
+            n => std::ptr::copy_nonoverlapping(src.as_ptr(), dst, n),
+        }
+    }
+}
+
 /// A cursor writing bytes across gathered buffer pieces, logging each write.
 struct Scatter<'a> {
     segs: &'a [Seg],
@@ -1805,7 +1823,10 @@ impl Scatter<'_> {
     /// Write `src` (a net header) at the start of the first piece, unless
     /// the buffer holds it already. A driver that recycles its buffers
     /// reads the header from a line it then keeps: storing the same bytes
-    /// again would take that line away from it on every packet.
+    /// again would take that line away from it on every packet. That
+    /// spares nothing when the frame's first bytes follow in the header's
+    /// line (the usual layout: they take the line anyway), so then the
+    /// header is stored without the compare.
     #[inline]
     fn write_unless_equal(&mut self, src: &[u8]) {
         if let Some(s) = self.segs.first()
@@ -1813,6 +1834,18 @@ impl Scatter<'_> {
             && self.off == 0
             && s.len as usize >= src.len()
         {
+            let end = s.ptr.as_ptr() as usize + src.len();
+            if s.len as usize > src.len() && !src.is_empty() && (end - 1) & !63 == end & !63 {
+                // SAFETY: s.ptr is valid for s.len > src.len() bytes
+                // (translated). The guest should not touch a buffer it gave
+                // us; if it does, it only garbles its own packet.
+                unsafe { store_header(s.ptr.as_ptr(), src) };
+                if let Some(log) = self.log {
+                    log.mark(s.gpa, src.len() as u64);
+                }
+                self.advance(src.len());
+                return;
+            }
             // SAFETY: s.ptr is valid for s.len >= src.len() bytes (translated).
             // The guest may write them meanwhile: each byte is read once and
             // any value is a valid u8; a stale match only leaves the guest
