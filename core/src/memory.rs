@@ -336,7 +336,9 @@ impl ForeignMemory {
     }
 
     /// The device address of `virt .. virt + len`, when the range lies in
-    /// one segment that every domain reaches.
+    /// one segment that every domain reaches. (Inlined: a lender asks once
+    /// per buffer, and the call's Option comes back through memory.)
+    #[inline]
     pub fn dma(&self, virt: usize, len: usize) -> Option<u64> {
         let segs = &self.inner.segs;
         let i = segs.partition_point(|s| s.virt <= virt).checked_sub(1)?;

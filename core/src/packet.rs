@@ -738,6 +738,7 @@ impl Packet {
     /// Whether this packet's buffer (a split packet's tail) belongs to an
     /// owner that revoked it or went away: a device must not write into it
     /// any more. Owners of other threads are seen too.
+    #[inline]
     pub fn is_revoked(&self) -> bool {
         let Some((owner, home, _)) = self.foreign_parts() else { return false };
         let slot = (owner & SLOT_MASK) as usize;
@@ -2361,6 +2362,10 @@ impl BufferOwner {
     /// `reclaim` or the return ring, or, if the owner is dropped first, for
     /// as long as the owner's keep-alive object lives. `start + len <= cap`
     /// is checked here.
+    // Inlined: called out of line, `buf` comes through memory the caller
+    // has just stored field by field, and the wider loads here stall on
+    // store forwarding (a lent buffer a packet pays for it).
+    #[inline]
     pub unsafe fn wrap(&self, buf: ForeignBuffer) -> Packet {
         assert!(
             buf.start as u64 + buf.len as u64 <= buf.cap as u64,

@@ -48,6 +48,8 @@ pub struct Options {
     pub batch: usize,
     /// Directions: "rx" (NIC to guest), "tx" (guest to NIC).
     pub dirs: Vec<String>,
+    /// Copy modes: "simd", "zero".
+    pub modes: Vec<String>,
 }
 
 impl Default for Options {
@@ -58,6 +60,7 @@ impl Default for Options {
             buffers: vec![2060, 1536],
             batch: 32,
             dirs: vec!["rx".into(), "tx".into()],
+            modes: vec!["simd".into(), "zero".into()],
         }
     }
 }
@@ -279,6 +282,14 @@ fn per_packet(mut ticks: Vec<u64>, batch: usize) -> f64 {
 /// Run every case and print a table (and the zero-copy / copy ratios).
 pub fn run(o: &Options) -> Result<()> {
     ensure!((1..=128).contains(&o.batch), "batch {}: 1 to 128", o.batch);
+    let mut modes = Vec::new();
+    for m in &o.modes {
+        match m.as_str() {
+            "simd" => modes.push(CopyMode::Simd),
+            "zero" => modes.push(CopyMode::Zero),
+            m => anyhow::bail!("mode {m}: simd or zero"),
+        }
+    }
     let rate = tsc_rate();
     let rounds = (o.packets / o.batch as u64).max(16);
     println!(
@@ -290,7 +301,7 @@ pub fn run(o: &Options) -> Result<()> {
         for &size in &o.sizes {
             let bufs: &[u32] = if dir == "rx" { &o.buffers } else { &o.buffers[..1] };
             for &buf in bufs {
-                for mode in [CopyMode::Simd, CopyMode::Zero] {
+                for &mode in &modes {
                     let mut b = Bench::new(mode)?;
                     let (ticks, copied, moved) = match dir.as_str() {
                         "rx" => b.receive(size, buf, o.batch, rounds)?,

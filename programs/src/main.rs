@@ -5,6 +5,7 @@ mod bench_copy;
 mod bench_decap;
 mod bench_interlink;
 mod bench_splitter;
+mod bench_vm2vm;
 mod bench_zerocopy;
 mod logger;
 mod ps;
@@ -267,6 +268,23 @@ enum Bench {
         /// Directions: rx (NIC to guest), tx (guest to NIC).
         #[arg(long, value_delimiter = ',', default_value = "rx,tx")]
         dirs: Vec<String>,
+        /// Copy modes to run: simd, zero (a ratio needs both; one alone is
+        /// for profiling).
+        #[arg(long, value_delimiter = ',', default_value = "simd,zero")]
+        modes: Vec<String>,
+    },
+    /// VM to VM through vmdq-vswitch's graph (two VhostUser ports, the
+    /// software splitter), in-repo guests: the switch's ns per frame.
+    Vm2vm {
+        /// Frames timed per size.
+        #[arg(long, default_value_t = 400_000)]
+        packets: u64,
+        /// Frame sizes in bytes.
+        #[arg(long, value_delimiter = ',', default_value = "64,1500")]
+        sizes: Vec<usize>,
+        /// Frames per round (one breath's worth).
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
     },
     /// VmdqSplitter: Mpps with 64-byte frames, unicast over the pools and 1/4 broadcast.
     Splitter {
@@ -420,8 +438,11 @@ fn main() -> ExitCode {
         Program::Bench { which: Bench::Decap { packets, rounds, only } } => {
             bench_decap::run(packets, rounds, only.as_deref())
         }
-        Program::Bench { which: Bench::Zerocopy { packets, sizes, buffers, batch, dirs } } => {
-            bench_zerocopy::run(&bench_zerocopy::Options { packets, sizes, buffers, batch, dirs })
+        Program::Bench { which: Bench::Zerocopy { packets, sizes, buffers, batch, dirs, modes } } => {
+            bench_zerocopy::run(&bench_zerocopy::Options { packets, sizes, buffers, batch, dirs, modes })
+        }
+        Program::Bench { which: Bench::Vm2vm { packets, sizes, batch } } => {
+            bench_vm2vm::run(&bench_vm2vm::Options { packets, sizes, batch })
         }
         Program::Bench { which: Bench::Splitter { packets, pools, only } } => {
             bench_splitter::splitter(packets, &pools, only)

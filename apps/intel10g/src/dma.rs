@@ -194,7 +194,7 @@ impl Reach {
 
     /// Whether `dma .. dma + len` lies in one foreign range the device
     /// reaches (as of the last refresh).
-    #[inline]
+    #[inline(always)]
     pub fn covers(&self, dma: u64, len: usize) -> bool {
         if self.ranges.is_empty() || dma == 0 {
             return false;
