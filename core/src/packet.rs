@@ -2208,25 +2208,36 @@ fn collect(st: &mut State) {
                 continue;
             }
             let mask = ring.slots.len() - 1;
-            while *head != tail {
+            let slots = &ring.slots[..];
+            // The cursors stay in registers for the loop: host records go
+            // straight onto the freelist, above its top, counted in at the
+            // end (it has room for every record: see MAX_POOL).
+            let (mut h, top) = (*head, free.top);
+            let to = free.slot(top);
+            let mut m = 0;
+            while h != tail {
                 // The entries were written on the other core: ask for the
                 // lines a little ahead, so that their misses overlap.
-                if (*head).is_multiple_of(SLOTS_PER_LINE) && tail - *head > RING_AHEAD {
-                    prefetch(&ring.slots[(*head + RING_AHEAD) & mask]);
+                if h.is_multiple_of(SLOTS_PER_LINE) && tail - h > RING_AHEAD {
+                    prefetch(&slots[(h + RING_AHEAD) & mask]);
                 }
-                let e = ring.slots[*head & mask].load(Ordering::Relaxed);
+                let e = slots[h & mask].load(Ordering::Relaxed);
                 // The record's line is in the other core's cache: it will
                 // be written here when it is next allocated (soon: the
                 // freelist is a stack), so start taking it over now.
                 prefetch_write((e & !TAGGED) as *const Record);
                 if e & TAGGED == 0 {
-                    // SAFETY: a rearmed host record of this pool (free_away).
-                    free.push(unsafe { NonNull::new_unchecked(e as *mut Record) });
+                    // SAFETY: a rearmed host record of this pool
+                    // (free_away), into a free slot above the top.
+                    unsafe { to.add(m).write(NonNull::new_unchecked(e as *mut Record)) };
+                    m += 1;
                 } else {
                     tagged.push(e);
                 }
-                *head += 1;
+                h += 1;
             }
+            free.top = top + m;
+            *head = h;
             ring.head.0.store(tail, Ordering::Release);
         }
     }
