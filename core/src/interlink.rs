@@ -23,7 +23,8 @@
 //! says the ring is full (producer) or empty (consumer), so in a busy
 //! stream the sides touch each other's line about once a batch. A batch is
 //! published with one Release store and taken with one Acquire load, which
-//! is what hands the packets' records over.
+//! is what hands the packets' records over. The consumer asks for the slot
+//! lines a little ahead of where it reads (the producer's core wrote them).
 //!
 //! What does not fit stays on the producer's local link: a full interlink
 //! is seen as that link filling up, and its drops are counted there, never
