@@ -71,7 +71,7 @@ struct Bench {
 }
 
 impl Bench {
-    fn new() -> Result<Bench> {
+    fn new(huge_pages: bool) -> Result<Bench> {
         let (s1, s2) = (temp_socket("vm2vm-1"), temp_socket("vm2vm-2"));
         let mac = |m: [u8; 6]| m.map(|b| format!("{b:02x}")).join(":");
         let text = format!(
@@ -95,7 +95,7 @@ impl Bench {
                 let opts = FrontendOptions {
                     queue_size: 1024,
                     mem_size: 64 << 20,
-                    huge_pages: true,
+                    huge_pages,
                     ..FrontendOptions::default()
                 };
                 let mut fe = Frontend::connect(&sock, opts, Duration::from_secs(30))?;
@@ -169,7 +169,13 @@ pub fn run(o: &Options) -> Result<()> {
     ensure!((1..=128).contains(&o.batch), "batch {}: 1 to 128", o.batch);
     let rate = tsc_rate();
     let rounds = (o.packets / o.batch as u64).max(16);
-    let mut b = Bench::new()?;
+    let mut b = match Bench::new(true) {
+        Ok(b) => b,
+        Err(e) => {
+            println!("(the guests' memory is on ordinary pages: {e:#}; the figures are higher than with huge pages)");
+            Bench::new(false)?
+        }
+    };
     for &size in &o.sizes {
         ensure!((60..=9000).contains(&size), "frame size {size}: 60 to 9000");
         let (per_frame, n) = b.run(size, o.batch, rounds)?;
