@@ -467,7 +467,7 @@ impl Ring {
     /// Walk the chain at `head`, handing `f` each piece of each buffer in
     /// order; `f` returns false to stop early. `write` is the direction the
     /// buffers must have (device-writable for receive buffers).
-    #[inline]
+    #[inline(always)]
     fn walk(
         &self,
         mem: &GuestMemory,
