@@ -111,12 +111,8 @@ impl Bench {
             let s = spawn_frontend(move |_| -> Result<Frontend> {
                 // Huge pages, as a production guest's memory is (and as
                 // vswitch-bench's VirtioUser guests' is).
-                let opts = FrontendOptions {
-                    queue_size: 1024,
-                    mem_size: 64 << 20,
-                    huge_pages,
-                    ..FrontendOptions::default()
-                };
+                let opts =
+                    FrontendOptions { queue_size: 1024, mem_size: 64 << 20, huge_pages, ..FrontendOptions::default() };
                 let mut fe = Frontend::connect(&sock, opts, Duration::from_secs(30))?;
                 fe.setup()?;
                 Ok(fe)
