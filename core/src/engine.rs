@@ -308,7 +308,7 @@ impl Engine {
     /// Move this engine's own graph to `new` (no workers).
     pub(crate) fn configure_here(&mut self, new: &Config) -> Result<(), ConfigError> {
         let made = self.prepare(new)?;
-        self.apply_prepared(new, made)
+        self.apply_prepared(new, made, true)
     }
 
     /// Phase 1 of `configure_here`: make every app of `new` that is not
@@ -329,7 +329,10 @@ impl Engine {
     /// Phase 2 of `configure_here`: apply `new`, with the apps `prepare`
     /// made for it. (The running config may have changed in between by
     /// arguments only: a move's quiescing pauses interlinks.)
-    pub(crate) fn apply_prepared(&mut self, new: &Config, prepared: Prepared) -> Result<(), ConfigError> {
+    /// `count`: whether it is a config the user asked for (counted in
+    /// `engine/configs`), not a step of a move (pausing interlinks, or
+    /// resuming them when the config is refused).
+    pub(crate) fn apply_prepared(&mut self, new: &Config, prepared: Prepared, count: bool) -> Result<(), ConfigError> {
         let mut made = prepared.made;
         let in_place: Vec<String> = new
             .apps()
@@ -470,7 +473,7 @@ impl Engine {
         }
         self.link_list = self.links.values().map(|l| l.link.clone()).collect();
         self.config = new.clone();
-        self.stats.configs += 1;
+        self.stats.configs += count as u64;
         self.set_breathe_order(apps);
         if let Some(d) = &self.shm {
             let _ = d.write_text("config.ron", &self.config.to_ron());

@@ -394,7 +394,7 @@ impl Workers {
                 .cloned()
                 .collect();
             let parts = split_paused(&old, &paused);
-            self.apply(&old, &parts, maker, main)?;
+            self.apply(&old, &parts, maker, main, false)?;
             // (worker, local link) pairs that must empty, and interlinks.
             let mut local: Vec<(String, String)> = Vec::new();
             let mut rings: Vec<String> = Vec::new();
@@ -426,11 +426,11 @@ impl Workers {
 
         // Phase 2: every part, or none.
         let parts = split(new);
-        if let Err(e) = self.apply(new, &parts, maker, main) {
+        if let Err(e) = self.apply(new, &parts, maker, main, true) {
             // Phase 1 paused interlinks: they deliver again (arguments
             // changed in place, which no app refuses).
             if !moving.is_empty()
-                && let Err(u) = self.apply(&old, &split(&old), maker, main)
+                && let Err(u) = self.apply(&old, &split(&old), maker, main, false)
             {
                 log::error!("resuming the interlinks paused for a move: {u}");
             }
@@ -473,12 +473,14 @@ impl Workers {
     /// else each drops what it made, and the workers this call started
     /// stop. The first refusal is the error. (What can still fail after
     /// that, an app taking new arguments in place, is said and not undone.)
+    /// `count`: as for `Engine::apply_prepared`.
     fn apply(
         &mut self,
         whole: &Config,
         parts: &BTreeMap<String, Config>,
         maker: Option<fn() -> Registry>,
         main: &mut Engine,
+        count: bool,
     ) -> Result<(), ConfigError> {
         // Positions in an error would point into the part's text: the
         // file's name and the app's name say where.
@@ -545,7 +547,7 @@ impl Workers {
             w.cpu = cpu;
             replies.push((name.clone(), rx));
         }
-        let mut result = main.apply_prepared(&parts[MAIN], prepared.expect("main prepared"));
+        let mut result = main.apply_prepared(&parts[MAIN], prepared.expect("main prepared"), count);
         for (name, rx) in replies {
             let r = answer(&name, rx.recv_timeout(REPLY_TIMEOUT));
             if result.is_ok() {
@@ -732,7 +734,7 @@ fn worker_main(
                     }
                     pinned = cpu;
                     let r = match pending.take() {
-                        Some((c, p)) => engine.apply_prepared(&c, p),
+                        Some((c, p)) => engine.apply_prepared(&c, p, true),
                         None => Err(ConfigError::new("nothing prepared to apply")),
                     };
                     let _ = reply.send(r);

@@ -340,3 +340,42 @@ fn a_config_one_worker_refuses_is_applied_on_no_worker() {
     assert!(run_until(&mut e, || seen("rsink2").packets > 1000 && seen("rsink3").packets > 1000, 60));
     e.stop();
 }
+
+/// `engine/configs` counts the configs applied, once each: not the steps of
+/// a move (pausing the interlinks that feed the app, resuming them when
+/// the config is refused after all).
+#[test]
+fn configs_count_what_was_asked_not_the_steps_of_a_move() {
+    let config = |fwd: &str, refuse: bool| {
+        let mut c = Config::new();
+        c.app("cgen", "Gen", &GenArgs { burst: 10, count: u64::MAX })
+            .app("cfwd", "Fwd", &FwdArgs::default())
+            .app("csink", "Sink", &())
+            .link("cgen.output -> cfwd.input")
+            .link("cfwd.output -> csink.input")
+            .worker("c1", WorkerSpec::default())
+            .worker("c2", WorkerSpec::default())
+            .place("cgen", Some("c1"))
+            .place("cfwd", Some(fwd));
+        if refuse {
+            c.app("crefuse", "Fwd", &FwdArgs { refuse: true, ..FwdArgs::default() }).place("crefuse", Some("c2"));
+        }
+        c
+    };
+    let mut e = engine();
+    e.configure(&config("c1", false)).unwrap();
+    assert_eq!(e.stats().configs, 1);
+    assert!(run_until(&mut e, || seen("csink").packets > 1000, 60));
+    // A move that a worker refuses: nothing applied, nothing counted.
+    let err = e.configure(&config("c2", true)).unwrap_err();
+    assert!(err.msg.contains("refused (as asked)"), "{err}");
+    assert_eq!(e.stats().configs, 1, "a refused config was counted");
+    let before = seen("csink").packets;
+    assert!(run_until(&mut e, || seen("csink").packets > before + 1000, 60), "the old config runs on");
+    // The same move, accepted: counted once.
+    e.configure(&config("c2", false)).unwrap();
+    assert_eq!(e.stats().configs, 2, "a move counted more than once");
+    let before = seen("csink").packets;
+    assert!(run_until(&mut e, || seen("csink").packets > before + 1000, 60), "it runs after the move");
+    e.stop();
+}

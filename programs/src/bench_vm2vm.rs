@@ -9,11 +9,12 @@
 //!              `batch` frames for vm2 (not timed); the engine breathes
 //!              once (timed: vm1's port takes the frames, the splitter
 //!              sends them on, vm2's port copies them into its guest's
-//!              buffers, with everything else a breath does); vm2's guest
-//!              reaps what arrived (not timed)
+//!              buffers); vm2's guest reaps what arrived (not timed)
 //!
 //! It reports the median over rounds of the breath's TSC ticks per frame
-//! delivered, in ns. `selftest/vswitch-bench.sh` measures the same path
+//! delivered, in ns, and on a line of its own what the engine's commit of
+//! counters to shared memory costs (it runs once every COMMIT_BREATHS
+//! breaths, outside the breath). `selftest/vswitch-bench.sh` measures the same path
 //! end to end against OVS-DPDK with two CPUs; this one isolates the
 //! switch's CPU cost on one, so that changes to it can be compared run
 //! against run without the guests' CPU in the figure.
@@ -63,15 +64,25 @@ fn frame(len: usize, n: usize) -> Vec<u8> {
     f
 }
 
+/// A directory removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The switch and its two guests.
 struct Bench {
     engine: Engine,
+    _shm: TempDir,
     vm1: Frontend,
     vm2: Frontend,
 }
 
 impl Bench {
-    fn new() -> Result<Bench> {
+    fn new(huge_pages: bool) -> Result<Bench> {
         let (s1, s2) = (temp_socket("vm2vm-1"), temp_socket("vm2vm-2"));
         let mac = |m: [u8; 6]| m.map(|b| format!("{b:02x}")).join(":");
         let text = format!(
@@ -87,17 +98,21 @@ impl Bench {
         let registry = crate::registry();
         let g = crate::vswitch::prepare(&v, &registry, false)?;
         let mut engine = Engine::new(registry);
+        // Counters in shared memory, as the program keeps them (a
+        // directory of its own under the temp dir, gone at the end).
+        let shm = TempDir(std::env::temp_dir().join(format!("snabb-rs-vm2vm-{}", std::process::id())));
+        engine.enable_shm(&snabb_core::engine::ShmOptions {
+            root: shm.0.clone(),
+            name: "vm2vm".into(),
+            program: "bench vm2vm".into(),
+        })?;
         engine.configure(&g.config)?;
         let mut connect = |sock: std::path::PathBuf| -> Result<Frontend> {
             let s = spawn_frontend(move |_| -> Result<Frontend> {
                 // Huge pages, as a production guest's memory is (and as
                 // vswitch-bench's VirtioUser guests' is).
-                let opts = FrontendOptions {
-                    queue_size: 1024,
-                    mem_size: 64 << 20,
-                    huge_pages: true,
-                    ..FrontendOptions::default()
-                };
+                let opts =
+                    FrontendOptions { queue_size: 1024, mem_size: 64 << 20, huge_pages, ..FrontendOptions::default() };
                 let mut fe = Frontend::connect(&sock, opts, Duration::from_secs(30))?;
                 fe.setup()?;
                 Ok(fe)
@@ -110,7 +125,7 @@ impl Bench {
         };
         let vm1 = connect(s1).context("vm1's guest")?;
         let vm2 = connect(s2).context("vm2's guest")?;
-        Ok(Bench { engine, vm1, vm2 })
+        Ok(Bench { engine, _shm: shm, vm1, vm2 })
     }
 
     /// `rounds` rounds of `batch` frames of `size`: ticks per frame of each
@@ -169,11 +184,30 @@ pub fn run(o: &Options) -> Result<()> {
     ensure!((1..=128).contains(&o.batch), "batch {}: 1 to 128", o.batch);
     let rate = tsc_rate();
     let rounds = (o.packets / o.batch as u64).max(16);
-    let mut b = Bench::new()?;
+    let mut b = match Bench::new(true) {
+        Ok(b) => b,
+        Err(e) => {
+            println!("(the guests' memory is on ordinary pages: {e:#}; the figures are higher than with huge pages)");
+            Bench::new(false)?
+        }
+    };
     for &size in &o.sizes {
         ensure!((60..=9000).contains(&size), "frame size {size}: 60 to 9000");
         let (per_frame, n) = b.run(size, o.batch, rounds)?;
         println!("VM2VM size={size} ns_per_frame={:.1} frames={n} batch={}", median(per_frame) / rate, o.batch);
+        let mut c = Vec::new();
+        for _ in 0..21 {
+            let t0 = tsc();
+            b.engine.commit();
+            c.push((tsc() - t0) as f64);
+        }
+        let commit = median(c) / rate;
+        println!(
+            "VM2VM_COMMIT ns={commit:.0} (once every {} breaths: {:.2} ns per frame at {} frames a breath)",
+            snabb_core::engine::COMMIT_BREATHS,
+            commit / (snabb_core::engine::COMMIT_BREATHS as f64 * o.batch as f64),
+            o.batch
+        );
     }
     b.engine.stop();
     Ok(())

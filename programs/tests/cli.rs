@@ -384,6 +384,18 @@ fn bench_zerocopy_runs() {
     assert_eq!(row.split_whitespace().nth(5), Some("0"), "{row}");
 }
 
+/// `bench vm2vm` runs and checks what it measures (every frame vm1's guest
+/// posted reaches vm2's, of the right length); a short run.
+#[test]
+fn bench_vm2vm_runs() {
+    let out = bin().args(["bench", "vm2vm", "--packets", "3000"]).env("SNABB_RS_LOG", "warn").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    for size in [64, 1500] {
+        assert!(text.lines().any(|l| l.starts_with(&format!("VM2VM size={size} ")) && l.contains("frames=")), "{text}");
+    }
+}
+
 /// basic1 over two workers from a config file, as `snabb-rs run` runs it:
 /// every Source packet reaches the Sink on the other worker, twice (the
 /// Tee), exactly; the workers show in the load report.

@@ -467,7 +467,7 @@ impl Ring {
     /// Walk the chain at `head`, handing `f` each piece of each buffer in
     /// order; `f` returns false to stop early. `write` is the direction the
     /// buffers must have (device-writable for receive buffers).
-    #[inline]
+    #[inline(always)]
     fn walk(
         &self,
         mem: &GuestMemory,
@@ -1886,6 +1886,49 @@ impl Scatter<'_> {
         if self.off == self.segs[self.i].len as usize {
             self.i += 1;
             self.off = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[repr(align(64))]
+    struct Lines([u8; 256]);
+
+    fn seg(buf: &mut Lines, at: usize, len: u32) -> Seg {
+        let ptr = NonNull::new(buf.0[at..].as_mut_ptr()).unwrap();
+        Seg { ptr, gpa: 0x1000 + at as u64, len }
+    }
+
+    const HDR: [u8; 12] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+
+    #[test]
+    fn a_header_lands_exact_whatever_the_layout() {
+        // (offset of the piece in a line-aligned buffer, its length, header
+        // length): the frame shares the header's line; the header alone in
+        // its piece; a header across a line boundary; the 10-byte header.
+        for (at, len, h) in [(0, 200, 12), (0, 12, 12), (58, 100, 12), (4, 100, 10), (64, 10, 10)] {
+            for old in [0xeeu8, 0] {
+                let mut b = Lines([old; 256]);
+                // The same bytes already there, or others.
+                if old == 0 {
+                    b.0[at..at + h].copy_from_slice(&HDR[..h]);
+                }
+                let segs = [seg(&mut b, at, len)];
+                let mut w = Scatter { segs: &segs, i: 0, off: 0, log: None };
+                w.write_unless_equal(&HDR[..h]);
+                let (i, off) = (w.i, w.off);
+                assert_eq!(&b.0[at..at + h], &HDR[..h], "piece at {at}, {len} bytes, header {h}");
+                assert!(b.0[..at].iter().all(|&x| x == old), "nothing before the piece is touched");
+                assert!(b.0[at + h..].iter().all(|&x| x == old), "nothing after the header is touched");
+                if len as usize == h {
+                    assert_eq!((i, off), (1, 0), "the cursor moves to the next piece");
+                } else {
+                    assert_eq!((i, off), (0, h), "the cursor is after the header");
+                }
+            }
         }
     }
 }
