@@ -1346,10 +1346,11 @@ fn free_host(rec: NonNull<Record>) {
     }
 }
 
-/// How many records ahead `free_run` (of the packets it frees),
-/// `Freelist::pop` (of the records it will hand out) and `collect` (of
-/// the records coming home) prefetch: enough to cover a miss to another
-/// core's cache with the work of that many packets.
+/// How many records ahead `free_run` (of the packets it frees) and
+/// `Freelist::pop` (of the records it will hand out) prefetch: enough to
+/// cover a miss to another core's cache with the work of that many
+/// packets. (`collect` asks for each record as it takes it back: it is
+/// handed out again a little later.)
 const PREFETCH_AHEAD: usize = 16;
 
 /// A hint to bring `r`'s cache line in for reading.
