@@ -1834,8 +1834,10 @@ impl Scatter<'_> {
             && self.off == 0
             && s.len as usize >= src.len()
         {
-            let end = s.ptr.as_ptr() as usize + src.len();
-            if s.len as usize > src.len() && !src.is_empty() && (end - 1) & !63 == end & !63 {
+            // The header and the frame's first byte (at `end`) in one line.
+            let start = s.ptr.as_ptr() as usize;
+            let end = start + src.len();
+            if s.len as usize > src.len() && start & !63 == end & !63 {
                 // SAFETY: s.ptr is valid for s.len > src.len() bytes
                 // (translated). The guest should not touch a buffer it gave
                 // us; if it does, it only garbles its own packet.
@@ -1908,8 +1910,9 @@ mod tests {
     fn a_header_lands_exact_whatever_the_layout() {
         // (offset of the piece in a line-aligned buffer, its length, header
         // length): the frame shares the header's line; the header alone in
-        // its piece; a header across a line boundary; the 10-byte header.
-        for (at, len, h) in [(0, 200, 12), (0, 12, 12), (58, 100, 12), (4, 100, 10), (64, 10, 10)] {
+        // its piece; a header across a line boundary; a header that ends a
+        // line; the 10-byte header, with a frame and alone.
+        for (at, len, h) in [(0, 200, 12), (0, 12, 12), (58, 100, 12), (52, 100, 12), (4, 100, 10), (64, 10, 10)] {
             for old in [0xeeu8, 0] {
                 let mut b = Lines([old; 256]);
                 // The same bytes already there, or others.
