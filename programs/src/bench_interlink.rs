@@ -14,20 +14,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use crate::tsc::{median, tsc};
 use anyhow::{Context, Result};
 use snabb_core::interlink::Interlink;
 use snabb_core::{Args, Config, Engine, Link, Packet, packet, worker};
-
-#[inline(always)]
-fn tsc() -> u64 {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: RDTSC has no preconditions on x86-64.
-    unsafe {
-        std::arch::x86_64::_rdtsc()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    0
-}
 
 /// One run: (ns, TSC ticks) per packet.
 fn once(packets: u64, cpus: (usize, usize), batch: usize, size: usize) -> Result<(f64, f64)> {
@@ -86,11 +76,6 @@ fn once(packets: u64, cpus: (usize, usize), batch: usize, size: usize) -> Result
     let (t, ticks) = sink.join().map_err(|_| anyhow::anyhow!("the Sink thread panicked"))??;
     il.detach(true);
     Ok((t.as_nanos() as f64 / packets as f64, ticks as f64 / packets as f64))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }
 
 pub fn interlink(packets: u64, rounds: usize, cpus: (usize, usize), batch: usize, size: usize) -> Result<()> {

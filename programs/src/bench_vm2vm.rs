@@ -21,8 +21,9 @@
 //!
 //!   run(&Options)    one line per frame size, and a VM2VM line each
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::tsc::{median, tsc, tsc_rate};
 use anyhow::{Context, Result, ensure};
 use snabb_apps_vhost_user::frontend::{Frontend, FrontendOptions, spawn_frontend, temp_socket};
 use snabb_core::Engine;
@@ -34,23 +35,6 @@ pub struct Options {
     pub sizes: Vec<usize>,
     /// Frames vm1 posts per round (one breath's worth).
     pub batch: usize,
-}
-
-#[inline(always)]
-fn tsc() -> u64 {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: RDTSC has no preconditions on x86-64.
-    unsafe {
-        std::arch::x86_64::_rdtsc()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    0
-}
-
-fn tsc_rate() -> f64 {
-    let (t0, i0) = (tsc(), Instant::now());
-    std::thread::sleep(Duration::from_millis(50));
-    (tsc() - t0) as f64 / i0.elapsed().as_nanos() as f64
 }
 
 const VM1: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -172,11 +156,6 @@ impl Bench {
         );
         Ok((per_frame, delivered))
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }
 
 /// Measure every size and print the figures.

@@ -27,8 +27,9 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::tsc::{tsc, tsc_rate};
 use anyhow::{Context, Result, ensure};
 use snabb_apps_intel10g::{Intel10g, Intel10gArgs, Intel10gConfig, Mode};
 use snabb_apps_vhost_user::frontend::{Frontend, FrontendOptions, spawn_frontend, temp_socket};
@@ -71,23 +72,6 @@ pub struct Figures {
     pub ns: f64,
     pub copied: f64,
     pub moved: f64,
-}
-
-#[inline(always)]
-fn tsc() -> u64 {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: RDTSC has no preconditions on x86-64.
-    unsafe {
-        std::arch::x86_64::_rdtsc()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    0
-}
-
-fn tsc_rate() -> f64 {
-    let (t0, i0) = (tsc(), Instant::now());
-    std::thread::sleep(Duration::from_millis(50));
-    (tsc() - t0) as f64 / i0.elapsed().as_nanos() as f64
 }
 
 const DST: [u8; 6] = [0x02, 0, 0, 0, 0x5a, 0x01];

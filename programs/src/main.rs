@@ -13,6 +13,7 @@ mod run;
 mod selftest;
 mod stats;
 mod top;
+mod tsc;
 mod vswitch;
 
 use std::path::PathBuf;

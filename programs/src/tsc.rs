@@ -1,0 +1,31 @@
+//! The time-stamp counter, for the benches that time parts of a breath.
+//!
+//! ```text
+//!   tsc() -> ticks          RDTSC (0 off x86-64)
+//!   tsc_rate() -> f64       ticks per ns, measured over 50 ms
+//!   median(Vec<f64>)        the middle value (the upper one of an even count)
+//! ```
+
+use std::time::{Duration, Instant};
+
+#[inline(always)]
+pub fn tsc() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: RDTSC has no preconditions on x86-64.
+    unsafe {
+        std::arch::x86_64::_rdtsc()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    0
+}
+
+pub fn tsc_rate() -> f64 {
+    let (t0, i0) = (tsc(), Instant::now());
+    std::thread::sleep(Duration::from_millis(50));
+    (tsc() - t0) as f64 / i0.elapsed().as_nanos() as f64
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
