@@ -80,7 +80,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::ptr::{self, NonNull};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::memory::{self, CHUNK_SIZE};
@@ -1205,7 +1205,6 @@ fn state() -> *mut State {
 #[cold]
 #[inline(never)]
 fn init_state() -> *mut State {
-    detect_prefetchw();
     let pool = take_pool_id();
     let st = Box::into_raw(Box::new(State::empty(pool, shared(pool))));
     STATE.with(|s| s.set(st));
@@ -1353,50 +1352,61 @@ fn free_host(rec: NonNull<Record>) {
 /// handed out again a little later.)
 const PREFETCH_AHEAD: usize = 16;
 
-/// A hint to bring `r`'s cache line in for reading.
+/// A hint to bring `p`'s cache line in for reading: it reads no memory
+/// architecturally and never faults, whatever the address. (The packet
+/// code and the apps' rings share it.)
 #[inline(always)]
-pub(crate) fn prefetch<T>(r: *const T) {
+pub fn prefetch<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHT0 is a hint: it never faults, whatever the address.
+    // SAFETY: PREFETCHT0 is a hint (SSE, always present on x86_64): it
+    // never faults, whatever the address.
     unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(r.cast());
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = r;
+    let _ = p;
 }
 
-/// A hint to bring `r`'s cache line in for writing (PREFETCHW): a line
-/// another core holds comes over once, ready to write, not shared first
-/// and taken over again at the write. A read prefetch on a CPU without
-/// PREFETCHW.
+/// A hint to bring `p`'s cache line in for writing (PREFETCHW): a line
+/// another core holds (or has read) comes over once, ready to write, not
+/// shared first and taken over again at the store. A read prefetch on a
+/// CPU without PREFETCHW.
 #[inline(always)]
-fn prefetch_write(r: *const Record) {
+pub fn prefetch_write<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
-    if HAS_PREFETCHW.load(Ordering::Relaxed) {
+    if has_prefetchw() {
         // SAFETY: PREFETCHW is a hint: it never faults, whatever the
         // address, and this CPU has it (checked above).
         unsafe {
-            std::arch::asm!("prefetchw [{}]", in(reg) r, options(nostack, preserves_flags, readonly));
+            std::arch::asm!("prefetchw [{}]", in(reg) p, options(nostack, preserves_flags, readonly));
         }
     } else {
-        prefetch(r);
+        prefetch(p);
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = r;
+    let _ = p;
 }
 
-/// The CPU has PREFETCHW (CPUID 8000_0001h, ECX bit 8: AMD's
-/// 3DNowPrefetch, Intel's PRFCHW): found out when the first pool is made.
-static HAS_PREFETCHW: AtomicBool = AtomicBool::new(false);
+/// Whether the CPU has PREFETCHW (CPUID 8000_0001h, ECX bit 8: AMD's
+/// 3DNowPrefetch, Intel's PRFCHW); std's feature detection does not name
+/// it. Asked once.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn has_prefetchw() -> bool {
+    static KNOWN: AtomicU8 = AtomicU8::new(0); // 0 not asked, 1 no, 2 yes
+    let k = KNOWN.load(Ordering::Relaxed);
+    k == 2 || (k == 0 && detect_prefetchw(&KNOWN))
+}
 
-fn detect_prefetchw() {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let max = std::arch::x86_64::__cpuid(0x8000_0000).eax;
-        // Leaf 8000_0001h exists when the highest extended leaf is at least it.
-        let yes = max >= 0x8000_0001 && std::arch::x86_64::__cpuid(0x8000_0001).ecx & (1 << 8) != 0;
-        HAS_PREFETCHW.store(yes, Ordering::Relaxed);
-    }
+#[cfg(target_arch = "x86_64")]
+#[cold]
+#[inline(never)]
+fn detect_prefetchw(known: &AtomicU8) -> bool {
+    let max = std::arch::x86_64::__cpuid(0x8000_0000).eax;
+    // Leaf 8000_0001h exists when the highest extended leaf is at least it.
+    let yes = max >= 0x8000_0001 && std::arch::x86_64::__cpuid(0x8000_0001).ecx & (1 << 8) != 0;
+    known.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+    yes
 }
 
 /// Drop the `n` packets stored at `packets` (moved out: the caller must not

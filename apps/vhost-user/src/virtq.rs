@@ -324,59 +324,9 @@ unsafe fn read_desc(table: *const u8, i: u32) -> Desc {
     }
 }
 
-/// Ask the CPU to bring `p`'s cache line in. Only a hint: it reads no
-/// memory architecturally and never faults.
-#[inline(always)]
-pub fn prefetch(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHT0 takes any address (SSE, always present on x86_64).
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
-
-/// Ask the CPU to bring `p`'s cache line in, owned, ready for a store:
-/// the driver has read the line (DPDK looks at each frame's address), and
-/// a plain store would wait for it to be taken back, packet after packet.
-/// Only a hint, like `prefetch`.
-#[inline(always)]
-pub fn prefetch_write(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if has_prefetchw() {
-            // SAFETY: PREFETCHW (the CPU has it) reads no memory
-            // architecturally and never faults.
-            unsafe { std::arch::asm!("prefetchw [{0}]", in(reg) p, options(nostack, readonly, preserves_flags)) }
-        } else {
-            prefetch(p);
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
-
-/// Whether the CPU has PREFETCHW (CPUID 8000_0001h, ECX bit 8, on AMD
-/// and Intel alike); std's feature detection does not name it. Asked once.
-#[cfg(target_arch = "x86_64")]
-fn has_prefetchw() -> bool {
-    use std::sync::atomic::AtomicU8;
-    static KNOWN: AtomicU8 = AtomicU8::new(0); // 0 not asked, 1 no, 2 yes
-    match KNOWN.load(Ordering::Relaxed) {
-        0 => {
-            #[allow(unused_unsafe)]
-            // SAFETY: CPUID is present on every x86_64 CPU.
-            let max = unsafe { std::arch::x86_64::__cpuid(0x8000_0000) }.eax;
-            #[allow(unused_unsafe)]
-            // SAFETY: as above; leaf 8000_0001h exists when max reaches it.
-            let yes = max >= 0x8000_0001 && unsafe { std::arch::x86_64::__cpuid(0x8000_0001) }.ecx & (1 << 8) != 0;
-            KNOWN.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
-            yes
-        }
-        k => k == 2,
-    }
-}
+/// Prefetch hints (reading; writing, with PREFETCHW where the CPU has it):
+/// core's, named here too for the crates that gather from rings.
+pub use snabb_core::packet::{prefetch, prefetch_write};
 
 /// Host pointers of a started ring (checked once, in `start`).
 #[derive(Clone, Copy)]
