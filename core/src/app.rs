@@ -123,6 +123,16 @@ pub trait App: AsAny {
     fn link(&mut self, _io: &Io) {}
     /// The app is leaving the graph; release outside resources.
     fn stop(&mut self) {}
+    /// The app is about to move to another worker (phase 1 of a move, see
+    /// `worker`): it should let go of what ties its state to this thread
+    /// (buffers it lent, say), so that its successor there can take that
+    /// state over. Asked again about every 100 µs until it returns true or
+    /// the move's quiesce timeout passes; `stop` follows on this thread.
+    /// An app that is not stopped after all (the new config was refused)
+    /// finds out for itself and goes on as before.
+    fn prepare_move(&mut self) -> bool {
+        true
+    }
     /// A human-readable status, appended to `out`.
     fn report(&self, _out: &mut String) {}
     /// The app's counters, by name (committed to shared memory).

@@ -671,6 +671,11 @@ impl Engine {
     pub fn app_mut<T: 'static>(&mut self, name: &str) -> Option<&mut T> {
         self.entry_mut(name)?.app.as_any_mut().downcast_mut::<T>()
     }
+    /// Ask app `name` of this engine to prepare to move (`App::prepare_move`);
+    /// true when it is ready, or is not here.
+    pub fn prepare_move(&mut self, name: &str) -> bool {
+        self.entry_mut(name).is_none_or(|e| e.app.prepare_move())
+    }
     /// Call `f` on app `name` as its own type, on the thread it runs on
     /// (here, or its worker's), and return what `f` returns: for what an
     /// app offers beyond its counters (a driver's statistics read from the

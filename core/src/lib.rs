@@ -9,6 +9,7 @@ pub mod config;
 pub mod copy;
 pub mod engine;
 pub mod ethernet;
+pub mod handoff;
 pub mod interlink;
 pub mod link;
 pub mod memory;

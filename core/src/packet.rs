@@ -764,6 +764,16 @@ impl Packet {
         }
     }
 
+    /// The packet goes on to another thread other than by a link (a NIC
+    /// ring handed with its app to another worker, see `handoff`): a host
+    /// record of this thread's pool is marked so that it goes home wherever
+    /// it is dropped, as a link between workers marks what it carries.
+    /// Foreign and split packets know their home already. The handle itself
+    /// must then cross threads inside something that says why that is sound.
+    pub fn prepare_to_travel(&self) {
+        self.leave_home(pool_id());
+    }
+
     /// Give a fresh host packet (start HEADROOM) the headroom of `of`, when
     /// `of` has less: a clone keeps its original's headroom (as far as its
     /// length lets it fit a host buffer).

@@ -376,10 +376,11 @@ impl Workers {
         // Phase 1: apps that move to another worker are quiesced. The
         // interlinks that feed them stop delivering, and their workers run
         // until those inputs are empty; then until what they sent over
-        // interlinks has been taken. (An app that makes packets of its own
-        // never quiesces: after QUIESCE_TIMEOUT the move goes on, and what
-        // it has in flight on a link that stops being an interlink is lost
-        // and counted.)
+        // interlinks has been taken, and each app says it is ready to
+        // move (`App::prepare_move`: a port gets back what it lent). (An
+        // app that makes packets of its own never quiesces: after
+        // QUIESCE_TIMEOUT the move goes on, and what it has in flight on a
+        // link that stops being an interlink is lost and counted.)
         let moving: Vec<&str> = old
             .apps()
             .map(|(n, _)| n)
@@ -410,12 +411,16 @@ impl Workers {
                 }
             }
             let deadline = Instant::now() + QUIESCE_TIMEOUT;
+            // The apps themselves, until each says it is ready to go.
+            let mut unready: Vec<(String, String)> =
+                moving.iter().map(|a| (old.worker_of(a).to_string(), a.to_string())).collect();
             loop {
+                unready.retain(|(w, a)| !self.prepare_move(main, w, a));
                 let mut n: usize = rings.iter().filter_map(|r| interlink::get(r)).map(|l| l.nreadable()).sum();
                 for (w, l) in &local {
                     n += self.queued(main, w, l);
                 }
-                if n == 0 || Instant::now() > deadline {
+                if (n == 0 && unready.is_empty()) || Instant::now() > deadline {
                     break;
                 }
                 // The main engine's apps may be among those that must drain.
@@ -455,6 +460,15 @@ impl Workers {
     }
 
     /// Packets on link `link` of worker `w`'s part.
+    /// Ask app `app` on worker `w` to prepare to move (true: ready, or gone).
+    fn prepare_move(&self, main: &mut Engine, w: &str, app: &str) -> bool {
+        if w == MAIN {
+            return main.prepare_move(app);
+        }
+        let app = app.to_string();
+        self.run_on(w, move |e: &mut Engine| e.prepare_move(&app)).unwrap_or(true)
+    }
+
     fn queued(&self, main: &Engine, w: &str, link: &str) -> usize {
         if w == MAIN {
             return main.link(link).map_or(0, |l| l.nreadable());
