@@ -143,8 +143,8 @@ impl Guest {
     }
 
     /// As `start`, sending no more than `window.1` frames ahead of what the
-    /// counter `window.0` (another guest's receive count) says.
-    fn start_paced(sock: &Path, post_buffers: bool, keep: bool, window: Option<(Arc<AtomicU64>, u64)>) -> Guest {
+    /// counters `window.0` (other guests' receive counts) add up to.
+    fn start_paced(sock: &Path, post_buffers: bool, keep: bool, window: Option<(Vec<Arc<AtomicU64>>, u64)>) -> Guest {
         let (stop, ready) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
         let got = Arc::new(Mutex::new(Vec::new()));
         let (received, sent) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -167,8 +167,8 @@ impl Guest {
                 }
                 fe.reclaim_tx(0);
                 while let Some(f) = pending.front() {
-                    if let Some((peer, w)) = &window
-                        && sc.load(Ordering::SeqCst) >= peer.load(Ordering::SeqCst) + w
+                    if let Some((peers, w)) = &window
+                        && sc.load(Ordering::SeqCst) >= peers.iter().map(|p| p.load(Ordering::SeqCst)).sum::<u64>() + w
                     {
                         break;
                     }
@@ -453,7 +453,7 @@ fn reload_under_traffic(uplink: &str) {
     let sw = Switch::start(d, &cfg);
     let g2 = Guest::start(&d.join("v2.sock"), true, true);
     g2.wait_ready();
-    let g1 = Guest::start_paced(&d.join("v1.sock"), true, false, Some((g2.received.clone(), 1000)));
+    let g1 = Guest::start_paced(&d.join("v1.sock"), true, false, Some((vec![g2.received.clone()], 1000)));
     g1.wait_ready();
     const N: u32 = 40_000;
     g1.send((0..N).map(|i| frame(mac(2), mac(1), i, 128)).collect());
@@ -517,11 +517,12 @@ fn ports_come_and_go_while_another_streams_82599_model() {
 }
 
 /// The worker layout of a running switch changed by saving its file, while
-/// vm1 streams numbered frames to vm2: a third worker is added (vm3, with
-/// its pool on an 82599, moves to it), the workers' CPUs are swapped, and
-/// the third worker is removed again (vm3 moves back). vm1 and vm2 keep
-/// their workers: vm2 gets every frame vm1 sent, once and in order, and no
-/// drop is counted on their way.
+/// vm1 streams numbered frames to vm2 and to vm3: a third worker is added
+/// (vm3, with its pool on an 82599, moves to it), the workers' CPUs are
+/// swapped, and the third worker is removed again (vm3 moves back). vm2
+/// and vm3 each get every frame vm1 sent them, once and in order, and no
+/// drop is counted on their way; vm3's guest keeps its connection through
+/// both moves (its port's instance on the new worker takes it over).
 fn layout_changes_under_traffic(uplink: &str) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -542,12 +543,109 @@ fn layout_changes_under_traffic(uplink: &str) {
     let sw = Switch::start(d, &cfg);
     let g2 = Guest::start(&d.join("v2.sock"), true, true);
     g2.wait_ready();
-    let g3 = Guest::start(&d.join("v3.sock"), true, false);
+    let g3 = Guest::start(&d.join("v3.sock"), true, true);
     g3.wait_ready();
-    let g1 = Guest::start_paced(&d.join("v1.sock"), true, false, Some((g2.received.clone(), 1000)));
+    // At most 1000 frames in the switch: fewer than the link into vm3
+    // holds while it moves.
+    let g1 = Guest::start_paced(
+        &d.join("v1.sock"),
+        true,
+        false,
+        Some((vec![g2.received.clone(), g3.received.clone()], 1000)),
+    );
     g1.wait_ready();
     const N: u32 = 30_000;
-    g1.send((0..N).map(|i| frame(mac(2), mac(1), i, 128)).collect());
+    g1.send((0..N).flat_map(|i| [frame(mac(2), mac(1), i, 128), frame(mac(3), mac(1), i, 128)]).collect());
+    let steps =
+        ["workers: 3, worker_cpus: [0, 1]", "workers: 3, worker_cpus: [1, 0]", "workers: 2, worker_cpus: [1, 0]"];
+    for (k, layout) in steps.iter().enumerate() {
+        let at = g2.received();
+        if !wait_for(|| g2.received() >= at + 2000 || g2.received() == N as u64, 30) {
+            panic!("step {k}: stream stalled at {}: {}", g2.received(), sw.dump());
+        }
+        let configs = sw.engine("configs");
+        write(layout);
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(sw.pid() as i32, libc::SIGHUP) };
+        assert!(wait_for(|| sw.engine("configs") > configs, 20), "step {k} ({layout}) applied: {}", sw.dump());
+    }
+    for g in [&g2, &g3] {
+        assert!(wait_for(|| g.received() == N as u64, 60), "a guest got {} of {N}: {}", g.received(), sw.dump());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for (vm, g) in [("vm2", &g2), ("vm3", &g3)] {
+        let got = numbers(&g.frames());
+        assert!(got.iter().copied().eq(0..N), "{vm}'s stream lost or reordered frames");
+    }
+    // Frames in = frames delivered + drops counted on the way, and no drop.
+    assert_eq!(
+        (sw.counter("vm1", "rx_packets"), sw.counter("vm2", "tx_packets"), sw.counter("vm3", "tx_packets")),
+        (2 * N as u64, N as u64, N as u64)
+    );
+    for vm in ["vm2", "vm3"] {
+        for c in ["tx_backlog_drops", "tx_no_guest", "tx_no_room"] {
+            assert_eq!(sw.counter(vm, c), 0, "{vm} {c}");
+        }
+        assert_eq!(sw.counter(&format!("{vm}-pool"), "rxdrop"), 0, "{vm}-pool rxdrop");
+    }
+    // vm3's guest connected once, and its connection went with the port.
+    let c = |n: &str| sw.counter("vm3", n);
+    assert_eq!((c("connections"), c("disconnects"), c("handoffs")), (1, 0, 2), "vm3's connection: {}", sw.dump());
+    drop((g1, g2, g3));
+    let err = sw.stop();
+    assert!(!err.contains("ERROR") && !err.contains("previous config"), "{err}");
+}
+
+#[test]
+fn worker_layout_changes_under_traffic_82599_model() {
+    layout_changes_under_traffic(&format!("Model(port: \"l{}\")", std::process::id()));
+}
+
+/// As above, with vm3 on `copy: Zero` (its pool writes frames straight
+/// into its guest's buffers): the port gets back what it lent before it
+/// moves, its guest keeps the connection, and it lends again on the new
+/// worker. Frames the chip had written into buffers the move called back,
+/// or dropped while the queue restarted for it, are counted; vm3 gets the
+/// rest once each and in order, and vm2's stream loses nothing.
+#[test]
+fn a_zero_copy_port_moves_with_its_pool_82599_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = d.join("vswitch.ron");
+    let port = |n: u32, copy: &str| {
+        format!(
+            "(name: \"vm{n}\", socket: \"{}\", macs: [\"52:54:00:00:00:0{n}\"], vlan: 10, copy: {copy}),\n",
+            d.join(format!("v{n}.sock")).display()
+        )
+    };
+    let ports = port(1, "Simd") + &port(2, "Simd") + &port(3, "Zero");
+    let uplink = format!("Model(port: \"z{}\")", std::process::id());
+    let write = |layout: &str| {
+        std::fs::write(&cfg, format!("(uplink: {uplink}, ports: [\n{ports}], {layout})")).unwrap();
+    };
+    write("workers: 2, worker_cpus: [0, 1]");
+    let sw = Switch::start(d, &cfg);
+    let g2 = Guest::start(&d.join("v2.sock"), true, true);
+    g2.wait_ready();
+    let g3 = Guest::start(&d.join("v3.sock"), true, true);
+    g3.wait_ready();
+    // Paced by vm2 alone (every other frame is vm2's: its count twice), as
+    // vm3 may lose frames when it moves.
+    let g1 = Guest::start_paced(
+        &d.join("v1.sock"),
+        true,
+        false,
+        Some((vec![g2.received.clone(), g2.received.clone()], 500)),
+    );
+    g1.wait_ready();
+    // N frames each while the port moves, M more once it has moved.
+    const N: u32 = 60_000;
+    const M: u32 = 5_000;
+    let stream = |r: std::ops::Range<u32>| -> Vec<Vec<u8>> {
+        r.flat_map(|i| [frame(mac(2), mac(1), i, 128), frame(mac(3), mac(1), i, 128)]).collect()
+    };
+    g1.send(stream(0..N));
+    let c = |n: &str| sw.counter("vm3", n);
     let steps =
         ["workers: 3, worker_cpus: [0, 1]", "workers: 3, worker_cpus: [1, 0]", "workers: 2, worker_cpus: [1, 0]"];
     for (k, layout) in steps.iter().enumerate() {
@@ -562,23 +660,39 @@ fn layout_changes_under_traffic(uplink: &str) {
         assert!(wait_for(|| sw.engine("configs") > configs, 20), "step {k} ({layout}) applied: {}", sw.dump());
     }
     assert!(wait_for(|| g2.received() == N as u64, 60), "vm2 got {} of {N}: {}", g2.received(), sw.dump());
-    std::thread::sleep(Duration::from_millis(300));
-    let got = numbers(&g2.frames());
-    assert!(got.iter().copied().eq(0..N), "vm2's stream lost or reordered frames");
-    // Frames in = frames delivered + drops counted on the way, and no drop.
-    assert_eq!((sw.counter("vm1", "rx_packets"), sw.counter("vm2", "tx_packets")), (N as u64, N as u64));
-    for (app, c) in [("vm2", "tx_backlog_drops"), ("vm2", "tx_no_guest"), ("vm2", "tx_no_room"), ("vm2-pool", "rxdrop")]
-    {
-        assert_eq!(sw.counter(app, c), 0, "{app} {c}");
-    }
+    // Counters as the port's last instance commits them (it has a
+    // connection once it committed any).
+    assert!(wait_for(|| c("connections") == 1 && c("handoffs") == 2, 10), "vm3's counters: {}", sw.dump());
+    let zc_moved = c("tx_zc_packets");
+    g1.send(stream(N..N + M));
+    assert!(wait_for(|| g2.received() == (N + M) as u64, 60), "vm2 got {} of {}", g2.received(), N + M);
+    let dropped = || {
+        ["rxdrop", "rx_restart_drop"].iter().map(|n| sw.counter("vm3-pool", n)).sum::<u64>()
+            + ["tx_backlog_drops", "tx_no_guest", "tx_no_room"].iter().map(|n| c(n)).sum::<u64>()
+    };
+    assert!(
+        wait_for(|| g3.received() + dropped() == (N + M) as u64, 30),
+        "vm3 got {} and {} were counted dropped, of {}: {}",
+        g3.received(),
+        dropped(),
+        N + M,
+        sw.dump()
+    );
+    let got = numbers(&g3.frames());
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "vm3's frames came twice or out of order");
+    assert!(got.len() as u64 > N as u64 / 2, "vm3 got only {} of {N}", got.len());
+    assert!(got.ends_with(&(N..N + M).collect::<Vec<u32>>()), "vm3 got every frame sent after the moves");
+    assert!(numbers(&g2.frames()).iter().copied().eq(0..N + M), "vm2's stream lost or reordered frames");
+    // (Counters are committed every 100 breaths.)
+    assert!(
+        wait_for(|| c("tx_zc_packets") >= zc_moved + M as u64, 10),
+        "vm3 lends again after the moves ({zc_moved} frames in lent buffers before): {}",
+        sw.dump()
+    );
+    assert_eq!((c("connections"), c("disconnects"), c("handoffs")), (1, 0, 2), "vm3's connection: {}", sw.dump());
     drop((g1, g2, g3));
     let err = sw.stop();
     assert!(!err.contains("ERROR") && !err.contains("previous config"), "{err}");
-}
-
-#[test]
-fn worker_layout_changes_under_traffic_82599_model() {
-    layout_changes_under_traffic(&format!("Model(port: \"l{}\")", std::process::id()));
 }
 
 #[test]

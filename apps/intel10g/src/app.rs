@@ -22,6 +22,13 @@
 //! ```
 //!
 //! Everything in the arguments is checked before the device is touched.
+//!
+//! An instance that replaces another (new arguments it cannot take in
+//! place) waits for it to let go of its pool and starts the rings anew. One
+//! that the app's move to another worker made takes the running rings over
+//! instead (`snabb_core::handoff`): the buffers posted, the frames the chip
+//! wrote meanwhile and the packets still being sent go on with it, and the
+//! pool is never stopped.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -31,7 +38,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, ensure};
 use serde::{Deserialize, Serialize};
 use snabb_core::packet::PAYLOAD_SIZE;
-use snabb_core::{App, AppClass, AppContext, Io, MacAddr, Packet, PortSpec};
+use snabb_core::{App, AppClass, AppContext, Io, MacAddr, Packet, PortSpec, handoff};
 use snabb_model_82599::{Model82599, WireSpec, registry};
 
 use crate::bar::{Mmio, ModelBar, Registers};
@@ -331,6 +338,7 @@ trait Queues: Any {
     fn link(&mut self, io: &Io);
     fn tick(&mut self);
     fn stop(&mut self);
+    fn prepare_move(&mut self) -> bool;
     fn refilter(&mut self, new: &Intel10gArgs) -> Result<()>;
     fn counters(&self, emit: &mut dyn FnMut(&str, u64));
     fn report(&self, out: &mut String);
@@ -360,7 +368,33 @@ struct Pair<R: Registers> {
     model: Option<Arc<Model82599>>,
     /// Since when it waits to take over its unit.
     waiting: Option<Instant>,
+    /// Since when the app prepares to move to another worker.
+    moving: Option<Instant>,
 }
+
+/// A running queue pair on its way to the app's instance on another worker.
+struct Handed<R: Registers> {
+    dev: Arc<Device<R>>,
+    id: u64,
+    unit: u32,
+    rx: RxQueue<R>,
+    tx: TxQueue<R>,
+    stat_set: u32,
+    filters: Filters,
+    queue_settings: QueueSettings,
+}
+
+// SAFETY: the rings' packets are the only part tied to a thread (`Packet`
+// is !Send: a host record belongs to its thread's pool). `hand_over` marks
+// every one for the trip (`prepare_to_travel`: dropped anywhere, a record
+// goes home), and the thread that takes a Handed calls
+// `packet::expect_visitors` before it frees any. The descriptor rings and
+// registers are used by one thread at a time, as before.
+unsafe impl<R: Registers> Send for Handed<R> {}
+
+/// A move that did not happen (the new config was refused) is forgotten
+/// after this: the app stops as it would have before it.
+const MOVE_ABANDONED: Duration = Duration::from_secs(40);
 
 /// How long a new instance waits quietly for the one it replaces to let go
 /// of its unit.
@@ -391,6 +425,7 @@ impl<R: Registers> Pair<R> {
             warned: false,
             model,
             waiting: None,
+            moving: None,
         };
         match dev.claim(unit, owner)? {
             Claimed::Now(id) => {
@@ -419,9 +454,68 @@ impl<R: Registers> Pair<R> {
         }
     }
 
+    /// What running rings are parked under: the app and its unit.
+    fn handoff_key(&self) -> String {
+        handoff::key(&["Intel10g", &self.owner, &self.dev.name, &self.unit.to_string()])
+    }
+
+    /// Leave the running rings for the app's instance on the worker it
+    /// moves to. False: nothing to leave.
+    fn hand_over(&mut self) -> bool {
+        let (Some(id), Some((rx, tx))) = (self.id.take(), self.rings.take()) else { return false };
+        rx.prepare_to_travel();
+        tx.prepare_to_travel();
+        let h = Handed {
+            dev: self.dev.clone(),
+            id,
+            unit: self.unit,
+            rx,
+            tx,
+            stat_set: self.stat_set,
+            filters: self.filters.clone(),
+            queue_settings: self.queue_settings.clone(),
+        };
+        let owner = self.owner.clone();
+        handoff::park(self.handoff_key(), h, move |h: Handed<R>| {
+            log::warn!(
+                "intel10g {} (app `{owner}`): no instance on another worker took the rings over; stopping them",
+                h.dev.name
+            );
+            snabb_core::packet::expect_visitors();
+            h.dev.stop(h.id, h.unit, &h.filters, h.rx, h.tx);
+        });
+        true
+    }
+
+    /// Take over the rings the app's instance on the worker it moved from
+    /// left running. True when this instance runs them now.
+    fn adopt(&mut self) -> bool {
+        if !handoff::waiting() {
+            return false;
+        }
+        let Some(h) = handoff::take::<Handed<R>>(&self.handoff_key()) else { return false };
+        snabb_core::packet::expect_visitors();
+        if h.queue_settings != self.queue_settings {
+            // Other rings: these stop, and the unit starts anew (below).
+            h.dev.stop(h.id, h.unit, &h.filters, h.rx, h.tx);
+            return false;
+        }
+        let q = h.rx.queue;
+        self.id = Some(h.id);
+        self.stat_set = h.stat_set;
+        self.rings = Some((h.rx, h.tx));
+        if h.filters != self.filters
+            && let Err(e) = self.dev.refilter(self.unit, &h.filters, &self.filters, q)
+        {
+            self.fail(e);
+        }
+        log::info!("intel10g {} (app `{}`): took the running rings over", self.dev.name, self.owner);
+        true
+    }
+
     /// Take over a unit from the instance this one replaced.
     fn take_over(&mut self) {
-        if self.id.is_some() {
+        if self.id.is_some() || self.adopt() {
             return;
         }
         let r = match self.dev.claim(self.unit, &self.owner) {
@@ -509,9 +603,17 @@ impl<R: Registers> Queues for Pair<R> {
     }
 
     fn stop(&mut self) {
+        if self.moving.is_some_and(|t| t.elapsed() < MOVE_ABANDONED) && self.hand_over() {
+            return;
+        }
         if let (Some(id), Some((rx, tx))) = (self.id.take(), self.rings.take()) {
             self.dev.stop(id, self.unit, &self.filters, rx, tx);
         }
+    }
+
+    fn prepare_move(&mut self) -> bool {
+        self.moving = Some(Instant::now());
+        true
     }
 
     fn refilter(&mut self, new: &Intel10gArgs) -> Result<()> {
@@ -737,6 +839,9 @@ impl App for Intel10g {
     }
     fn stop(&mut self) {
         self.q.stop()
+    }
+    fn prepare_move(&mut self) -> bool {
+        self.q.prepare_move()
     }
     fn report(&self, out: &mut String) {
         self.q.report(out)

@@ -801,6 +801,12 @@ impl<R: Registers> RxQueue<R> {
         self.next = self.tail;
     }
 
+    /// The queue goes on on another thread: mark its buffers for the trip
+    /// (`Packet::prepare_to_travel`).
+    pub(crate) fn prepare_to_travel(&self) {
+        self.slots.iter().flatten().for_each(Packet::prepare_to_travel);
+    }
+
     /// The device may still write into the buffers: keep their memory out
     /// of use for good rather than free it.
     pub(crate) fn abandon_buffers(&mut self) {
@@ -1072,6 +1078,12 @@ impl<R: Registers> TxQueue<R> {
     /// Whether the device has sent everything handed to it (TDH = TDT).
     pub(crate) fn drained(&self) -> bool {
         self.dev.regs.read(tdh(self.queue)) == self.tail
+    }
+
+    /// The queue goes on on another thread: mark the packets it still
+    /// sends for the trip (`Packet::prepare_to_travel`).
+    pub(crate) fn prepare_to_travel(&self) {
+        self.slots.iter().flatten().for_each(Packet::prepare_to_travel);
     }
 
     pub(crate) fn release_buffers(&mut self) {

@@ -21,6 +21,11 @@
 //! sends a malformed message loses its connection: its queues stop, its
 //! memory is unmapped, and the app waits for the next one.
 //!
+//! Moving to another worker keeps the connection: the port gets back what
+//! it lent while the move waits (`prepare_move`), and its instance on the
+//! new worker takes the connection over (see `snabb_core::handoff`), with its
+//! counters. The guest sees nothing.
+//!
 //! Zero copy. With a `supply` output linked (to an `Intel10g` pool's
 //! `supply` input) and both it and `input` in `copy: Zero`, the port lends
 //! the guest's receive buffers: the NIC writes frames straight into them,
@@ -45,7 +50,8 @@
 //! for want of an `output` link. `connections`, `disconnects`,
 //! `refused_connections` (a second frontend), `protocol_errors` (malformed
 //! messages), `request_errors` (requests refused), `broken_queues`,
-//! `rarp_sent`, and `link_up` (1 while a guest has queues running; the
+//! `rarp_sent`, `handoffs` (the connection taken over from the port's
+//! instance on the worker it moved from), and `link_up` (1 while a guest has queues running; the
 //! guest itself always sees its link up in the config space). Zero copy:
 //! `tx_zc_packets` (frames delivered in lent buffers), `tx_copied_bytes`,
 //! `tx_zc_unsuitable`, `tx_zc_moved_bytes`, `tx_zc_unused`, `tx_zc_chained`
@@ -65,6 +71,7 @@ use crate::channel::{Channel, Listener, listen};
 use crate::device::{Device, DeviceConfig, LendStats, add_stats, rarp_frame};
 use crate::protocol::{FLAG_REPLY, Header, Message, ProtocolError, VERSION};
 use crate::virtq::QueueStats;
+use snabb_core::handoff;
 
 /// Messages served per tick at most (the rest wait for the next tick).
 const MESSAGES_PER_TICK: usize = 64;
@@ -134,6 +141,7 @@ struct Totals {
     broken_queues: u64,
     rarp_sent: u64,
     refused: u64,
+    handoffs: u64,
     lend: LendStats,
 }
 
@@ -153,7 +161,36 @@ pub struct VhostUser {
     supply: Option<usize>,
     /// A control message waiting for lent buffers to come back, and since when.
     held: Option<(Message, Instant)>,
+    /// Since when the port prepares to move (lending stopped for it).
+    moving: Option<Instant>,
 }
+
+/// How long a port that prepared to move and was not stopped (the new
+/// config was refused) waits before it lends again.
+const MOVE_ABANDONED: Duration = Duration::from_secs(40);
+
+/// A connection on its way to the port's instance on another worker.
+struct Handoff {
+    conn: Connection,
+    held: Option<(Message, Instant)>,
+    rarp: Vec<[u8; 6]>,
+    past: Totals,
+}
+
+// SAFETY: what ties a Device to its thread is its BufferOwners (the
+// thread's packet state); a Handoff is made only from a device that
+// `lends_nothing()` (checked in `park`). The rest is owned memory, file
+// descriptors and guest mappings, which any thread may use once this one
+// let go of them.
+unsafe impl Send for Handoff {}
+
+// The rest of a Handoff is Send as it is.
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<Channel>();
+    send::<Message>();
+    send::<Totals>();
+};
 
 impl AppClass for VhostUser {
     type Args = VhostUserArgs;
@@ -175,6 +212,7 @@ impl AppClass for VhostUser {
             ports: (None, None),
             supply: None,
             held: None,
+            moving: None,
         })
     }
 
@@ -200,6 +238,40 @@ impl AppClass for VhostUser {
     }
 }
 
+/// Add the counts of `b` to `a`.
+fn add_totals(a: &mut Totals, b: &Totals) {
+    let Totals {
+        to_guest,
+        from_guest,
+        tx_no_guest,
+        tx_backlog_drops,
+        rx_no_output,
+        connections,
+        disconnects,
+        protocol_errors,
+        request_errors,
+        broken_queues,
+        rarp_sent,
+        refused,
+        handoffs,
+        lend,
+    } = b;
+    add_stats(&mut a.to_guest, to_guest);
+    add_stats(&mut a.from_guest, from_guest);
+    a.tx_no_guest += tx_no_guest;
+    a.tx_backlog_drops += tx_backlog_drops;
+    a.rx_no_output += rx_no_output;
+    a.connections += connections;
+    a.disconnects += disconnects;
+    a.protocol_errors += protocol_errors;
+    a.request_errors += request_errors;
+    a.broken_queues += broken_queues;
+    a.rarp_sent += rarp_sent;
+    a.refused += refused;
+    a.handoffs += handoffs;
+    add_lend_stats(&mut a.lend, lend);
+}
+
 fn add_lend_stats(a: &mut LendStats, b: &LendStats) {
     let LendStats { unreachable, in_order, quiesces, quiesce_timeouts } = b;
     a.unreachable += unreachable;
@@ -223,8 +295,13 @@ fn endpoint(args: &VhostUserArgs, name: &str) -> anyhow::Result<Endpoint> {
 }
 
 impl VhostUser {
-    /// Find a frontend if there is none: accept one, or try to connect.
+    /// Find a frontend if there is none: take over the one the port's
+    /// instance on another worker left (a move), accept one, or try to
+    /// connect.
     fn attach(&mut self) {
+        if self.adopt() {
+            return;
+        }
         let stream = match &mut self.endpoint {
             Endpoint::Server(l) => match l.accept() {
                 Ok(s) => s,
@@ -306,6 +383,10 @@ impl VhostUser {
                 );
             }
             c.dev.end_quiesce(!quiet);
+            if self.moving.is_some() {
+                // Still on the way to another worker: lend nothing more.
+                c.dev.begin_quiesce();
+            }
             result = answer(&self.name, c, msg, &mut self.past.protocol_errors);
         }
         for _ in 0..MESSAGES_PER_TICK {
@@ -342,6 +423,64 @@ impl VhostUser {
             }
             self.disconnect();
         }
+    }
+
+    /// What a connection is parked under: the port and its socket.
+    fn handoff_key(&self) -> String {
+        let socket = self.args.socket.to_string_lossy();
+        handoff::key(&["VhostUser", &self.name, &socket, if self.args.server { "server" } else { "client" }])
+    }
+
+    /// Take over the connection the port's instance on the worker it moved
+    /// from left (see `park`), if there is one.
+    fn adopt(&mut self) -> bool {
+        if !handoff::waiting() {
+            return false;
+        }
+        let Some(h) = handoff::take::<Handoff>(&self.handoff_key()) else {
+            return false;
+        };
+        log::info!("{}: took over the frontend on {} (the port moved)", self.name, self.args.socket.display());
+        let Handoff { mut conn, held, rarp, past } = h;
+        conn.dev.set_name(&self.name);
+        self.conn = Some(conn);
+        self.held = held;
+        self.rarp.extend(rarp);
+        add_totals(&mut self.past, &past);
+        self.past.handoffs += 1;
+        true
+    }
+
+    /// Leave the connection, the counts and what waits for the port's
+    /// instance on the worker it moves to. False (nothing left) when the
+    /// guest's buffers are not all back: the connection must close then.
+    fn park(&mut self) -> bool {
+        let Some(c) = &mut self.conn else { return false };
+        c.dev.drain_returns();
+        if !c.dev.quiet() {
+            log::warn!(
+                "{}: moving with {} lent buffers still out: the frontend's connection closes",
+                self.name,
+                c.dev.lent_outstanding()
+            );
+            return false;
+        }
+        // Spare chains back to the guest, and the (thread-bound) owners let go.
+        c.dev.end_quiesce(false);
+        if !c.dev.lends_nothing() {
+            return false;
+        }
+        let conn = self.conn.take().expect("checked above");
+        let h = Handoff { conn, held: self.held.take(), rarp: std::mem::take(&mut self.rarp), past: self.past.clone() };
+        let (name, socket) = (self.name.clone(), self.args.socket.clone());
+        handoff::park(self.handoff_key(), h, move |_h: Handoff| {
+            log::warn!(
+                "{name}: no instance on another worker took the frontend on {} over: its connection closes",
+                socket.display()
+            );
+        });
+        log::info!("{}: frontend on {} left for the worker the port moves to", self.name, self.args.socket.display());
+        true
     }
 
     /// Forget the frontend: stop its queues, unmap its memory (once every
@@ -463,6 +602,11 @@ impl App for VhostUser {
         if let Some(input) = self.ports.0.map(|i| io.input.at(i))
             && !input.is_empty()
         {
+            // Frames may reach a port that just moved here before its first
+            // tick: the connection it left is taken over first.
+            if self.conn.is_none() {
+                self.adopt();
+            }
             match &mut self.conn {
                 Some(c) if c.dev.running().0 > 0 => {
                     c.dev.to_guest(input);
@@ -494,6 +638,19 @@ impl App for VhostUser {
     }
 
     fn tick(&mut self, io: &Io) {
+        // A move that did not happen (the config was refused): lend again.
+        if let Some(since) = self.moving
+            && since.elapsed() > MOVE_ABANDONED
+        {
+            self.moving = None;
+            if let Some(c) = &mut self.conn
+                && self.held.is_none()
+                && c.dev.quiescing()
+            {
+                let quiet = c.dev.quiet();
+                c.dev.end_quiesce(!quiet);
+            }
+        }
         // Serve first: a frontend that left is noticed before a new one is taken.
         self.serve();
         if self.conn.is_none() {
@@ -517,7 +674,24 @@ impl App for VhostUser {
     }
 
     fn stop(&mut self) {
+        if self.moving.is_some() && self.park() {
+            return;
+        }
         self.disconnect();
+    }
+
+    /// Stop lending, and be ready once every lent buffer is back (the
+    /// connection then moves with the port: see `park`).
+    fn prepare_move(&mut self) -> bool {
+        let Some(c) = &mut self.conn else { return true };
+        if self.moving.is_none() {
+            self.moving = Some(Instant::now());
+            if !c.dev.quiescing() {
+                c.dev.begin_quiesce();
+            }
+        }
+        c.dev.drain_returns();
+        c.dev.quiet()
     }
 
     fn counters(&self, emit: &mut dyn FnMut(&str, u64)) {
@@ -546,6 +720,7 @@ impl App for VhostUser {
         emit("request_errors", t.request_errors);
         emit("rarp_sent", t.rarp_sent);
         emit("refused_connections", t.refused);
+        emit("handoffs", t.handoffs);
         emit("zc_unreachable", t.lend.unreachable);
         emit("zc_in_order", t.lend.in_order);
         emit("zc_lent", self.conn.as_ref().map_or(0, |c| c.dev.lent_outstanding()));

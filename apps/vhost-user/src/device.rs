@@ -991,6 +991,18 @@ impl Device {
         self.lent_outstanding() == 0
     }
 
+    /// Lending is stopped until `end_quiesce`.
+    pub fn quiescing(&self) -> bool {
+        self.quiescing
+    }
+
+    /// No owner of lent buffers is left (none lends, none retires): the
+    /// device holds nothing tied to the thread that lent (`BufferOwner`s
+    /// are that thread's), so it may go on on another.
+    pub fn lends_nothing(&self) -> bool {
+        [&self.rx_lender, &self.tx_lender].iter().all(|l| l.owner.is_none() && l.retiring.is_empty())
+    }
+
     /// Lending is over for now: spare receive chains go back to the guest
     /// empty, and owners are let go (after a timeout, with buffers still
     /// out: their tokens are void, their memory stays mapped until they
