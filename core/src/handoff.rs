@@ -14,7 +14,7 @@
 //!
 //!   park(key, value, expired)   keep `value` for the app that takes `key`
 //!   waiting() -> bool           anything parked (one atomic load: for every tick)
-//!   take(key) -> Option<T>      the value parked under `key`, if any
+//!   take(key) -> Option         what is parked under `key` (of the type asked), if any
 //!   key(parts) -> String        a key from the app's name and what it serves
 //!
 //! A key names the app and what it serves (a socket, a pool of a port),
