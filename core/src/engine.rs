@@ -761,7 +761,7 @@ impl Engine {
                 }
             }
         }
-        if !self.workers.is_empty() {
+        if !self.workers.is_empty() || !self.extra_counters.is_empty() {
             let mut values: Vec<(String, u64)> = Vec::new();
             for (name, c) in crate::interlink::all_counters() {
                 values.push((format!("links/{name}/txpackets"), c.txpackets));
@@ -774,14 +774,32 @@ impl Engine {
                 values.push((format!("worker-status/{}/cpu", w.name), w.cpu.max(0) as u64));
                 values.push((format!("worker-status/{}/failed", w.name), w.failed.is_some() as u64));
             }
-            for (k, v) in values {
-                if !self.extra_counters.contains_key(&k)
-                    && let Ok(c) = dir.counter(&k)
+            for (k, v) in &values {
+                if !self.extra_counters.contains_key(k)
+                    && let Ok(c) = dir.counter(k)
                 {
                     self.extra_counters.insert(k.clone(), c);
                 }
-                if let Some(c) = self.extra_counters.get(&k) {
-                    c.set(v);
+                if let Some(c) = self.extra_counters.get(k) {
+                    c.set(*v);
+                }
+            }
+            // Those of workers and links between workers that are gone, so
+            // that `top` shows no ghost: a worker's directory goes, and a
+            // link's unless it runs on here now (a link that became local
+            // keeps its files, written by the local link from now on).
+            if self.extra_counters.len() > values.len() {
+                let live: BTreeSet<&str> = values.iter().map(|(k, _)| k.as_str()).collect();
+                let stale: Vec<String> =
+                    self.extra_counters.keys().filter(|k| !live.contains(k.as_str())).cloned().collect();
+                for k in stale {
+                    self.extra_counters.remove(&k);
+                    let Some((sub, _)) = k.rsplit_once('/') else { continue };
+                    let local =
+                        sub.strip_prefix("links/").is_some_and(|l| self.links.keys().any(|s| s.to_string() == l));
+                    if !local {
+                        dir.remove(sub);
+                    }
                 }
             }
         }

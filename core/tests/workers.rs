@@ -379,3 +379,43 @@ fn configs_count_what_was_asked_not_the_steps_of_a_move() {
     assert!(run_until(&mut e, || seen("csink").packets > before + 1000, 60), "it runs after the move");
     e.stop();
 }
+
+/// The counters main publishes for workers and the links between them go
+/// with them: a worker removed leaves no `worker-status/<name>` behind
+/// (`top` would show a ghost), and a link between workers that became
+/// local keeps its files, now the local link's.
+#[test]
+fn counters_of_a_worker_removed_go_with_it() {
+    let root = std::env::temp_dir().join(format!("snabb-rs-ghost-{}", std::process::id()));
+    let opts = snabb_core::engine::ShmOptions { root: root.clone(), name: "e".into(), program: "test".into() };
+    let dir = root.join("e");
+    let config = |sink_on: Option<&str>| {
+        let mut c = Config::new();
+        c.app("ggen", "Gen", &GenArgs { burst: 10, count: u64::MAX })
+            .app("gsink", "Sink", &())
+            .link("ggen.output -> gsink.input")
+            .place("gsink", sink_on);
+        if sink_on.is_some() {
+            c.worker("g1", WorkerSpec::default());
+        }
+        c
+    };
+    let mut e = engine();
+    e.enable_shm(&opts).unwrap();
+    e.configure(&config(Some("g1"))).unwrap();
+    assert!(run_until(&mut e, || seen("gsink").packets > 1000, 60));
+    e.commit();
+    let link = dir.join("links/ggen.output -> gsink.input");
+    assert!(dir.join("worker-status/g1/breaths.counter").exists());
+    assert!(link.join("txdrop.counter").exists());
+    // The sink back on main: no worker, the link local.
+    e.configure(&config(None)).unwrap();
+    let before = seen("gsink").packets;
+    assert!(run_until(&mut e, || seen("gsink").packets > before + 1000, 60));
+    e.commit();
+    assert!(!dir.join("worker-status").join("g1").exists(), "the worker's counters stayed");
+    let sent = snabb_core::shm::read_tree(&link).unwrap();
+    assert!(sent["txpackets"] > 0, "the local link writes its counters: {sent:?}");
+    e.stop();
+    let _ = std::fs::remove_dir_all(&root);
+}
