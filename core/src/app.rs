@@ -128,11 +128,12 @@ pub trait App: AsAny {
     /// (buffers it lent, say), so that its successor there can take that
     /// state over. Asked again about every 100 µs until it returns true or
     /// the move's quiesce timeout passes; `stop` follows on this thread.
-    /// An app that is not stopped after all (the new config was refused)
-    /// finds out for itself and goes on as before.
     fn prepare_move(&mut self) -> bool {
         true
     }
+    /// The move `prepare_move` was for did not happen (the new config was
+    /// refused): go on as before.
+    fn move_cancelled(&mut self) {}
     /// A human-readable status, appended to `out`.
     fn report(&self, _out: &mut String) {}
     /// The app's counters, by name (committed to shared memory).

@@ -676,6 +676,12 @@ impl Engine {
     pub fn prepare_move(&mut self, name: &str) -> bool {
         self.entry_mut(name).is_none_or(|e| e.app.prepare_move())
     }
+    /// Tell app `name` of this engine that its move is off (`App::move_cancelled`).
+    pub fn cancel_move(&mut self, name: &str) {
+        if let Some(e) = self.entry_mut(name) {
+            e.app.move_cancelled();
+        }
+    }
     /// Call `f` on app `name` as its own type, on the thread it runs on
     /// (here, or its worker's), and return what `f` returns: for what an
     /// app offers beyond its counters (a driver's statistics read from the

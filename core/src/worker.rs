@@ -433,11 +433,15 @@ impl Workers {
         let parts = split(new);
         if let Err(e) = self.apply(new, &parts, maker, main, true) {
             // Phase 1 paused interlinks: they deliver again (arguments
-            // changed in place, which no app refuses).
-            if !moving.is_empty()
-                && let Err(u) = self.apply(&old, &split(&old), maker, main, false)
-            {
-                log::error!("resuming the interlinks paused for a move: {u}");
+            // changed in place, which no app refuses), and the apps that
+            // prepared to move go on as before.
+            if !moving.is_empty() {
+                if let Err(u) = self.apply(&old, &split(&old), maker, main, false) {
+                    log::error!("resuming the interlinks paused for a move: {u}");
+                }
+                for a in &moving {
+                    self.cancel_move(main, old.worker_of(a), a);
+                }
             }
             self.config = old;
             return Err(e);
@@ -467,6 +471,15 @@ impl Workers {
         }
         let app = app.to_string();
         self.run_on(w, move |e: &mut Engine| e.prepare_move(&app)).unwrap_or(true)
+    }
+
+    /// Tell app `app` on worker `w` that its move is off.
+    fn cancel_move(&self, main: &mut Engine, w: &str, app: &str) {
+        if w == MAIN {
+            return main.cancel_move(app);
+        }
+        let app = app.to_string();
+        self.run_on(w, move |e: &mut Engine| e.cancel_move(&app));
     }
 
     fn queued(&self, main: &Engine, w: &str, link: &str) -> usize {

@@ -73,9 +73,13 @@ impl App for Gen {
     }
 }
 
+/// Moves prepared for and called off, by app name.
+static MOVES: Mutex<BTreeMap<String, (u64, u64)>> = Mutex::new(BTreeMap::new());
+
 /// Forwards everything; panics at packet `panic_at` when it is not 0;
 /// refuses to start when told to (as an app whose device is missing would).
 struct Fwd {
+    name: String,
     panic_at: u64,
     n: u64,
 }
@@ -92,11 +96,11 @@ struct FwdArgs {
 impl AppClass for Fwd {
     type Args = FwdArgs;
     const PORTS: PortSpec = PortSpec::new(&["input"], &["output"]);
-    fn new(a: FwdArgs, _: &AppContext) -> anyhow::Result<Fwd> {
+    fn new(a: FwdArgs, ctx: &AppContext) -> anyhow::Result<Fwd> {
         if a.refuse {
             anyhow::bail!("Fwd: refused (as asked)");
         }
-        Ok(Fwd { panic_at: a.panic_at, n: 0 })
+        Ok(Fwd { name: ctx.name.to_string(), panic_at: a.panic_at, n: 0 })
     }
 }
 
@@ -111,6 +115,13 @@ impl App for Fwd {
             }
             o.transmit(p);
         }
+    }
+    fn prepare_move(&mut self) -> bool {
+        MOVES.lock().unwrap().entry(self.name.clone()).or_default().0 += 1;
+        true
+    }
+    fn move_cancelled(&mut self) {
+        MOVES.lock().unwrap().entry(self.name.clone()).or_default().1 += 1;
     }
 }
 
@@ -370,11 +381,14 @@ fn configs_count_what_was_asked_not_the_steps_of_a_move() {
     let err = e.configure(&config("c2", true)).unwrap_err();
     assert!(err.msg.contains("refused (as asked)"), "{err}");
     assert_eq!(e.stats().configs, 1, "a refused config was counted");
+    // The app was asked to prepare, then told the move is off.
+    assert_eq!(MOVES.lock().unwrap().get("cfwd").copied(), Some((1, 1)));
     let before = seen("csink").packets;
     assert!(run_until(&mut e, || seen("csink").packets > before + 1000, 60), "the old config runs on");
     // The same move, accepted: counted once.
     e.configure(&config("c2", false)).unwrap();
     assert_eq!(e.stats().configs, 2, "a move counted more than once");
+    assert_eq!(MOVES.lock().unwrap().get("cfwd").copied(), Some((2, 1)));
     let before = seen("csink").packets;
     assert!(run_until(&mut e, || seen("csink").packets > before + 1000, 60), "it runs after the move");
     e.stop();

@@ -339,6 +339,7 @@ trait Queues: Any {
     fn tick(&mut self);
     fn stop(&mut self);
     fn prepare_move(&mut self) -> bool;
+    fn move_cancelled(&mut self);
     fn refilter(&mut self, new: &Intel10gArgs) -> Result<()>;
     fn counters(&self, emit: &mut dyn FnMut(&str, u64));
     fn report(&self, out: &mut String);
@@ -616,6 +617,10 @@ impl<R: Registers> Queues for Pair<R> {
         true
     }
 
+    fn move_cancelled(&mut self) {
+        self.moving = None;
+    }
+
     fn refilter(&mut self, new: &Intel10gArgs) -> Result<()> {
         let filters = new.filters();
         if let Some((rx, _)) = &self.rings {
@@ -842,6 +847,9 @@ impl App for Intel10g {
     }
     fn prepare_move(&mut self) -> bool {
         self.q.prepare_move()
+    }
+    fn move_cancelled(&mut self) {
+        self.q.move_cancelled()
     }
     fn report(&self, out: &mut String) {
         self.q.report(out)

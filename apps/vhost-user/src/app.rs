@@ -638,18 +638,10 @@ impl App for VhostUser {
     }
 
     fn tick(&mut self, io: &Io) {
-        // A move that did not happen (the config was refused): lend again.
-        if let Some(since) = self.moving
-            && since.elapsed() > MOVE_ABANDONED
-        {
-            self.moving = None;
-            if let Some(c) = &mut self.conn
-                && self.held.is_none()
-                && c.dev.quiescing()
-            {
-                let quiet = c.dev.quiet();
-                c.dev.end_quiesce(!quiet);
-            }
+        // A move that did not happen and that nobody called off (its
+        // worker did not answer): lend again.
+        if self.moving.is_some_and(|since| since.elapsed() > MOVE_ABANDONED) {
+            self.move_cancelled();
         }
         // Serve first: a frontend that left is noticed before a new one is taken.
         self.serve();
@@ -692,6 +684,17 @@ impl App for VhostUser {
         }
         c.dev.drain_returns();
         c.dev.quiet()
+    }
+
+    fn move_cancelled(&mut self) {
+        self.moving = None;
+        if let Some(c) = &mut self.conn
+            && self.held.is_none()
+            && c.dev.quiescing()
+        {
+            let quiet = c.dev.quiet();
+            c.dev.end_quiesce(!quiet);
+        }
     }
 
     fn counters(&self, emit: &mut dyn FnMut(&str, u64)) {
