@@ -12,8 +12,13 @@
 //! handed to the `expired` function given, on a thread of its own, which
 //! winds it down.
 //!
+//!   announce(key)               state will be parked under `key` (the move began)
+//!   withdraw(key)               it will not after all
+//!   coming(key) -> bool         announced or parked: a successor waits for it
+//!                               rather than start anew (connect a second time)
 //!   park(key, value, expired)   keep `value` for the app that takes `key`
-//!   waiting() -> bool           anything parked (one atomic load: for every tick)
+//!   waiting() -> bool           anything announced or parked (one atomic
+//!                               load: for every tick)
 //!   take(key) -> Option         what is parked under `key` (of the type asked), if any
 //!   key(parts) -> String        a key from the app's name and what it serves
 //!
@@ -23,7 +28,7 @@
 use std::any::Any;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a parked connection waits for its successor.
 pub const PARK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -35,6 +40,10 @@ struct Parked {
 }
 
 static PARKED: Mutex<Vec<Parked>> = Mutex::new(Vec::new());
+/// Keys announced and not parked yet, and since when (an announcement is
+/// forgotten after PARK_TIMEOUT: its app's worker may have died).
+static ANNOUNCED: Mutex<Vec<(String, Instant)>> = Mutex::new(Vec::new());
+/// Entries in PARKED and ANNOUNCED.
 static COUNT: AtomicUsize = AtomicUsize::new(0);
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -43,16 +52,53 @@ pub fn key(parts: &[&str]) -> String {
     parts.join("\0")
 }
 
+/// State will be parked under `key`: until it is (or PARK_TIMEOUT), a
+/// successor that asks `coming` waits for it.
+pub fn announce(key: String) {
+    let mut a = ANNOUNCED.lock().unwrap_or_else(|e| e.into_inner());
+    if !a.iter().any(|(k, _)| *k == key) {
+        a.push((key, Instant::now()));
+        COUNT.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// Nothing will be parked under `key` after all.
+pub fn withdraw(key: &str) {
+    let mut a = ANNOUNCED.lock().unwrap_or_else(|e| e.into_inner());
+    let before = a.len();
+    a.retain(|(k, _)| k != key);
+    COUNT.fetch_sub(before - a.len(), Ordering::AcqRel);
+}
+
+/// Whether state under `key` is parked, or announced less than
+/// PARK_TIMEOUT ago.
+pub fn coming(key: &str) -> bool {
+    if !waiting() {
+        return false;
+    }
+    {
+        let mut a = ANNOUNCED.lock().unwrap_or_else(|e| e.into_inner());
+        let before = a.len();
+        a.retain(|(_, t)| t.elapsed() < PARK_TIMEOUT);
+        COUNT.fetch_sub(before - a.len(), Ordering::AcqRel);
+        if a.iter().any(|(k, _)| k == key) {
+            return true;
+        }
+    }
+    PARKED.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|p| p.key == key)
+}
+
 /// Keep `value` under `key` for PARK_TIMEOUT; then, untaken, it goes to
-/// `expired` (on a thread of its own). A value already parked under the
-/// key is replaced, and goes to its own `expired` in time.
+/// `expired` (on a thread of its own). Values parked twice under a key
+/// are both kept: `take` gives the oldest first.
 pub fn park<T: Send + 'static>(key: String, value: T, expired: impl FnOnce(T) + Send + 'static) {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     {
         let mut p = PARKED.lock().unwrap_or_else(|e| e.into_inner());
-        p.push(Parked { id, key, value: Box::new(value) });
-        COUNT.store(p.len(), Ordering::Release);
+        p.push(Parked { id, key: key.clone(), value: Box::new(value) });
+        COUNT.fetch_add(1, Ordering::AcqRel);
     }
+    withdraw(&key);
     let reaper = move || {
         std::thread::sleep(PARK_TIMEOUT);
         if let Some(v) = remove(|p| p.id == id)
@@ -61,14 +107,14 @@ pub fn park<T: Send + 'static>(key: String, value: T, expired: impl FnOnce(T) + 
             expired(*v);
         }
     };
-    if let Err(e) = std::thread::Builder::new().name("vhost-handoff".into()).spawn(reaper) {
+    if let Err(e) = std::thread::Builder::new().name("handoff".into()).spawn(reaper) {
         // No thread to wind it down in time: it waits for a successor (or
         // for the process to end).
         log::warn!("handoff: no thread to expire what was parked: {e}");
     }
 }
 
-/// Whether anything is parked.
+/// Whether anything is announced or parked.
 #[inline]
 pub fn waiting() -> bool {
     COUNT.load(Ordering::Acquire) > 0
@@ -83,7 +129,7 @@ fn remove(f: impl Fn(&Parked) -> bool) -> Option<Box<dyn Any + Send>> {
     let mut p = PARKED.lock().unwrap_or_else(|e| e.into_inner());
     let i = p.iter().position(f)?;
     let v = p.remove(i).value;
-    COUNT.store(p.len(), Ordering::Release);
+    COUNT.fetch_sub(1, Ordering::AcqRel);
     Some(v)
 }
 
@@ -103,6 +149,23 @@ mod tests {
         assert_eq!(take::<u64>(&k), None, "a value of another type is left alone");
         assert_eq!(take::<u32>(&k), Some(7));
         assert_eq!(take::<u32>(&k), None);
+    }
+
+    #[test]
+    fn an_announced_key_is_coming_until_parked_taken_or_withdrawn() {
+        let k = key(&["hand-d", "/tmp/z.sock"]);
+        assert!(!coming(&k));
+        announce(k.clone());
+        announce(k.clone());
+        assert!(coming(&k) && waiting());
+        assert_eq!(take::<u16>(&k), None, "announced is not parked");
+        park(k.clone(), 3u16, |_| {});
+        assert!(coming(&k));
+        assert_eq!(take::<u16>(&k), Some(3));
+        assert!(!coming(&k), "taken: nothing more comes");
+        announce(k.clone());
+        withdraw(&k);
+        assert!(!coming(&k), "withdrawn");
     }
 
     #[test]

@@ -302,6 +302,12 @@ impl VhostUser {
         if self.adopt() {
             return;
         }
+        // The port's instance on the worker it moves from will leave its
+        // connection: a second one (a client's connect would succeed, and
+        // the frontend would not serve it) must not be made meanwhile.
+        if handoff::waiting() && handoff::coming(&self.handoff_key()) {
+            return;
+        }
         let stream = match &mut self.endpoint {
             Endpoint::Server(l) => match l.accept() {
                 Ok(s) => s,
@@ -666,8 +672,11 @@ impl App for VhostUser {
     }
 
     fn stop(&mut self) {
-        if self.moving.is_some() && self.park() {
-            return;
+        if self.moving.is_some() {
+            if self.park() {
+                return;
+            }
+            handoff::withdraw(&self.handoff_key());
         }
         self.disconnect();
     }
@@ -675,19 +684,25 @@ impl App for VhostUser {
     /// Stop lending, and be ready once every lent buffer is back (the
     /// connection then moves with the port: see `park`).
     fn prepare_move(&mut self) -> bool {
-        let Some(c) = &mut self.conn else { return true };
+        if self.conn.is_none() {
+            return true;
+        }
         if self.moving.is_none() {
             self.moving = Some(Instant::now());
-            if !c.dev.quiescing() {
-                c.dev.begin_quiesce();
-            }
+            handoff::announce(self.handoff_key());
+        }
+        let Some(c) = &mut self.conn else { return true };
+        if !c.dev.quiescing() {
+            c.dev.begin_quiesce();
         }
         c.dev.drain_returns();
         c.dev.quiet()
     }
 
     fn move_cancelled(&mut self) {
-        self.moving = None;
+        if self.moving.take().is_some() {
+            handoff::withdraw(&self.handoff_key());
+        }
         if let Some(c) = &mut self.conn
             && self.held.is_none()
             && c.dev.quiescing()
