@@ -35,6 +35,9 @@
 #      a filter and a rate limit put on guest 20's port, the port removed:
 #      no ping to guest 10 lost; then frames from the wire to guest 20,
 #      counted: sent = received by the guest + filtered + over the limit
+#   4w. with VSWITCH_WORKERS >= 2: guest 20's port moved to another worker
+#      and back under a ping: no ping lost, the connection handed over
+#      (vhost-user `handoffs`), never dropped
 #   5. model: guest 20's QEMU restarted (a new process on the same socket)
 #      and it pings again, the switch untouched
 #      rawsocket: the switch restarted while both guests run (client mode:
@@ -427,6 +430,29 @@ for MODE in $MODES; do
     check "$MODE 4. filter: the 100 frames to UDP port 9999 rejected ($rej)" test "$rej" = 100
     check "$MODE 4. rate limit: 50 of the $lin frames after the filter passed ($pas), the rest dropped ($lim)" test "$pas" = 50 -a $((pas + lim)) = "$lin"
     check "$MODE 4. sent = received + dropped: 300 = $got (guest 20) + $rej (filter) + $lim (limit)" test $((got + rej + lim)) = 300
+
+    if [ "$WORKERS" -ge 2 ]; then
+        echo "--- $MODE 4w. guest 20's port moved to another worker and back under a ping: its connection goes with it"
+        write_config
+        reload >/dev/null
+        ws=$WORKERS
+        h0=$(ctr vm20 handoffs) d0=$(ctr vm20 disconnects)
+        R ping -c 100 -i 0.05 -W 2 10.20.0.2 >"$W/ping-move.log" 2>&1 &
+        PING=$!
+        sleep 1
+        # Port i runs on worker i mod n: with one worker vm20 (port 1) joins vm10's.
+        WORKERS=1 write_config
+        check "$MODE 4w. one worker: vm20 moved" reload
+        sleep 1
+        WORKERS=$ws write_config
+        check "$MODE 4w. $ws workers: vm20 moved back" reload
+        wait "$PING"
+        out=$(grep transmitted "$W/ping-move.log")
+        check "$MODE 4w. R pinged guest 20 through both moves: $out" grep -q '100 packets transmitted, 100 received' <<<"$out"
+        sleep 1 # (the counters of the port's last instance committed)
+        check "$MODE 4w. vm20's connection was handed over twice ($h0 -> $(ctr vm20 handoffs)), never dropped ($d0 -> $(ctr vm20 disconnects))" \
+            test "$(ctr vm20 handoffs)" = $((h0 + 2)) -a "$(ctr vm20 disconnects)" = "$d0"
+    fi
 
     if [ "$MODE" = model ]; then
         echo "--- $MODE 5. guest 20's QEMU restarted on the same socket"
