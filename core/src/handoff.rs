@@ -30,7 +30,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// How long a parked connection waits for its successor.
+/// How long parked state waits for its successor (and an announcement for
+/// its state).
 pub const PARK_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Parked {

@@ -463,7 +463,6 @@ impl Workers {
         }
     }
 
-    /// Packets on link `link` of worker `w`'s part.
     /// Ask app `app` on worker `w` to prepare to move (true: ready, or gone).
     fn prepare_move(&self, main: &mut Engine, w: &str, app: &str) -> bool {
         if w == MAIN {
@@ -482,6 +481,7 @@ impl Workers {
         self.run_on(w, move |e: &mut Engine| e.cancel_move(&app));
     }
 
+    /// Packets on link `link` of worker `w`'s part.
     fn queued(&self, main: &Engine, w: &str, link: &str) -> usize {
         if w == MAIN {
             return main.link(link).map_or(0, |l| l.nreadable());

@@ -393,8 +393,9 @@ struct Handed<R: Registers> {
 // registers are used by one thread at a time, as before.
 unsafe impl<R: Registers> Send for Handed<R> {}
 
-/// A move that did not happen (the new config was refused) is forgotten
-/// after this: the app stops as it would have before it.
+/// A move prepared for that neither happened nor was called off (its
+/// worker did not answer) is forgotten after this: the app stops as it
+/// would have before it.
 const MOVE_ABANDONED: Duration = Duration::from_secs(40);
 
 /// How long a new instance waits quietly for the one it replaces to let go

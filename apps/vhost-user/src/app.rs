@@ -51,8 +51,9 @@
 //! `refused_connections` (a second frontend), `protocol_errors` (malformed
 //! messages), `request_errors` (requests refused), `broken_queues`,
 //! `rarp_sent`, `handoffs` (the connection taken over from the port's
-//! instance on the worker it moved from), and `link_up` (1 while a guest has queues running; the
-//! guest itself always sees its link up in the config space). Zero copy:
+//! instance on the worker it moved from), and `link_up` (1 while a guest
+//! has queues running; the guest itself always sees its link up in the
+//! config space). Zero copy:
 //! `tx_zc_packets` (frames delivered in lent buffers), `tx_copied_bytes`,
 //! `tx_zc_unsuitable`, `tx_zc_moved_bytes`, `tx_zc_unused`, `tx_zc_chained`
 //! (frames merged over several lent buffers),
@@ -165,8 +166,8 @@ pub struct VhostUser {
     moving: Option<Instant>,
 }
 
-/// How long a port that prepared to move and was not stopped (the new
-/// config was refused) waits before it lends again.
+/// How long a port that prepared to move, was not stopped and was not told
+/// the move is off (its worker did not answer) waits before it lends again.
 const MOVE_ABANDONED: Duration = Duration::from_secs(40);
 
 /// A connection on its way to the port's instance on another worker.
