@@ -40,7 +40,8 @@
 # Output lines: BENCH_ENV, IDLE (before each run), BENCH_RUN, BENCH_CASE, ratio, then a table.
 #   BENCH_RUN backend=B dir=D size=S run=R pps=P samples=N idle=yes|no [backend_rx_pps=P]
 #   BENCH_CASE backend=B dir=D size=S median_mpps=M runs=N clean=C busy=yes|no
-#   ratio dir=D size=S value=V backend=B base=dpdk b_mpps=M a_mpps=M busy=yes|no
+#   ratio dir=D size=S value=V backend=B base=dpdk mpps=M base_mpps=M busy=yes|no
+#     (mpps: the backend measured, base_mpps: DPDK's; value = mpps / base_mpps)
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -216,7 +217,7 @@ for size in $SIZES; do
             a=${RES[dpdk $dir $size]} b=${RES[$NAME $dir $size]}
             busy=no; [ "${RES[dpdk $dir $size busy]}" = yes ] || [ "${RES[$NAME $dir $size busy]}" = yes ] && busy=yes
             value=$(awk -v a="$a" -v b="$b" 'BEGIN { if (a > 0) printf "%.3f", b / a; else print "nan" }')
-            echo "ratio dir=$dir size=$size value=$value backend=$NAME base=dpdk b_mpps=$(mpps "$b") a_mpps=$(mpps "$a") busy=$busy"
+            echo "ratio dir=$dir size=$size value=$value backend=$NAME base=dpdk mpps=$(mpps "$b") base_mpps=$(mpps "$a") busy=$busy"
             row+="$(printf ' %8s' "$value")"
         fi
         summary+=("$row")

@@ -39,7 +39,8 @@
 # Output lines: BENCH_ENV, IDLE (before each run), BENCH_RUN, BENCH_CASE, ratio, then a table.
 #   BENCH_RUN switch=S size=B run=R rx_pps=P tx_pps=P samples=N idle=yes|no
 #   BENCH_CASE switch=S size=B median_mpps=M runs=N clean=C busy=yes|no
-#   ratio size=B value=V switch=S base=ovs b_mpps=M a_mpps=M busy=yes|no
+#   ratio size=B value=V switch=S base=ovs mpps=M base_mpps=M busy=yes|no
+#     (mpps: the switch measured, base_mpps: OVS; value = mpps / base_mpps)
 # Exit 0 when every case moved frames, 1 otherwise.
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -272,7 +273,7 @@ for size in $SIZES; do
         a=${RES[ovs $size]} b=${RES[$NAME $size]}
         busy=no; [ "${RES[ovs $size busy]}" = yes ] || [ "${RES[$NAME $size busy]}" = yes ] && busy=yes
         value=$(awk -v a="$a" -v b="$b" 'BEGIN { if (a > 0) printf "%.3f", b / a; else print "nan" }')
-        echo "ratio size=$size value=$value switch=$NAME base=ovs b_mpps=$(mpps "$b") a_mpps=$(mpps "$a") busy=$busy"
+        echo "ratio size=$size value=$value switch=$NAME base=ovs mpps=$(mpps "$b") base_mpps=$(mpps "$a") busy=$busy"
         row+="$(printf ' %9s' "$value")"
     fi
     summary+=("$row")
