@@ -41,6 +41,8 @@
 #   BENCH_CASE switch=S size=B median_mpps=M runs=N clean=C busy=yes|no
 #   ratio size=B value=V switch=S base=ovs mpps=M base_mpps=M busy=yes|no
 #     (mpps: the switch measured, base_mpps: OVS; value = mpps / base_mpps)
+#   pairs size=B median=V values=V,V,.. switch=S base=ovs
+#     (each run's figure over OVS's run next to it, and their median)
 # Exit 0 when every case moved frames, 1 otherwise.
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -274,6 +276,12 @@ for size in $SIZES; do
         busy=no; [ "${RES[ovs $size busy]}" = yes ] || [ "${RES[$NAME $size busy]}" = yes ] && busy=yes
         value=$(awk -v a="$a" -v b="$b" 'BEGIN { if (a > 0) printf "%.3f", b / a; else print "nan" }')
         echo "ratio size=$size value=$value switch=$NAME base=ovs mpps=$(mpps "$b") base_mpps=$(mpps "$a") busy=$busy"
+        # Each run against the base's run next to it: the host's fast and
+        # slow modes (BENCHMARKS.md) move both alike only within a pair.
+        pairs=$(paste -d' ' <(tr ' ' '\n' <<<"${ALL[ovs $size]:-}" | grep .) \
+            <(tr ' ' '\n' <<<"${ALL[$NAME $size]:-}" | grep .) | awk '$1 > 0 { printf "%.3f\n", $2 / $1 }')
+        pmed=$(median <<<"$pairs")
+        echo "pairs size=$size median=${pmed:-nan} values=$(paste -sd, <<<"$pairs") switch=$NAME base=ovs"
         row+="$(printf ' %9s' "$value")"
     fi
     summary+=("$row")
