@@ -34,6 +34,11 @@ use std::time::{Duration, Instant};
 /// its state).
 pub const PARK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long an app that prepared to move (`App::prepare_move`) and was
+/// neither stopped nor told the move is off (its worker did not answer)
+/// keeps to what it prepared; after it, it goes on as before.
+pub const MOVE_ABANDONED: Duration = Duration::from_secs(40);
+
 struct Parked {
     id: u64,
     key: String,

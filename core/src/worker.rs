@@ -463,22 +463,27 @@ impl Workers {
         }
     }
 
+    /// `f` run with the engine of worker `w`: main's here, another's on its
+    /// thread (None: it did not answer).
+    fn on_engine<R: Send + 'static>(
+        &self,
+        main: &mut Engine,
+        w: &str,
+        f: impl FnOnce(&mut Engine) -> R + Send + 'static,
+    ) -> Option<R> {
+        if w == MAIN { Some(f(main)) } else { self.run_on(w, f) }
+    }
+
     /// Ask app `app` on worker `w` to prepare to move (true: ready, or gone).
     fn prepare_move(&self, main: &mut Engine, w: &str, app: &str) -> bool {
-        if w == MAIN {
-            return main.prepare_move(app);
-        }
         let app = app.to_string();
-        self.run_on(w, move |e: &mut Engine| e.prepare_move(&app)).unwrap_or(true)
+        self.on_engine(main, w, move |e| e.prepare_move(&app)).unwrap_or(true)
     }
 
     /// Tell app `app` on worker `w` that its move is off.
     fn cancel_move(&self, main: &mut Engine, w: &str, app: &str) {
-        if w == MAIN {
-            return main.cancel_move(app);
-        }
         let app = app.to_string();
-        self.run_on(w, move |e: &mut Engine| e.cancel_move(&app));
+        self.on_engine(main, w, move |e| e.cancel_move(&app));
     }
 
     /// Packets on link `link` of worker `w`'s part.

@@ -3,7 +3,8 @@
 //! ```text
 //!   tsc() -> ticks          RDTSC (0 off x86-64)
 //!   tsc_rate() -> f64       ticks per ns, measured over 50 ms
-//!   median(Vec<f64>)        the middle value (the upper one of an even count)
+//!   median(Vec<f64>)        the middle value (the upper one of an even
+//!                           count; NaN for none)
 //! ```
 
 use std::time::{Duration, Instant};
@@ -26,6 +27,6 @@ pub fn tsc_rate() -> f64 {
 }
 
 pub fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }

@@ -516,6 +516,27 @@ fn ports_come_and_go_while_another_streams_82599_model() {
     reload_under_traffic(&format!("Model(port: \"r{}\")", std::process::id()));
 }
 
+/// Started with `workers: 2, worker_cpus: [0, 1]`, the layouts the move
+/// tests go through, each saved with `write` and applied once `progress`
+/// (vm2's guest) has 2000 more of its `n` frames (or all): a third worker
+/// added (vm3, the port of index 3, moves to it with its pool), the
+/// workers' CPUs swapped, the third worker removed (vm3 moves back).
+fn move_vm3_and_back(sw: &Switch, write: impl Fn(&str), progress: &Guest, n: u32) {
+    let steps =
+        ["workers: 3, worker_cpus: [0, 1]", "workers: 3, worker_cpus: [1, 0]", "workers: 2, worker_cpus: [1, 0]"];
+    for (k, layout) in steps.iter().enumerate() {
+        let at = progress.received();
+        if !wait_for(|| progress.received() >= at + 2000 || progress.received() == n as u64, 30) {
+            panic!("step {k}: stream stalled at {}: {}", progress.received(), sw.dump());
+        }
+        let configs = sw.engine("configs");
+        write(layout);
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(sw.pid() as i32, libc::SIGHUP) };
+        assert!(wait_for(|| sw.engine("configs") > configs, 20), "step {k} ({layout}) applied: {}", sw.dump());
+    }
+}
+
 /// The worker layout of a running switch changed by saving its file, while
 /// vm1 streams numbered frames to vm2 and to vm3: a third worker is added
 /// (vm3, with its pool on an 82599, moves to it), the workers' CPUs are
@@ -556,19 +577,7 @@ fn layout_changes_under_traffic(uplink: &str) {
     g1.wait_ready();
     const N: u32 = 30_000;
     g1.send((0..N).flat_map(|i| [frame(mac(2), mac(1), i, 128), frame(mac(3), mac(1), i, 128)]).collect());
-    let steps =
-        ["workers: 3, worker_cpus: [0, 1]", "workers: 3, worker_cpus: [1, 0]", "workers: 2, worker_cpus: [1, 0]"];
-    for (k, layout) in steps.iter().enumerate() {
-        let at = g2.received();
-        if !wait_for(|| g2.received() >= at + 2000 || g2.received() == N as u64, 30) {
-            panic!("step {k}: stream stalled at {}: {}", g2.received(), sw.dump());
-        }
-        let configs = sw.engine("configs");
-        write(layout);
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(sw.pid() as i32, libc::SIGHUP) };
-        assert!(wait_for(|| sw.engine("configs") > configs, 20), "step {k} ({layout}) applied: {}", sw.dump());
-    }
+    move_vm3_and_back(&sw, write, &g2, N);
     for g in [&g2, &g3] {
         assert!(wait_for(|| g.received() == N as u64, 60), "a guest got {} of {N}: {}", g.received(), sw.dump());
     }
@@ -646,19 +655,7 @@ fn a_zero_copy_port_moves_with_its_pool_82599_model() {
     };
     g1.send(stream(0..N));
     let c = |n: &str| sw.counter("vm3", n);
-    let steps =
-        ["workers: 3, worker_cpus: [0, 1]", "workers: 3, worker_cpus: [1, 0]", "workers: 2, worker_cpus: [1, 0]"];
-    for (k, layout) in steps.iter().enumerate() {
-        let at = g2.received();
-        if !wait_for(|| g2.received() >= at + 2000 || g2.received() == N as u64, 30) {
-            panic!("step {k}: stream stalled at {}: {}", g2.received(), sw.dump());
-        }
-        let configs = sw.engine("configs");
-        write(layout);
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(sw.pid() as i32, libc::SIGHUP) };
-        assert!(wait_for(|| sw.engine("configs") > configs, 20), "step {k} ({layout}) applied: {}", sw.dump());
-    }
+    move_vm3_and_back(&sw, write, &g2, N);
     assert!(wait_for(|| g2.received() == N as u64, 60), "vm2 got {} of {N}: {}", g2.received(), sw.dump());
     let dropped = || {
         ["rxdrop", "rx_restart_drop"].iter().map(|n| sw.counter("vm3-pool", n)).sum::<u64>()

@@ -393,11 +393,6 @@ struct Handed<R: Registers> {
 // registers are used by one thread at a time, as before.
 unsafe impl<R: Registers> Send for Handed<R> {}
 
-/// A move prepared for that neither happened nor was called off (its
-/// worker did not answer) is forgotten after this: the app stops as it
-/// would have before it.
-const MOVE_ABANDONED: Duration = Duration::from_secs(40);
-
 /// How long a new instance waits quietly for the one it replaces to let go
 /// of its unit.
 const TAKE_OVER_WAIT: Duration = Duration::from_secs(1);
@@ -605,7 +600,7 @@ impl<R: Registers> Queues for Pair<R> {
     }
 
     fn stop(&mut self) {
-        if self.moving.is_some_and(|t| t.elapsed() < MOVE_ABANDONED) && self.hand_over() {
+        if self.moving.is_some_and(|t| t.elapsed() < handoff::MOVE_ABANDONED) && self.hand_over() {
             return;
         }
         if let (Some(id), Some((rx, tx))) = (self.id.take(), self.rings.take()) {

@@ -166,10 +166,6 @@ pub struct VhostUser {
     moving: Option<Instant>,
 }
 
-/// How long a port that prepared to move, was not stopped and was not told
-/// the move is off (its worker did not answer) waits before it lends again.
-const MOVE_ABANDONED: Duration = Duration::from_secs(40);
-
 /// A connection on its way to the port's instance on another worker.
 struct Handoff {
     conn: Connection,
@@ -647,7 +643,7 @@ impl App for VhostUser {
     fn tick(&mut self, io: &Io) {
         // A move that did not happen and that nobody called off (its
         // worker did not answer): lend again.
-        if self.moving.is_some_and(|since| since.elapsed() > MOVE_ABANDONED) {
+        if self.moving.is_some_and(|since| since.elapsed() > handoff::MOVE_ABANDONED) {
             self.move_cancelled();
         }
         // Serve first: a frontend that left is noticed before a new one is taken.
