@@ -414,6 +414,23 @@ impl Ring {
         true
     }
 
+    /// The chain at `head` (< size) when it is what drivers nearly always
+    /// post: one descriptor of direction `write`, no NEXT or INDIRECT, of
+    /// at least `min` bytes, wholly inside one memory region. None for
+    /// anything else, which `walk` then takes piece by piece (and judges).
+    #[inline(always)]
+    fn single(&self, mem: &GuestMemory, head: u16, write: bool, min: u64) -> Option<Seg> {
+        // SAFETY: head < size (the caller checked): inside the table.
+        let d = unsafe { read_desc(self.desc, head as u32) };
+        let len = d.len as u64;
+        let flags = if write { VIRTQ_DESC_F_WRITE } else { 0 };
+        if d.flags != flags || len < min.max(1) {
+            return None;
+        }
+        let (ptr, n) = mem.translate_prefix(d.addr, len)?;
+        (n == len).then_some(Seg { ptr, gpa: d.addr, len: d.len })
+    }
+
     /// Walk the chain at `head`, handing `f` each piece of each buffer in
     /// order; `f` returns false to stop early. `write` is the direction the
     /// buffers must have (device-writable for receive buffers).
@@ -850,15 +867,21 @@ impl Virtqueue {
             let mut segs = std::mem::take(&mut self.segs);
             segs.clear();
             let mut total = 0u64;
-            let r = ring.walk(mem, head, false, &mut self.stats.split_buffers, &mut |s| {
-                // A looping chain ends as TooLong in walk; past MAX_SEGS
-                // pieces, or a frame longer than a packet, it is dropped.
-                total += s.len as u64;
-                if segs.len() < MAX_SEGS {
-                    segs.push(s);
-                }
-                true
-            });
+            let r = if let Some(s) = ring.single(mem, head, false, 0) {
+                total = s.len as u64;
+                segs.push(s);
+                Ok(())
+            } else {
+                ring.walk(mem, head, false, &mut self.stats.split_buffers, &mut |s| {
+                    // A looping chain ends as TooLong in walk; past MAX_SEGS
+                    // pieces, or a frame longer than a packet, it is dropped.
+                    total += s.len as u64;
+                    if segs.len() < MAX_SEGS {
+                        segs.push(s);
+                    }
+                    true
+                })
+            };
             let complete = segs.len() < MAX_SEGS;
             let res = self.frame_from_chain(&segs, total, r, complete, head, &mut alloc, lend);
             self.segs = segs;
@@ -1424,6 +1447,22 @@ impl Virtqueue {
         let first_seg = self.segs.len();
         let first_chain = self.chains.len();
         let mut peek = self.next_avail;
+        // What drivers post nearly always: one device-writable descriptor,
+        // no NEXT or INDIRECT, wholly in one memory region and big enough.
+        // Taken here without the general walk; anything else (spares first,
+        // a chain, a short or straddling buffer, a bad entry) goes the long
+        // way below, which reads the same entry again and decides as before.
+        if self.spare_count() == 0 && peek != *avail {
+            self.prefetch_ahead(*avail);
+            let head = ring.avail_entry(peek);
+            if head < ring.size
+                && let Some(s) = ring.single(mem, head, true, need.max(self.hdr_len) as u64)
+            {
+                self.segs.push(s);
+                self.chains.push(Gathered { head, cap: s.len, spare: false });
+                return Some(Gather::Fits);
+            }
+        }
         // Spare chains (taken off the avail ring earlier, given back unused
         // by a NIC) go first.
         let mut spare_i = 0usize;
