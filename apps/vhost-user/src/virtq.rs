@@ -1540,6 +1540,10 @@ impl Virtqueue {
     /// consume them from where they came from (spares from the front, the
     /// rest from the avail ring).
     fn consume_chains(&mut self, first: usize) {
+        if self.spare_count() == 0 {
+            self.next_avail = self.next_avail.wrapping_add((self.chains.len() - first) as u16);
+            return;
+        }
         let spares = self.chains[first..].iter().filter(|c| c.spare).count();
         let from_avail = self.chains.len() - first - spares;
         self.spare_drain(spares);
