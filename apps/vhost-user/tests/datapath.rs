@@ -822,6 +822,39 @@ fn head_beyond_the_table_breaks_the_queue() {
 }
 
 #[test]
+fn transmit_keeps_order_and_stops_at_a_head_beyond_the_table() {
+    // The frames before a bad head go out, in order, with their used
+    // entries; a bad chain among them is given back empty in its place;
+    // the queue stops at the bad head and takes nothing after it. 40
+    // chains: more than one batch of anything the queue does in batches.
+    let mut r = rig(bit(VIRTIO_F_VERSION_1));
+    let mut sent = Vec::new();
+    for k in 0..40u8 {
+        if k == 17 {
+            // A chain outside memory: dropped and counted, the rest go on.
+            r.tx.write_desc(QSIZE - 1, MEM as u64 - 10, 100, 0, 0);
+            r.tx.push_avail_raw(QSIZE - 1);
+        } else {
+            let f = frame(60 + k as usize, k);
+            assert!(r.tx.send(&f));
+            sent.push(f);
+        }
+    }
+    r.tx.push_avail_raw(QSIZE + 3);
+    let f = frame(80, 99);
+    assert!(r.tx.send(&f), "a frame after the bad head");
+    let got = r.pull();
+    assert_eq!(got.len(), sent.len());
+    assert!(got == sent, "every frame before the bad head, in order");
+    let s = r.vtx.stats().clone();
+    assert_eq!(s.bad_descriptor, 2, "{s:?}");
+    assert!(r.vtx.broken().is_some());
+    assert_eq!(r.tx.used_idx(), 40, "every chain before the bad head used, none after");
+    drop(r);
+    assert_no_leak();
+}
+
+#[test]
 fn rings_outside_memory_are_refused() {
     let mem = DriverMemory::new(1 << 20).unwrap();
     let gm = mem.guest_memory();
