@@ -265,6 +265,7 @@ pub fn current_cpu() -> i64 {
 pub struct WorkerStatus {
     pub breaths: AtomicU64,
     pub idle_breaths: AtomicU64,
+    pub busy_ticks: AtomicU64,
     /// The CPU it ran on last (-1 before its first breath).
     pub cpu: AtomicI64,
     /// Its thread ended: stopped, or the panic message.
@@ -277,6 +278,7 @@ pub struct WorkerReport {
     pub name: String,
     pub breaths: u64,
     pub idle_breaths: u64,
+    pub busy_ticks: u64,
     pub cpu: i64,
     pub pinned: Option<usize>,
     /// The panic message of a worker that failed.
@@ -666,6 +668,7 @@ impl Workers {
                 name: name.clone(),
                 breaths: w.status.breaths.load(Ordering::Relaxed),
                 idle_breaths: w.status.idle_breaths.load(Ordering::Relaxed),
+                busy_ticks: w.status.busy_ticks.load(Ordering::Relaxed),
                 cpu: w.status.cpu.load(Ordering::Relaxed),
                 pinned: w.cpu,
                 failed: ended.filter(|m| m != STOPPED),
@@ -802,6 +805,7 @@ fn worker_main(
                 let s = e.stats();
                 status.breaths.store(s.breaths, Ordering::Relaxed);
                 status.idle_breaths.store(s.idle_breaths, Ordering::Relaxed);
+                status.busy_ticks.store(s.busy_ticks, Ordering::Relaxed);
                 every = every.wrapping_add(1);
                 if every % 1024 == 1 {
                     status.cpu.store(current_cpu(), Ordering::Relaxed);

@@ -190,6 +190,23 @@ fn packets_cross_a_chain_in_order() {
 }
 
 #[test]
+fn busy_ticks_count_only_breaths_that_moved_packets() {
+    let mut e = Engine::new(registry());
+    let mut idle = Config::new();
+    idle.app("count", "Count", &());
+    e.configure(&idle).unwrap();
+    e.run(Limit::Breaths(10_000));
+    assert_eq!(e.stats().busy_ticks, 0, "nothing moved");
+    assert_eq!(e.stats().idle_breaths, 10_000);
+    e.configure(&chain(1000, 0)).unwrap();
+    let t0 = snabb_core::engine::ticks();
+    assert!(e.run_until(|e| e.app::<Count>("count").unwrap().got == 100_000, Duration::from_secs(20)));
+    let t1 = snabb_core::engine::ticks();
+    let busy = e.stats().busy_ticks;
+    assert!(busy > 0 && busy <= t1 - t0, "busy {busy} of {} ticks", t1 - t0);
+}
+
+#[test]
 fn reconfiguration_keeps_running_apps_and_queued_packets() {
     let before = packet::stats();
     let mut e = Engine::new(registry());

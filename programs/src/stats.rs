@@ -20,11 +20,13 @@ use snabb_core::{shm, worker};
 #[derive(Clone)]
 pub struct Sample {
     pub at: Instant,
+    /// `engine::ticks()` when taken: the clock of the engines' busy_ticks.
+    pub ticks: u64,
     pub counters: BTreeMap<String, u64>,
 }
 
 pub fn sample(dir: &Path) -> Result<Sample> {
-    Ok(Sample { at: Instant::now(), counters: shm::read_tree(dir)? })
+    Ok(Sample { at: Instant::now(), ticks: snabb_core::engine::ticks(), counters: shm::read_tree(dir)? })
 }
 
 fn secs(a: &Sample, b: &Sample) -> f64 {
@@ -146,6 +148,9 @@ pub fn link_rows(a: &Sample, b: &Sample) -> Vec<LinkRow> {
 }
 
 /// One line per worker (main first): breaths per second, busy share, CPU.
+/// Busy: the share of the time spent in breaths that moved packets (from
+/// busy_ticks), or, from an engine that does not keep it, the share of
+/// such breaths.
 pub fn worker_rows(a: &Sample, b: &Sample) -> Vec<String> {
     let secs = secs(a, b);
     let c = |s: &Sample, k: &str| s.counters.get(k).copied().unwrap_or(0);
@@ -155,10 +160,18 @@ pub fn worker_rows(a: &Sample, b: &Sample) -> Vec<String> {
         .filter_map(|k| k.strip_prefix("worker-status/").and_then(|r| r.split_once('/')).map(|(w, _)| w))
         .collect();
     names.dedup();
+    let elapsed = b.ticks.saturating_sub(a.ticks);
     let row = |w: &str, breaths: &str, idle: &str, cpu: String, failed: bool| {
         let db = c(b, breaths).saturating_sub(c(a, breaths));
         let di = c(b, idle).saturating_sub(c(a, idle)).min(db);
-        let busy = if db == 0 { 0.0 } else { (db - di) as f64 * 100.0 / db as f64 };
+        let busy_ticks = format!("{}busy_ticks", breaths.trim_end_matches("breaths"));
+        let busy = if b.counters.contains_key(&busy_ticks) && elapsed > 0 {
+            (c(b, &busy_ticks).saturating_sub(c(a, &busy_ticks)) as f64 * 100.0 / elapsed as f64).min(100.0)
+        } else if db == 0 {
+            0.0
+        } else {
+            (db - di) as f64 * 100.0 / db as f64
+        };
         let failed = if failed { "  FAILED (see the log)" } else { "" };
         format!("{w:<16} {:>12.0} {busy:>7.0}% {cpu:>5}{failed}", db as f64 / secs)
     };
@@ -328,8 +341,8 @@ mod tests {
 
     fn two_samples() -> (Sample, Sample) {
         let t0 = Instant::now();
-        let mut a = Sample { at: t0, counters: BTreeMap::new() };
-        let mut b = Sample { at: t0 + Duration::from_secs(2), counters: BTreeMap::new() };
+        let mut a = Sample { at: t0, ticks: 1_000, counters: BTreeMap::new() };
+        let mut b = Sample { at: t0 + Duration::from_secs(2), ticks: 2_001_000, counters: BTreeMap::new() };
         a.counters.insert("links/a.x -> b.y/txpackets".into(), 1_000_000);
         b.counters.insert("links/a.x -> b.y/txpackets".into(), 5_000_000);
         a.counters.insert("links/a.x -> b.y/txbytes".into(), 0);
@@ -354,6 +367,24 @@ mod tests {
         let apps = app_rows(&a, &b);
         assert_eq!((apps[0].counter.as_str(), apps[0].value), ("b/drop/vlan", 30));
         assert!((apps[0].per_s - 10.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn busy_is_the_share_of_time_in_breaths_that_moved_packets() {
+        let (mut a, mut b) = two_samples();
+        // Main: 98 of 100 breaths idle, but the two busy ones took 45% of the time.
+        a.counters.insert("engine/breaths".into(), 0);
+        b.counters.insert("engine/breaths".into(), 100);
+        b.counters.insert("engine/idle_breaths".into(), 98);
+        a.counters.insert("engine/busy_ticks".into(), 50);
+        b.counters.insert("engine/busy_ticks".into(), 900_050);
+        // A worker of an engine without busy_ticks: the share of busy breaths.
+        b.counters.insert("worker-status/w1/breaths".into(), 10);
+        b.counters.insert("worker-status/w1/idle_breaths".into(), 7);
+        b.counters.insert("worker-status/w1/cpu".into(), 1);
+        let rows = worker_rows(&a, &b);
+        assert!(rows[0].starts_with("main") && rows[0].contains(" 45%"), "{rows:?}");
+        assert!(rows[1].starts_with("w1") && rows[1].contains(" 30%"), "{rows:?}");
     }
 
     #[test]
