@@ -39,5 +39,5 @@ while read -r line; do
     awk -v m="$mpps" 'BEGIN { exit !(m > 0) }' || { echo "FAIL no frames moved: $line"; ok=0; }
 done < <(grep '^BENCH_CASE' "$out")
 [ "$(grep -c '^BENCH_CASE' "$out")" -ge 2 ] || { echo "FAIL not every switch measured (exit $rc)"; ok=0; }
-[ "$ok" = 1 ] && echo "PASS vswitch-bench: $(grep -E '^(ratio|pairs)' "$out" | awk '$1 == "ratio" { print $1, $2, $3, $6, $7 } $1 == "pairs" { print $1, $2, $3, $4 }' | tr '\n' ';')"
+[ "$ok" = 1 ] && echo "PASS vswitch-bench: $(grep -E '^(ratio|pairs|cost)' "$out" | awk '$1 == "ratio" { print $1, $2, $3, $6, $7 } $1 == "pairs" || $1 == "cost" { print $1, $2, $3, $4 }' | tr '\n' ';')"
 [ "$ok" = 1 ]

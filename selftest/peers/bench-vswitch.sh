@@ -36,13 +36,21 @@
 #   --smoke        one run of 3 s per switch, 64 B only (CI: proves it runs and frames move)
 #   --dir DIR      keep logs here (default: a new temp dir, removed unless --keep)   --keep
 # Environment: SNABB_RS (the binary; default $CARGO_TARGET_DIR/release/snabb-rs).
-# Output lines: BENCH_ENV, IDLE (before each run), BENCH_RUN, BENCH_CASE, ratio, then a table.
-#   BENCH_RUN switch=S size=B run=R rx_pps=P tx_pps=P samples=N idle=yes|no
+# Output lines: BENCH_ENV, IDLE (before each run), BENCH_RUN, BENCH_CASE, ratio,
+# pairs, cost, then a table.
+#   BENCH_RUN switch=S size=B run=R rx_pps=P tx_pps=P samples=N idle=yes|no ticks_per_frame=T
+#     (T: the switch's CPU per frame in TSC ticks, from OVS's pmd-stats
+#     "avg processing cycles per packet" or a snabb-rs switch's
+#     engine/busy_ticks over the frames vm2 received; "-" when unknown)
 #   BENCH_CASE switch=S size=B median_mpps=M runs=N clean=C busy=yes|no
 #   ratio size=B value=V switch=S base=ovs mpps=M base_mpps=M busy=yes|no
 #     (mpps: the switch measured, base_mpps: OVS; value = mpps / base_mpps)
 #   pairs size=B median=V values=V,V,.. switch=S base=ovs
 #     (each run's figure over OVS's run next to it, and their median)
+#   cost size=B median=V values=V,V,.. ticks=T base_ticks=T switch=S base=ovs
+#     (per run pair OVS's ticks per frame over the switch's: above 1 the
+#     switch spends less CPU on a frame; read it when the rate was capped
+#     by the frontends, as in the host's slow mode: see BENCHMARKS.md)
 # Exit 0 when every case moved frames, 1 otherwise.
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -108,6 +116,11 @@ ctr() { # APP COUNTER of the frontends' process
     f=$(ls -d "$WORK/shm-fe"/[0-9]*/apps/"$1"/"$2".counter 2>/dev/null | head -1)
     [ -n "$f" ] && od -An -t u8 "$f" | tr -d ' \n' || echo 0
 }
+sw_busy() { # the snabb-rs switch's engine/busy_ticks (empty: not a snabb-rs switch publishing in $WORK/shm-sw)
+    local f
+    f=$(ls -d "$WORK/shm-sw"/[0-9]*/engine/busy_ticks.counter 2>/dev/null | head -1)
+    [ -n "$f" ] && od -An -t u8 "$f" | tr -d ' \n'
+}
 
 # The default switch (b)'s config: two VhostUser ports through VmdqSplitters.
 snabb_switch_config() { # SOCK0 SOCK1
@@ -129,10 +142,15 @@ snabb_switch_config() { # SOCK0 SOCK1
 EOF
 }
 
-# One measurement. Sets RX_PPS TX_PPS SAMPLES IDLE_OK.
+# One measurement. Sets RX_PPS TX_PPS SAMPLES IDLE_OK, and TPF: the
+# switch's CPU per frame over the samples, in TSC ticks spent on breaths
+# (OVS: PMD iterations) that moved packets, over the frames vm2 received
+# ("-" when the switch does not tell). Unlike the rate, it does not depend
+# on whether the switch or the frontends were the bottleneck.
 measure() { # SWITCH SIZE RUN
     local sw=$1 size=$2 run=$3 tag=$1-$2-$3 s0 s1
-    RX_PPS=0 TX_PPS=0 SAMPLES=0 IDLE_OK=yes
+    RX_PPS=0 TX_PPS=0 SAMPLES=0 IDLE_OK=yes TPF=-
+    rm -rf "$WORK/shm-sw"
     local before
     before=$("$PEERS_DIR/idle.sh" --seconds 1 --spin-seconds 0.3)
     grep '^IDLE ' <<<"$before"
@@ -196,7 +214,14 @@ EOF
         [ "$sw" = ovs ] && ignore+=",$(cat "$WORK/bench.ovs/ovs-vswitchd.pid" 2>/dev/null)"
         "$PEERS_DIR/idle.sh" --passive --seconds "$SECS" --ignore-pgid "$ignore" >"$WORK/idle-$tag.txt" &
         watch=$!
+        local busy0 busy1 first_rx
+        if [ "$sw" = ovs ]; then
+            "$O" cmd bench appctl dpif-netdev/pmd-stats-clear >/dev/null 2>&1
+        else
+            busy0=$(sw_busy)
+        fi
         rx0=$(ctr vm2 rx_packets) tx0=$(ctr vm1 tx_packets)
+        first_rx=$rx0
         local t0 t1
         t0=$(date +%s.%N)
         for ((i = 0; i < SECS; i++)); do
@@ -207,6 +232,14 @@ EOF
             txs+=("$(awk -v a="$tx0" -v b="$tx1" -v t="$t0" -v u="$t1" 'BEGIN { printf "%.0f", (b - a) / (u - t) }')")
             rx0=$rx1 tx0=$tx1 t0=$t1
         done
+        if [ "$sw" = ovs ]; then
+            TPF=$("$O" cmd bench appctl dpif-netdev/pmd-stats-show 2>/dev/null |
+                awk '/avg processing cycles per packet:/ { sub(/.*per packet: */, ""); v = $1 } END { if (v != "") printf "%.1f", v; else print "-" }')
+        else
+            busy1=$(sw_busy)
+            [ -n "$busy0" ] && [ -n "$busy1" ] &&
+                TPF=$(awk -v a="$busy0" -v b="$busy1" -v n="$((rx0 - first_rx))" 'BEGIN { if (n > 0) printf "%.1f", (b - a) / n; else print "-" }')
+        fi
     else
         say "the VMs did not set up on $sw (log: $WORK/fe-$tag.log)"
         IDLE_OK=no
@@ -235,15 +268,16 @@ echo "BENCH_ENV date=$(date -u +%FT%TZ) host_kernel=$(uname -r) cpus=$(nproc)" \
     "ovs=$(ovs-vswitchd --version 2>/dev/null | awk 'NR == 1 { print $NF }') dpdk=$(dpkg-query -W -f '${Version}' dpdk 2>/dev/null)" \
     "sw_cpu=$SW_CPU fe_cpu=$FE_CPU runs=$RUNS secs=$SECS queue_size=$QSIZE frontends=VirtioUser switches=$(IFS=,; echo "${SWITCHES[*]}")"
 
-declare -A RES CLEAN ALL
+declare -A RES CLEAN ALL TPFS
 status=0
 for size in $SIZES; do
     for run in $(seq "$RUNS"); do
         for sw in "${SWITCHES[@]}"; do
             if measure "$sw" "$size" "$run"; then :; else RX_PPS=0 TX_PPS=0; fi
-            echo "BENCH_RUN switch=$sw size=$size run=$run rx_pps=$RX_PPS tx_pps=$TX_PPS samples=$SAMPLES idle=$IDLE_OK"
+            echo "BENCH_RUN switch=$sw size=$size run=$run rx_pps=$RX_PPS tx_pps=$TX_PPS samples=$SAMPLES idle=$IDLE_OK ticks_per_frame=$TPF"
             k="$sw $size"
             ALL[$k]+="$RX_PPS "
+            TPFS[$k]+="$TPF "
             [ "$IDLE_OK" = yes ] && [ "${RX_PPS%.*}" -gt 0 ] && CLEAN[$k]+="$RX_PPS "
         done
     done
@@ -282,6 +316,15 @@ for size in $SIZES; do
             <(tr ' ' '\n' <<<"${ALL[$NAME $size]:-}" | grep .) | awk '$1 > 0 { printf "%.3f\n", $2 / $1 }')
         pmed=$(median <<<"$pairs")
         echo "pairs size=$size median=${pmed:-nan} values=$(paste -sd, <<<"$pairs") switch=$NAME base=ovs"
+        # The switches' CPU per frame, run by run: OVS's over ours (above 1:
+        # ours costs less), whichever side was the bottleneck.
+        cpairs=$(paste -d' ' <(tr ' ' '\n' <<<"${TPFS[ovs $size]:-}" | grep .) \
+            <(tr ' ' '\n' <<<"${TPFS[$NAME $size]:-}" | grep .) |
+            awk '$1 != "-" && $2 != "-" && $2 > 0 { printf "%.3f\n", $1 / $2 }')
+        cmed=$(median <<<"$cpairs")
+        omed=$(tr ' ' '\n' <<<"${TPFS[ovs $size]:-}" | grep -v -e '^-$' -e '^$' | median)
+        smed=$(tr ' ' '\n' <<<"${TPFS[$NAME $size]:-}" | grep -v -e '^-$' -e '^$' | median)
+        echo "cost size=$size median=${cmed:-nan} values=$(paste -sd, <<<"$cpairs") ticks=${smed:--} base_ticks=${omed:--} switch=$NAME base=ovs"
         row+="$(printf ' %9s' "$value")"
     fi
     summary+=("$row")
