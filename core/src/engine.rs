@@ -73,7 +73,7 @@ pub struct EngineStats {
     pub reconfig_drops: u64,
     /// Breaths that moved no packet.
     pub idle_breaths: u64,
-    /// Time spent in breaths that moved packets, in [`ticks`]: what the
+    /// Time spent in breaths of `run` that moved packets, in [`ticks`]: what the
     /// engine's CPU did work for. (A polling engine is always running; its
     /// share of idle breaths says little of how loaded it is, as a breath
     /// that moves a hundred packets lasts a hundred times longer.)
