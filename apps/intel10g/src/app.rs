@@ -367,8 +367,9 @@ struct Pair<R: Registers> {
     /// Errors logged (so that a persistent one is logged once).
     warned: bool,
     model: Option<Arc<Model82599>>,
-    /// Since when it waits to take over its unit.
+    /// Since when it waits to take over its unit, and whether it said so.
     waiting: Option<Instant>,
+    said_waiting: bool,
     /// Since when the app prepares to move to another worker.
     moving: Option<Instant>,
 }
@@ -422,6 +423,7 @@ impl<R: Registers> Pair<R> {
             warned: false,
             model,
             waiting: None,
+            said_waiting: false,
             moving: None,
         };
         match dev.claim(unit, owner)? {
@@ -517,13 +519,36 @@ impl<R: Registers> Pair<R> {
         }
         let r = match self.dev.claim(self.unit, &self.owner) {
             Ok(Claimed::Now(id)) => {
+                if let Some(since) = self.waiting.take()
+                    && std::mem::take(&mut self.said_waiting)
+                {
+                    log::info!(
+                        "intel10g {} (app `{}`): the instance replaced let go after {:.1?}; starting",
+                        self.dev.name,
+                        self.owner,
+                        since.elapsed()
+                    );
+                }
                 self.id = Some(id);
                 self.start()
             }
             // The instance replaced lets go when its engine applies the
-            // config: at once on this worker, a little later on another.
-            Ok(Claimed::Later) if self.waiting.get_or_insert_with(Instant::now).elapsed() < TAKE_OVER_WAIT => return,
-            Ok(Claimed::Later) => Err(anyhow!("still held by the instance being replaced, after {TAKE_OVER_WAIT:?}")),
+            // config: at once on this worker, a little later on another
+            // (later still on a busy machine: this keeps waiting, and says
+            // so once).
+            Ok(Claimed::Later) => {
+                let since = *self.waiting.get_or_insert_with(Instant::now);
+                if since.elapsed() >= TAKE_OVER_WAIT && !self.said_waiting {
+                    self.said_waiting = true;
+                    log::warn!(
+                        "intel10g {} (app `{}`): still held by the instance being replaced after {TAKE_OVER_WAIT:?}; \
+                         waiting for it to let go",
+                        self.dev.name,
+                        self.owner
+                    );
+                }
+                return;
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = r
