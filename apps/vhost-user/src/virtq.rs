@@ -1691,9 +1691,26 @@ impl Virtqueue {
             let hdr = h.to_bytes();
             let mut w = Scatter { segs: &self.segs[r.segs.0 as usize..r.segs.1 as usize], i: 0, off: 0, log };
             w.write_unless_equal(&hdr[..self.hdr_len]);
-            // A split packet (another guest's frame) is copied from where
-            // its parts lie: one copy from guest to guest.
-            r.p.for_each_piece(|b| w.write(b));
+            let one = w.segs.len() == 1 && !r.p.is_split();
+            if one && self.hdr_len + r.p.len() <= w.segs[0].len as usize {
+                // The usual case: the whole frame after the header in one
+                // buffer (gather saw to its room), from one host buffer.
+                let s = w.segs[0];
+                let b = r.p.data();
+                // SAFETY: s.ptr is valid for s.len >= hdr_len + b.len()
+                // bytes (translated; checked just above). The guest should
+                // not touch a buffer it gave us; if it does, it only
+                // garbles its own packet.
+                let dst = unsafe { std::slice::from_raw_parts_mut(s.ptr.as_ptr().add(self.hdr_len), b.len()) };
+                snabb_core::copy::copy(dst, b);
+                if let Some(log) = log {
+                    log.mark(s.gpa + self.hdr_len as u64, b.len() as u64);
+                }
+            } else {
+                // A split packet (another guest's frame) is copied from where
+                // its parts lie: one copy from guest to guest.
+                r.p.for_each_piece(|b| w.write(b));
+            }
             self.stats.packets += 1;
             self.stats.bytes += r.p.len() as u64;
             self.stats.copied_bytes += r.p.len() as u64;
