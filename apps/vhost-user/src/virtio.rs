@@ -93,7 +93,7 @@ impl NetHdr {
 
     /// Parse the first 10 or 12 bytes of `b` (num_buffers is 0 in the short form).
     /// `b` must be at least 10 bytes.
-    #[inline]
+    #[inline(always)]
     pub fn parse(b: &[u8]) -> NetHdr {
         let u16_at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
         NetHdr {
