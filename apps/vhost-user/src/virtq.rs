@@ -1438,6 +1438,28 @@ impl Virtqueue {
         self.prefetched = end;
     }
 
+    /// What drivers post nearly always: one device-writable descriptor, no
+    /// NEXT or INDIRECT, wholly in one memory region and big enough: taken
+    /// (true) without `gather`'s general walk. Anything else (spares first,
+    /// a chain, a short or straddling buffer, a bad entry) is left to
+    /// `gather`, which reads the same entry again and decides as before.
+    #[inline(always)]
+    fn gather_one(&mut self, mem: &GuestMemory, need: usize, avail: u16) -> bool {
+        let peek = self.next_avail;
+        if self.spare_count() != 0 || peek == avail {
+            return false;
+        }
+        self.prefetch_ahead(avail);
+        let head = self.ring.avail_entry(peek);
+        if head >= self.ring.size {
+            return false;
+        }
+        let Some(s) = self.ring.single(mem, head, true, need.max(self.hdr_len) as u64) else { return false };
+        self.segs.push(s);
+        self.chains.push(Gathered { head, cap: s.len, spare: false });
+        true
+    }
+
     /// Gather receive buffers for a packet of `need` bytes (header included),
     /// appending to `segs`/`chains` (a batch's earlier packets stay there),
     /// reading avail entries from `next_avail` without consuming them (bad
@@ -1447,22 +1469,6 @@ impl Virtqueue {
         let first_seg = self.segs.len();
         let first_chain = self.chains.len();
         let mut peek = self.next_avail;
-        // What drivers post nearly always: one device-writable descriptor,
-        // no NEXT or INDIRECT, wholly in one memory region and big enough.
-        // Taken here without the general walk; anything else (spares first,
-        // a chain, a short or straddling buffer, a bad entry) goes the long
-        // way below, which reads the same entry again and decides as before.
-        if self.spare_count() == 0 && peek != *avail {
-            self.prefetch_ahead(*avail);
-            let head = ring.avail_entry(peek);
-            if head < ring.size
-                && let Some(s) = ring.single(mem, head, true, need.max(self.hdr_len) as u64)
-            {
-                self.segs.push(s);
-                self.chains.push(Gathered { head, cap: s.len, spare: false });
-                return Some(Gather::Fits);
-            }
-        }
         // Spare chains (taken off the avail ring earlier, given back unused
         // by a NIC) go first.
         let mut spare_i = 0usize;
@@ -1618,7 +1624,11 @@ impl Virtqueue {
             let Some(len) = input.front_len() else { return false };
             let need = self.hdr_len + len;
             let (first_seg, first_chain) = (self.segs.len(), self.chains.len());
-            let g = self.gather(mem, log, need, avail);
+            let g = if self.gather_one(mem, need, *avail) {
+                Some(Gather::Fits)
+            } else {
+                self.gather(mem, log, need, avail)
+            };
             let fits = matches!(g, Some(Gather::Fits));
             match g {
                 None => {} // broken
