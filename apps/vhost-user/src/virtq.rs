@@ -917,7 +917,7 @@ impl Virtqueue {
     /// `Err(true)` when it was lent all the same (its chain comes back
     /// through the return ring).
     #[allow(clippy::too_many_arguments)]
-    #[inline]
+    #[inline(always)]
     fn frame_from_chain(
         &mut self,
         segs: &[Seg],
@@ -1009,7 +1009,7 @@ impl Virtqueue {
     }
 
     /// Copy a frame (from piece `i` at `off`) into a fresh host packet.
-    #[inline]
+    #[inline(always)]
     fn copy_frame(&mut self, segs: &[Seg], i: usize, off: usize, len: usize, alloc: &mut packet::Allocator) -> Packet {
         let mut p = alloc.allocate();
         let mut off = off;
