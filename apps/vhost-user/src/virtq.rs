@@ -950,6 +950,17 @@ impl Virtqueue {
         // The header: the first hdr_len bytes, wherever they lie.
         let mut hdr = [0u8; NetHdr::MAX_LEN];
         let (mut got, mut i, mut off) = (0usize, 0usize, 0usize);
+        if let Some(s) = segs.first()
+            && s.len as usize > hdr_len
+        {
+            // The usual layout: the header and the frame's start in the
+            // first piece. A fixed-size copy, not a call for 10 or 12 bytes.
+            // SAFETY: s.ptr is valid for s.len > hdr_len bytes (translated)
+            // and hdr holds NetHdr::MAX_LEN >= hdr_len; each byte is read
+            // once, and any value is a valid u8.
+            unsafe { store_header(hdr.as_mut_ptr(), std::slice::from_raw_parts(s.ptr.as_ptr(), hdr_len)) };
+            (got, off) = (hdr_len, hdr_len);
+        }
         while got < hdr_len {
             let s = segs[i];
             let k = (hdr_len - got).min(s.len as usize);
