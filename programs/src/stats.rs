@@ -161,10 +161,12 @@ pub fn worker_rows(a: &Sample, b: &Sample) -> Vec<String> {
         .collect();
     names.dedup();
     let elapsed = b.ticks.saturating_sub(a.ticks);
-    let row = |w: &str, breaths: &str, idle: &str, cpu: String, failed: bool| {
-        let db = c(b, breaths).saturating_sub(c(a, breaths));
-        let di = c(b, idle).saturating_sub(c(a, idle)).min(db);
-        let busy_ticks = format!("{}busy_ticks", breaths.trim_end_matches("breaths"));
+    // `dir`: where an engine's breaths, idle_breaths and busy_ticks are.
+    let row = |w: &str, dir: &str, cpu: String, failed: bool| {
+        let (breaths, idle, busy_ticks) =
+            (format!("{dir}/breaths"), format!("{dir}/idle_breaths"), format!("{dir}/busy_ticks"));
+        let db = c(b, &breaths).saturating_sub(c(a, &breaths));
+        let di = c(b, &idle).saturating_sub(c(a, &idle)).min(db);
         let busy = if b.counters.contains_key(&busy_ticks) && elapsed > 0 {
             (c(b, &busy_ticks).saturating_sub(c(a, &busy_ticks)) as f64 * 100.0 / elapsed as f64).min(100.0)
         } else if db == 0 {
@@ -175,12 +177,11 @@ pub fn worker_rows(a: &Sample, b: &Sample) -> Vec<String> {
         let failed = if failed { "  FAILED (see the log)" } else { "" };
         format!("{w:<16} {:>12.0} {busy:>7.0}% {cpu:>5}{failed}", db as f64 / secs)
     };
-    let mut rows = vec![row("main", "engine/breaths", "engine/idle_breaths", "-".into(), false)];
+    let mut rows = vec![row("main", "engine", "-".into(), false)];
     for w in names {
         rows.push(row(
             w,
-            &format!("worker-status/{w}/breaths"),
-            &format!("worker-status/{w}/idle_breaths"),
+            &format!("worker-status/{w}"),
             c(b, &format!("worker-status/{w}/cpu")).to_string(),
             c(b, &format!("worker-status/{w}/failed")) != 0,
         ));

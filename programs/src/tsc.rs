@@ -1,7 +1,7 @@
 //! The time-stamp counter, for the benches that time parts of a breath.
 //!
 //! ```text
-//!   tsc() -> ticks          RDTSC (0 off x86-64)
+//!   tsc() -> ticks          RDTSC (nanoseconds off x86-64)
 //!   tsc_rate() -> f64       ticks per ns, measured over 50 ms
 //!   median(Vec<f64>)        the middle value (the upper one of an even
 //!                           count; NaN for none)
@@ -9,15 +9,11 @@
 
 use std::time::{Duration, Instant};
 
+/// The engines' clock for busy_ticks (`engine::ticks`), so that the benches'
+/// figures and the counters are in the same unit.
 #[inline(always)]
 pub fn tsc() -> u64 {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: RDTSC has no preconditions on x86-64.
-    unsafe {
-        std::arch::x86_64::_rdtsc()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    0
+    snabb_core::engine::ticks()
 }
 
 pub fn tsc_rate() -> f64 {
