@@ -975,7 +975,9 @@ impl Virtqueue {
                 off = k;
             }
         }
-        let h = NetHdr::parse(&hdr[..hdr_len]);
+        // Bytes past hdr_len are still 0 (num_buffers 0 in the short form):
+        // parsed as a whole array, without a length to check at run time.
+        let h = NetHdr::parse(&hdr);
         // Where the frame lies: pieces from segs[i] at `off`.
         // The tail that could be lent: from frame byte SNAPSHOT to the end,
         // if it lies in one piece (Linux puts a frame's headers in the
@@ -1021,6 +1023,15 @@ impl Virtqueue {
     /// Copy a frame (from piece `i` at `off`) into a fresh host packet.
     #[inline(always)]
     fn copy_frame(&mut self, segs: &[Seg], i: usize, off: usize, len: usize, alloc: &mut packet::Allocator) -> Packet {
+        self.stats.copied_bytes += len as u64;
+        if let Some(s) = segs.get(i)
+            && s.len as usize - off == len
+        {
+            // The usual layout: the frame in one piece, copied at once.
+            // SAFETY: s.ptr is valid for s.len = off + len bytes
+            // (translated); each byte is read once, into our packet.
+            return alloc.from_bytes(unsafe { std::slice::from_raw_parts(s.ptr.as_ptr().add(off), len) });
+        }
         let mut p = alloc.allocate();
         let mut off = off;
         for s in &segs[i..] {
@@ -1034,7 +1045,6 @@ impl Virtqueue {
             off = 0;
         }
         debug_assert_eq!(p.len(), len);
-        self.stats.copied_bytes += len as u64;
         p
     }
 
