@@ -949,15 +949,24 @@ impl Virtqueue {
         // The header: the first hdr_len bytes, wherever they lie.
         let mut hdr = [0u8; NetHdr::MAX_LEN];
         let (mut got, mut i, mut off) = (0usize, 0usize, 0usize);
+        let mut words = None;
         if let Some(s) = segs.first()
             && s.len as usize > hdr_len
         {
             // The usual layout: the header and the frame's start in the
-            // first piece. A fixed-size copy, not a call for 10 or 12 bytes.
-            // SAFETY: s.ptr is valid for s.len > hdr_len bytes (translated)
-            // and hdr holds NetHdr::MAX_LEN >= hdr_len; each byte is read
-            // once, and any value is a valid u8.
-            unsafe { store_header(hdr.as_mut_ptr(), std::slice::from_raw_parts(s.ptr.as_ptr(), hdr_len)) };
+            // first piece. Read as two words (see NetHdr::from_words).
+            // SAFETY: s.ptr is valid for s.len > hdr_len bytes (translated),
+            // hdr_len is 10 or 12; each byte is read once, and any value is
+            // valid.
+            words = Some(unsafe {
+                let head = s.ptr.as_ptr().cast::<u64>().read_unaligned();
+                let tail = if hdr_len == 12 {
+                    u32::from_le(s.ptr.as_ptr().add(8).cast::<u32>().read_unaligned())
+                } else {
+                    u16::from_le(s.ptr.as_ptr().add(8).cast::<u16>().read_unaligned()) as u32
+                };
+                (u64::from_le(head), tail)
+            });
             (got, off) = (hdr_len, hdr_len);
         }
         while got < hdr_len {
@@ -977,7 +986,10 @@ impl Virtqueue {
         }
         // Bytes past hdr_len are still 0 (num_buffers 0 in the short form):
         // parsed as a whole array, without a length to check at run time.
-        let h = NetHdr::parse(&hdr);
+        let h = match words {
+            Some((head, tail)) => NetHdr::from_words(head, tail),
+            None => NetHdr::parse(&hdr),
+        };
         // Where the frame lies: pieces from segs[i] at `off`.
         // The tail that could be lent: from frame byte SNAPSHOT to the end,
         // if it lies in one piece (Linux puts a frame's headers in the
@@ -1792,14 +1804,35 @@ impl Virtqueue {
         for mut r in batch.drain(..) {
             let mut h = NetHdr { num_buffers: if self.mrg_rxbuf { r.chains } else { 1 }, ..NetHdr::default() };
             csum_flags(self.guest_csum, &mut self.stats, &mut h, &mut r.p);
-            let hdr = h.to_bytes();
-            let mut w = Scatter { segs: &self.segs[r.segs.0 as usize..r.segs.1 as usize], i: 0, off: 0, log };
-            w.write_unless_equal(&hdr[..self.hdr_len]);
-            let one = w.segs.len() == 1 && !r.p.is_split();
-            if one && self.hdr_len + r.p.len() <= w.segs[0].len as usize {
+            let segs = &self.segs[r.segs.0 as usize..r.segs.1 as usize];
+            let one = segs.len() == 1 && !r.p.is_split() && self.hdr_len + r.p.len() <= segs[0].len as usize;
+            if one {
                 // The usual case: the whole frame after the header in one
                 // buffer (gather saw to its room), from one host buffer.
-                let s = w.segs[0];
+                let s = segs[0];
+                let start = s.ptr.as_ptr() as usize;
+                if !r.p.is_empty() && start & !63 == (start + self.hdr_len) & !63 {
+                    // The header shares its line with the frame's first
+                    // bytes (which take the line anyway): stored as its
+                    // two words, without a compare.
+                    let (head, tail) = h.to_words();
+                    // SAFETY: s.ptr is valid for s.len >= hdr_len + 1 bytes
+                    // (translated; checked above), hdr_len is 10 or 12.
+                    unsafe {
+                        s.ptr.as_ptr().cast::<u64>().write_unaligned(head.to_le());
+                        if self.hdr_len == 12 {
+                            s.ptr.as_ptr().add(8).cast::<u32>().write_unaligned(tail.to_le());
+                        } else {
+                            s.ptr.as_ptr().add(8).cast::<u16>().write_unaligned((tail as u16).to_le());
+                        }
+                    }
+                    if let Some(log) = log {
+                        log.mark(s.gpa, self.hdr_len as u64);
+                    }
+                } else {
+                    let hdr = h.to_bytes();
+                    Scatter { segs, i: 0, off: 0, log }.write_unless_equal(&hdr[..self.hdr_len]);
+                }
                 let b = r.p.data();
                 // SAFETY: s.ptr is valid for s.len >= hdr_len + b.len()
                 // bytes (translated; checked just above). The guest should
@@ -1811,6 +1844,9 @@ impl Virtqueue {
                     log.mark(s.gpa + self.hdr_len as u64, b.len() as u64);
                 }
             } else {
+                let hdr = h.to_bytes();
+                let mut w = Scatter { segs, i: 0, off: 0, log };
+                w.write_unless_equal(&hdr[..self.hdr_len]);
                 // A split packet (another guest's frame) is copied from where
                 // its parts lie: one copy from guest to guest.
                 r.p.for_each_piece(|b| w.write(b));
