@@ -1636,7 +1636,7 @@ impl Virtqueue {
     /// packet whole in one host buffer going into one descriptor of the
     /// guest's that holds it with its header. Batch by batch as `reserve`
     /// and `copy_batch` do (the same buffers, the same used entries and
-    /// counts); it stops at the first packet or buffer that is anything
+    /// counts, the same `write_one`); it stops at the first packet or buffer that is anything
     /// else, or when the guest has no buffers left, and leaves the rest to
     /// the general path (which counts what it drops). Returns the packets
     /// delivered.
@@ -1668,32 +1668,43 @@ impl Virtqueue {
             if n == 0 {
                 return sent;
             }
+            // The buffers first, each packet left on the link (moving them
+            // into a batch and out again, the CPU loaded each entry whole
+            // before its field stores were done: see NetHdr::from_words).
             self.segs.clear();
             let mut k = 0;
-            while k < n {
-                if !input.front_is(|p| !p.is_split() && !stop(p)) {
+            for p in input.queued().take(n) {
+                if p.is_split() || stop(p) {
                     break;
                 }
-                let need = hdr_len + input.front_len().expect("front_is saw a packet");
+                let need = hdr_len + p.len();
                 self.prefetch_ahead(*avail);
                 let head = self.ring.avail_entry(self.next_avail);
                 if head >= self.ring.size {
                     break;
                 }
                 let Some(s) = self.ring.single(mem, head, true, need as u64) else { break };
-                let p = input.receive().expect("front_is saw a packet");
                 self.segs.push(s);
                 self.shadow.push((head, need as u32));
                 self.prefetch_frame(k, need);
-                self.batch.push(Reserved { p, segs: (k as u32, k as u32 + 1), chains: 1 });
                 self.next_avail = self.next_avail.wrapping_add(1);
                 k += 1;
             }
             if k == 0 {
                 return sent;
             }
+            // Then the bytes (as copy_batch, one chain a packet).
+            for j in 0..k {
+                let mut p = input.receive().expect("seen on the link above");
+                let mut h = NetHdr { num_buffers: 1, ..NetHdr::default() };
+                csum_flags(self.guest_csum, &mut self.stats, &mut h, &mut p);
+                write_one(hdr_len, self.segs[j], &h, p.data(), None);
+                let len = p.len() as u64;
+                self.stats.packets += 1;
+                self.stats.bytes += len;
+                self.stats.copied_bytes += len;
+            }
             self.stats.used += k as u64;
-            self.copy_batch(None);
             self.publish(None);
             sent += k;
             if k < n {
@@ -1809,40 +1820,7 @@ impl Virtqueue {
             if one {
                 // The usual case: the whole frame after the header in one
                 // buffer (gather saw to its room), from one host buffer.
-                let s = segs[0];
-                let start = s.ptr.as_ptr() as usize;
-                if !r.p.is_empty() && start & !63 == (start + self.hdr_len) & !63 {
-                    // The header shares its line with the frame's first
-                    // bytes (which take the line anyway): stored as its
-                    // two words, without a compare.
-                    let (head, tail) = h.to_words();
-                    // SAFETY: s.ptr is valid for s.len >= hdr_len + 1 bytes
-                    // (translated; checked above), hdr_len is 10 or 12.
-                    unsafe {
-                        s.ptr.as_ptr().cast::<u64>().write_unaligned(head.to_le());
-                        if self.hdr_len == 12 {
-                            s.ptr.as_ptr().add(8).cast::<u32>().write_unaligned(tail.to_le());
-                        } else {
-                            s.ptr.as_ptr().add(8).cast::<u16>().write_unaligned((tail as u16).to_le());
-                        }
-                    }
-                    if let Some(log) = log {
-                        log.mark(s.gpa, self.hdr_len as u64);
-                    }
-                } else {
-                    let hdr = h.to_bytes();
-                    Scatter { segs, i: 0, off: 0, log }.write_unless_equal(&hdr[..self.hdr_len]);
-                }
-                let b = r.p.data();
-                // SAFETY: s.ptr is valid for s.len >= hdr_len + b.len()
-                // bytes (translated; checked just above). The guest should
-                // not touch a buffer it gave us; if it does, it only
-                // garbles its own packet.
-                let dst = unsafe { std::slice::from_raw_parts_mut(s.ptr.as_ptr().add(self.hdr_len), b.len()) };
-                snabb_core::copy::copy(dst, b);
-                if let Some(log) = log {
-                    log.mark(s.gpa + self.hdr_len as u64, b.len() as u64);
-                }
+                write_one(self.hdr_len, segs[0], &h, r.p.data(), log);
             } else {
                 let hdr = h.to_bytes();
                 let mut w = Scatter { segs, i: 0, off: 0, log };
@@ -1940,6 +1918,42 @@ fn csum_flags(guest_csum: bool, stats: &mut QueueStats, h: &mut NetHdr, p: &mut 
         }
     } else if guest_csum && p.csum_verified() {
         h.flags = VIRTIO_NET_HDR_F_DATA_VALID;
+    }
+}
+
+/// Write frame `b` with its net header `h` into `s`, one buffer that holds
+/// both (the caller checked: `hdr_len + b.len() <= s.len`).
+#[inline(always)]
+fn write_one(hdr_len: usize, s: Seg, h: &NetHdr, b: &[u8], log: Option<&DirtyLog>) {
+    let start = s.ptr.as_ptr() as usize;
+    if !b.is_empty() && start & !63 == (start + hdr_len) & !63 {
+        // The header shares its line with the frame's first bytes (which
+        // take the line anyway): stored as its two words, without a compare.
+        let (head, tail) = h.to_words();
+        // SAFETY: s.ptr is valid for s.len >= hdr_len + 1 bytes (translated;
+        // per the contract), hdr_len is 10 or 12.
+        unsafe {
+            s.ptr.as_ptr().cast::<u64>().write_unaligned(head.to_le());
+            if hdr_len == 12 {
+                s.ptr.as_ptr().add(8).cast::<u32>().write_unaligned(tail.to_le());
+            } else {
+                s.ptr.as_ptr().add(8).cast::<u16>().write_unaligned((tail as u16).to_le());
+            }
+        }
+        if let Some(log) = log {
+            log.mark(s.gpa, hdr_len as u64);
+        }
+    } else {
+        let hdr = h.to_bytes();
+        Scatter { segs: std::slice::from_ref(&s), i: 0, off: 0, log }.write_unless_equal(&hdr[..hdr_len]);
+    }
+    // SAFETY: s.ptr is valid for s.len >= hdr_len + b.len() bytes
+    // (translated; per the contract). The guest should not touch a buffer
+    // it gave us; if it does, it only garbles its own packet.
+    let dst = unsafe { std::slice::from_raw_parts_mut(s.ptr.as_ptr().add(hdr_len), b.len()) };
+    snabb_core::copy::copy(dst, b);
+    if let Some(log) = log {
+        log.mark(s.gpa + hdr_len as u64, b.len() as u64);
     }
 }
 
