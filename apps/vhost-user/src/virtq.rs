@@ -1659,12 +1659,12 @@ impl Virtqueue {
                 let Some(a) = self.avail_idx() else { return sent };
                 *avail = a;
             }
-            // (publish left shadow empty; it holds a ring's worth.)
+            // (shadow holds a ring's worth, and publish empties it.)
             let n = (avail.wrapping_sub(self.next_avail) as usize)
                 .min(max - sent)
                 .min(BATCH)
                 .min(input.nreadable())
-                .min(self.shadow.capacity());
+                .min(self.shadow.capacity() - self.shadow.len());
             if n == 0 {
                 return sent;
             }
