@@ -9,7 +9,7 @@
 //!      of the graph this breath; then apps whose inputs are still not empty
 //!      push again, until a pass moves nothing (at most `MAX_PASSES`);
 //!   3. ticks and timers when due; counters committed to shared memory every
-//!      `COMMIT_BREATHS` breaths.
+//!      `COMMIT_BREATHS` breaths, at most once every `COMMIT_PERIOD`.
 //!
 //! When a breath moves no packet the engine sleeps, 1 µs longer each idle
 //! breath up to 100 µs, and halves the sleep again when traffic returns.
@@ -43,6 +43,10 @@ use crate::timer::Timers;
 pub const MAX_PASSES: usize = 4;
 /// Breaths between commits of counters to shared memory.
 pub const COMMIT_BREATHS: u64 = 100;
+/// The least time between two commits: an engine whose breaths carry a
+/// frame or two (a switch fed by slow guests makes millions a second) would
+/// otherwise spend a tenth of its CPU committing; `top` reads once a second.
+pub const COMMIT_PERIOD: Duration = Duration::from_millis(1);
 /// Longest idle sleep.
 pub const MAX_SLEEP_US: u64 = 100;
 
@@ -149,6 +153,8 @@ pub struct Engine {
     extra_counters: BTreeMap<String, Counter>,
     tick_period: Duration,
     next_tick: Instant,
+    /// No commit before this (see COMMIT_PERIOD).
+    next_commit: Instant,
     sleep_us: u64,
     /// Never sleep when idle.
     pub busywait: bool,
@@ -229,6 +235,7 @@ impl Engine {
             extra_counters: BTreeMap::new(),
             tick_period: Duration::from_millis(1),
             next_tick: Instant::now(),
+            next_commit: Instant::now(),
             sleep_us: 0,
             busywait: false,
             stop_requested: false,
@@ -629,7 +636,8 @@ impl Engine {
             }
             self.timers.put_back(due, now);
         }
-        if self.stats.breaths.is_multiple_of(COMMIT_BREATHS) {
+        if self.stats.breaths.is_multiple_of(COMMIT_BREATHS) && now >= self.next_commit {
+            self.next_commit = now + COMMIT_PERIOD;
             self.commit();
         }
         if moved == 0 {

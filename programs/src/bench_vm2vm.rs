@@ -14,7 +14,8 @@
 //! It reports the median over rounds of the breath's TSC ticks per frame
 //! delivered, in ns, and on a line of its own what the engine's commit of
 //! counters to shared memory costs (it runs once every COMMIT_BREATHS
-//! breaths, outside the breath). `selftest/vswitch-bench.sh` measures the same path
+//! breaths at most, and at most once every COMMIT_PERIOD, outside the
+//! breath). `selftest/vswitch-bench.sh` measures the same path
 //! end to end against OVS-DPDK with two CPUs; this one isolates the
 //! switch's CPU cost on one, so that changes to it can be compared run
 //! against run without the guests' CPU in the figure.
@@ -182,7 +183,7 @@ pub fn run(o: &Options) -> Result<()> {
         }
         let commit = median(c) / rate;
         println!(
-            "VM2VM_COMMIT ns={commit:.0} (once every {} breaths: {:.2} ns per frame at {} frames a breath)",
+            "VM2VM_COMMIT ns={commit:.0} (at most once every {} breaths: {:.2} ns per frame at {} frames a breath)",
             snabb_core::engine::COMMIT_BREATHS,
             commit / (snabb_core::engine::COMMIT_BREATHS as f64 * o.batch as f64),
             o.batch
