@@ -1477,19 +1477,28 @@ impl Virtqueue {
     /// `gather`, which reads the same entry again and decides as before.
     #[inline(always)]
     fn gather_one(&mut self, mem: &GuestMemory, need: usize, avail: u16) -> bool {
-        let peek = self.next_avail;
-        if self.spare_count() != 0 || peek == avail {
+        if self.spare_count() != 0 || self.next_avail == avail {
             return false;
         }
-        self.prefetch_ahead(avail);
-        let head = self.ring.avail_entry(peek);
-        if head >= self.ring.size {
-            return false;
-        }
-        let Some(s) = self.ring.single(mem, head, true, need.max(self.hdr_len) as u64) else { return false };
+        let Some((head, s)) = self.single_at_next(mem, need, avail) else { return false };
         self.segs.push(s);
         self.chains.push(Gathered { head, cap: s.len, spare: false });
         true
+    }
+
+    /// The chain at `next_avail` (the caller saw that it is before `avail`)
+    /// when it is one device-writable descriptor with room for `need` bytes
+    /// (see `Ring::single`): its head and its piece. None for anything
+    /// else, a head beyond the table included, for `gather` to judge.
+    #[inline(always)]
+    fn single_at_next(&mut self, mem: &GuestMemory, need: usize, avail: u16) -> Option<(u16, Seg)> {
+        self.prefetch_ahead(avail);
+        let head = self.ring.avail_entry(self.next_avail);
+        if head >= self.ring.size {
+            return None;
+        }
+        let s = self.ring.single(mem, head, true, need.max(self.hdr_len) as u64)?;
+        Some((head, s))
     }
 
     /// Gather receive buffers for a packet of `need` bytes (header included),
@@ -1678,12 +1687,7 @@ impl Virtqueue {
                     break;
                 }
                 let need = hdr_len + p.len();
-                self.prefetch_ahead(*avail);
-                let head = self.ring.avail_entry(self.next_avail);
-                if head >= self.ring.size {
-                    break;
-                }
-                let Some(s) = self.ring.single(mem, head, true, need as u64) else { break };
+                let Some((head, s)) = self.single_at_next(mem, need, *avail) else { break };
                 self.segs.push(s);
                 self.shadow.push((head, need as u32));
                 self.prefetch_frame(k, need);
